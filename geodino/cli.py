@@ -1,6 +1,118 @@
-"""The ``geodino`` command."""
+"""The ``geodino`` command: LightningCLI subcommands plus geodino's own tools.
 
+Heavy libraries are imported inside the commands so that ``geodino --help`` answers at once.
+"""
+
+import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: Subcommands handled by LightningCLI.
+LIGHTNING_COMMANDS = {
+    "fit": "pretrain a model: geodino fit --config CFG.yaml [--key=value ...] [--ckpt_path last]",
+    "validate": "run validation of a model on a data module",
+    "test": "run the test loop of a model on a data module",
+    "predict": "run prediction of a model on a data module",
+}
+
+
+def demo_data(out: Path = Path("geodino_demo/data"), seed: int = 0, scene_size: int = 512,
+              overwrite: bool = False) -> None:
+    """Write the synthetic demo catalog (13-band S2-like scenes in two UTM zones, S1 VV/VH,
+    land-cover labels and an AOI GeoPackage).
+
+    Args:
+        out: folder to write the catalog into.
+        seed: seed of the scenes; the same seed writes the same catalog.
+        scene_size: side of each scene in pixels.
+        overwrite: rewrite an existing catalog.
+    """
+    from geodino.datasets.synthetic import write_demo_catalog
+
+    catalog = write_demo_catalog(out, seed=seed, scene_size=scene_size, overwrite=overwrite)
+    _say(
+        f"demo catalog in {catalog.root}: S2 {catalog.s2}, S1 {catalog.s1}, "
+        f"labels {catalog.labels}, AOI {catalog.aoi}; classes {', '.join(catalog.classes)}"
+    )
+
+
+def stats(config: Path, out: Path = Path("band_stats.yaml"), chips: int = 512) -> None:
+    """Measure per-band mean, std and 2/98 percentiles of a config's data source, ignoring
+    nodata, and write them as YAML/JSON that ``data.statistics`` can point to.
+
+    Args:
+        config: a geodino config (its ``data`` section is used).
+        out: statistics file to write (.yaml, .yml or .json).
+        chips: number of chips of the training stream to measure.
+    """
+    from geodino.config import datamodule_from_config
+
+    datamodule = datamodule_from_config(config)
+    datamodule.statistics_path = None
+    datamodule.train_draw = None
+    datamodule.setup_draws()
+    statistics = datamodule.measure_statistics(chips)
+    statistics.source = f"{chips} chips of {config}"
+    path = statistics.save(out)
+    rows = [
+        f"  {b:>8}  mean {m:10.4g}  std {s:10.4g}  p2 {lo:10.4g}  p98 {hi:10.4g}"
+        for b, m, s, lo, hi in zip(
+            statistics.band_names, statistics.mean, statistics.std, statistics.p2,
+            statistics.p98, strict=True,
+        )
+    ]
+    _say("\n".join([f"band statistics of {statistics.pixels} valid pixels -> {path}", *rows]))
+
+
+def demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None = None) -> None:
+    """Run the whole story on the embedded synthetic catalog: write it, pretrain a small ViT,
+    evaluate it and write plots.
+
+    Args:
+        out: folder for the catalog and the run.
+        seed: seed of the catalog and of training.
+        max_steps: training steps (default: the demo config's).
+    """
+    from geodino.demo import run_demo
+
+    _say(run_demo(out, seed=seed, max_steps=max_steps))
+
+
+#: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
+TOOLS: dict[str, Callable[..., Any]] = {"demo": demo, "demo-data": demo_data, "stats": stats}
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def _usage() -> str:
+    lines = ["usage: geodino COMMAND [options]   (geodino COMMAND --help for details)", ""]
+    lines += [f"  {name:<10} {help}" for name, help in LIGHTNING_COMMANDS.items()]
+    for name, func in TOOLS.items():
+        summary = " ".join((func.__doc__ or "").split("\n\n")[0].split())
+        lines.append(f"  {name:<10} {summary}")
+    return "\n".join(lines)
+
+
+def _run_tool(name: str, args: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    func = TOOLS[name]
+    parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)
+    parser.add_function_arguments(func, as_positional=True)
+    cfg = parser.parse_args(args)
+    func(**cfg.as_dict())
+    return 0
+
+
+def _run_lightning(args: list[str]) -> int:
+    from geodino.config import run_lightning_cli
+
+    run_lightning_cli(args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -10,8 +122,28 @@ def main(argv: list[str] | None = None) -> int:
         argv: command-line arguments without the program name (defaults to ``sys.argv[1:]``).
 
     Returns:
-        the process exit status.
+        the process exit status: 0 on success, 2 on bad input (with a one-paragraph message).
     """
+    from geodino.errors import GeoDINOError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.stdout.write("usage: geodino {fit,validate,test,predict,demo,demo-data,stats} ...\n")
-    return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        _say(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from geodino import __version__
+
+        _say(f"geodino {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if command in LIGHTNING_COMMANDS:
+            return _run_lightning(argv)
+        if command in TOOLS:
+            return _run_tool(command, rest)
+    except GeoDINOError as error:
+        sys.stderr.write(f"geodino {command}: error: {error}\n")
+        return 2
+    sys.stderr.write(f"geodino: unknown command {command!r}\n\n{_usage()}\n")
+    return 2

@@ -1,0 +1,82 @@
+"""Reading geodino's YAML configs: the LightningCLI and the data section alone."""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geodino.errors import ConfigError
+
+
+def run_lightning_cli(args: list[str]) -> Any:
+    """Run ``geodino fit|validate|test|predict`` through LightningCLI.
+
+    Models and data modules are given by ``class_path`` in the config, as in TorchGeo's
+    configs, so any LightningModule or LightningDataModule can be named.
+
+    Args:
+        args: the command line, starting with the subcommand.
+
+    Returns:
+        the LightningCLI object after the run.
+    """
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file.
+
+    Args:
+        path: the config file.
+
+    Returns:
+        its content.
+
+    Raises:
+        ConfigError: if the file is missing or not a YAML mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples.")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} is not a YAML mapping of sections.")
+    return data
+
+
+def datamodule_from_config(path: str | Path) -> Any:
+    """Build the data module of a config's ``data`` section (``class_path`` + ``init_args``).
+
+    Args:
+        path: the config file.
+
+    Returns:
+        the instantiated data module.
+
+    Raises:
+        ConfigError: if the config has no ``data`` section.
+    """
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    config = read_config(path)
+    if "data" not in config:
+        raise ConfigError(f"config file {path} has no 'data' section.")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    try:
+        cfg = parser.parse_object({"data": config["data"]})
+    except Exception as error:  # jsonargparse reports every config problem this way
+        raise ConfigError(f"config file {path}, section 'data': {error}") from error
+    return parser.instantiate_classes(cfg).data
