@@ -1,0 +1,527 @@
+"""DINOv2 self-supervised pretraining as a TorchGeo-style Lightning task."""
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torchgeo.tasks import BaseTask
+
+from geodino.checkpoints import AtomicModelCheckpoint
+from geodino.errors import ConfigError
+from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from geodino.models import DINOHead, build_backbone, forward_tokens, split_tokens
+from geodino.tasks.schedules import CosineSchedule
+from geodino.transforms.masking import sample_ibot_masks
+
+#: Parameters without weight decay, as in DINOv2: biases, norms and layer-scale gammas.
+_NO_DECAY = (".bias", "norm", "gamma")
+
+
+class DINOv2Task(BaseTask):
+    """Student and EMA teacher ViTs trained with DINO, iBOT and KoLeo losses.
+
+    The data module delivers ``global_crops`` (2B, C, G, G) and ``local_crops`` (LB, C, l, l),
+    view-major; the task draws iBOT masks for the global crops. All schedules count optimiser
+    steps and span ``trainer.max_steps``.
+
+    Args:
+        model: timm architecture (``vit_*_patch14*_dinov2`` family or any timm ViT).
+        in_chans: number of input bands; must equal the data module's.
+        weights: initial backbone weights (local file or TorchGeo weights enum).
+        band_names: names of the input bands, used to adapt weights of other bands.
+        model_kwargs: further ``timm.create_model`` arguments (depth, embed_dim, num_heads,
+            drop_path_rate, img_size, ...).
+        head_out_dim: prototypes of the DINO head.
+        head_hidden_dim: hidden width of the heads.
+        head_bottleneck_dim: bottleneck width of the heads.
+        head_nlayers: MLP layers of the heads.
+        ibot_separate_head: give iBOT its own head (else it shares the DINO head).
+        ibot_head_out_dim: prototypes of a separate iBOT head.
+        dino_loss_weight: weight of the DINO loss.
+        ibot_loss_weight: weight of the iBOT loss (0 disables masking).
+        koleo_loss_weight: weight of the KoLeo regulariser (0 disables it).
+        centering: ``sinkhorn_knopp`` or ``softmax`` centring of teacher outputs.
+        student_temp: student temperature.
+        teacher_temp: teacher temperature after warmup.
+        warmup_teacher_temp: teacher temperature at step 0.
+        teacher_temp_warmup_fraction: fraction of the run warming the teacher temperature.
+        mask_probability: fraction of global crops that get iBOT masks.
+        mask_ratio: range of the masked fraction of patches.
+        base_lr: learning rate for a global batch of ``lr_reference_batch`` (sqrt scaling).
+        lr_reference_batch: batch size that ``base_lr`` refers to.
+        min_lr: final learning rate.
+        warmup_fraction: fraction of the run with linear lr warmup.
+        weight_decay: initial weight decay.
+        weight_decay_end: final weight decay.
+        momentum_teacher: initial EMA momentum of the teacher.
+        final_momentum_teacher: final EMA momentum of the teacher.
+        freeze_last_layer_fraction: fraction of the run with the heads' last layers frozen.
+        layerwise_decay: layer-wise lr decay of the backbone.
+        patch_embed_lr_mult: lr multiplier of the patch embedding.
+        clip_grad: max gradient norm, per student module (0 disables clipping).
+        adamw_betas: AdamW betas.
+        mask_seed: seed of the iBOT masks (combined with step and rank).
+        checkpoint_every_n_steps: optimiser steps between checkpoints.
+        keep_last_k: checkpoints kept besides ``last.ckpt``.
+    """
+
+    monitor = "train_loss"
+    mode = "min"
+
+    def __init__(
+        self,
+        model: str = "vit_small_patch14_reg4_dinov2",
+        in_chans: int = 13,
+        weights: str | None = None,
+        band_names: Sequence[str] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        head_out_dim: int = 65536,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_nlayers: int = 3,
+        ibot_separate_head: bool = False,
+        ibot_head_out_dim: int = 65536,
+        dino_loss_weight: float = 1.0,
+        ibot_loss_weight: float = 1.0,
+        koleo_loss_weight: float = 0.1,
+        centering: Literal["sinkhorn_knopp", "softmax"] = "sinkhorn_knopp",
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp_warmup_fraction: float = 0.3,
+        mask_probability: float = 0.5,
+        mask_ratio: tuple[float, float] = (0.1, 0.5),
+        base_lr: float = 0.004,
+        lr_reference_batch: int = 1024,
+        min_lr: float = 1e-6,
+        warmup_fraction: float = 0.1,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        momentum_teacher: float = 0.992,
+        final_momentum_teacher: float = 1.0,
+        freeze_last_layer_fraction: float = 0.01,
+        layerwise_decay: float = 0.9,
+        patch_embed_lr_mult: float = 0.2,
+        clip_grad: float = 3.0,
+        adamw_betas: tuple[float, float] = (0.9, 0.999),
+        mask_seed: int = 0,
+        checkpoint_every_n_steps: int = 500,
+        keep_last_k: int = 3,
+    ) -> None:
+        """Build student, teacher, heads and losses."""
+        if centering not in ("sinkhorn_knopp", "softmax"):
+            raise ConfigError(
+                f"centering must be 'sinkhorn_knopp' or 'softmax', got {centering!r}."
+            )
+        if in_chans < 1:
+            raise ConfigError(f"in_chans must be >= 1, got {in_chans}.")
+        self.weights = weights
+        super().__init__()
+
+    # --- models ------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Student backbone and heads, their EMA teacher copy and the iBOT mask token."""
+        hp = self.hparams
+        backbone = build_backbone(
+            hp["model"],
+            hp["in_chans"],
+            weights=self.weights,
+            band_names=hp["band_names"],
+            **(hp["model_kwargs"] or {}),
+        )
+        dim = backbone.embed_dim
+        head_args = dict(
+            hidden_dim=hp["head_hidden_dim"],
+            bottleneck_dim=hp["head_bottleneck_dim"],
+            nlayers=hp["head_nlayers"],
+        )
+        student = nn.ModuleDict(
+            {"backbone": backbone, "dino_head": DINOHead(dim, hp["head_out_dim"], **head_args)}
+        )
+        if hp["ibot_separate_head"]:
+            student["ibot_head"] = DINOHead(dim, hp["ibot_head_out_dim"], **head_args)
+        self.student = student
+        self.teacher = copy.deepcopy(student)
+        self.teacher.requires_grad_(False)
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        self.patch_size = _patch_size(backbone)
+
+    def configure_losses(self) -> None:
+        """DINO, iBOT and KoLeo losses (their centres are saved with the model)."""
+        hp = self.hparams
+        self.dino_loss = DINOLoss(hp["head_out_dim"], student_temp=hp["student_temp"])
+        ibot_dim = hp["ibot_head_out_dim"] if hp["ibot_separate_head"] else hp["head_out_dim"]
+        self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=hp["student_temp"])
+        self.koleo_loss = KoLeoLoss()
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Teacher backbone tokens (what export and evaluation use).
+
+        Args:
+            images: (B, C, H, W) normalised images.
+
+        Returns:
+            normalised tokens (B, 1 + R + N, D).
+        """
+        return forward_tokens(self.teacher["backbone"], images)
+
+    @property
+    def model(self) -> nn.Module:
+        """The teacher backbone, the model that pretraining produces."""
+        return self.teacher["backbone"]
+
+    # --- schedules ---------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        steps = self.trainer.max_steps
+        if steps is None or steps < 1:
+            raise ConfigError(
+                "DINOv2Task schedules are iteration-based: set trainer.max_steps (e.g. "
+                "--trainer.max_steps=10000)."
+            )
+        return steps
+
+    def _schedules(self) -> dict[str, CosineSchedule]:
+        hp = self.hparams
+        total = self._total_steps()
+        world = self.trainer.world_size
+        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule else 1
+        global_batch = batch * world * self.trainer.accumulate_grad_batches
+        lr = hp["base_lr"] * math.sqrt(global_batch / hp["lr_reference_batch"])
+        warmup = int(round(hp["warmup_fraction"] * total))
+        freeze = int(round(hp["freeze_last_layer_fraction"] * total))
+        return {
+            "lr": CosineSchedule(lr, hp["min_lr"], total, warmup),
+            "last_layer_lr": CosineSchedule(lr, hp["min_lr"], total, warmup, freeze_steps=freeze),
+            "wd": CosineSchedule(hp["weight_decay"], hp["weight_decay_end"], total),
+            "momentum": CosineSchedule(
+                hp["momentum_teacher"], hp["final_momentum_teacher"], total
+            ),
+            "teacher_temp": CosineSchedule(
+                hp["teacher_temp"],
+                hp["teacher_temp"],
+                total,
+                int(round(hp["teacher_temp_warmup_fraction"] * total)),
+                start_warmup=hp["warmup_teacher_temp"],
+            ),
+        }
+
+    def setup(self, stage: str) -> None:
+        """Check the data module agrees with the model before any step runs.
+
+        Args:
+            stage: the Lightning stage.
+        """
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None:
+            return
+        hp = self.hparams
+        bands = getattr(datamodule, "num_bands", None)
+        if bands is not None and bands != hp["in_chans"]:
+            names = getattr(datamodule, "band_names", [])
+            raise ConfigError(
+                f"model.in_chans={hp['in_chans']} but the data deliver {bands} bands "
+                f"({', '.join(names)}); set --model.init_args.in_chans={bands} or select "
+                "bands in the dataset."
+            )
+        multicrop = getattr(datamodule, "multicrop", None)
+        for name in ("global_crops_size", "local_crops_size"):
+            size = getattr(multicrop, name, None)
+            if size is not None and size % self.patch_size:
+                raise ConfigError(
+                    f"data.multicrop.{name}={size} is not divisible by the patch size "
+                    f"{self.patch_size} of {hp['model']}; use a multiple such as "
+                    f"{size // self.patch_size * self.patch_size or self.patch_size}."
+                )
+        batch = getattr(datamodule, "batch_size", None)
+        if hp["koleo_loss_weight"] > 0 and batch is not None and batch < 2:
+            raise ConfigError(
+                f"data.batch_size={batch}: the KoLeo loss needs at least 2 samples per "
+                "device; raise the batch size or set model.koleo_loss_weight: 0."
+            )
+
+    # --- optimisation ------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW with DINOv2's parameter groups (layer-wise lr decay, no decay on norms)."""
+        backbone = self.student["backbone"]
+        depth = len(backbone.blocks)
+        groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
+        named = [(f"backbone.{n}", p) for n, p in backbone.named_parameters()]
+        named += [("mask_token", self.mask_token)]
+        for head in ("dino_head", "ibot_head"):
+            if head in self.student:
+                named += [(f"{head}.{n}", p) for n, p in self.student[head].named_parameters()]
+        for name, param in named:
+            if not param.requires_grad:
+                continue
+            lr_mult = self.hparams["layerwise_decay"] ** (depth + 1 - _layer_id(name, depth))
+            if "patch_embed" in name:
+                lr_mult *= self.hparams["patch_embed_lr_mult"]
+            wd_mult = 0.0 if any(k in name for k in _NO_DECAY) else 1.0
+            key = (lr_mult, wd_mult, "last_layer" in name)
+            groups.setdefault(key, []).append(param)
+        param_groups = [
+            {"params": params, "lr_multiplier": lr, "wd_multiplier": wd, "is_last_layer": last}
+            for (lr, wd, last), params in groups.items()
+        ]
+        return torch.optim.AdamW(param_groups, lr=0.0, betas=tuple(self.hparams["adamw_betas"]))
+
+    def on_fit_start(self) -> None:
+        """Build the schedules once the trainer knows the run length and world size."""
+        self._schedule = self._schedules()
+
+    def _apply_schedules(self, optimizer: torch.optim.Optimizer) -> None:
+        step = self.global_step
+        lr = self._schedule["lr"](step)
+        last_lr = self._schedule["last_layer_lr"](step)
+        wd = self._schedule["wd"](step)
+        for group in optimizer.param_groups:
+            base = last_lr if group["is_last_layer"] else lr
+            group["lr"] = base * group["lr_multiplier"]
+            group["weight_decay"] = wd * group["wd_multiplier"]
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the gradient norm of each student module separately, as DINOv2 does.
+
+        Args:
+            optimizer: the optimizer.
+            gradient_clip_val: Lightning's clip value (used when ``clip_grad`` is 0).
+            gradient_clip_algorithm: Lightning's clip algorithm.
+        """
+        clip = self.hparams["clip_grad"]
+        if clip > 0:
+            for module in self.student.values():
+                nn.utils.clip_grad_norm_(module.parameters(), clip)
+        elif gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:  # type: ignore[override]
+        """Set this step's lr and weight decay, step, then update the EMA teacher.
+
+        Args:
+            epoch: current epoch.
+            batch_idx: batch index.
+            optimizer: the (Lightning-wrapped) optimizer.
+            optimizer_closure: the closure computing the loss and gradients.
+        """
+        self._apply_schedules(optimizer)
+        optimizer.step(closure=optimizer_closure)
+        self._update_teacher(self._schedule["momentum"](self.global_step))
+
+    @torch.no_grad()
+    def _update_teacher(self, momentum: float) -> None:
+        student = list(self.student.parameters())
+        teacher = list(self.teacher.parameters())
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, student, alpha=1.0 - momentum)
+
+    # --- steps -------------------------------------------------------------------------
+    def _masks(self, n_images: int, grid: tuple[int, int], device: torch.device) -> Tensor:
+        step = self.global_step
+        rank = self.global_rank
+        generator = torch.Generator().manual_seed(
+            (self.hparams["mask_seed"] * 1_000_003 + step) * 4099 + rank
+        )
+        masks = sample_ibot_masks(
+            n_images,
+            grid,
+            self.hparams["mask_probability"],
+            tuple(self.hparams["mask_ratio"]),
+            generator=generator,
+        )
+        return masks.to(device)
+
+    def _center(self, loss: nn.Module, logits: Tensor, temp: float, n_masked: Tensor | None = None) -> Tensor:
+        if self.hparams["centering"] == "sinkhorn_knopp":
+            if n_masked is None:
+                return loss.sinkhorn_knopp_teacher(logits, temp)
+            return loss.sinkhorn_knopp_teacher(logits, temp, n_masked_patches_tensor=n_masked)
+        targets = loss.softmax_center_teacher(logits, temp)
+        loss.update_center(logits)
+        return targets
+
+    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        hp = self.hparams
+        global_crops = batch["global_crops"]
+        local_crops = batch["local_crops"]
+        n_global = 2
+        batch_size = global_crops.shape[0] // n_global
+        n_local = local_crops.shape[0] // max(batch_size, 1)
+        size = global_crops.shape[-1] // self.patch_size
+        grid = (global_crops.shape[-2] // self.patch_size, size)
+        use_ibot = hp["ibot_loss_weight"] > 0
+        masks = (
+            self._masks(global_crops.shape[0], grid, global_crops.device) if use_ibot else None
+        )
+        teacher_temp = self._schedule["teacher_temp"](self.global_step)
+        dino_head = self.student["dino_head"]
+        ibot_head = self.student["ibot_head"] if "ibot_head" in self.student else dino_head
+        t_dino_head = self.teacher["dino_head"]
+        t_ibot_head = self.teacher["ibot_head"] if "ibot_head" in self.teacher else t_dino_head
+
+        # Teacher: global crops only, targets crossed between the two views.
+        with torch.no_grad():
+            t_tokens = forward_tokens(self.teacher["backbone"], global_crops)
+            t_cls, _, t_patches = split_tokens(self.teacher["backbone"], t_tokens)
+            t_cls_logits = t_dino_head(t_cls).float()
+            t_cls_logits = torch.cat(t_cls_logits.chunk(n_global)[::-1])
+            t_dino = self._center(self.dino_loss, t_cls_logits, teacher_temp)
+            if use_ibot:
+                assert masks is not None
+                n_masked = masks.sum()
+                t_masked = t_ibot_head(t_patches[masks]).float()
+                t_ibot = self._center(
+                    self.ibot_loss, t_masked, teacher_temp, n_masked.reshape(1).float()
+                )
+
+        # Student: masked global crops and local crops.
+        s_tokens = forward_tokens(self.student["backbone"], global_crops, masks, self.mask_token)
+        s_cls, _, s_patches = split_tokens(self.student["backbone"], s_tokens)
+        s_global_logits = dino_head(s_cls).float()
+        n_terms = n_global * (n_global - 1) + n_global * n_local
+        t_views = t_dino.chunk(n_global)
+        s_views = s_global_logits.chunk(n_global)
+        # t_views are already crossed: view i of the student meets the other teacher view.
+        dino_global = sum(
+            self.dino_loss([s], [t]) for s, t in zip(s_views, t_views, strict=True)
+        )
+        dino_local = s_global_logits.new_zeros(())
+        if n_local > 0:
+            s_local_tokens = forward_tokens(self.student["backbone"], local_crops)
+            s_local_cls = split_tokens(self.student["backbone"], s_local_tokens)[0]
+            s_local_logits = dino_head(s_local_cls).float()
+            dino_local = self.dino_loss(list(s_local_logits.chunk(n_local)), list(t_views))
+        dino = (dino_global + dino_local) / n_terms
+        out = {"dino_loss": dino}
+        total = hp["dino_loss_weight"] * dino
+        if hp["koleo_loss_weight"] > 0:
+            koleo = sum(self.koleo_loss(c) for c in s_cls.chunk(n_global))
+            out["koleo_loss"] = koleo
+            total = total + hp["koleo_loss_weight"] * koleo
+        if use_ibot:
+            assert masks is not None
+            s_masked = ibot_head(s_patches[masks]).float()
+            ibot = self.ibot_loss.forward_masked(s_masked, t_ibot, student_masks_flat=masks)
+            out["ibot_loss"] = ibot
+            total = total + hp["ibot_loss_weight"] * ibot
+        out["loss"] = total
+        with torch.no_grad():
+            probs = t_dino.clamp_min(1e-12)
+            out["teacher_entropy"] = -(probs * probs.log()).sum(-1).mean()
+            out["teacher_feature_std"] = F.normalize(t_cls.float(), dim=-1).std(0).mean()
+            out["teacher_temp"] = torch.tensor(teacher_temp)
+        return out
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One DINOv2 step on a multi-crop batch.
+
+        Args:
+            batch: ``global_crops`` and ``local_crops`` from the data module.
+            batch_idx: batch index.
+
+        Returns:
+            the total loss.
+
+        Raises:
+            FloatingPointError: if the loss is NaN or infinite.
+        """
+        if "global_crops" not in batch:
+            raise ConfigError(
+                "DINOv2Task needs multi-crop batches (global_crops, local_crops): use "
+                "geodino.datamodules.GeoDINODataModule or FolderDINODataModule."
+            )
+        out = self._losses(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            parts = {k: float(v) for k, v in out.items() if v.ndim == 0}
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: {parts}. The last good "
+                "checkpoint is intact; lower base_lr, raise warmup_fraction, use fp32/bf16 "
+                "instead of fp16, or check the band statistics."
+            )
+        batch_size = batch["global_crops"].shape[0] // 2
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
+        for key, value in out.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, batch_size=batch_size)
+        self.log("train/lr", self._schedule["lr"](self.global_step), batch_size=batch_size)
+        self.log(
+            "train/momentum", self._schedule["momentum"](self.global_step), batch_size=batch_size
+        )
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Log collapse diagnostics of teacher features on validation chips.
+
+        Args:
+            batch: ``image`` (B, C, H, W) normalised.
+            batch_idx: batch index.
+        """
+        tokens = self(batch["image"])
+        cls = split_tokens(self.teacher["backbone"], tokens)[0]
+        std = F.normalize(cls.float(), dim=-1).std(0).mean()
+        self.log("val/teacher_feature_std", std, batch_size=cls.shape[0])
+
+    # --- checkpoints -------------------------------------------------------------------
+    def configure_callbacks(self) -> list[Callback]:
+        """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept."""
+        return [
+            AtomicModelCheckpoint(
+                filename="step{step:08d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=self.hparams["checkpoint_every_n_steps"],
+                save_top_k=self.hparams["keep_last_k"],
+                monitor="step",
+                mode="max",
+                save_last=True,
+            )
+        ]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the global RNG states (drop path, dropout) for an exact resume.
+
+        Args:
+            checkpoint: the checkpoint being written.
+        """
+        checkpoint["geodino_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["geodino_rng"]["cuda"] = torch.cuda.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the RNG states saved by :meth:`on_save_checkpoint`.
+
+        Args:
+            checkpoint: the checkpoint being read.
+        """
+        rng = checkpoint.get("geodino_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+
+
+def _patch_size(backbone: nn.Module) -> int:
+    patch = backbone.patch_embed.patch_size
+    return int(patch[0] if isinstance(patch, tuple | list) else patch)
+
+
+def _layer_id(name: str, depth: int) -> int:
+    """Layer index for layer-wise lr decay: embeddings 0, block i i+1, the rest depth+1."""
+    if name.startswith("backbone."):
+        rest = name[len("backbone."):]
+        if rest.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+            return 0
+        if rest.startswith("blocks."):
+            return int(rest.split(".")[1]) + 1
+    if name == "mask_token":
+        return 0
+    return depth + 1
