@@ -1,0 +1,167 @@
+"""Data modules: seeded resumable streams, nodata redraws, statistics and device transforms."""
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from rasterio.transform import from_origin
+
+from geodino.datamodules import FolderDINODataModule, GeoDINODataModule, SampleStream
+from geodino.datasets import MultiBandGeoTIFF
+from geodino.errors import DataError
+from geodino.transforms.normalize import BandStatistics
+
+MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2}
+
+
+class TensorItems(torch.utils.data.Dataset):
+    """A map-style dataset of fixed random images whose first pixel encodes the item index."""
+
+    band_names = ["b1", "b2", "b3"]
+
+    def __init__(self, n: int = 40, size: int = 32) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 3, size, size, generator=generator) * 100
+        self.images[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index].clone()}
+
+
+def write_raster(path: Path, data: np.ndarray, crs: str, origin: tuple[float, float],
+                 nodata: float | None = 0, res: float = 10.0) -> Path:
+    """Write a (C, H, W) GeoTIFF."""
+    profile = {
+        "driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
+        "count": data.shape[0], "dtype": data.dtype, "crs": crs,
+        "transform": from_origin(origin[0], origin[1], res, res), "nodata": nodata,
+        "tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "deflate",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def ids(batch: dict[str, torch.Tensor]) -> list[int]:
+    return batch["image"][:, 0, 0, 0].round().long().tolist()
+
+
+def test_stream_positions_shard_without_overlap() -> None:
+    seen = []
+    for rank in range(3):
+        stream = SampleStream(lambda g: {"g": g}, batch_size=4, start=10, rank=rank, world_size=3)
+        for worker in range(2):
+            seen.extend(islice(stream.positions(worker, 2), 8))
+    assert sorted(seen) == list(range(10, 10 + 3 * 16))
+
+
+def test_folder_stream_is_seeded_and_independent_of_workers() -> None:
+    data = TensorItems()
+    batches = {}
+    for workers in (0, 2):
+        dm = FolderDINODataModule(data, batch_size=4, num_workers=workers, seed=3,
+                                  multicrop=MULTICROP)
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        batches[workers] = [ids(next(loader)) for _ in range(15)]
+    assert batches[0] == batches[2]
+    flat = [i for b in batches[0] for i in b]
+    # a pass over 40 items is a permutation; then a new permutation starts
+    assert sorted(flat[:40]) == list(range(40))
+    assert flat[:40] != flat[40:60] + flat[:20]
+    other = FolderDINODataModule(data, batch_size=4, seed=4, multicrop=MULTICROP)
+    other.setup("fit")
+    assert ids(next(iter(other.train_dataloader()))) != batches[0][0]
+
+
+def test_stream_resumes_from_state_dict() -> None:
+    data = TensorItems()
+    dm = FolderDINODataModule(data, batch_size=4, seed=1, multicrop=MULTICROP)
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    straight = [ids(next(loader)) for _ in range(6)]
+    resumed = FolderDINODataModule(data, batch_size=4, seed=1, multicrop=MULTICROP)
+    resumed.load_state_dict({"samples_seen": 3 * 4, "seed": 1})
+    resumed.setup("fit")
+    loader = iter(resumed.train_dataloader())
+    assert [ids(next(loader)) for _ in range(3)] == straight[3:]
+
+
+def test_statistics_ignore_nodata_and_normalise_on_device(tmp_path: Path) -> None:
+    data = TensorItems(n=8)
+    data.images[:, :, :4, :4] = float("nan")  # nodata corner
+    dm = FolderDINODataModule(data, batch_size=4, seed=0, multicrop=MULTICROP)
+    dm.setup("fit")
+    stats = dm.statistics
+    assert stats is not None
+    valid = data.images[:, :, 4:, :]
+    flat = torch.cat([valid.permute(1, 0, 2, 3).reshape(3, -1),
+                      data.images[:, :, :4, 4:].permute(1, 0, 2, 3).reshape(3, -1)], 1)
+    np.testing.assert_allclose(stats.mean, flat.double().mean(1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stats.std, flat.double().std(1, unbiased=False).numpy(), rtol=1e-5)
+    path = stats.save(tmp_path / "stats.yaml")
+    assert BandStatistics.load(path) == stats
+    batch = dm.on_after_batch_transfer({"image": data.images[:4].clone()}, 0)
+    assert torch.isfinite(batch["image"]).all()
+    assert torch.all(batch["image"][:, :, :4, :4] == 0)  # nodata -> band mean -> 0
+
+
+def test_geo_chips_with_too_much_nodata_are_redrawn(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 1000, size=(4, 200, 200), dtype=np.uint16)
+    data[:, :, :120] = 0  # 60 % of the scene is nodata
+    write_raster(tmp_path / "scene.tif", data, "EPSG:32631", (500000, 5000000))
+    ds = MultiBandGeoTIFF(tmp_path)
+    dm = GeoDINODataModule(ds, chip_size=32, batch_size=8, seed=0, max_nodata=0.1,
+                           multicrop=MULTICROP)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 4, 32, 32)
+    nodata_fraction = (batch["image"] == 0).all(1).float().mean((1, 2))
+    assert (nodata_fraction <= 0.1).all()
+
+
+def test_geo_all_nodata_raises_naming_the_fix(tmp_path: Path) -> None:
+    data = np.zeros((2, 64, 64), dtype=np.uint16)
+    write_raster(tmp_path / "empty.tif", data, "EPSG:32631", (500000, 5000000))
+    dm = GeoDINODataModule(MultiBandGeoTIFF(tmp_path), chip_size=16, batch_size=2,
+                           max_redraws=3, statistics_chips=4, multicrop=MULTICROP)
+    with pytest.raises(DataError, match="max_nodata"):
+        dm.setup("fit")
+
+
+class CaptureSteps(LightningModule):
+    """Records the multi-crop batches a Trainer feeds to training_step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.shapes.append((tuple(batch["global_crops"].shape), tuple(batch["local_crops"].shape)))
+        return self.layer(batch["global_crops"].mean().reshape(1, 1)).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_trainer_receives_normalised_multicrop_batches(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.integers(100, 3000, size=(3, 128, 128), dtype=np.uint16)
+    write_raster(tmp_path / "a.tif", data, "EPSG:32632", (400000, 5100000))
+    dm = GeoDINODataModule(MultiBandGeoTIFF(tmp_path), chip_size=48, batch_size=4,
+                           multicrop=MULTICROP, statistics_chips=8)
+    model = CaptureSteps()
+    trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    assert model.shapes == [((8, 3, 28, 28), (8, 3, 14, 14))] * 3
+    assert dm.state_dict()["samples_seen"] == 12
