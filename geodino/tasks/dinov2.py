@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchgeo.tasks import BaseTask
 
+from geodino.callbacks import TrainingSummary
 from geodino.checkpoints import AtomicModelCheckpoint
 from geodino.errors import ConfigError
 from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
@@ -473,8 +474,10 @@ class DINOv2Task(BaseTask):
 
     # --- checkpoints -------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
-        """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept."""
+        """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept, and
+        ``metrics.json`` plus ``training_curves.png`` in the run folder at the end."""
         return [
+            TrainingSummary(),
             AtomicModelCheckpoint(
                 filename="step{step:08d}",
                 auto_insert_metric_name=False,
