@@ -1,0 +1,128 @@
+"""Chips/s through GeoDINODataModule vs plain rasterio windowed reads of the same chips.
+
+Writes a synthetic GeoTIFF catalog (13-band uint16, DEFLATE, 256-px tiles; optionally a
+second UTM zone) into a temporary folder, draws the same chip windows both ways in one run
+and prints a table with the ratio. GDAL's cache is kept small (``GDAL_CACHEMAX=16`` MB) so
+that the catalog does not sit in memory as a small test archive would.
+
+    python benchmarks/data_pipeline.py --chips 512 --workers 0 1 2 [--mixed-crs] [--json OUT]
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GDAL_CACHEMAX", "16")
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+from rasterio.windows import from_bounds  # noqa: E402
+
+
+def write_catalog(root: Path, files: int, size: int, bands: int, mixed_crs: bool,
+                  tiled: bool = True) -> None:
+    """Write ``files`` scenes of random-ish uint16 data side by side."""
+    rng = np.random.default_rng(0)
+    for i in range(files):
+        crs = "EPSG:32632" if mixed_crs and i % 2 else "EPSG:32631"
+        # a gap between scenes keeps every chip inside one file, so rasterio reads one window
+        x0 = 300000 + i * (size * 10 + 5000)
+        base = rng.integers(200, 4000, size=(bands, size // 16, size // 16), dtype=np.uint16)
+        data = base.repeat(16, 1).repeat(16, 2)
+        data = data + rng.integers(0, 50, size=data.shape, dtype=np.uint16)
+        profile = {
+            "driver": "GTiff", "height": size, "width": size, "count": bands,
+            "dtype": "uint16", "crs": crs, "nodata": 0, "compress": "deflate",
+            "transform": from_origin(x0, 5000000, 10, 10),
+        }
+        if tiled:
+            profile.update(tiled=True, blockxsize=256, blockysize=256)
+        with rasterio.open(root / f"scene_{i:03d}.tif", "w", **profile) as dst:
+            dst.write(data)
+
+
+def rasterio_reads(root: Path, queries: list, chip: int) -> float:
+    """Chips/s reading each query's window with rasterio from the file that holds it."""
+    from rasterio.vrt import WarpedVRT
+
+    files = sorted(root.glob("*.tif"))
+    handles = [rasterio.open(f) for f in files]
+    crs = handles[0].crs
+    # files in another zone are read through a warped view, as any reader must
+    handles = [h if h.crs == crs else WarpedVRT(h, crs=crs) for h in handles]
+    start = time.perf_counter()
+    for x, y, _ in queries:
+        for src in handles:
+            b = src.bounds
+            if b.left <= x.start and x.stop <= b.right and b.bottom <= y.start and y.stop <= b.top:
+                window = from_bounds(x.start, y.start, x.stop, y.stop, src.transform)
+                src.read(window=window, out_shape=(src.count, chip, chip))
+                break
+        else:
+            raise RuntimeError(f"no file holds the chip {x}, {y}")
+    elapsed = time.perf_counter() - start
+    for src in handles:
+        src.close()
+    return len(queries) / elapsed
+
+
+def datamodule_reads(root: Path, chips: int, chip: int, workers: int, batch: int) -> tuple[float, list]:
+    """Chips/s through GeoDINODataModule's training loader; also returns the queries drawn."""
+    from geodino.datamodules import GeoDINODataModule
+    from geodino.datasets import MultiBandGeoTIFF
+
+    dm = GeoDINODataModule(
+        MultiBandGeoTIFF(root), chip_size=chip, batch_size=batch, num_workers=workers,
+        seed=0, statistics=None, statistics_chips=1,
+    )
+    dm.setup_draws()
+    queries = [dm.train_draw.sampler.sample(i) for i in range(chips)]
+    loader = iter(dm.train_dataloader())
+    next(loader)  # start workers and open files outside the timing
+    n = (chips // batch) - 1
+    start = time.perf_counter()
+    for _ in range(n):
+        next(loader)
+    return n * batch / (time.perf_counter() - start), queries[batch:batch * (n + 1)]
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chips", type=int, default=512)
+    parser.add_argument("--chip", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--bands", type=int, default=13)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--mixed-crs", action="store_true")
+    parser.add_argument("--striped", action="store_true", help="strip layout instead of tiles")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_catalog(root, args.files, args.size, args.bands, args.mixed_crs, not args.striped)
+        for workers in args.workers:
+            rate, queries = datamodule_reads(root, args.chips, args.chip, workers, args.batch)
+            base = rasterio_reads(root, queries, args.chip)
+            rows.append({"workers": workers, "geodino_chips_per_s": rate,
+                         "rasterio_chips_per_s": base, "ratio": rate / base})
+    layout = ("mixed-CRS" if args.mixed_crs else "same-CRS") + (", striped" if args.striped else ", tiled")
+    print(f"data pipeline: {args.bands} bands, {args.chip} px chips, {layout}, "
+          f"GDAL_CACHEMAX={os.environ['GDAL_CACHEMAX']} MB, {os.cpu_count()} cores")
+    print(f"{'workers':>8} {'geodino chips/s':>16} {'rasterio chips/s':>17} {'ratio':>7}")
+    for r in rows:
+        print(f"{r['workers']:>8} {r['geodino_chips_per_s']:>16.1f} "
+              f"{r['rasterio_chips_per_s']:>17.1f} {r['ratio']:>7.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
