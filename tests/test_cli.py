@@ -1,0 +1,92 @@
+"""The ``geodino`` command, run as users run it (subprocesses of the installed entry point)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from rasterio.transform import from_origin
+
+from geodino.transforms.normalize import BandStatistics
+
+ROOT = Path(__file__).resolve().parents[1]
+GEODINO = [sys.executable, "-m", "geodino"]
+
+
+def run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*GEODINO, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def test_help_lists_every_command() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("fit", "validate", "demo", "demo-data", "stats"):
+        assert f"  {command} " in out.stdout
+    entry = Path(sys.executable).with_name("geodino")
+    assert subprocess.run([str(entry), "--help"], capture_output=True).returncode == 0
+
+
+def test_tool_help_and_unknown_command() -> None:
+    out = run("demo-data", "--help")
+    assert out.returncode == 0 and "--seed" in out.stdout and "synthetic demo catalog" in out.stdout
+    bad = run("frobnicate")
+    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_fit_help_comes_from_lightning() -> None:
+    out = run("fit", "--help")
+    assert out.returncode == 0 and "--ckpt_path" in out.stdout and "--trainer" in out.stdout
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses(config: Path) -> None:
+    out = run("fit", "--config", str(config), "--print_config")
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = yaml.safe_load(out.stdout)
+    assert printed["model"]["class_path"].startswith("geodino.")
+    assert printed["data"]["class_path"].startswith("geodino.")
+
+
+def test_stats_writes_a_file_the_config_can_use(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(1000, 100, size=(3, 128, 128)).astype("uint16")
+    data[:, :10] = 0
+    profile = {"driver": "GTiff", "height": 128, "width": 128, "count": 3, "dtype": "uint16",
+               "crs": "EPSG:32631", "transform": from_origin(600000, 5000000, 10, 10), "nodata": 0}
+    (tmp_path / "tiles").mkdir()
+    with rasterio.open(tmp_path / "tiles" / "a.tif", "w", **profile) as dst:
+        dst.write(data)
+    config = {
+        "data": {
+            "class_path": "geodino.datamodules.GeoDINODataModule",
+            "init_args": {
+                "dataset": {"class_path": "geodino.datasets.MultiBandGeoTIFF",
+                            "init_args": {"paths": str(tmp_path / "tiles")}},
+                "chip_size": 32,
+            },
+        }
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = run("stats", str(cfg), "--out", str(tmp_path / "stats.yaml"), "--chips", "64")
+    assert out.returncode == 0, out.stderr[-2000:]
+    stats = BandStatistics.load(tmp_path / "stats.yaml")
+    valid = data[:, 10:].reshape(3, -1).astype(float)
+    np.testing.assert_allclose(stats.mean, valid.mean(1), rtol=0.02)
+    np.testing.assert_allclose(stats.std, valid.std(1), rtol=0.1)
+    assert all(lo < m < hi for lo, m, hi in zip(stats.p2, stats.mean, stats.p98, strict=True))
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path: Path) -> None:
+    config = {"data": {"class_path": "geodino.datamodules.GeoDINODataModule", "init_args": {
+        "dataset": {"class_path": "geodino.datasets.MultiBandGeoTIFF",
+                    "init_args": {"paths": str(tmp_path / "nothing")}}}}}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = run("stats", str(cfg))
+    assert out.returncode == 2
+    assert "nothing" in out.stderr and "Traceback" not in out.stderr
