@@ -80,8 +80,28 @@ def demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None 
     _say(run_demo(out, seed=seed, max_steps=max_steps))
 
 
+def export(checkpoint: Path, out_dir: Path, student: bool = False) -> None:
+    """Export the pretrained backbone for TorchGeo and timm: backbone.ckpt, backbone.safetensors
+    and backbone.json (architecture, bands, band statistics, patch size).
+
+    Args:
+        checkpoint: a checkpoint written by ``geodino fit``.
+        out_dir: folder to write the three files into.
+        student: export the student instead of the EMA teacher.
+    """
+    from geodino.export import export_backbone
+
+    paths = export_backbone(checkpoint, out_dir, "student" if student else "teacher")
+    _say("\n".join(f"{kind:>12}  {path}" for kind, path in paths.items()))
+
+
 #: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
-TOOLS: dict[str, Callable[..., Any]] = {"demo": demo, "demo-data": demo_data, "stats": stats}
+TOOLS: dict[str, Callable[..., Any]] = {
+    "demo": demo,
+    "demo-data": demo_data,
+    "stats": stats,
+    "export": export,
+}
 
 
 def _say(text: str) -> None:

@@ -8,7 +8,8 @@ take whole local batches in turn, so the order does not depend on the worker cou
 """
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -373,8 +374,11 @@ class DINODataModule(LightningDataModule):
         return self._start + steps * per_step
 
     def state_dict(self) -> dict[str, Any]:
-        """Stream position and seed, saved in every checkpoint."""
-        return {"samples_seen": self.samples_seen(), "seed": self.seed}
+        """Stream position, seed and band statistics, saved in every checkpoint."""
+        state: dict[str, Any] = {"samples_seen": self.samples_seen(), "seed": self.seed}
+        if self.statistics is not None:
+            state["statistics"] = asdict(self.statistics)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the stream where the checkpoint stopped.
