@@ -1,0 +1,151 @@
+"""Linear evaluation of frozen features: logistic regression with a C sweep, linear probe."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geodino.errors import DataError
+
+
+def check_labels(train_labels: Tensor, test_labels: Tensor, class_names: Sequence[str]) -> None:
+    """Refuse label sets no classifier can learn from.
+
+    Args:
+        train_labels: (N,) training labels.
+        test_labels: (M,) test labels.
+        class_names: names of the classes.
+
+    Raises:
+        DataError: with one class only, or a test class absent from training.
+    """
+    train = set(train_labels.tolist())
+    if len(train) < 2:
+        raise DataError(
+            f"the training labels hold a single class ({sorted(train)}): a classifier needs "
+            "at least two; check the labels source or the split."
+        )
+    missing = sorted(set(test_labels.tolist()) - train)
+    if missing:
+        names = [class_names[i] if i < len(class_names) else str(i) for i in missing]
+        raise DataError(
+            f"classes {names} occur in the test split but never in training; add training "
+            "samples of them or change the split (group_id, test fraction)."
+        )
+
+
+def group_split(
+    n: int, groups: Sequence[Any] | None, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices; samples sharing a group never straddle the split.
+
+    Args:
+        n: number of samples.
+        groups: group of each sample (e.g. ``group_id``), or None for a plain random split.
+        test_fraction: fraction of samples (or groups) in the test split.
+        seed: seed of the split.
+
+    Returns:
+        train and test index arrays.
+    """
+    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
+
+    splitter: Any
+    if groups is None:
+        splitter = ShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+        return next(splitter.split(np.zeros(n)))
+    if len(set(groups)) < 2:
+        raise DataError("a group-aware split needs at least two groups (group_id values).")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+    return next(splitter.split(np.zeros(n), groups=list(groups)))
+
+
+def logistic_regression(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0),
+    folds: int = 3,
+    seed: int = 0,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Multinomial logistic regression on standardised features, C chosen by cross-validation.
+
+    Args:
+        train_features: (N, D) training features.
+        train_labels: (N,) training labels.
+        test_features: (M, D) features to classify.
+        cs: inverse regularisation strengths swept.
+        folds: cross-validation folds for the sweep (stratified).
+        seed: seed of the folds.
+
+    Returns:
+        test predictions (M,) and the sweep (best C and mean CV accuracy per C).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = train_features.double().numpy(), train_labels.numpy()
+    min_count = int(np.bincount(y).clip(min=0)[np.unique(y)].min())
+    folds = max(2, min(folds, min_count))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = {}
+    for c in cs:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        scores[c] = float(cross_val_score(model, x, y, cv=cv).mean()) if min_count >= 2 else 0.0
+    best = max(scores, key=scores.__getitem__)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=best, max_iter=2000))
+    model.fit(x, y)
+    preds = torch.as_tensor(model.predict(test_features.double().numpy()))
+    return preds, {"best_C": best, "cv_accuracy": {str(c): s for c, s in scores.items()}}
+
+
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> Tensor:
+    """A linear layer on frozen, batch-normalised features trained with AdamW.
+
+    Args:
+        train_features: (N, D) training features.
+        train_labels: (N,) training labels.
+        test_features: (M, D) features to classify.
+        num_classes: number of classes.
+        epochs: passes over the training features.
+        lr: learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: features per step.
+        seed: seed of initialisation and shuffling.
+
+    Returns:
+        test predictions (M,).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    dim = train_features.shape[1]
+    probe = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    x, y = train_features.float(), train_labels.long()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = nn.functional.cross_entropy(probe(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    probe.eval()
+    with torch.no_grad():
+        return probe(test_features.float()).argmax(1)
