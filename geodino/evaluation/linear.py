@@ -109,9 +109,9 @@ def linear_probe(
     test_features: Tensor,
     num_classes: int,
     epochs: int = 100,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     weight_decay: float = 1e-4,
-    batch_size: int = 256,
+    batch_size: int = 64,
     seed: int = 0,
 ) -> Tensor:
     """A linear layer on frozen, batch-normalised features trained with AdamW.
