@@ -1,0 +1,16 @@
+"""Data sources: GeoTIFF catalogs (TorchGeo raster datasets) and non-geo folders."""
+
+from geodino.datasets.folders import AnnotatedImages, ImageFolder, NpyFolder
+from geodino.datasets.geotiff import MultiBandGeoTIFF
+from geodino.datasets.sentinel import S1_BANDS, S2_BANDS, Sentinel1, Sentinel2
+
+__all__ = [
+    "S1_BANDS",
+    "S2_BANDS",
+    "AnnotatedImages",
+    "ImageFolder",
+    "MultiBandGeoTIFF",
+    "NpyFolder",
+    "Sentinel1",
+    "Sentinel2",
+]

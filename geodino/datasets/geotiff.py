@@ -1,0 +1,290 @@
+"""Any n-band GeoTIFF catalog as a TorchGeo raster dataset, with files checked at indexing."""
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import rasterio
+from pyproj import CRS
+from rasterio.windows import Window
+from torchgeo.datasets import RasterDataset
+
+from geodino.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Suffixes indexed by default (compared case-insensitively).
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What indexing learned from one readable raster file."""
+
+    path: str
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    res: tuple[float, float]
+
+
+def find_rasters(paths: str | Path | Iterable[str | Path], what: str = "GeoTIFF") -> list[str]:
+    """Every ``*.tif``/``*.tiff`` file (any case) under the given files or folders, sorted.
+
+    Args:
+        paths: files or folders.
+        what: what is being looked for, for the error message.
+
+    Returns:
+        the raster paths.
+
+    Raises:
+        DataError: if a path does not exist or no raster is found.
+    """
+    roots = [paths] if isinstance(paths, str | Path) else list(paths)
+    found: list[str] = []
+    for root in map(Path, roots):
+        if root.is_file():
+            found.append(str(root))
+        elif root.is_dir():
+            found += sorted(
+                str(p) for p in root.rglob("*")
+                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+            )
+        else:
+            raise DataError(f"{root} does not exist; point `paths` at a folder of {what} files.")
+    if not found:
+        raise DataError(
+            f"no {what} files (*.tif, *.tiff) under {', '.join(map(str, roots))}; check the "
+            "folder, or convert the rasters to GeoTIFF (gdal_translate)."
+        )
+    return found
+
+
+def inspect_raster(path: str) -> RasterInfo:
+    """Open a raster, check that it is georeferenced and that its last block reads.
+
+    Args:
+        path: the file.
+
+    Returns:
+        its band count, dtype, nodata, band descriptions and resolution.
+
+    Raises:
+        DataError: naming the file and the fix, if it cannot be used.
+    """
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None and not src.gcps[0]:
+                raise DataError(
+                    f"{path} has no CRS: geodino cannot place it on the map. Assign one "
+                    "(QGIS: Raster > Projections > Assign Projection, or `gdal_edit.py -a_srs "
+                    "EPSG:xxxx`)."
+                )
+            t = src.transform
+            if src.crs is not None and (t.b != 0 or t.d != 0):
+                raise DataError(
+                    f"{path} has a rotated or sheared geotransform ({tuple(t)[:6]}); warp it "
+                    "to a north-up grid first (`gdalwarp`)."
+                )
+            dtypes = set(src.dtypes)
+            if len(dtypes) > 1:
+                raise DataError(f"{path} mixes band dtypes {sorted(dtypes)}; rewrite it with one.")
+            # Reading the last block proves the file is complete: a truncated GeoTIFF opens
+            # but fails on the blocks it lost.
+            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
+            return RasterInfo(
+                path, src.count, src.dtypes[0], src.nodata,
+                tuple(src.descriptions), (abs(t.a), abs(t.e)),
+            )
+    except DataError:
+        raise
+    except Exception as error:  # rasterio raises many types for damaged files
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"{path} cannot be read as a raster ({first}): it is empty, truncated or not a "
+            "GeoTIFF. Re-download or re-export it, or remove it from the folder."
+        ) from None
+
+
+def inspect_catalog(
+    files: Sequence[str], on_unreadable: Literal["raise", "warn"]
+) -> tuple[list[RasterInfo], list[str]]:
+    """Inspect every file; raise on the first bad one or skip it with a logged warning.
+
+    Args:
+        files: raster paths.
+        on_unreadable: ``raise`` or ``warn`` (skip, log and count).
+
+    Returns:
+        the readable files' info and the skipped paths.
+
+    Raises:
+        DataError: for a bad file with ``raise``, or when no file is readable.
+    """
+    if on_unreadable not in ("raise", "warn"):
+        raise DataError(f"on_unreadable must be 'raise' or 'warn', got {on_unreadable!r}.")
+    infos, skipped = [], []
+    for path in files:
+        try:
+            infos.append(inspect_raster(path))
+        except DataError as error:
+            if on_unreadable == "raise":
+                raise
+            log.warning("skipping %s", error)
+            skipped.append(path)
+    if skipped:
+        log.warning("skipped %d of %d raster files that cannot be used", len(skipped), len(files))
+    if not infos:
+        raise DataError(f"none of the {len(files)} raster files can be read; see the warnings.")
+    return infos, skipped
+
+
+def check_uniform(infos: Sequence[RasterInfo], expected_count: int | None = None) -> None:
+    """Every file of a catalog must have the same band count and dtype.
+
+    Args:
+        infos: the inspected files.
+        expected_count: the band count the configuration declares, if any.
+
+    Raises:
+        DataError: naming two disagreeing files.
+    """
+    first = infos[0]
+    if expected_count is not None and first.count != expected_count:
+        raise DataError(
+            f"{first.path} has {first.count} bands but {expected_count} band names were "
+            "given; list one name per band of the files."
+        )
+    for info in infos[1:]:
+        if info.count != first.count:
+            raise DataError(
+                f"{info.path} has {info.count} bands but {first.path} has {first.count}: one "
+                "catalog must hold one kind of raster; split them into separate folders."
+            )
+        if info.dtype != first.dtype:
+            raise DataError(
+                f"mixed dtypes: {info.path} is {info.dtype} but {first.path} is {first.dtype}; "
+                "convert the catalog to one dtype (gdal_translate -ot) or split it."
+            )
+
+
+def default_band_names(info: RasterInfo) -> list[str]:
+    """Band descriptions of a file when all are set and distinct, else ``B1``..``Bn``.
+
+    Args:
+        info: the inspected file.
+
+    Returns:
+        one name per band.
+    """
+    names = [d.strip() if d else "" for d in info.descriptions]
+    if all(names) and len(set(names)) == len(names):
+        return names
+    return [f"B{i + 1}" for i in range(info.count)]
+
+
+class MultiBandGeoTIFF(RasterDataset):
+    """Any catalog of n-band GeoTIFFs (e.g. 8-band WorldView/PlanetScope, drone imagery).
+
+    Every ``*.tif``/``*.tiff`` under ``paths`` is checked when the dataset is built: a file
+    that cannot be read is an error naming it (TorchGeo alone would skip it silently), or,
+    with ``on_unreadable="warn"``, a logged warning and an entry in :attr:`unreadable`.
+
+    Args:
+        paths: folders (searched recursively) or files.
+        crs: CRS to work in (default: the first file's); other files are warped to it.
+        res: resolution in CRS units (default: the first file's).
+        bands: names of the bands to return (default: all).
+        band_names: one name per band of the files (default: the files' band descriptions,
+            else ``B1``..``Bn``).
+        nodata: value marking missing data (default: the files' own nodata value).
+        transforms: applied to each sample.
+        cache: keep file handles open between reads.
+        on_unreadable: ``raise`` on an unreadable file, or ``warn`` and skip it.
+    """
+
+    #: ``optical`` or ``sar``: which photometric augmentations apply to these bands.
+    band_kind: ClassVar[str] = "optical"
+    #: What the files are, for error messages.
+    what: ClassVar[str] = "GeoTIFF"
+
+    def __init__(
+        self,
+        paths: str | Path | Iterable[str | Path],
+        crs: CRS | None = None,
+        res: float | tuple[float, float] | None = None,
+        bands: Sequence[str] | None = None,
+        band_names: Sequence[str] | None = None,
+        nodata: float | None = None,
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        cache: bool = True,
+        on_unreadable: Literal["raise", "warn"] = "raise",
+    ) -> None:
+        """Find, check and index the files."""
+        files = find_rasters(paths, self.what)
+        infos, self.unreadable = inspect_catalog(files, on_unreadable)
+        check_uniform(infos, None if band_names is None else len(band_names))
+        self.all_bands = list(band_names) if band_names else default_band_names(infos[0])
+        self._setup(infos, crs, res, bands, nodata, transforms, cache)
+
+    def _setup(
+        self,
+        infos: Sequence[RasterInfo],
+        crs: CRS | None,
+        res: float | tuple[float, float] | None,
+        bands: Sequence[str] | None,
+        nodata: float | None,
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None,
+        cache: bool,
+    ) -> None:
+        if bands is not None:
+            unknown = [b for b in bands if b not in self.all_bands]
+            if unknown:
+                raise DataError(
+                    f"unknown bands {unknown} for {infos[0].path}; available: {self.all_bands}."
+                )
+        file_nodata = infos[0].nodata
+        # TorchGeo wraps every file in a WarpedVRT when `nodata` is set; only ask for that
+        # when the user overrides the files' own value.
+        self._nodata_override = (
+            nodata if nodata is not None and not _same(nodata, file_nodata) else None
+        )
+        self.effective_nodata = nodata if nodata is not None else file_nodata
+        super().__init__(
+            paths=[i.path for i in infos], crs=crs, res=res,
+            bands=list(bands) if bands else None, transforms=transforms, cache=cache,
+        )
+
+    @property
+    def band_names(self) -> list[str]:
+        """Names of the bands returned, in channel order."""
+        return list(self.bands)
+
+    @property
+    def nodata(self) -> float | None:  # type: ignore[override]
+        """Value marking missing data in returned images (NaN allowed)."""
+        return self.effective_nodata
+
+    @nodata.setter
+    def nodata(self, value: float | None) -> None:
+        self.effective_nodata = value
+
+    def _load_warp_file(self, filepath: Any, crs: Any = None) -> Any:
+        # RasterDataset reads `self.nodata` to decide whether to override the files' value.
+        saved = self.__dict__.get("effective_nodata")
+        try:
+            self.__dict__["effective_nodata"] = getattr(self, "_nodata_override", None)
+            return super()._load_warp_file(filepath, crs)
+        finally:
+            self.__dict__["effective_nodata"] = saved
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
