@@ -394,11 +394,8 @@ class DINODataModule(LightningDataModule):
         self._start = int(state_dict["samples_seen"])
 
     # --- on the device -----------------------------------------------------------------
-    def augmentation_generator(self, device: torch.device) -> torch.Generator:
-        """Generator for this step's augmentations: a function of seed, step and rank.
-
-        Args:
-            device: where the batch lives.
+    def augmentation_generator(self) -> torch.Generator:
+        """CPU generator for this step's augmentations: a function of seed, step and rank.
 
         Returns:
             a seeded generator, so a resumed run draws the same crops.
@@ -407,9 +404,7 @@ class DINODataModule(LightningDataModule):
         step = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         seed = int(np.random.SeedSequence([self.seed, step, rank]).generate_state(1)[0])
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-        return generator
+        return torch.Generator().manual_seed(seed)
 
     def on_after_batch_transfer(self, batch: Sample, dataloader_idx: int) -> Sample:
         """Fill nodata, then multi-crop and normalise (training) or normalise (otherwise).
@@ -442,7 +437,7 @@ class DINODataModule(LightningDataModule):
             )
         trainer = self._trainer
         if trainer is not None and trainer.training:
-            crops = self.multicrop(image, generator=self.augmentation_generator(image.device))
+            crops = self.multicrop(image, generator=self.augmentation_generator())
             batch = {k: v for k, v in batch.items() if k != "image"}
             batch["global_crops"] = self.normalize(crops["global_crops"])
             batch["local_crops"] = self.normalize(crops["local_crops"])

@@ -1,0 +1,6 @@
+"""Backbones and heads."""
+
+from geodino.models.backbones import build_backbone, forward_tokens, patch_size, split_tokens
+from geodino.models.heads import DINOHead
+
+__all__ = ["DINOHead", "build_backbone", "forward_tokens", "patch_size", "split_tokens"]

@@ -1,0 +1,68 @@
+"""The DINO projection head (also used for iBOT), as in DINOv2."""
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class DINOHead(nn.Module):
+    """MLP, L2-normalised bottleneck and weight-normalised prototypes (DINOv2's ``DINOHead``).
+
+    Args:
+        in_dim: width of the backbone features.
+        out_dim: number of prototypes.
+        use_bn: batch norm between hidden layers.
+        nlayers: MLP layers (>= 1).
+        hidden_dim: hidden width.
+        bottleneck_dim: width of the normalised bottleneck.
+        mlp_bias: biases in the MLP.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        use_bn: bool = False,
+        nlayers: int = 3,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        mlp_bias: bool = True,
+    ) -> None:
+        """Build and initialise the layers."""
+        super().__init__()
+        nlayers = max(nlayers, 1)
+        if nlayers == 1:
+            self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim, bias=mlp_bias)
+        else:
+            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=mlp_bias)]
+            for _ in range(nlayers - 2):
+                layers += [nn.BatchNorm1d(hidden_dim)] if use_bn else []
+                layers += [nn.GELU(), nn.Linear(hidden_dim, hidden_dim, bias=mlp_bias)]
+            layers += [nn.BatchNorm1d(hidden_dim)] if use_bn else []
+            layers += [nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim, bias=mlp_bias)]
+            self.mlp = nn.Sequential(*layers)
+        self.apply(self._init_weights)
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        with torch.no_grad():
+            self.last_layer.parametrizations.weight.original0.fill_(1.0)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Prototype logits (cosines, in [-1, 1] while the prototype norms stay 1).
+
+        Args:
+            x: (..., in_dim) features.
+
+        Returns:
+            (..., out_dim) logits.
+        """
+        x = self.mlp(x)
+        eps = 1e-6 if x.dtype == torch.float16 else 1e-12
+        x = nn.functional.normalize(x, dim=-1, p=2, eps=eps)
+        return self.last_layer(x)
