@@ -328,7 +328,7 @@ class DINODataModule(LightningDataModule):
 
     # --- loaders -----------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             return 0, 1
         return trainer.global_rank, trainer.world_size
@@ -347,7 +347,7 @@ class DINODataModule(LightningDataModule):
         if self.train_draw is None:
             self.setup("fit")
         rank, world = self._world()
-        trainer = self._trainer
+        trainer = self.trainer
         self._step_at_start = trainer.global_step if trainer is not None else 0
         assert self.train_draw is not None
         return self._loader(
@@ -366,7 +366,7 @@ class DINODataModule(LightningDataModule):
     # --- resumption --------------------------------------------------------------------
     def samples_seen(self) -> int:
         """Global stream position reached by the optimiser steps taken so far."""
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             return self._start
         steps = trainer.global_step - self._step_at_start
@@ -400,7 +400,7 @@ class DINODataModule(LightningDataModule):
         Returns:
             a seeded generator, so a resumed run draws the same crops.
         """
-        trainer = self._trainer
+        trainer = self.trainer
         step = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         seed = int(np.random.SeedSequence([self.seed, step, rank]).generate_state(1)[0])
@@ -435,7 +435,7 @@ class DINODataModule(LightningDataModule):
                 f"{[self.band_names[i] for i in bad.tolist()]}; set the files' nodata value "
                 "or clean the rasters."
             )
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is not None and trainer.training:
             crops = self.multicrop(image, generator=self.augmentation_generator())
             batch = {k: v for k, v in batch.items() if k != "image"}
