@@ -33,7 +33,11 @@ def _all_reduce(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
 def _logsumexp(x: Tensor, dim: int | None, across_processes: bool) -> Tensor:
     """log(sum(exp(x))) over ``dim`` (None: everything), optionally summed over processes."""
     dims = tuple(range(x.ndim)) if dim is None else (dim,)
-    peak = x.amax(dim=dims, keepdim=True)
+    if x.numel():
+        peak = x.amax(dim=dims, keepdim=True)
+    else:  # a process without samples still joins the reductions
+        shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
+        peak = x.new_full(shape, -math.inf)
     if across_processes:
         _all_reduce(peak, dist.ReduceOp.MAX)
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
