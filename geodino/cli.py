@@ -135,6 +135,20 @@ def _run_lightning(args: list[str]) -> int:
     return 0
 
 
+def _geodino_cause(error: BaseException) -> BaseException | None:
+    """The GeoDINOError behind an exception (config parsers wrap the errors they meet)."""
+    from geodino.errors import GeoDINOError
+
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, GeoDINOError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``geodino`` command.
 
@@ -144,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         the process exit status: 0 on success, 2 on bad input (with a one-paragraph message).
     """
-    from geodino.errors import GeoDINOError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _say(_usage())
@@ -162,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run_lightning(argv)
         if command in TOOLS:
             return _run_tool(command, rest)
-    except GeoDINOError as error:
-        sys.stderr.write(f"geodino {command}: error: {error}\n")
+    except Exception as error:
+        cause = _geodino_cause(error)
+        if cause is None:
+            raise
+        sys.stderr.write(f"geodino {command}: error: {cause}\n")
         return 2
     sys.stderr.write(f"geodino: unknown command {command!r}\n\n{_usage()}\n")
     return 2

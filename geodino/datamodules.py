@@ -19,6 +19,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from torchgeo.datasets import GeoDataset
+
 from geodino.errors import ConfigError, DataError
 from geodino.transforms.normalize import (
     BandStatistics,
@@ -473,7 +475,7 @@ class GeoDINODataModule(DINODataModule):
 
     def __init__(
         self,
-        dataset: Any,
+        dataset: GeoDataset,
         aoi: str | Path | Any | None = None,
         aoi_query: str | None = None,
         val_query: str | None = None,
@@ -570,8 +572,8 @@ class FolderDINODataModule(DINODataModule):
 
     def __init__(
         self,
-        dataset: Any,
-        val_dataset: Any | None = None,
+        dataset: Dataset[Sample],
+        val_dataset: Dataset[Sample] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
