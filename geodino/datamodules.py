@@ -572,8 +572,8 @@ class FolderDINODataModule(DINODataModule):
 
     def __init__(
         self,
-        dataset: Dataset[Sample],
-        val_dataset: Dataset[Sample] | None = None,
+        dataset: Dataset,
+        val_dataset: Dataset | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
