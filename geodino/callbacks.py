@@ -51,11 +51,12 @@ class TrainingSummary(Callback):
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Write the summary files (rank zero only)."""
+        # log_dir is a collective call under DDP: every rank asks, rank zero writes
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero or not self.history:
             return
         from geodino.plotting import plot_training_curves
 
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         final = {
             k: v for k, v in self.history[-1].items() if isinstance(v, float) and math.isfinite(v)
