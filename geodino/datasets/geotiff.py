@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import rasterio
 from pyproj import CRS
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torchgeo.datasets import RasterDataset
 
@@ -259,6 +260,12 @@ class MultiBandGeoTIFF(RasterDataset):
             paths=[i.path for i in infos], crs=crs, res=res,
             bands=list(bands) if bands else None, transforms=transforms, cache=cache,
         )
+
+    @property
+    def resampling(self) -> Resampling:
+        """Nearest neighbour: chips on the files' own grid read exactly, and nodata pixels
+        never blend into their neighbours (TorchGeo's bilinear default does both)."""
+        return Resampling.nearest
 
     @property
     def band_names(self) -> list[str]:

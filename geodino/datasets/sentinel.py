@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from pyproj import CRS
+from rasterio.enums import Resampling
 
 from geodino.datasets.geotiff import (
     MultiBandGeoTIFF,
@@ -145,6 +146,11 @@ class _BandFileDataset(MultiBandGeoTIFF):
         """Band names of a multi-band stack (subclasses)."""
         raise TypeError(f"{type(self).__name__} must define stack_band_names")
 
+    @property
+    def resampling(self) -> Resampling:
+        """Bilinear when bands of several resolutions are put on one grid, else nearest."""
+        return Resampling.bilinear if self.separate_files else Resampling.nearest
+
     def _update_filepath(self, band: str, filepath: str) -> str:
         assert self._groups is not None
         return self._groups.file(filepath, band)
@@ -250,8 +256,8 @@ class Sentinel1(_BandFileDataset):
         crs: CRS to work in (default: the first scene's).
         res: resolution (default: the first scene's).
         bands: polarisations to return.
-        to_db: convert linear power to dB (10 log10); values <= 0 become nodata.
-        nodata: nodata value (default: the files'; NaN after dB conversion when unset).
+        to_db: convert linear power to dB (10 log10); values <= 0 and nodata become NaN.
+        nodata: nodata value of the files (default: their own); NaN after dB conversion.
         transforms: applied to each sample.
         cache: keep file handles open between reads.
         on_unreadable: ``raise`` on an unreadable file, or ``warn`` and skip it.
@@ -278,7 +284,8 @@ class Sentinel1(_BandFileDataset):
         self.to_db = to_db
         self._index(paths, crs, res, list(bands), nodata, transforms, cache, on_unreadable)
         self._raw_nodata = self.effective_nodata
-        if to_db and self.effective_nodata is None:
+        if to_db:
+            # any raw nodata value is a valid dB value: after conversion nodata is NaN
             self.effective_nodata = math.nan
 
     def stack_band_names(self, info: RasterInfo) -> list[str]:
