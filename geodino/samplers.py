@@ -70,7 +70,7 @@ def read_aoi(
             ) from None
         if gdf.empty:
             raise DataError(f"AOI query {query!r} selects no polygon of {name}.")
-    invalid = ~gdf.geometry.is_valid & gdf.geometry.notna()
+    invalid = ~gdf.geometry.is_valid & ~gdf.geometry.isna()
     if invalid.any():
         log.warning("%s: repaired %d invalid geometries (shapely.make_valid)", name, int(invalid.sum()))
         gdf.loc[invalid, "geometry"] = shapely.make_valid(gdf.geometry[invalid].values)
