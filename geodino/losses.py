@@ -146,7 +146,8 @@ class DINOLoss(nn.Module):
             teacher_output: (B, K) logits of this process.
         """
         total = _all_reduce(teacher_output.float().sum(dim=0, keepdim=True))
-        mean = total / (teacher_output.shape[0] * _world_size())
+        count = _all_reduce(torch.tensor(float(teacher_output.shape[0]), device=total.device))
+        mean = total / count
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
@@ -245,7 +246,9 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 - the official name
         if tokens.ndim == 3:
             tokens = tokens.mean(1)
         total = _all_reduce(tokens.sum(dim=0, keepdim=True))
-        mean = total / (tokens.shape[0] * _world_size())
+        # processes may hold different numbers of masked patches: count them all
+        count = _all_reduce(torch.tensor(float(tokens.shape[0]), device=total.device))
+        mean = total / count.clamp_min(1)
         self.center.mul_(self.center_momentum).add_(
             mean.reshape(self.center.shape), alpha=1 - self.center_momentum
         )

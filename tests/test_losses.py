@@ -1,0 +1,120 @@
+"""Losses against the official DINOv2 outputs, across processes, and on bad input."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from geodino.errors import ConfigError
+from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def ref(shared_reference: Path) -> dict:
+    return torch.load(shared_reference, weights_only=True)
+
+
+def test_dino_centre_softmax_and_sinkhorn(ref: dict) -> None:
+    d = ref["dino"]
+    loss = DINOLoss(256, student_temp=d["student_temp"], center_momentum=d["center_momentum"])
+    targets = loss.sinkhorn_knopp_teacher(d["teacher_logits"], d["teacher_temp"], n_iterations=3)
+    torch.testing.assert_close(targets, d["sinkhorn_knopp_3iter"], **TOL)
+    loss.update_center(d["teacher_logits"])
+    torch.testing.assert_close(loss.center, d["center_after_one_update"], **TOL)
+    torch.testing.assert_close(
+        loss.softmax_center_teacher(d["teacher_logits"], d["teacher_temp"]), d["centered_softmax"], **TOL
+    )
+
+
+def test_dino_global_and_local_losses(ref: dict) -> None:
+    d = ref["dino"]
+    loss = DINOLoss(256)
+    teacher = list(d["sinkhorn_knopp_3iter"].chunk(2))
+    students = list(d["student_global"].chunk(2))
+    # The reference's `global_loss_crossed_views` equals the sum over all four
+    # (student view, teacher view) pairs, i.e. forward() on the two chunked views;
+    # the README's wording describes only the crossed pairs, whose sum is smaller.
+    torch.testing.assert_close(loss(students, teacher),
+                               torch.tensor(d["global_loss_crossed_views"]), **TOL)
+    crossed = loss([students[0]], [teacher[1]]) + loss([students[1]], [teacher[0]])
+    assert crossed < d["global_loss_crossed_views"]
+    local = loss(list(d["student_local"].chunk(4)), teacher)
+    torch.testing.assert_close(local, torch.tensor(d["local_loss"]), **TOL)
+
+
+def test_ibot_sinkhorn_softmax_and_masked_loss(ref: dict) -> None:
+    i = ref["ibot"]
+    loss = iBOTPatchLoss(128)
+    n = i["masks"].sum().reshape(1)
+    targets = loss.sinkhorn_knopp_teacher(i["teacher_patch_logits"], i["teacher_temp"], n)
+    torch.testing.assert_close(targets, i["sinkhorn_knopp_3iter"], **TOL)
+    torch.testing.assert_close(loss.softmax_center_teacher(i["teacher_patch_logits"], 0.07),
+                               i["centered_softmax_zero_center"], **TOL)
+    value = loss.forward_masked(i["student_patch_logits"], i["sinkhorn_knopp_3iter"], i["masks"])
+    torch.testing.assert_close(value, torch.tensor(i["loss_masked"]), **TOL)
+
+
+def test_koleo(ref: dict) -> None:
+    torch.testing.assert_close(KoLeoLoss()(ref["koleo"]["features"]),
+                               torch.tensor(ref["koleo"]["loss"]), **TOL)
+    with pytest.raises(ConfigError, match="KoLeo needs >= 2 samples"):
+        KoLeoLoss()(torch.randn(1, 8))
+
+
+def test_sinkhorn_stays_finite_on_large_logits() -> None:
+    logits = torch.randn(32, 64) * 50
+    targets = DINOLoss(64).sinkhorn_knopp_teacher(logits, 0.04)
+    assert torch.isfinite(targets).all()
+    torch.testing.assert_close(targets.sum(1), torch.ones(32), rtol=1e-4, atol=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, logits: torch.Tensor, patches: torch.Tensor,
+            counts: list[int], out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mine = logits.chunk(world)[rank]
+        dino = DINOLoss(logits.shape[1])
+        targets = dino.sinkhorn_knopp_teacher(mine, 0.07)
+        dino.update_center(mine)
+        start = sum(counts[:rank])
+        ibot = iBOTPatchLoss(patches.shape[1])
+        mine_p = patches[start:start + counts[rank]]
+        ibot_targets = ibot.sinkhorn_knopp_teacher(mine_p, 0.07, torch.tensor([float(counts[rank])]))
+        ibot.update_center(mine_p)
+        out[rank] = (targets, dino.center.clone(), ibot_targets, ibot.center.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_on_the_concatenated_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.rand(12, 32, generator=g) * 2 - 1
+    patches = torch.rand(15, 16, generator=g) * 2 - 1
+    counts = [9, 6]  # unequal masked-patch counts per process
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_worker, args=(2, _free_port(), logits, patches, counts, out), nprocs=2, join=True)
+    single = DINOLoss(32)
+    expected = single.sinkhorn_knopp_teacher(logits, 0.07)
+    single.update_center(logits)
+    ibot = iBOTPatchLoss(16)
+    expected_p = ibot.sinkhorn_knopp_teacher(patches, 0.07, torch.tensor([15.0]))
+    ibot.update_center(patches)
+    torch.testing.assert_close(torch.cat([out[0][0], out[1][0]]), expected, **TOL)
+    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]), expected_p, **TOL)
+    for rank in (0, 1):
+        torch.testing.assert_close(out[rank][1], single.center, **TOL)
+        torch.testing.assert_close(out[rank][3], ibot.center, **TOL)
