@@ -170,3 +170,30 @@ def test_max_steps_required(tmp_path: Path) -> None:
                   default_root_dir=tmp_path)
     with pytest.raises(ConfigError, match="max_steps"):
         fit.fit(task(), datamodule())
+
+
+def test_inf_in_a_batch_names_the_band(tmp_path: Path) -> None:
+    data = Blobs()
+    data.images[3, 2, 5, 5] = float("inf")
+    dm = FolderDINODataModule(data, batch_size=4, seed=0, multicrop=MULTICROP,
+                              statistics=BandStatistics(Blobs.band_names, [0.0] * 4, [1.0] * 4)
+                              .save(tmp_path / "s.yaml"))
+    with pytest.raises(Exception, match=r"inf values in bands \['b3'\]"):
+        trainer(tmp_path, 20, logger=False, enable_checkpointing=False).fit(task(), dm)
+
+
+def test_wandb_offline_run_keeps_the_key_out_of_files(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(project="geodino-test", save_dir=str(tmp_path), offline=True)
+    fit = trainer(tmp_path, 2, logger=logger)
+    fit.fit(task(), datamodule())
+    logger.experiment.finish()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
