@@ -474,20 +474,23 @@ class DINOv2Task(BaseTask):
 
     # --- checkpoints -------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
-        """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept, and
-        ``metrics.json`` plus ``training_curves.png`` in the run folder at the end."""
-        return [
-            TrainingSummary(),
-            AtomicModelCheckpoint(
-                filename="step{step:08d}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=self.hparams["checkpoint_every_n_steps"],
-                save_top_k=self.hparams["keep_last_k"],
-                monitor="step",
-                mode="max",
-                save_last=True,
+        """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept (unless
+        the trainer disables checkpointing), and ``metrics.json`` plus ``training_curves.png``
+        in the run folder at the end."""
+        callbacks: list[Callback] = [TrainingSummary()]
+        if self._trainer is None or self._trainer.checkpoint_callback is not None:
+            callbacks.append(
+                AtomicModelCheckpoint(
+                    filename="step{step:08d}",
+                    auto_insert_metric_name=False,
+                    every_n_train_steps=self.hparams["checkpoint_every_n_steps"],
+                    save_top_k=self.hparams["keep_last_k"],
+                    monitor="step",
+                    mode="max",
+                    save_last=True,
+                )
             )
-        ]
+        return callbacks
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the global RNG states (drop path, dropout) for an exact resume.
