@@ -20,10 +20,6 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if _distributed() else 1
-
-
 def _all_reduce(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
     if _distributed():
         dist.all_reduce(tensor, op=op)
@@ -114,7 +110,10 @@ class DINOLoss(nn.Module):
         Returns:
             (B, K) targets.
         """
-        batch = teacher_output.shape[0] * _world_size()
+        # count the global batch rather than assume equal shares (a last, smaller batch)
+        batch = _all_reduce(
+            torch.tensor(float(teacher_output.shape[0]), device=teacher_output.device)
+        )
         return _sinkhorn_knopp(teacher_output, teacher_temp, batch, n_iterations)
 
     def forward(
@@ -130,7 +129,15 @@ class DINOLoss(nn.Module):
 
         Returns:
             the summed loss.
+
+        Raises:
+            ConfigError: if either list is empty.
         """
+        if not student_output_list or not teacher_out_softmaxed_centered_list:
+            raise ConfigError(
+                "DINOLoss needs at least one student view and one teacher view; check the "
+                "number of global/local crops."
+            )
         total = torch.zeros((), device=student_output_list[0].device)
         for student in student_output_list:
             log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)

@@ -67,11 +67,33 @@ def test_koleo(ref: dict) -> None:
         KoLeoLoss()(torch.randn(1, 8))
 
 
+def test_koleo_runs_in_float32_under_autocast(ref: dict) -> None:
+    features = ref["koleo"]["features"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = KoLeoLoss()(features.to(torch.bfloat16).float() @ torch.eye(64))
+    assert value.dtype == torch.float32
+    expected = KoLeoLoss()(features.to(torch.bfloat16).float())
+    torch.testing.assert_close(value, expected, **TOL)
+
+
 def test_sinkhorn_stays_finite_on_large_logits() -> None:
     logits = torch.randn(32, 64) * 50
-    targets = DINOLoss(64).sinkhorn_knopp_teacher(logits, 0.04)
-    assert torch.isfinite(targets).all()
-    torch.testing.assert_close(targets.sum(1), torch.ones(32), rtol=1e-4, atol=1e-4)
+    for targets in (DINOLoss(64).sinkhorn_knopp_teacher(logits, 0.04),
+                    iBOTPatchLoss(64).sinkhorn_knopp_teacher(logits, 0.04, torch.tensor([32.0]))):
+        assert torch.isfinite(targets).all()
+        torch.testing.assert_close(targets.sum(1), torch.ones(32), rtol=1e-4, atol=1e-4)
+
+
+def test_ibot_explicit_weights_and_padding(ref: dict) -> None:
+    i = ref["ibot"]
+    loss = iBOTPatchLoss(128)
+    masks = i["masks"]
+    n = int(masks.sum())
+    weights = (1 / masks.sum(-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks]
+    padded_s = torch.cat([i["student_patch_logits"], torch.zeros(5, 128)])
+    padded_t = torch.cat([i["sinkhorn_knopp_3iter"], torch.full((5, 128), 1 / 128)])
+    value = loss.forward_masked(padded_s, padded_t, masks, n_masked_patches=n, masks_weight=weights)
+    torch.testing.assert_close(value, torch.tensor(i["loss_masked"]), **TOL)
 
 
 def _free_port() -> int:
@@ -81,20 +103,22 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, logits: torch.Tensor, patches: torch.Tensor,
-            counts: list[int], out: dict) -> None:
+            rows: list[int], counts: list[int], out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        mine = logits.chunk(world)[rank]
+        mine = logits[sum(rows[:rank]):sum(rows[:rank + 1])]
         dino = DINOLoss(logits.shape[1])
         targets = dino.sinkhorn_knopp_teacher(mine, 0.07)
         dino.update_center(mine)
-        start = sum(counts[:rank])
-        ibot = iBOTPatchLoss(patches.shape[1])
-        mine_p = patches[start:start + counts[rank]]
-        ibot_targets = ibot.sinkhorn_knopp_teacher(mine_p, 0.07, torch.tensor([float(counts[rank])]))
-        ibot.update_center(mine_p)
-        out[rank] = (targets, dino.center.clone(), ibot_targets, ibot.center.clone())
+        results = [targets, dino.center.clone()]
+        for split in (counts, [patches.shape[0], 0]):  # a process may have no masked patch
+            mine_p = patches[sum(split[:rank]):sum(split[:rank + 1])]
+            ibot = iBOTPatchLoss(patches.shape[1])
+            results.append(ibot.sinkhorn_knopp_teacher(mine_p, 0.07, torch.tensor([float(split[rank])])))
+            ibot.update_center(mine_p)
+            results.append(ibot.center.clone())
+        out[rank] = results
     finally:
         dist.destroy_process_group()
 
@@ -103,18 +127,21 @@ def test_two_processes_equal_one_on_the_concatenated_batch() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.rand(12, 32, generator=g) * 2 - 1
     patches = torch.rand(15, 16, generator=g) * 2 - 1
-    counts = [9, 6]  # unequal masked-patch counts per process
+    rows, counts = [7, 5], [9, 6]  # unequal batches and masked-patch counts per process
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), logits, patches, counts, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), logits, patches, rows, counts, out), nprocs=2, join=True)
     single = DINOLoss(32)
     expected = single.sinkhorn_knopp_teacher(logits, 0.07)
     single.update_center(logits)
     ibot = iBOTPatchLoss(16)
     expected_p = ibot.sinkhorn_knopp_teacher(patches, 0.07, torch.tensor([15.0]))
     ibot.update_center(patches)
+    assert not torch.allclose(single.center, torch.zeros(1, 32))
     torch.testing.assert_close(torch.cat([out[0][0], out[1][0]]), expected, **TOL)
-    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]), expected_p, **TOL)
+    for first in (2, 4):
+        torch.testing.assert_close(torch.cat([out[0][first], out[1][first]]), expected_p, **TOL)
     for rank in (0, 1):
         torch.testing.assert_close(out[rank][1], single.center, **TOL)
         torch.testing.assert_close(out[rank][3], ibot.center, **TOL)
+        torch.testing.assert_close(out[rank][5], ibot.center, **TOL)

@@ -1,20 +1,28 @@
-"""timm DINOv2-family ViTs: building, loading official/TorchGeo/geodino weights, tokens."""
+"""timm DINOv2-family ViTs: building, loading official/TorchGeo/geodino weights, tokens.
+
+Weights are read from local files only (``torch.load(weights_only=True)`` or safetensors),
+converted to timm's layout, adapted to the data's bands and checked against the model.
+"""
 
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models import VisionTransformer
-from timm.models._manipulate import adapt_input_conv
+from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 from torch import Tensor
 
-from geodino.errors import WeightsError
+from geodino.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from torchgeo.models import WeightsEnum
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +33,12 @@ _SYNONYMS = {
     "red": "B04", "r": "B04", "green": "B03", "g": "B03", "blue": "B02", "b": "B02",
     "nir": "B08", "coastal": "B01", "swir1": "B11", "swir2": "B12", "b8a": "B8A",
 }
+#: Prefixes under which checkpoints nest the backbone, most wanted first.
+_PREFIXES = (
+    "teacher.backbone.", "backbone.", "model.", "module.backbone.", "module.", "encoder.",
+    "student.backbone.",
+)
+_PATCH = "patch_embed.proj.weight"
 
 
 def _band_key(name: str) -> str:
@@ -34,20 +48,33 @@ def _band_key(name: str) -> str:
     return f"B{int(match.group(1)):02d}" if match else key
 
 
+def _is_enum(weights: object) -> bool:
+    return hasattr(weights, "url") and hasattr(weights, "meta")
+
+
 # --- reading weight files ---------------------------------------------------------------
 def _read(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist.")
+        raise WeightsError(f"weights file {path} does not exist; check the path.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as error:
-            raise WeightsError(f"{path} is not a readable safetensors file ({error}).") from None
+            raise WeightsError(
+                f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); "
+                "it is truncated or damaged: copy or export it again."
+            ) from None
     from geodino.checkpoints import load_checkpoint
 
-    return load_checkpoint(path)
+    obj = load_checkpoint(path)
+    if not isinstance(obj, Mapping):
+        raise WeightsError(
+            f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint; save the "
+            "weights with torch.save(model.state_dict(), path)."
+        )
+    return obj
 
 
 def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
@@ -57,32 +84,52 @@ def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
             obj = obj[key]
             break
     state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    for prefix in ("teacher.backbone.", "backbone.", "model.", "module.", "encoder."):
+
+    def is_backbone(keys: Any) -> bool:
+        return any(k.startswith(("blocks.", "patch_embed.")) for k in keys)
+
+    for prefix in _PREFIXES:
         picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if picked and any(k.startswith(("blocks.", "patch_embed.")) for k in picked):
+        if is_backbone(picked):
             return picked
-    if not any(k.startswith(("blocks.", "patch_embed.")) for k in state):
+    if not is_backbone(state):
         raise WeightsError(
-            f"{path} holds no ViT backbone weights (no 'blocks.*' or 'patch_embed.*' keys); "
-            "expected an official DINOv2, TorchGeo, timm or geodino checkpoint."
+            f"{path} holds no ViT backbone weights (no 'blocks.*' or 'patch_embed.*' keys, "
+            f"found e.g. {sorted(state)[:4]}); expected an official DINOv2, TorchGeo, timm or "
+            "geodino checkpoint."
         )
     return state
 
 
-def _source_bands(weights: Any, path: Path | None) -> list[str] | None:
+def _source_bands(weights: Any, path: Path, obj: Mapping[str, Any]) -> list[str] | None:
+    """Band names the weights were trained on: enum meta, export metadata or sidecar."""
     meta = getattr(weights, "meta", None)
-    if isinstance(meta, dict) and meta.get("bands"):
-        return list(meta["bands"])
-    if path is not None:
-        sidecar = path.with_suffix(".json")
-        if sidecar.is_file():
-            bands = json.loads(sidecar.read_text()).get("bands")
-            if bands:
-                return list(bands)
+    candidates: list[Any] = []
+    if isinstance(meta, Mapping):
+        candidates.append(meta.get("bands"))
+    for key in ("geodino", "hyper_parameters"):
+        if isinstance(obj.get(key), Mapping):
+            candidates += [obj[key].get("bands"), obj[key].get("band_names")]
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            text = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise WeightsError(
+                f"{sidecar} (the band metadata beside {path.name}) is not valid JSON ({error}); "
+                "export the backbone again or delete the sidecar."
+            ) from None
+        if isinstance(text, Mapping):
+            candidates.append(text.get("bands"))
+    for bands in candidates:
+        if bands:
+            return [str(b) for b in bands]
     return None
 
 
-def load_weights_file(weights: str | Path | Any) -> tuple[dict[str, Tensor], Path | None, list[str] | None]:
+def load_weights_file(
+    weights: "str | Path | WeightsEnum",
+) -> tuple[dict[str, Tensor], Path, list[str] | None]:
     """Read backbone tensors from a local file or a TorchGeo weights enum (local cache only).
 
     Args:
@@ -90,23 +137,41 @@ def load_weights_file(weights: str | Path | Any) -> tuple[dict[str, Tensor], Pat
             ``torch.hub.get_dir()/checkpoints``.
 
     Returns:
-        the tensors, the file read, and the band names the weights were trained on (if known).
+        the tensors (prefixes removed), the file read, and the band names the weights were
+        trained on (None if unknown).
 
     Raises:
-        WeightsError: if the file is missing or unusable.
+        WeightsError: if the file is missing, damaged, would run code, or holds no backbone.
     """
-    if hasattr(weights, "url") and hasattr(weights, "meta"):
-        name = Path(str(weights.url).split("?")[0]).name
+    if _is_enum(weights):
+        name = Path(str(weights.url).split("?")[0]).name  # type: ignore[union-attr]
         path = Path(torch.hub.get_dir()) / "checkpoints" / name
         if not path.is_file():
             raise WeightsError(
                 f"{weights} is not in the local cache: geodino never downloads weights. Fetch "
-                f"{weights.url} once and put it at {path}."
+                f"{weights.url} once (on a machine with access) and put it at {path} "  # type: ignore[union-attr]
+                "(or set TORCH_HOME to the folder whose hub/checkpoints holds it)."
             )
     else:
-        path = Path(weights)
+        path = Path(weights)  # type: ignore[arg-type]
     obj = _read(path)
-    return _tensors(obj, path), path, _source_bands(weights, path)
+    return _tensors(obj, path), path, _source_bands(weights, path, obj)
+
+
+def load_mask_token(weights: "str | Path | WeightsEnum") -> Tensor | None:
+    """The iBOT mask token that official DINOv2 weights carry (None if they carry none).
+
+    Args:
+        weights: as for :func:`build_backbone`.
+
+    Returns:
+        (1, D) token or None.
+
+    Raises:
+        WeightsError: as :func:`load_weights_file`.
+    """
+    token = official_mask_token(load_weights_file(weights)[0])
+    return None if token is None else token.reshape(1, -1)
 
 
 # --- conversion -------------------------------------------------------------------------
@@ -115,10 +180,10 @@ def convert_official_state_dict(
 ) -> dict[str, Tensor]:
     """Official DINOv2 keys (hub or chunked training format) -> timm keys of ``model``.
 
-    Chunked ``blocks.c.i.*`` keys become ``blocks.i.*``, ``register_tokens`` becomes
-    ``reg_token``, and for timm models whose position embedding excludes the class token
-    (``no_embed_class``), the class position embedding is folded into ``cls_token``.
-    ``mask_token`` is not part of the timm model and is dropped (see :func:`official_mask_token`).
+    Chunked ``blocks.c.i.*`` keys become ``blocks.i.*``, SwiGLU ``w12``/``w3`` become
+    ``fc1``/``fc2``, ``register_tokens`` becomes ``reg_token``, and the position embedding's
+    prefix is matched to the model's (see :func:`match_position_prefix`). ``mask_token`` is
+    not part of the timm model and is dropped (see :func:`official_mask_token`).
 
     Args:
         state_dict: official backbone weights.
@@ -129,73 +194,130 @@ def convert_official_state_dict(
     """
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        key = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
-        key = key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
         if key == "mask_token":
             continue
+        key = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
+        key = key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
         out["reg_token" if key == "register_tokens" else key] = value
-    return _fold_class_position(out, model)
+    return match_position_prefix(out, model)
 
 
 def official_mask_token(state_dict: Mapping[str, Tensor]) -> Tensor | None:
-    """The iBOT mask token of official weights, if they carry one."""
+    """The iBOT mask token of official weights, if they carry one.
+
+    Args:
+        state_dict: official backbone weights.
+
+    Returns:
+        the token as stored, or None.
+    """
     return state_dict.get("mask_token")
 
 
-def _fold_class_position(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+def _prefix_positions(n_positions: int, candidates: Sequence[int]) -> int | None:
+    for prefix in candidates:
+        side = math.isqrt(max(n_positions - prefix, 0))
+        if side > 0 and side * side == n_positions - prefix:
+            return prefix
+    return None
+
+
+def match_position_prefix(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """Give the weights' position embedding the prefix (class/register) positions ``model`` has.
+
+    Official DINOv2 has a position for the class token only; timm models have none
+    (``no_embed_class``, e.g. the ``reg4`` family) or one per prefix token. A class position
+    the model lacks is folded into ``cls_token`` (the model adds both to the same token);
+    prefix positions the weights lack start at zero (the weights added nothing there). Both
+    keep the computation exactly the same.
+
+    Args:
+        state: timm-keyed weights with the source's position embedding.
+        model: the target model.
+
+    Returns:
+        the weights with a position embedding of the model's prefix length.
+    """
     pos = state.get("pos_embed")
-    if pos is None or model.pos_embed is None or not model.no_embed_class:
+    if pos is None or model.pos_embed is None:
         return state
-    grid = pos.shape[1]
-    if grid != int(grid**0.5) ** 2 and "cls_token" in state:
-        # a class-token position in front of a square grid: fold it into the class token
-        state["cls_token"] = state["cls_token"] + pos[:, :1]
-        state["pos_embed"] = pos[:, 1:]
+    wanted = 0 if model.no_embed_class else model.num_prefix_tokens
+    have = _prefix_positions(pos.shape[1], [wanted, 1, 0, model.num_prefix_tokens])
+    if have is None or have == wanted:
+        return state
+    state = dict(state)
+    if have > 0 and wanted == 0:
+        if "cls_token" in state:
+            state["cls_token"] = state["cls_token"] + pos[:, :1]
+        state["pos_embed"] = pos[:, have:]
+    elif have < wanted:
+        pad = pos.new_zeros(1, wanted - have, pos.shape[2])
+        state["pos_embed"] = torch.cat([pos[:, :have], pad, pos[:, have:]], dim=1)
+    else:
+        state["pos_embed"] = torch.cat([pos[:, :wanted], pos[:, have:]], dim=1)
     return state
 
 
 def _is_official(state: Mapping[str, Tensor]) -> bool:
     return "mask_token" in state or "register_tokens" in state or any(
-        re.match(r"blocks\.\d+\.\d+\.", k) for k in state
+        re.match(r"blocks\.\d+\.\d+\.", k) or ".mlp.w12." in k for k in state
     )
 
 
 def adapt_patch_embed(
-    weight: Tensor, in_chans: int, source_bands: Sequence[str] | None,
+    weight: Tensor,
+    in_chans: int,
+    source_bands: Sequence[str] | None,
     band_names: Sequence[str] | None,
 ) -> Tensor:
-    """Give a patch-embedding weight ``in_chans`` input bands.
+    """Give a patch-embedding weight ``in_chans`` input bands, matching bands by name.
 
     Bands known on both sides (e.g. RGB red/green/blue -> Sentinel-2 B04/B03/B02) keep their
-    filters exactly; other target bands start at zero, so the model initially computes what
-    the source model computed on the shared bands. Without any shared band name, timm's
-    channel repetition (scaled to keep activations) is used.
+    filters exactly. Every other target band gets the mean of the source filters scaled by
+    ``source bands / in_chans``, the weight timm's channel repetition gives each band, so an
+    unknown band contributes as it would under timm's adaptation. Without any shared band
+    name, timm's channel repetition (``adapt_input_conv``) is used.
 
     Args:
         weight: (D, C_src, p, p) patch embedding weight.
         in_chans: target band count.
-        source_bands: names of the weight's bands, if known.
+        source_bands: names of the weight's bands, if known (3 unnamed bands mean RGB).
         band_names: names of the target bands, if known.
 
     Returns:
         (D, in_chans, p, p) weight.
+
+    Raises:
+        WeightsError: if the weight cannot be adapted.
     """
     src = weight.shape[1]
     if source_bands is None and src == 3:
         source_bands = RGB_BANDS
-    if source_bands and band_names and len(source_bands) == src:
+    if source_bands and band_names and len(source_bands) == src and len(band_names) == in_chans:
         index = {_band_key(b): i for i, b in enumerate(source_bands)}
         matches = [index.get(_band_key(b)) for b in band_names]
         if any(m is not None for m in matches):
-            out = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])
+            unmatched = weight.float().mean(dim=1) * (src / in_chans)
+            out = weight.new_empty(weight.shape[0], in_chans, *weight.shape[2:])
             for target, source in enumerate(matches):
-                if source is not None:
-                    out[:, target] = weight[:, source]
-            log.info("patch embedding: bands %s taken from %s, others start at zero",
-                     [b for b, m in zip(band_names, matches, strict=True) if m is not None],
-                     list(source_bands))
+                out[:, target] = unmatched if source is None else weight[:, source]
+            log.info(
+                "patch embedding: bands %s take the filters of %s; %s start from the scaled "
+                "mean filter",
+                [b for b, m in zip(band_names, matches, strict=True) if m is not None],
+                [source_bands[m] for m in matches if m is not None],
+                [b for b, m in zip(band_names, matches, strict=True) if m is None],
+            )
             return out
-    return adapt_input_conv(in_chans, weight)
+    if src == in_chans:
+        return weight
+    try:
+        return adapt_input_conv(in_chans, weight, base_chans=src)
+    except (NotImplementedError, ValueError) as error:
+        raise WeightsError(
+            f"cannot adapt a {src}-band patch embedding {tuple(weight.shape)} to {in_chans} "
+            f"bands ({error}); pass band_names so bands can be matched by name."
+        ) from None
 
 
 def fit_state_dict(
@@ -205,66 +327,117 @@ def fit_state_dict(
     source_bands: Sequence[str] | None = None,
     band_names: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Shape weights for ``model``: official keys, band count, position grid.
+    """Shape weights for ``model``: official keys, architecture check, bands, position grid.
 
     Args:
-        state: backbone weights.
+        state: backbone weights (official or timm keys).
         model: the target model.
         source: where the weights came from, for messages.
         source_bands: band names of the weights, if known.
         band_names: band names of the target, if known.
 
     Returns:
-        weights ready for ``model.load_state_dict``.
+        weights ready for ``model.load_state_dict(..., strict=False)`` (only the
+        classifier head may be missing).
 
     Raises:
-        WeightsError: naming the key and both shapes when the architecture differs.
+        WeightsError: naming the file, the key and both shapes when the architecture differs.
     """
     if _is_official(state):
         state = convert_official_state_dict(state, model)
     else:
-        state = _fold_class_position(dict(state), model)
+        state = match_position_prefix(dict(state), model)
     target = model.state_dict()
-    key = "patch_embed.proj.weight"
-    if key in state and state[key].shape[1] != target[key].shape[1]:
-        state[key] = adapt_patch_embed(state[key], target[key].shape[1], source_bands, band_names)
-    if "pos_embed" in state and state["pos_embed"].shape != target["pos_embed"].shape:
-        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-        state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], new_size=list(model.patch_embed.grid_size),
-            num_prefix_tokens=prefix,
+
+    def mismatch(name: str, value: Tensor, why: str) -> WeightsError:
+        return WeightsError(
+            f"{source}: '{name}' has shape {tuple(value.shape)} but the model expects "
+            f"{tuple(target[name].shape)} ({why}); the weights are for another architecture. "
+            "Pick the matching `model` name or architecture arguments."
         )
+
+    # the shapes the loader may adapt (bands, position grid) must agree in everything else
     for name, value in state.items():
-        if name in target and value.shape != target[name].shape:
-            raise WeightsError(
-                f"{source}: '{name}' has shape {tuple(value.shape)} but the model expects "
-                f"{tuple(target[name].shape)}; the weights are for another architecture "
-                "(embed dim, depth, patch size or heads). Pick the matching `model` name."
-            )
+        if name not in target or value.shape == target[name].shape:
+            continue
+        if name == _PATCH and value.ndim == 4 and value.shape[0] == target[name].shape[0]:
+            if value.shape[2:] != target[name].shape[2:]:
+                raise mismatch(name, value, "patch size differs")
+            continue
+        if name == "pos_embed" and value.shape[2] == target[name].shape[2]:
+            continue
+        raise mismatch(name, value, "width, depth or patch size differs")
+    depth = len(model.blocks)
+    extra = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if extra and extra[-1] >= depth:
+        raise WeightsError(
+            f"{source} has {extra[-1] + 1} blocks but the model has {depth} (e.g. key "
+            f"'blocks.{extra[-1]}.norm1.weight' has no place); pick the matching depth."
+        )
+
+    if _PATCH in state:
+        weight, bands = state[_PATCH], list(band_names or [])
+        reorder = (
+            source_bands is not None and len(source_bands) == len(bands) == weight.shape[1]
+            and [_band_key(b) for b in source_bands] != [_band_key(b) for b in bands]
+        )
+        if weight.shape[1] != target[_PATCH].shape[1] or reorder:
+            state[_PATCH] = adapt_patch_embed(
+                weight, target[_PATCH].shape[1], source_bands, band_names
+            ).to(weight.dtype)
+    if "pos_embed" in state and state["pos_embed"].shape != target["pos_embed"].shape:
+        pos = state["pos_embed"]
+        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        if _prefix_positions(pos.shape[1], [prefix]) is None:
+            raise mismatch("pos_embed", pos, "not a square grid after the prefix positions")
+        # bicubic with anti-aliasing on a square grid, to the grid's size: the official
+        # interpolate_pos_encoding (interpolate_offset 0) does the same interpolation
+        state["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix,
+            interpolation="bicubic", antialias=True,
+        )
+
     missing = sorted(set(target) - set(state) - {"head.weight", "head.bias"})
-    if missing:
-        if set(missing) <= {"reg_token"}:
-            log.warning("%s has no register tokens; they start from their initialisation", source)
-        else:
-            raise WeightsError(
-                f"{source} lacks {missing[:6]}{'...' if len(missing) > 6 else ''} that "
-                f"{type(model).__name__} needs; the weights are for another architecture."
-            )
+    if missing == ["reg_token"]:
+        log.warning("%s has no register tokens; they start from their initialisation", source)
+    elif missing:
+        raise WeightsError(
+            f"{source} lacks {missing[:6]}{'...' if len(missing) > 6 else ''} that the model "
+            "needs; the weights are for another architecture (e.g. registers, class token "
+            "or layer scale differ). Pick the matching `model` name."
+        )
     unexpected = sorted(set(state) - set(target))
     if unexpected:
-        log.info("%s: ignoring keys not in the backbone: %s", source, unexpected[:8])
+        log.info("%s: ignoring keys that are not part of the backbone: %s", source, unexpected[:8])
     return {k: v for k, v in state.items() if k in target}
+
+
+def _native_img_size(state: Mapping[str, Tensor]) -> int | None:
+    """Image size at which the weights' position grid needs no resampling (square grids)."""
+    pos, patch = state.get("pos_embed"), state.get(_PATCH)
+    if pos is None or patch is None or patch.ndim != 4:
+        return None
+    prefix = 1 if "register_tokens" in state or "mask_token" in state else None
+    candidates = [prefix] if prefix is not None else [0, 1]
+    have = _prefix_positions(pos.shape[1], candidates)
+    if have is None:
+        return None
+    return math.isqrt(pos.shape[1] - have) * patch.shape[-1]
 
 
 # --- building ---------------------------------------------------------------------------
 def build_backbone(
     arch: str,
     in_chans: int,
-    weights: str | Path | Any | None = None,
+    weights: "str | Path | WeightsEnum | None" = None,
     band_names: Sequence[str] | None = None,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A timm ViT with any band count, dynamic input size and optional initial weights.
+
+    Without ``img_size``, a model given weights is built at the weights' own position grid
+    (e.g. 518 px for official DINOv2, 224 px for TorchGeo's SoftCon), so that each input size
+    resamples the original grid once, as the official code does.
 
     Args:
         arch: timm name, e.g. ``vit_small_patch14_reg4_dinov2`` (any timm ViT works).
@@ -275,28 +448,54 @@ def build_backbone(
         **timm_kwargs: more ``timm.create_model`` arguments (img_size, depth, embed_dim, ...).
 
     Returns:
-        the model, whose ``forward_features`` returns normalised [CLS, registers, patches].
+        the model (no classifier), whose ``forward_features`` returns normalised
+        [CLS, registers, patches] tokens.
 
     Raises:
-        WeightsError: if the weights cannot be loaded into this architecture.
+        ConfigError: if timm cannot build ``arch`` or it is not a ViT.
+        WeightsError: if the weights cannot be read or loaded into this architecture.
     """
-    timm_kwargs.setdefault("dynamic_img_size", True)
-    try:
-        model = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=0,
-                                  **timm_kwargs)
-    except RuntimeError as error:
-        raise WeightsError(f"timm cannot build {arch!r}: {error}") from None
-    if not isinstance(model, VisionTransformer):
-        raise WeightsError(f"{arch} is a {type(model).__name__}; geodino needs a timm ViT.")
+    if band_names is not None and len(band_names) != in_chans:
+        raise ConfigError(
+            f"band_names has {len(band_names)} names ({list(band_names)}) but in_chans is "
+            f"{in_chans}; give one name per input band."
+        )
+    state: dict[str, Tensor] | None = None
+    source, source_bands = "", None
     if weights is not None:
         state, path, source_bands = load_weights_file(weights)
-        state = fit_state_dict(state, model, str(path or weights), source_bands, band_names)
-        model.load_state_dict(state, strict=False)
+        source = str(path)
+        if "img_size" not in timm_kwargs and (size := _native_img_size(state)):
+            timm_kwargs["img_size"] = size
+    timm_kwargs.setdefault("dynamic_img_size", True)
+    timm_kwargs.setdefault("num_classes", 0)
+    try:
+        model = timm.create_model(arch, pretrained=False, in_chans=in_chans, **timm_kwargs)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(
+            f"timm cannot build {arch!r} with {timm_kwargs} ({type(error).__name__}: {error}); "
+            "use a timm ViT name such as 'vit_small_patch14_reg4_dinov2' and valid arguments."
+        ) from None
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(
+            f"{arch!r} is a {type(model).__name__}; geodino needs a timm VisionTransformer "
+            "such as 'vit_small_patch14_reg4_dinov2'."
+        )
+    if state is not None:
+        fitted = fit_state_dict(state, model, source, source_bands, band_names)
+        model.load_state_dict(fitted, strict=False)
     return model
 
 
 def patch_size(model: VisionTransformer) -> int:
-    """Side of a patch in pixels."""
+    """Side of a patch in pixels.
+
+    Args:
+        model: the ViT.
+
+    Returns:
+        the patch side.
+    """
     patch = model.patch_embed.patch_size
     return int(patch[0] if isinstance(patch, tuple | list) else patch)
 
@@ -315,24 +514,40 @@ def forward_tokens(
     Args:
         model: the ViT.
         images: (B, C, H, W).
-        masks: (B, N) bool, True where a patch is masked.
-        mask_token: (1, D) or (D,) learned token.
+        masks: (B, N) bool, True where a patch is masked (N patches in row-major order).
+        mask_token: (1, D) or (D,) learned token; required with ``masks``.
 
     Returns:
         (B, 1 + R + N, D) tokens after the final norm.
+
+    Raises:
+        ConfigError: if ``masks`` come without a token or do not fit the patch grid.
     """
     if masks is None:
         return model.forward_features(images)
-    x = model.patch_embed(images)
-    shape = x.shape
-    flat = x.reshape(shape[0], -1, shape[-1])
     if mask_token is None:
-        raise ValueError("masks given without a mask_token")
-    flat = torch.where(masks.unsqueeze(-1), mask_token.reshape(1, 1, -1).to(flat.dtype), flat)
-    x = model._pos_embed(flat.reshape(shape))
+        raise ConfigError("forward_tokens got masks but no mask_token; pass the iBOT mask token.")
+    x = model.patch_embed(images)  # (B, H, W, D) with dynamic sizes, else (B, N, D)
+    n_patches = math.prod(x.shape[1:-1])
+    if masks.shape != (x.shape[0], n_patches):
+        raise ConfigError(
+            f"masks have shape {tuple(masks.shape)} but the images give {x.shape[0]} x "
+            f"{n_patches} patches; build masks for the patch grid of these images."
+        )
+    token = mask_token.reshape(-1).to(x.dtype)
+    if token.numel() != x.shape[-1]:
+        raise ConfigError(
+            f"mask_token has {token.numel()} values but the model's width is {x.shape[-1]}."
+        )
+    flat = x.reshape(x.shape[0], n_patches, x.shape[-1])
+    flat = torch.where(masks.to(torch.bool).unsqueeze(-1), token, flat)
+    x = model._pos_embed(flat.reshape(x.shape))
     x = model.patch_drop(x)
     x = model.norm_pre(x)
-    x = model.blocks(x)
+    if model.grad_checkpointing and not torch.jit.is_scripting():
+        x = checkpoint_seq(model.blocks, x)
+    else:
+        x = model.blocks(x)
     return model.norm(x)
 
 

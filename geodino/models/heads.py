@@ -1,12 +1,19 @@
 """The DINO projection head (also used for iBOT), as in DINOv2."""
 
 import torch
+
+from geodino.errors import ConfigError
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
 class DINOHead(nn.Module):
     """MLP, L2-normalised bottleneck and weight-normalised prototypes (DINOv2's ``DINOHead``).
+
+    The layers, their order and initialisation are the official ones, so official head weights
+    (``mlp.*``, ``last_layer.weight_g``/``weight_v``) load unchanged. The prototypes' norm is
+    fixed to 1 (the weight-norm gain is not trained, as DINO's ``norm_last_layer``), so the
+    logits are cosines in [-1, 1]: the range the losses' temperatures assume.
 
     Args:
         in_dim: width of the backbone features.
@@ -28,9 +35,18 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         mlp_bias: bool = True,
     ) -> None:
-        """Build and initialise the layers."""
+        """Build and initialise the layers.
+
+        Raises:
+            ConfigError: if a width or the layer count is not positive.
+        """
         super().__init__()
-        nlayers = max(nlayers, 1)
+        if nlayers < 1 or min(in_dim, out_dim, hidden_dim, bottleneck_dim) < 1:
+            raise ConfigError(
+                f"DINOHead needs nlayers >= 1 and positive widths, got nlayers={nlayers}, "
+                f"in_dim={in_dim}, out_dim={out_dim}, hidden_dim={hidden_dim}, "
+                f"bottleneck_dim={bottleneck_dim}; fix the head settings."
+            )
         if nlayers == 1:
             self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim, bias=mlp_bias)
         else:
@@ -43,8 +59,10 @@ class DINOHead(nn.Module):
             self.mlp = nn.Sequential(*layers)
         self.apply(self._init_weights)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        gain = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
-            self.last_layer.parametrizations.weight.original0.fill_(1.0)
+            gain.fill_(1.0)
+        gain.requires_grad_(False)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -1,15 +1,18 @@
 """Backbones: official DINOv2 weights reproduce the reference; TorchGeo, geodino, bands."""
 
+import json
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from geodino.errors import WeightsError
-from geodino.models import DINOHead, build_backbone, forward_tokens, split_tokens
-from geodino.models.backbones import adapt_patch_embed
+from geodino.errors import ConfigError, WeightsError
+from geodino.models import build_backbone, forward_tokens, split_tokens
+from geodino.models.backbones import adapt_patch_embed, convert_official_state_dict, load_mask_token
 
+REG4 = "vit_small_patch14_reg4_dinov2"
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 
 
@@ -27,57 +30,128 @@ def _check(model: torch.nn.Module, ref: dict) -> None:
 
 
 def test_official_training_format_reproduces_the_reference(ref: dict, tmp_path: Path) -> None:
+    assert ref["config"]["interpolate_offset"] == 0.0 and ref["config"]["interpolate_antialias"]
     path = tmp_path / "teacher_checkpoint.pth"
     state = {f"backbone.{k}": v for k, v in ref["state_dict"].items()}
     torch.save({"teacher": state}, path)
-    model = build_backbone("vit_small_patch14_reg4_dinov2", 13, weights=path, depth=2)
+    model = build_backbone(REG4, 13, weights=path, depth=2)
+    assert model.patch_embed.grid_size == (37, 37)  # the weights' own grid, resampled per input
     _check(model, ref)
+    torch.testing.assert_close(load_mask_token(path), ref["state_dict"]["mask_token"].reshape(1, -1))
+    # the whole official training checkpoint (student and teacher of SSLMetaArch)
+    full = tmp_path / "model_final.pth"
+    torch.save({"model": {f"teacher.backbone.{k}": v for k, v in ref["state_dict"].items()}
+                | {"student.backbone.norm.weight": torch.zeros(384)}, "iteration": 9}, full)
+    _check(build_backbone(REG4, 13, weights=full, depth=2), ref)
 
 
-def test_official_hub_format_reproduces_the_reference(ref: dict, tmp_path: Path) -> None:
+def test_resampling_at_load_matches_the_official_interpolation(ref: dict, tmp_path: Path) -> None:
+    path = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in ref["state_dict"].items()}}, path)
+    model = build_backbone(REG4, 13, weights=path, depth=2, img_size=224)
+    assert model.pos_embed.shape == (1, 256, 384)
+    _check(model, ref)
+    # a timm model whose position embedding covers the class and register tokens
+    with_prefix = build_backbone("vit_small_patch14_dinov2", 13, weights=path, depth=2,
+                                 reg_tokens=4, img_size=224)
+    assert with_prefix.pos_embed.shape == (1, 5 + 256, 384)
+    _check(with_prefix, ref)
+
+
+def test_official_hub_format_and_timm_round_trip(ref: dict, tmp_path: Path) -> None:
     hub = {k.replace("blocks.0.", "blocks."): v for k, v in ref["state_dict"].items()}
-    path = tmp_path / "dinov2_vits14_reg4.pth"
+    path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(hub, path)
-    _check(build_backbone("vit_small_patch14_reg4_dinov2", 13, weights=path, depth=2), ref)
+    model = build_backbone(REG4, 13, weights=path, depth=2)
+    _check(model, ref)
+    timm_file = tmp_path / "timm.safetensors"
+    save_file(model.state_dict(), str(timm_file))
+    _check(build_backbone(REG4, 13, weights=timm_file, depth=2), ref)
+    converted = convert_official_state_dict(hub, model)
+    assert "mask_token" not in converted and converted["reg_token"].shape == (1, 4, 384)
 
 
 def test_masked_tokens_follow_dinov2(ref: dict) -> None:
-    model = build_backbone("vit_small_patch14_reg4_dinov2", 13, depth=1).eval()
+    model = build_backbone(REG4, 13, depth=1, img_size=224).eval()
     x = ref["input"][:1]
     token = torch.randn(1, 384)
+    inputs: list[torch.Tensor] = []
+    model.blocks[0].register_forward_pre_hook(lambda _, args: inputs.append(args[0].clone()))
     none = torch.zeros(1, 256, dtype=torch.bool)
     with torch.no_grad():
         plain = forward_tokens(model, x)
-        torch.testing.assert_close(forward_tokens(model, x, none, token), plain)
+        torch.testing.assert_close(forward_tokens(model, x, none, token.reshape(-1)), plain)
         masks = none.clone()
         masks[0, 10] = True
         masked = forward_tokens(model, x, masks, token)
+        embedding = model.patch_embed(x).reshape(1, 256, 384)[0, 10]
     patch = model.num_prefix_tokens + 10
     assert not torch.allclose(masked[0, patch], plain[0, patch])
+    # the token replaced the patch embedding before the position embedding was added
+    before, after = inputs[0][0], inputs[2][0]
+    torch.testing.assert_close(after[patch] - before[patch], token[0] - embedding)
+    keep = torch.ones(before.shape[0], dtype=torch.bool)
+    keep[patch] = False
+    torch.testing.assert_close(after[keep], before[keep])
+    with pytest.raises(ConfigError, match="mask_token"):
+        forward_tokens(model, x, masks)
+    with pytest.raises(ConfigError, match="patch grid"):
+        forward_tokens(model, x, torch.zeros(1, 100, dtype=torch.bool), token)
 
 
-@pytest.mark.parametrize(("arch", "size"), [("vit_small_patch14_reg4_dinov2", 98),
-                                            ("vit_small_patch16_224", 64)])
+@pytest.mark.parametrize(("arch", "size"), [(REG4, 98), ("vit_small_patch16_224", 64)])
 def test_dynamic_sizes_and_patch_16(arch: str, size: int) -> None:
     model = build_backbone(arch, 5, img_size=224, **TINY)
-    tokens = model.forward_features(torch.randn(2, 5, size, size))
     patch = 14 if "14" in arch else 16
-    assert tokens.shape[1] == model.num_prefix_tokens + (size // patch) ** 2
+    n = (size // patch) ** 2
+    images = torch.randn(2, 5, size, size)
+    tokens = forward_tokens(model, images)
+    assert tokens.shape == (2, model.num_prefix_tokens + n, 32)
+    masks = torch.zeros(2, n, dtype=torch.bool)
+    masks[:, :3] = True
+    masked = forward_tokens(model, images, masks, torch.zeros(32))
+    cls, regs, patches = split_tokens(model, masked)
+    assert cls.shape == (2, 32) and regs.shape[1] == model.num_prefix_tokens - 1
+    assert patches.shape == (2, n, 32)
 
 
 def test_rgb_weights_map_onto_sentinel2_bands(tmp_path: Path) -> None:
-    rgb = build_backbone("vit_small_patch14_reg4_dinov2", 3, **TINY)
+    rgb = build_backbone(REG4, 3, **TINY)
     path = tmp_path / "rgb.pth"
     torch.save(rgb.state_dict(), path)
-    bands = ["B01", "B02", "B03", "B04", "B08"]
-    model = build_backbone("vit_small_patch14_reg4_dinov2", 5, weights=path, band_names=bands, **TINY)
-    w, src = model.patch_embed.proj.weight, rgb.patch_embed.proj.weight
-    torch.testing.assert_close(w[:, 3], src[:, 0])  # B04 <- red
-    torch.testing.assert_close(w[:, 2], src[:, 1])  # B03 <- green
-    torch.testing.assert_close(w[:, 1], src[:, 2])  # B02 <- blue
-    assert (w[:, [0, 4]] == 0).all()
-    repeated = adapt_patch_embed(src, 6, None, ["a"] * 6)  # no shared names: timm repetition
-    assert repeated.shape[1] == 6
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+             "B11", "B12"]
+    model = build_backbone(REG4, 13, weights=path, band_names=bands, **TINY)
+    w, src = model.patch_embed.proj.weight.detach(), rgb.patch_embed.proj.weight.detach()
+    assert torch.equal(w[:, 3], src[:, 0])  # B04 <- red
+    assert torch.equal(w[:, 2], src[:, 1])  # B03 <- green
+    assert torch.equal(w[:, 1], src[:, 2])  # B02 <- blue
+    mean = src.mean(dim=1) * 3 / 13
+    for band in (0, 4, 5, 6, 7, 8, 9, 10, 11, 12):
+        torch.testing.assert_close(w[:, band], mean)
+    # no shared names: timm's channel repetition, scaled by source / target bands
+    repeated = adapt_patch_embed(src, 6, None, [f"x{i}" for i in range(6)])
+    torch.testing.assert_close(repeated, src.repeat(1, 2, 1, 1) * 0.5)
+    with pytest.raises(ConfigError, match="band_names has 2 names"):
+        build_backbone(REG4, 13, weights=path, band_names=["B02", "B03"], **TINY)
+
+
+def test_geodino_export_bands_are_reordered_by_name(tmp_path: Path) -> None:
+    source = build_backbone(REG4, 4, **TINY)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "backbone.safetensors"))
+    (tmp_path / "backbone.json").write_text(json.dumps({"bands": ["B2", "B3", "B4", "B8"]}))
+    data_bands = ["B08", "B04", "B03", "B02"]
+    model = build_backbone(REG4, 4, weights=tmp_path / "backbone.safetensors",
+                           band_names=data_bands, **TINY)
+    w, src = model.patch_embed.proj.weight, source.patch_embed.proj.weight
+    torch.testing.assert_close(w, src[:, [3, 2, 1, 0]])
+    # the export's Lightning-style file: `model.` keys, metadata inside
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
+                "geodino": {"bands": ["B2", "B3", "B4", "B8"]}}, tmp_path / "export.ckpt")
+    model = build_backbone(REG4, 4, weights=tmp_path / "export.ckpt", band_names=data_bands, **TINY)
+    torch.testing.assert_close(model.patch_embed.proj.weight, src[:, [3, 2, 1, 0]])
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
 
 
 def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,22 +159,60 @@ def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.
 
     enum = ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsError, match="not in the local cache"):
-        build_backbone("vit_small_patch14_dinov2", 13, weights=enum, img_size=224)
-    source = build_backbone("vit_small_patch14_dinov2", 13, img_size=224)
+    with pytest.raises(WeightsError, match="not in the local cache") as error:
+        build_backbone("vit_small_patch14_dinov2", 13, weights=enum, **TINY)
     cache = tmp_path / "hub" / "checkpoints"
+    assert str(cache / Path(enum.url).name) in str(error.value)
+    # TorchGeo builds SoftCon at 224 px; the loader path is the same for any width and depth
+    source = build_backbone("vit_small_patch14_dinov2", 13, img_size=224, **TINY)
     cache.mkdir(parents=True)
     torch.save(source.state_dict(), cache / Path(enum.url).name)
-    model = build_backbone("vit_small_patch14_dinov2", 13, weights=enum, img_size=224)
-    torch.testing.assert_close(model.state_dict()["blocks.3.mlp.fc1.weight"],
-                               source.state_dict()["blocks.3.mlp.fc1.weight"])
+    model = build_backbone("vit_small_patch14_dinov2", 13, weights=enum, **TINY)
+    assert model.patch_embed.img_size == (224, 224)
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    # the enum's band names (B1 ... B8a ... B12) map onto the data's
+    subset = build_backbone("vit_small_patch14_dinov2", 3, weights=enum,
+                            band_names=["B08", "B8A", "B04"], **TINY)
+    src = source.patch_embed.proj.weight
+    torch.testing.assert_close(subset.patch_embed.proj.weight, src[:, [7, 8, 3]])
 
 
-def test_wrong_architecture_and_unsafe_files(tmp_path: Path) -> None:
-    other = build_backbone("vit_small_patch14_reg4_dinov2", 3, embed_dim=64, depth=1, num_heads=2)
-    torch.save(other.state_dict(), tmp_path / "other.pth")
-    with pytest.raises(WeightsError, match=r"has shape .* but the model expects"):
-        build_backbone("vit_small_patch14_reg4_dinov2", 3, weights=tmp_path / "other.pth", **TINY)
+def test_wrong_architecture(tmp_path: Path) -> None:
+    wider = build_backbone(REG4, 3, embed_dim=64, depth=1, num_heads=2)
+    torch.save(wider.state_dict(), tmp_path / "wider.pth")
+    with pytest.raises(WeightsError, match=r"wider.pth: '.*' has shape .*64.* but the model expects"):
+        build_backbone(REG4, 3, weights=tmp_path / "wider.pth", **TINY)
+    deeper = build_backbone(REG4, 3, embed_dim=32, depth=2, num_heads=2)
+    torch.save(deeper.state_dict(), tmp_path / "deeper.pth")
+    with pytest.raises(WeightsError, match="has 2 blocks but the model has 1"):
+        build_backbone(REG4, 3, weights=tmp_path / "deeper.pth", **TINY)
+    patch16 = build_backbone("vit_small_patch16_224", 3, **TINY)
+    torch.save(patch16.state_dict(), tmp_path / "p16.pth")
+    with pytest.raises(WeightsError, match=r"patch_embed.proj.weight.*\(32, 3, 16, 16\).*patch size"):
+        build_backbone("vit_small_patch14_dinov2", 3, weights=tmp_path / "p16.pth", **TINY)
+    with pytest.raises(ConfigError, match="timm cannot build 'vit_nonexistent'"):
+        build_backbone("vit_nonexistent", 3)
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "resnet.pth")
+    with pytest.raises(WeightsError, match="no ViT backbone weights"):
+        build_backbone(REG4, 3, weights=tmp_path / "resnet.pth", **TINY)
+
+
+def test_missing_truncated_and_unsafe_files(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="none.pth does not exist"):
+        build_backbone(REG4, 3, weights=tmp_path / "none.pth", **TINY)
+    good = build_backbone(REG4, 3, **TINY).state_dict()
+    torch.save(good, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cut.pth cannot be read"):
+        build_backbone(REG4, 3, weights=tmp_path / "cut.pth", **TINY)
+    save_file({k: v.contiguous() for k, v in good.items()}, str(tmp_path / "good.safetensors"))
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cut.safetensors is not a readable safetensors"):
+        build_backbone(REG4, 3, weights=tmp_path / "cut.safetensors", **TINY)
+
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -108,17 +220,7 @@ def test_wrong_architecture_and_unsafe_files(tmp_path: Path) -> None:
             return (Path.touch, (marker,))
 
     with open(tmp_path / "evil.pth", "wb") as handle:
-        pickle.dump({"blocks.0.x": Evil()}, handle)
-    with pytest.raises(WeightsError, match="run code"):
-        build_backbone("vit_small_patch14_reg4_dinov2", 3, weights=tmp_path / "evil.pth", **TINY)
+        pickle.dump({"blocks.0.x": Evil()}, handle, protocol=2)
+    with pytest.raises(WeightsError, match=r"evil.pth holds pickled Python objects .* run code"):
+        build_backbone(REG4, 3, weights=tmp_path / "evil.pth", **TINY)
     assert not marker.exists()
-    with pytest.raises(WeightsError, match="does not exist"):
-        build_backbone("vit_small_patch14_reg4_dinov2", 3, weights=tmp_path / "none.pth", **TINY)
-
-
-def test_dino_head_outputs_cosines() -> None:
-    head = DINOHead(32, 100, hidden_dim=64, bottleneck_dim=16)
-    out = head(torch.randn(8, 32))
-    assert out.shape == (8, 100) and out.abs().max() <= 1 + 1e-5
-    g = head.last_layer.parametrizations.weight.original0
-    assert torch.all(g == 1)
