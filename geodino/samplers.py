@@ -1,4 +1,9 @@
-"""Chips inside areas of interest: AOI polygons from QGIS exports or GeoDataFrames."""
+"""Chips inside areas of interest: AOI polygons from QGIS exports or GeoDataFrames.
+
+TorchGeo's ``RandomGeoSampler(roi=polygon)`` only clips its file index to the polygon and
+draws chips in the clipped bounding box, so chips land outside non-rectangular AOIs.
+:class:`AOISampler` places every chip inside the polygons themselves.
+"""
 
 import logging
 import math
@@ -16,114 +21,200 @@ from pyproj import CRS
 from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler, Units
 
-from geodino.errors import ConfigError, DataError
+from geodino.errors import DataError
 
 log = logging.getLogger(__name__)
 
 Query = tuple[slice, slice, slice]
 
+#: Candidate chips evaluated together while looking for a valid placement.
+_BATCH = 8
+#: Relative slack on coverage comparisons, for floating-point areas.
+_EPS = 1e-9
+
 
 def read_aoi(
-    aoi: str | Path | GeoDataFrame, crs: CRS | Any | None = None, query: str | None = None
+    aoi: str | Path | GeoDataFrame, crs: CRS | str | int | None = None, query: str | None = None
 ) -> GeoDataFrame:
-    """Read AOI polygons, repair them and put them in ``crs``.
+    """Read AOI polygons, select rows, put them in ``crs`` and repair them.
 
     Args:
-        aoi: a GeoPackage/GeoJSON/Shapefile path or a GeoDataFrame.
+        aoi: a GeoPackage/GeoJSON/Shapefile path (anything GDAL reads) or a GeoDataFrame.
         crs: CRS to reproject to (default: keep the AOI's).
         query: pandas query selecting rows, e.g. ``"split == 'train'"``.
 
     Returns:
-        the polygons (only Polygon/MultiPolygon parts), invalid ones repaired, empty ones
-        dropped, with the original row order preserved.
+        the selected rows with only their Polygon/MultiPolygon parts, invalid geometries
+        repaired (``shapely.make_valid``) and empty ones dropped (each logged with its count);
+        the original row labels are kept so messages can point at rows of the file.
 
     Raises:
-        DataError: naming the file and the fix, for a missing file, no CRS, no polygons,
-            a bad query.
+        DataError: naming the file and the fix, for a missing or unreadable file, no CRS,
+            longitudes/latitudes out of range, a query that fails or selects nothing, a CRS the
+            AOI cannot be expressed in, or no polygons at all.
     """
-    name = str(aoi) if not isinstance(aoi, GeoDataFrame) else "the AOI GeoDataFrame"
     if isinstance(aoi, GeoDataFrame):
+        name = "the AOI GeoDataFrame"
         gdf = aoi.copy()
     else:
         path = Path(aoi)
+        name = f"AOI file {path}"
         if not path.is_file():
-            raise DataError(f"AOI file {path} does not exist.")
+            raise DataError(
+                f"{name} does not exist; check the path, or export the layer from QGIS with "
+                "Layer > Export > Save Features As... (GeoPackage, GeoJSON or Shapefile)."
+            )
         try:
             gdf = gpd.read_file(path)
         except Exception as error:
             raise DataError(
-                f"AOI file {path} cannot be read as vector data ({error}); export it from QGIS "
-                "as GeoPackage, GeoJSON or Shapefile."
+                f"{name} cannot be read as vector data ({error}); export it from QGIS as "
+                "GeoPackage, GeoJSON or Shapefile."
             ) from None
     if gdf.crs is None:
         raise DataError(
             f"{name} has no CRS; set it in QGIS (Layer > Set CRS, then export again) or with "
-            "gdf.set_crs('EPSG:4326')."
+            "gdf.set_crs('EPSG:4326') (the CRS the coordinates are really in)."
         )
+    _check_geographic_range(gdf, name)
     if query:
+        columns = [c for c in gdf.columns if c != gdf.geometry.name]
         try:
             gdf = gdf.query(query)
         except Exception as error:
             raise DataError(
-                f"AOI query {query!r} failed on {name} ({error}); columns are "
-                f"{[c for c in gdf.columns if c != 'geometry']}."
+                f"AOI query {query!r} failed on {name} ({type(error).__name__}: {error}); its "
+                f"columns are {columns}: fix the query (pandas syntax, strings in quotes)."
             ) from None
         if gdf.empty:
-            raise DataError(f"AOI query {query!r} selects no polygon of {name}.")
-    invalid = ~gdf.geometry.is_valid & ~gdf.geometry.isna()
-    if invalid.any():
-        log.warning("%s: repaired %d invalid geometries (shapely.make_valid)", name, int(invalid.sum()))
-        gdf.loc[invalid, "geometry"] = shapely.make_valid(gdf.geometry[invalid].values)
-    gdf["geometry"] = [_polygonal(g) for g in gdf.geometry]
-    empty = gdf.geometry.isna() | gdf.geometry.is_empty
-    if empty.any():
-        log.warning("%s: dropped %d empty or non-polygon geometries", name, int(empty.sum()))
-        gdf = gdf[~empty]
-    if gdf.empty:
-        raise DataError(
-            f"{name} holds no polygons; draw the AOI as (multi)polygons, not points or lines."
-        )
+            raise DataError(
+                f"AOI query {query!r} selects no row of {name}; check the column values in "
+                "the attribute table (QGIS: Open Attribute Table) or fix the query."
+            )
     if crs is not None:
-        gdf = gdf.to_crs(crs)
+        gdf = _to_crs(gdf, CRS.from_user_input(crs), name)
+    geometry = gdf.geometry
+    invalid = (~geometry.isna() & ~geometry.is_valid).to_numpy()
+    if invalid.any():
+        log.warning(
+            "%s: repaired %d invalid geometries with shapely.make_valid (rows %s)",
+            name, int(invalid.sum()), list(gdf.index[invalid][:10]),
+        )
+        gdf.loc[invalid, gdf.geometry.name] = shapely.make_valid(geometry.to_numpy()[invalid])
+    gdf[gdf.geometry.name] = [_polygonal(g) for g in gdf.geometry.to_numpy()]
+    empty = gdf.geometry.isna().to_numpy()
+    if empty.all():
+        raise DataError(
+            f"{name} holds no polygons (only empty geometries, points or lines); draw the AOI "
+            "as polygons or multipolygons."
+        )
+    if empty.any():
+        log.warning(
+            "%s: dropped %d empty or non-polygon geometries (rows %s)",
+            name, int(empty.sum()), list(gdf.index[empty][:10]),
+        )
+        gdf = gdf[~empty]
     return gdf
 
 
+def _check_geographic_range(gdf: GeoDataFrame, name: str) -> None:
+    if not gdf.crs.is_geographic or gdf.geometry.isna().all():
+        return
+    xmin, ymin, xmax, ymax = gdf.total_bounds
+    if xmin < -360 or xmax > 360 or ymin < -90 or ymax > 90:
+        raise DataError(
+            f"{name} is in {gdf.crs.to_string()} but its coordinates "
+            f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) are not longitudes/latitudes: the "
+            "file lacks its real CRS (GeoJSON without a CRS is read as EPSG:4326). Set the CRS "
+            "the coordinates are in (QGIS: Layer > Set CRS, then export again; or "
+            "gdf.set_crs(..., allow_override=True))."
+        )
+
+
+def _to_crs(gdf: GeoDataFrame, crs: CRS, name: str) -> GeoDataFrame:
+    out = gdf.to_crs(crs)
+    coords = shapely.get_coordinates(out.geometry.to_numpy())
+    if not np.isfinite(coords).all():
+        raise DataError(
+            f"{name} cannot be expressed in {crs.to_string()} (coordinates become infinite: "
+            f"the AOI, bounds {tuple(np.round(gdf.total_bounds, 6))} in {gdf.crs.to_string()}, "
+            "lies outside that CRS's area of use); use an AOI over the rasters."
+        )
+    return out
+
+
 def _polygonal(geometry: Any) -> Any:
+    """The Polygon/MultiPolygon part of a geometry, or None when it has none."""
     if geometry is None or geometry.is_empty:
         return None
     if geometry.geom_type in ("Polygon", "MultiPolygon"):
         return geometry
-    parts = [g for g in getattr(geometry, "geoms", []) if g.geom_type in ("Polygon", "MultiPolygon")]
+    parts = [g for g in shapely.get_parts(geometry) if g.geom_type in ("Polygon", "MultiPolygon")]
+    parts = [g for g in parts if not g.is_empty]
     return shapely.union_all(parts) if parts else None
 
 
-def _label(aoi: GeoDataFrame, row: int) -> str:
-    name = aoi.iloc[row].get("name") if "name" in aoi.columns else None
-    return f"polygon {row}" + (f" ({name})" if name is not None else "")
+def _erode(geometry: Any, half_w: float, half_h: float) -> Any:
+    """Centres of the ``2 half_w x 2 half_h`` boxes that lie inside a polygonal geometry.
+
+    This is the Minkowski erosion by the box: the geometry minus every point whose box crosses
+    its boundary, i.e. minus each boundary segment swept by the box (a convex hexagon). A
+    negative mitre ``buffer`` is not the same: it under-erodes edges that are not axis-aligned.
+    """
+    if geometry is None or geometry.is_empty:
+        return None
+    lines = shapely.get_parts(shapely.boundary(geometry))
+    coords, which = shapely.get_coordinates(lines, return_index=True)
+    same = which[1:] == which[:-1]
+    segments = np.stack([coords[:-1][same], coords[1:][same]], axis=1)
+    corners = np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
+    points = (segments[:, :, None, :] + corners[None, None]).reshape(len(segments), 8, 2)
+    swept = shapely.union_all(shapely.convex_hull(shapely.multipoints(points)))
+    return _polygonal(shapely.difference(geometry, swept))
+
+
+def _triangles(geometry: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Triangles ``(n, 3, 2)`` tiling a polygonal geometry and their cumulative areas."""
+    parts = shapely.get_parts(shapely.constrained_delaunay_triangles(geometry))
+    corners = shapely.get_coordinates(parts).reshape(len(parts), 4, 2)[:, :3]
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    areas = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1])
+                         - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]))
+    keep = areas > 0
+    return corners[keep], np.cumsum(areas[keep])
 
 
 class AOISampler(GeoSampler):
     """Chips whose footprints lie inside AOI polygons, drawn at random or on a grid.
 
     Random mode: a polygon is picked with probability proportional to its area inside the
-    data (or to ``weight_column``), then a chip is placed uniformly inside it, snapped to the
-    dataset's pixel grid, and kept only if at least ``min_coverage`` of its area lies inside
-    the AOI union and the data. Chip ``i`` is a pure function of ``(seed, i, attempt)``, so any
-    process can draw it without drawing the others. Grid mode (``stride``) covers the AOI
-    systematically, row by row, for inference.
+    data footprint (or to ``weight_column``), a chip centre is drawn uniformly where a chip
+    centred there can meet ``min_coverage`` (for ``min_coverage=1`` the polygon eroded by the
+    chip, computed exactly; otherwise the polygon), the chip is snapped to the dataset's pixel
+    grid and kept if at least ``min_coverage`` of its area lies inside the AOI union and the
+    data. Chip ``i`` is a pure function of ``(seed, i, attempt)``, so any process can draw it
+    without drawing the others. Grid mode (``stride``) covers the AOI row by row, north to
+    south, for inference.
+
+    Sizes and strides are rounded to whole pixels so that reads need no resampling.
 
     Args:
-        dataset: the dataset the queries index.
+        dataset: the dataset the queries index (its ``index`` holds file footprints).
         aoi: AOI file or GeoDataFrame in any CRS; None samples the data footprint.
-        size: chip size ``(height, width)`` or one number.
+        size: chip size ``(height, width)`` or one number, in ``units``.
         length: chips per iteration (random mode; default: enough to cover the AOI once).
         units: whether ``size`` and ``stride`` are pixels or CRS units.
         min_coverage: least fraction of a chip inside the AOI union and the data, in (0, 1].
         weight_column: AOI column weighting polygons instead of their area.
         generator: seeds the sampler (``generator.initial_seed()``).
-        stride: grid mode step ``(y, x)`` or one number.
-        query: pandas query selecting AOI rows.
-        max_tries: placement attempts per chip before giving up.
+        stride: grid mode step ``(y, x)`` or one number, in ``units``; None: random mode.
+        query: pandas query selecting AOI rows, e.g. ``"split == 'train'"``.
+        max_tries: candidate chips tried per draw before giving up.
+
+    Raises:
+        DataError: for a bad AOI (see :func:`read_aoi`), an AOI that misses the data, a chip
+            that fits no polygon, bad weights, or a parameter out of range; each names the
+            file or polygon and the fix.
     """
 
     def __init__(
@@ -140,127 +231,228 @@ class AOISampler(GeoSampler):
         query: str | None = None,
         max_tries: int = 100,
     ) -> None:
-        """Prepare the polygons, their weights and the grid."""
+        """Read the AOI, weigh its polygons and prepare the placements or the grid."""
         if not 0 < min_coverage <= 1:
-            raise ConfigError(f"min_coverage must lie in (0, 1], got {min_coverage}.")
-        self.res = tuple(float(r) for r in dataset.res)
-        self.size = self._to_crs_units(size, units, "size")
-        self.min_coverage = min_coverage
-        self.max_tries = max_tries
-        self.t = dataset.bounds[2]
-        x, y, _ = dataset.bounds
+            raise DataError(
+                f"min_coverage must lie in (0, 1], got {min_coverage}; use 1.0 for chips "
+                "entirely inside the AOI, or e.g. 0.9 to allow 10 % outside."
+            )
+        if max_tries < 1:
+            raise DataError(f"max_tries must be at least 1, got {max_tries}.")
+        if length is not None and length < 1:
+            raise DataError(f"length must be a positive number of chips, got {length}.")
+        if stride is not None and length is not None:
+            raise DataError(
+                "length is set by the grid in grid mode (stride given); leave length unset."
+            )
+        if aoi is None and query is not None:
+            raise DataError(f"query {query!r} selects AOI rows, but no aoi was given; pass one.")
+        self.res = (float(dataset.res[0]), float(dataset.res[1]))
+        self.size = self._pixels(size, units, "size")
+        self.stride = None if stride is None else self._pixels(stride, units, "stride")
+        self.min_coverage = float(min_coverage)
+        self.max_tries = int(max_tries)
+        x, y, self.t = dataset.bounds
         self.origin = (float(x.start), float(y.start))
-        self.seed = int(generator.initial_seed()) if generator is not None else int(
-            torch.randint(0, 2**62, (1,)).item()
-        )
+        self.crs = dataset.index.crs
+        self.seed = (int(generator.initial_seed()) if generator is not None
+                     else int(torch.randint(0, 2**62, (1,)).item()))
         self.epoch = 0
 
-        footprint = shapely.union_all(dataset.index.geometry.values)
+        footprint = shapely.union_all(dataset.index.geometry.to_numpy())
         if aoi is None:
+            self.source = "the data footprint"
             self.aoi = GeoDataFrame({"name": ["data footprint"]}, geometry=[footprint],
-                                    crs=dataset.index.crs)
-            aoi_name = "the data footprint"
+                                    crs=self.crs)
         else:
-            self.aoi = read_aoi(aoi, dataset.index.crs, query)
-            aoi_name = str(aoi) if not isinstance(aoi, GeoDataFrame) else "the AOI"
-        regions = self.aoi.geometry.intersection(footprint)
-        if regions.is_empty.all():
+            self.source = (f"AOI file {aoi}" if not isinstance(aoi, GeoDataFrame)
+                           else "the AOI GeoDataFrame")
+            self.aoi = read_aoi(aoi, self.crs, query)
+        self.regions = [_polygonal(g) for g in shapely.intersection(
+            self.aoi.geometry.to_numpy(), footprint)]
+        outside = [i for i, r in enumerate(self.regions) if r is None]
+        if len(outside) == len(self.regions):
             ab, db = self.aoi.total_bounds, footprint.bounds
             raise DataError(
-                f"{aoi_name} does not intersect the data: AOI bounds {tuple(np.round(ab, 1))} vs "
-                f"data bounds {tuple(np.round(db, 1))} in {dataset.index.crs.to_string()}. Check "
-                "that the AOI covers the rasters (and its CRS)."
+                f"{self.source} does not intersect the data: AOI bounds "
+                f"{tuple(round(float(v), 1) for v in ab)} vs data bounds "
+                f"{tuple(round(float(v), 1) for v in db)} in {self.crs.to_string()}. Use an AOI "
+                "over the rasters, or fix the AOI's CRS (QGIS: Layer > Set CRS)."
             )
-        self.regions = list(regions.values)
-        self.union = shapely.union_all(self.regions)
+        if outside:
+            log.warning("%s: %d polygons lie outside the data and get no chips: %s%s",
+                        self.source, len(outside), ", ".join(self.label(i) for i in outside[:10]),
+                        " ..." if len(outside) > 10 else "")
+        self.union = shapely.union_all([r for r in self.regions if r is not None])
         shapely.prepare(self.union)
-        self.aoi = self.aoi.assign(weight=self._weights(weight_column, regions))
+        self.aoi = self.aoi.assign(weight=self._weights(weight_column))
 
-        self.stride = None if stride is None else self._to_crs_units(stride, units, "stride")
         if self.stride is not None:
             self.grid = self._grid()
-            if not self.grid:
-                raise DataError(
-                    f"no grid chip of {self.size} covers {min_coverage:.0%} of {aoi_name}; use a "
-                    "smaller size or min_coverage."
-                )
             self.length = len(self.grid)
         else:
             self._prepare_random()
-            area = self.size[0] * self.size[1]
-            self.length = length if length is not None else max(1, int(self.union.area / area))
+            h, w = self.size
+            self.length = length if length is not None else max(1, int(self.union.area / (h * w)))
 
     # --- set-up --------------------------------------------------------------------
-    def _to_crs_units(self, value: float | tuple[float, float], units: Units, what: str) -> tuple[float, float]:
-        h, w = (value, value) if isinstance(value, int | float) else value
-        if h <= 0 or w <= 0:
-            raise ConfigError(f"chip {what} must be positive, got {value}.")
-        if units == Units.PIXELS:
-            return (h * self.res[1], w * self.res[0])
-        return (float(h), float(w))
+    def _pixels(
+        self, value: float | tuple[float, float], units: Units, what: str
+    ) -> tuple[float, float]:
+        """``(height, width)`` in CRS units, rounded to whole pixels."""
+        h, w = (value, value) if np.ndim(value) == 0 else value
+        if not (h > 0 and w > 0):
+            raise DataError(
+                f"chip {what} must be positive, got {value}; give it in {units.name.lower()}."
+            )
+        if units == Units.CRS:
+            h, w = h / self.res[1], w / self.res[0]
+        rows, cols = round(h), round(w)
+        if rows < 1 or cols < 1:
+            raise DataError(
+                f"chip {what} {value} ({units.name.lower()}) is smaller than a pixel of "
+                f"{self.res}; give at least one pixel."
+            )
+        return (rows * self.res[1], cols * self.res[0])
 
-    def _weights(self, column: str | None, regions: gpd.GeoSeries) -> np.ndarray:
+    def _weights(self, column: str | None) -> np.ndarray:
+        inside = np.array([r is not None for r in self.regions])
         if column is None:
-            weights = regions.area.to_numpy(dtype=float)
-        else:
-            if column not in self.aoi.columns:
-                raise DataError(
-                    f"weight_column {column!r} is not an AOI column; columns are "
-                    f"{[c for c in self.aoi.columns if c != 'geometry']}."
-                )
-            weights = pd.to_numeric(self.aoi[column], errors="coerce").to_numpy(dtype=float)
-            bad = [i for i, w in enumerate(weights) if not (w >= 0)]
-            if bad:
-                raise DataError(
-                    f"weight_column {column!r} has negative or missing values in "
-                    f"{_label(self.aoi, bad[0])} (value {self.aoi[column].iloc[bad[0]]!r}); "
-                    "weights must be numbers >= 0."
-                )
-            weights = np.where(regions.is_empty.to_numpy(), 0.0, weights)
+            return np.array([0.0 if r is None else r.area for r in self.regions])
+        if column not in self.aoi.columns:
+            raise DataError(
+                f"weight_column {column!r} is not a column of {self.source}; its columns are "
+                f"{[c for c in self.aoi.columns if c != self.aoi.geometry.name]}: add it (QGIS: "
+                "Field Calculator) or name another."
+            )
+        values = pd.to_numeric(self.aoi[column], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+        if bad.size:
+            raise DataError(
+                f"weight_column {column!r} of {self.source} has a negative, missing or "
+                f"non-numeric value at {self.label(int(bad[0]))} "
+                f"(value {self.aoi[column].iloc[bad[0]]!r}; {bad.size} such rows); weights must "
+                "be finite numbers >= 0: fix the attribute table."
+            )
+        weights = np.where(inside, values, 0.0)
         if weights.sum() <= 0:
-            raise DataError("every AOI polygon has zero weight inside the data.")
+            raise DataError(
+                f"weight_column {column!r} of {self.source} is 0 for every polygon inside the "
+                "data; give some polygons a positive weight."
+            )
         return weights
 
     def _prepare_random(self) -> None:
-        half = min(self.size) / 2
-        self._centres = []
+        """Per polygon: the triangulated region where chip centres are drawn."""
+        h, w = self.size
+        weights = self.aoi["weight"].to_numpy(dtype=float).copy()
+        eroded = _erode(self.union, w / 2, h / 2) if self.min_coverage >= 1 else None
+        self._triangles: list[tuple[np.ndarray, np.ndarray] | None] = []
+        unfit = []
         for row, region in enumerate(self.regions):
-            if self.aoi["weight"].iloc[row] <= 0 or region.is_empty:
-                self._centres.append(None)
+            if region is None or weights[row] <= 0:
+                self._triangles.append(None)
                 continue
-            # Centres of chips that fit entirely lie in the region eroded by half a chip.
-            inner = region.buffer(-half, join_style="mitre") if self.min_coverage >= 1 else region
-            if inner.is_empty:
-                inner = region
-            shapely.prepare(inner)
-            self._centres.append(inner)
-        self._probs = self.aoi["weight"].to_numpy(float) / self.aoi["weight"].sum()
+            if self.min_coverage >= 1:
+                centres = (None if eroded is None
+                           else _polygonal(shapely.intersection(region, eroded)))
+            else:
+                # A chip centred in the region lies in its bounds grown by half a chip, so it
+                # can cover no more of the AOI than that box holds.
+                xmin, ymin, xmax, ymax = region.bounds
+                reach = shapely.box(xmin - w / 2, ymin - h / 2, xmax + w / 2, ymax + h / 2)
+                fits = shapely.intersection(self.union, reach).area >= self.min_coverage * h * w
+                centres = region if fits else None
+            if centres is None:
+                unfit.append(row)
+                self._triangles.append(None)
+            else:
+                # Snapping rounds centres to the pixel grid: half a pixel more on every side
+                # gives the outermost grid placements their full share.
+                grown = shapely.buffer(centres, max(self.res) / 2, join_style="mitre")
+                self._triangles.append(_triangles(grown))
+        if len(unfit) == int((weights > 0).sum()):
+            parts = [(part.area, row, part) for row in unfit
+                     for part in shapely.get_parts(self.regions[row])]
+            _, largest, part = max(parts, key=lambda p: p[0])
+            xmin, ymin, xmax, ymax = part.bounds
+            raise DataError(
+                f"{self._chip()} is larger than every polygon of {self.source} inside the data "
+                f"(at min_coverage {self.min_coverage:g}; the largest, in {self.label(largest)}, "
+                f"spans {xmax - xmin:.0f} x {ymax - ymin:.0f} {self._unit()} inside the data); "
+                "use a smaller chip size or a lower min_coverage."
+            )
+        if unfit:
+            # No chip can be drawn from them anyway; their area still counts for neighbours.
+            log.warning(
+                "%s: %s fits in no place of %d polygons, which get no chips (weight 0): %s%s; "
+                "use a smaller chip size or a lower min_coverage (now %g) to sample them",
+                self.source, self._chip(), len(unfit), ", ".join(self.label(r) for r in unfit[:10]),
+                " ..." if len(unfit) > 10 else "", self.min_coverage,
+            )
+            weights[unfit] = 0.0
+            self.aoi["weight"] = weights
+        self._cumulative = np.cumsum(weights) / weights.sum()
+
+    def _chip(self) -> str:
+        h, w = self.size
+        return (f"a chip of {round(h / self.res[1])} x {round(w / self.res[0])} px "
+                f"({h:g} x {w:g} {self._unit()})")
+
+    def _unit(self) -> str:
+        return f"{self.crs.axis_info[0].unit_name}s"
 
     def _grid(self) -> list[Query]:
         assert self.stride is not None
         h, w = self.size
         xmin, ymin, xmax, ymax = self.union.bounds
-        x0 = self._snap(xmin, 0)
-        y0 = self._snap(ymin, 1)
-        xs = np.arange(x0, xmax, self.stride[1])
-        ys = np.arange(y0, ymax, self.stride[0])[::-1]  # north to south, as images read
+        xs = np.arange(self._floor(xmin, 0), xmax, self.stride[1])
+        ys = np.arange(self._floor(ymin, 1), ymax, self.stride[0])[::-1]  # north to south
         chips = []
-        for yy in ys:
-            boxes = shapely.box(xs, yy, xs + w, yy + h)
-            cover = shapely.area(shapely.intersection(boxes, self.union)) / (h * w)
-            chips += [self._query(float(xx), float(yy)) for xx, c in zip(xs, cover, strict=True)
-                      if c >= self.min_coverage - 1e-9]
+        for y0 in ys:
+            keep = self._covers(xs, np.full_like(xs, y0))
+            chips += [self._query(float(x0), float(y0)) for x0 in xs[keep]]
+        if not chips:
+            raise DataError(
+                f"no grid chip ({self._chip()}, stride {self.stride[0]:g} x "
+                f"{self.stride[1]:g} {self._unit()}) covers {self.min_coverage:.0%} of "
+                f"{self.source} inside the data; use a smaller size or a lower min_coverage."
+            )
         return chips
 
-    # --- drawing -------------------------------------------------------------------
-    def _snap(self, value: float, axis: int) -> float:
-        res = self.res[axis]
-        origin = self.origin[axis]
-        return origin + math.floor((value - origin) / res + 0.5) * res
+    # --- geometry ------------------------------------------------------------------
+    def label(self, row: int) -> str:
+        """Human-readable name of an AOI polygon, for messages.
+
+        Args:
+            row: row position in :attr:`aoi`.
+
+        Returns:
+            e.g. ``"row 3 (name 'pond')"`` (the row label of the file, and its name if any).
+        """
+        name = self.aoi["name"].iloc[row] if "name" in self.aoi.columns else None
+        return f"row {self.aoi.index[row]}" + (f" (name {name!r})" if name is not None else "")
+
+    def _snap(self, values: np.ndarray, axis: int) -> np.ndarray:
+        res, origin = self.res[axis], self.origin[axis]
+        return origin + np.round((values - origin) / res) * res
+
+    def _floor(self, value: float, axis: int) -> float:
+        res, origin = self.res[axis], self.origin[axis]
+        return origin + math.floor((value - origin) / res + _EPS) * res
 
     def _query(self, x0: float, y0: float) -> Query:
         h, w = self.size
         return (slice(x0, x0 + w, self.res[0]), slice(y0, y0 + h, self.res[1]), self.t)
+
+    def _covers(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+        """Whether chips with these lower-left corners meet ``min_coverage``."""
+        h, w = self.size
+        boxes = shapely.box(x0, y0, x0 + w, y0 + h)
+        if self.min_coverage >= 1:
+            return shapely.contains(self.union, boxes)
+        covered = shapely.area(shapely.intersection(boxes, self.union)) / (h * w)
+        return covered >= self.min_coverage - _EPS
 
     def coverage(self, query: Query) -> float:
         """Fraction of a chip inside the AOI union and the data.
@@ -273,58 +465,86 @@ class AOISampler(GeoSampler):
         """
         x, y, _ = query
         box = shapely.box(x.start, y.start, x.stop, y.stop)
-        return shapely.area(shapely.intersection(box, self.union)) / box.area
+        return float(shapely.area(shapely.intersection(box, self.union)) / box.area)
 
+    # --- drawing -------------------------------------------------------------------
     def _draw(self, index: int, attempt: int) -> tuple[int, Query]:
+        if index < 0 or attempt < 0:
+            raise IndexError(f"chip index and attempt must be >= 0, got {index}, {attempt}")
         rng = np.random.default_rng([self.seed, index, attempt])
-        row = int(rng.choice(len(self._probs), p=self._probs))
-        inner = self._centres[row]
+        row = int(np.searchsorted(self._cumulative, rng.random(), side="right"))
+        row = min(row, len(self._cumulative) - 1)
+        triangles = self._triangles[row]
+        assert triangles is not None
+        corners, cumulative = triangles
         h, w = self.size
-        xmin, ymin, xmax, ymax = inner.bounds
-        for _ in range(self.max_tries):
-            cx = rng.uniform(xmin, xmax, 64)
-            cy = rng.uniform(ymin, ymax, 64)
-            for px, py in zip(cx[shapely.contains_xy(inner, cx, cy)],
-                              cy[shapely.contains_xy(inner, cx, cy)], strict=True):
-                query = self._query(self._snap(px - w / 2, 0), self._snap(py - h / 2, 1))
-                if self.coverage(query) >= self.min_coverage - 1e-9:
-                    return row, query
+        for start in range(0, self.max_tries, _BATCH):
+            n = min(_BATCH, self.max_tries - start)
+            pick = np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
+            a, b, c = (corners[np.minimum(pick, len(corners) - 1), k] for k in range(3))
+            s, t = np.sqrt(rng.random((n, 1))), rng.random((n, 1))
+            centres = (1 - s) * a + s * (1 - t) * b + s * t * c  # uniform in the triangle
+            x0 = self._snap(centres[:, 0] - w / 2, 0)
+            y0 = self._snap(centres[:, 1] - h / 2, 1)
+            ok = np.flatnonzero(self._covers(x0, y0))
+            if ok.size:
+                return row, self._query(float(x0[ok[0]]), float(y0[ok[0]]))
         raise DataError(
-            f"no chip of {w:g} x {h:g} CRS units fits {self.min_coverage:.0%} inside "
-            f"{_label(self.aoi, row)} after {self.max_tries * 64} tries; lower min_coverage, use "
-            "smaller chips, or drop that polygon from the AOI."
+            f"no chip of {h:g} x {w:g} {self._unit()} covering "
+            f"{self.min_coverage:.0%} was found inside {self.label(row)} of {self.source} after "
+            f"{self.max_tries} tries (chip {index}, attempt {attempt}); lower min_coverage, use "
+            "smaller chips, raise max_tries, or leave that polygon out."
         )
 
     def sample(self, index: int, attempt: int = 0) -> Query:
         """The chip at an index (random mode: a pure function of seed, index and attempt).
 
         Args:
-            index: chip index (any non-negative integer in random mode).
+            index: chip index (any integer >= 0 in random mode; below ``len(self)`` on a grid).
             attempt: redraw number (random mode), giving an independent chip.
 
         Returns:
             the query ``(x slice, y slice, t slice)`` in the dataset CRS.
+
+        Raises:
+            DataError: if no placement is found after ``max_tries``, or ``attempt`` is given
+                in grid mode.
+            IndexError: for a negative index, or one past the grid.
         """
         if self.stride is not None:
             if attempt:
-                raise ConfigError("grid chips are fixed: attempt must be 0 in grid mode.")
+                raise DataError(
+                    "grid chips are fixed, so there is nothing to redraw (attempt must be 0 in "
+                    "grid mode); use random mode (stride=None) for redraws."
+                )
             return self.grid[index]
         return self._draw(index, attempt)[1]
 
     def polygon_of(self, index: int, attempt: int = 0) -> int:
-        """Row (in :attr:`aoi`) of the polygon a random chip was drawn from.
+        """Row position (in :attr:`aoi`) of the polygon a chip belongs to.
 
         Args:
             index: chip index.
             attempt: redraw number.
 
         Returns:
-            the row position.
+            random mode: the polygon the chip was drawn from; grid mode: the polygon that
+            overlaps the chip most.
         """
-        return self._draw(index, attempt)[0]
+        if self.stride is None:
+            return self._draw(index, attempt)[0]
+        x, y, _ = self.sample(index, attempt)
+        box = shapely.box(x.start, y.start, x.stop, y.stop)
+        regions = np.array([shapely.Polygon() if r is None else r for r in self.regions])
+        return int(np.argmax(shapely.area(shapely.intersection(regions, box))))
 
     def __iter__(self) -> Iterator[Query]:
-        """Chips of one iteration; each new iteration (epoch) draws new random chips."""
+        """Chips of one iteration; each new iteration (epoch) draws new random chips.
+
+        Yields:
+            ``sample(epoch * len(self) + i)`` for ``i`` in ``range(len(self))`` (random mode),
+            or the grid chips in row-major order.
+        """
         if self.stride is not None:
             yield from self.grid
             return
@@ -334,5 +554,18 @@ class AOISampler(GeoSampler):
             yield self.sample(start + i)
 
     def __len__(self) -> int:
-        """Chips per iteration."""
+        """Chips per iteration.
+
+        Returns:
+            the number of chips one iteration yields.
+        """
         return self.length
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled sampler (loader workers) and prepare its geometry again.
+
+        Args:
+            state: the pickled attributes.
+        """
+        self.__dict__.update(state)
+        shapely.prepare(self.union)
