@@ -127,14 +127,27 @@ def _source_bands(weights: Any, path: Path, obj: Mapping[str, Any]) -> list[str]
     return None
 
 
+def _torchgeo_enum(name: str) -> "WeightsEnum":
+    from torchgeo.models import get_weight
+
+    try:
+        return get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise WeightsError(
+            f"{name!r} is neither a file nor a TorchGeo weights enum; give a path or a name "
+            "such as 'ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON'."
+        ) from None
+
+
 def load_weights_file(
     weights: "str | Path | WeightsEnum",
 ) -> tuple[dict[str, Tensor], Path, list[str] | None]:
     """Read backbone tensors from a local file or a TorchGeo weights enum (local cache only).
 
     Args:
-        weights: a path, or a TorchGeo ``WeightsEnum`` member whose file lies in
-            ``torch.hub.get_dir()/checkpoints``.
+        weights: a path, or a TorchGeo ``WeightsEnum`` member (or its name, e.g.
+            ``"ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON"``, as configs give it) whose
+            file lies in ``torch.hub.get_dir()/checkpoints``.
 
     Returns:
         the tensors (prefixes removed), the file read, and the band names the weights were
@@ -143,6 +156,9 @@ def load_weights_file(
     Raises:
         WeightsError: if the file is missing, damaged, would run code, or holds no backbone.
     """
+    if isinstance(weights, str) and re.fullmatch(r"\w+_Weights\.\w+", weights):
+        if not Path(weights).is_file():
+            weights = _torchgeo_enum(weights)
     if _is_enum(weights):
         name = Path(str(weights.url).split("?")[0]).name  # type: ignore[union-attr]
         path = Path(torch.hub.get_dir()) / "checkpoints" / name
@@ -366,7 +382,14 @@ def fit_state_dict(
             continue
         if name == "pos_embed" and value.shape[2] == target[name].shape[2]:
             continue
-        raise mismatch(name, value, "width, depth or patch size differs")
+        raise mismatch(name, value, "width, register count or layer layout differs")
+    for token in ("reg_token", "cls_token"):
+        if token in state and token not in target:
+            raise WeightsError(
+                f"{source} has '{token}' {tuple(state[token].shape)} but the model has none; "
+                "the weights were trained with it. Pick a model that has it (e.g. a '_reg4_' "
+                "name for register tokens)."
+            )
     depth = len(model.blocks)
     extra = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     if extra and extra[-1] >= depth:
@@ -443,7 +466,7 @@ def build_backbone(
         arch: timm name, e.g. ``vit_small_patch14_reg4_dinov2`` (any timm ViT works).
         in_chans: number of input bands.
         weights: local file (official DINOv2 hub or training format, TorchGeo, timm or geodino
-            export) or a TorchGeo weights enum found in the local torch hub cache.
+            export) or a TorchGeo weights enum (or its name) found in the local torch hub cache.
         band_names: names of the input bands, used to map the weights' bands.
         **timm_kwargs: more ``timm.create_model`` arguments (img_size, depth, embed_dim, ...).
 

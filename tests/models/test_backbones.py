@@ -152,6 +152,14 @@ def test_geodino_export_bands_are_reordered_by_name(tmp_path: Path) -> None:
     model = build_backbone(REG4, 4, weights=tmp_path / "export.ckpt", band_names=data_bands, **TINY)
     torch.testing.assert_close(model.patch_embed.proj.weight, src[:, [3, 2, 1, 0]])
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    # a `geodino fit` checkpoint: the EMA teacher is taken, bands from the hyper-parameters
+    student = {f"student.backbone.{k}": torch.zeros_like(v) for k, v in state.items()}
+    torch.save({"state_dict": student | {f"teacher.backbone.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"band_names": ["B02", "B03", "B04", "B08"]}},
+               tmp_path / "last.ckpt")
+    model = build_backbone(REG4, 4, weights=tmp_path / "last.ckpt", band_names=data_bands, **TINY)
+    torch.testing.assert_close(model.patch_embed.proj.weight, src[:, [3, 2, 1, 0]])
+    torch.testing.assert_close(model.norm.weight, source.norm.weight)
 
 
 def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,6 +179,11 @@ def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.
     assert model.patch_embed.img_size == (224, 224)
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
+    by_name = build_backbone("vit_small_patch14_dinov2", 13, **TINY,
+                             weights="ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON")
+    torch.testing.assert_close(by_name.pos_embed, source.pos_embed)
+    with pytest.raises(WeightsError, match="neither a file nor a TorchGeo weights enum"):
+        build_backbone("vit_small_patch14_dinov2", 13, weights="Nope_Weights.X", **TINY)
     # the enum's band names (B1 ... B8a ... B12) map onto the data's
     subset = build_backbone("vit_small_patch14_dinov2", 3, weights=enum,
                             band_names=["B08", "B8A", "B04"], **TINY)
@@ -187,6 +200,8 @@ def test_wrong_architecture(tmp_path: Path) -> None:
     torch.save(deeper.state_dict(), tmp_path / "deeper.pth")
     with pytest.raises(WeightsError, match="has 2 blocks but the model has 1"):
         build_backbone(REG4, 3, weights=tmp_path / "deeper.pth", **TINY)
+    with pytest.raises(WeightsError, match="'reg_token' .* but the model has none"):
+        build_backbone("vit_small_patch14_dinov2", 3, weights=tmp_path / "deeper.pth", **TINY)
     patch16 = build_backbone("vit_small_patch16_224", 3, **TINY)
     torch.save(patch16.state_dict(), tmp_path / "p16.pth")
     with pytest.raises(WeightsError, match=r"patch_embed.proj.weight.*\(32, 3, 16, 16\).*patch size"):
