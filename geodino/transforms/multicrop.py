@@ -1,9 +1,13 @@
-"""Batched, spectrally aware DINOv2 multi-crop on the device.
+"""Batched, band-kind-aware DINOv2 multi-crop on the device.
 
-Crop boxes are drawn for the whole batch at once and resized with anti-aliasing, flips and
-90-degree rotations are applied to groups of crops, and photometric operations are chosen
-by band kind: brightness/contrast jitter and Gaussian blur for optical bands, speckle and dB
-offsets for SAR bands. Nothing assumes RGB except the ``dinov2_rgb`` preset.
+Every random choice of a batch (crop boxes, flips, rotations, photometric factors, which crops
+are blurred or speckled) is drawn at once on the CPU from the caller's ``torch.Generator``, so
+the same generator state gives bit-identical crops on a given device. The crops are then
+rendered in chunks: random resized crops by ``roi_align`` (bilinear with per-crop adaptive
+supersampling, i.e. anti-aliased) or an affine ``grid_sample`` (bicubic, supersampled), flips
+and 90-degree turns, then photometric operations chosen by band kind: brightness/contrast
+jitter and Gaussian blur for optical bands, Gamma speckle and dB offsets for SAR bands. Nothing
+assumes RGB except the colour operations of the ``dinov2_rgb`` preset.
 
 The official DINOv2 code writes blur probabilities 1.0 / 0.1 / 0.5 (global 1, global 2,
 local) but its ``GaussianBlur(p)`` wraps ``RandomApply`` with ``1 - p``, so it applies them
@@ -12,72 +16,92 @@ with probabilities 0.0 / 0.9 / 0.5. Here ``blur_p`` is the probability actually 
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from kornia.enhance import adjust_hue, adjust_saturation
 import torch.nn.functional as F
+from kornia.enhance import adjust_hue
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
-from geodino.errors import ConfigError
+from geodino.errors import ConfigError, DataError
 
 BAND_KINDS = ("optical", "sar")
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 #: Presets: keyword arguments of MultiCrop.
 PRESETS: dict[str, dict[str, Any]] = {
     "optical": {},
-    "sar": {"brightness": 0.0, "contrast": 0.0, "blur_p": (0.0, 0.0, 0.0)},
+    "sar": {"brightness": 0.0, "contrast": 0.0, "per_band_jitter": 0.0, "blur_p": (0.0, 0.0, 0.0)},
     "s1s2": {},
     "dinov2_rgb": {
         "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1, "jitter_p": 0.8,
         "grayscale_p": 0.2, "solarize_p": 0.2, "blur_p": (0.0, 0.9, 0.5), "rotate90": False,
-        "per_band_jitter": 0.0, "max_value": 255.0,
+        "per_band_jitter": 0.0, "max_value": 255.0, "interpolation": "bicubic",
     },
 }
 
+#: Band kind assumed for every band when a preset is used without ``band_kinds``.
+_PRESET_KIND = {"optical": "optical", "sar": "sar", "dinov2_rgb": "optical"}
 
-# Per-crop parameters are drawn on the CPU from the caller's generator and then moved, so the
-# same generator state gives the same crops on any device; per-pixel noise is drawn on the
-# device from a generator seeded by that CPU generator.
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
-             device: torch.device) -> Tensor:
-    return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+#: The official recipe blurs with torchvision's GaussianBlur(kernel_size=9).
+_BLUR_RADIUS = 4
+
+#: Largest supersampling factor per axis of the bicubic path (anti-aliasing of strong zooms out).
+_MAX_SUPERSAMPLE = 8
+
+#: Elements per rendering chunk. On the CPU a chunk that stays in cache makes the ~20 passes of
+#: jitter, speckle and blur several times faster than passes over the whole batch; on an
+#: accelerator the chunk only bounds the memory of the temporaries.
+_CPU_CHUNK = 2**20
+_DEVICE_CHUNK = 2**26
+
+#: ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = (0.2989, 0.587, 0.114)
+
+#: Colour operations of ColorJitter, applied in a random order per crop as torchvision does.
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
 
-def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return (torch.rand(n, generator=generator) < p).to(device)
+@dataclass
+class _Plan:
+    """Random choices for a group of crops, view-major (one row per crop)."""
 
+    image: Tensor  # (N,) source image index
+    view: Tensor  # (N,) view index: 0 and 1 global, 2... local
+    box: Tensor  # (N, 4) top, left, height, width in pixels (float64)
+    flip: Tensor  # (N,) horizontal flip before turning
+    turns: Tensor  # (N,) counter-clockwise quarter turns
+    jitter: Tensor  # (N,) colour jitter applied
+    brightness: Tensor  # (N,) brightness factor
+    gain: Tensor  # (N, C) brightness factor of each band (per-band jitter included)
+    contrast: Tensor  # (N,) contrast factor
+    saturation: Tensor  # (N,) saturation factor (RGB)
+    hue: Tensor  # (N,) hue shift in turns (RGB)
+    order: Tensor  # (N, 4) order of the colour operations (RGB)
+    gray: Tensor  # (N,) converted to grayscale (RGB)
+    shift: Tensor  # (N,) SAR dB offset, 0 where not applied
+    speckle: Tensor  # (N,) SAR speckle applied
+    blur: Tensor  # (N,) Gaussian blur applied
+    sigma: Tensor  # (N,) blur sigma in pixels
+    solarize: Tensor  # (N,) solarised (RGB, second global crop)
 
-def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-#: Blur sigmas are rounded to this many levels per pixel, so that crops sharing a level are
-#: blurred together by one separable depthwise convolution.
-_SIGMA_LEVELS = 8
-
-
-def _separable_gaussian(x: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of (N, C, H, W) with one sigma: two depthwise 1-D convolutions.
-
-    Depthwise (``groups=C``) convolutions run ~4x faster on the CPU than the same kernels
-    applied to a (N*C, 1, H, W) view.
-    """
-    radius = max(1, int(math.ceil(3 * sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    row = kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous()
-    col = kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), row, groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), col, groups=c)
+    def to(self, device: torch.device) -> "_Plan":
+        """The same choices with every tensor on ``device``."""
+        return _Plan(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 class MultiCrop(nn.Module):
     """Two global and N local crops per image, with band-kind-aware augmentations.
+
+    Optical bands get brightness/contrast jitter and Gaussian blur, SAR bands (in dB) Gamma
+    speckle and a calibration offset; crop geometry is shared by all bands of a sample. When any
+    RGB-only operation is on (``saturation``, ``hue``, ``grayscale_p``, ``solarize_p``), the
+    images must have 3 optical bands in ``[0, max_value]`` and the colour jitter follows
+    torchvision's ``ColorJitter`` (operations in random order, contrast towards the grey mean,
+    values clamped), as the official DINOv2 recipe.
 
     Args:
         global_crops_size: side of the global crops.
@@ -93,7 +117,7 @@ class MultiCrop(nn.Module):
         jitter_p: probability of the brightness/contrast (and SAR dB offset) jitter.
         per_band_jitter: extra per-band brightness range (1 +- value) of optical bands.
         blur_p: blur probabilities actually applied to (global 1, global 2, local) crops.
-        blur_sigma: range of the Gaussian blur sigma, in pixels.
+        blur_sigma: range of the Gaussian blur sigma, in pixels (9-tap kernel, as the official).
         speckle_looks: looks of the multiplicative Gamma speckle on SAR bands (None: off).
         speckle_p: probability of speckle per crop.
         db_shift: range of the additive dB offset on SAR bands.
@@ -102,6 +126,10 @@ class MultiCrop(nn.Module):
         grayscale_p: probability of grayscale (RGB preset only).
         solarize_p: probability of solarisation of the second global crop (RGB preset only).
         max_value: value of full intensity for the RGB-only operations.
+        interpolation: ``bilinear`` (anti-aliased) or ``bicubic`` (supersampled) resizing.
+
+    Raises:
+        ConfigError: if a size, scale, probability, range or band kind is out of its domain.
     """
 
     def __init__(
@@ -128,28 +156,69 @@ class MultiCrop(nn.Module):
         grayscale_p: float = 0.0,
         solarize_p: float = 0.0,
         max_value: float = 1.0,
+        interpolation: str = "bilinear",
     ) -> None:
         """Check and store the recipe."""
         super().__init__()
         for name, size in (("global_crops_size", global_crops_size),
                            ("local_crops_size", local_crops_size)):
-            if size < 1:
-                raise ConfigError(f"{name} must be >= 1, got {size}.")
-        if local_crops_number < 0:
-            raise ConfigError(f"local_crops_number must be >= 0, got {local_crops_number}.")
-        for name, (low, high) in (("global_crops_scale", global_crops_scale),
-                                  ("local_crops_scale", local_crops_scale)):
-            if not 0 < low <= high <= 1:
-                raise ConfigError(f"{name} must satisfy 0 < min <= max <= 1, got {(low, high)}.")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ConfigError(f"{name}={size!r}: crop sizes are whole pixels >= 1; set a "
+                                  "positive integer such as 224 (global) or 98 (local).")
+        if isinstance(local_crops_number, bool) or not isinstance(local_crops_number, int) \
+                or local_crops_number < 0:
+            raise ConfigError(f"local_crops_number={local_crops_number!r}: set a whole number "
+                              ">= 0 (0 turns local crops off).")
+        for name, scale in (("global_crops_scale", global_crops_scale),
+                            ("local_crops_scale", local_crops_scale)):
+            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+                raise ConfigError(f"{name}={tuple(scale)}: give (min, max) area fractions with "
+                                  "0 < min <= max <= 1, e.g. (0.32, 1.0).")
         if band_kinds is not None:
+            if isinstance(band_kinds, str):
+                raise ConfigError(f"band_kinds={band_kinds!r}: give a list with one kind per band,"
+                                  f" e.g. [{band_kinds!r}, {band_kinds!r}].")
             unknown = sorted(set(band_kinds) - set(BAND_KINDS))
             if unknown:
-                raise ConfigError(f"band_kinds {unknown} unknown; use {BAND_KINDS}.")
+                raise ConfigError(f"band_kinds {unknown} unknown; use {list(BAND_KINDS)} for each "
+                                  "band.")
+        if len(blur_p) != 3:
+            raise ConfigError(f"blur_p={tuple(blur_p)}: give 3 probabilities (global 1, global 2,"
+                              " local), e.g. (1.0, 0.1, 0.5).")
+        probabilities = {"flip_p": flip_p, "jitter_p": jitter_p, "speckle_p": speckle_p,
+                         "grayscale_p": grayscale_p, "solarize_p": solarize_p,
+                         **{f"blur_p[{i}]": p for i, p in enumerate(blur_p)}}
+        for name, p in probabilities.items():
+            if not 0 <= p <= 1:
+                raise ConfigError(f"{name}={p} is not a probability; set a value in [0, 1].")
+        ranges = {"brightness": brightness, "contrast": contrast, "saturation": saturation,
+                  "db_shift": db_shift}
+        for name, value in ranges.items():
+            if value < 0:
+                raise ConfigError(f"{name}={value} is negative; set a range >= 0 (0 turns it off).")
+        if not 0 <= per_band_jitter < 1:
+            raise ConfigError(f"per_band_jitter={per_band_jitter}: set a value in [0, 1) such as "
+                              "0.05.")
+        if not 0 <= hue <= 0.5:
+            raise ConfigError(f"hue={hue}: set a hue jitter in [0, 0.5] (fraction of the colour "
+                              "circle), e.g. 0.1.")
+        if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
+            raise ConfigError(f"blur_sigma={tuple(blur_sigma)}: give (min, max) sigmas in pixels "
+                              "with 0 < min <= max, e.g. (0.1, 2.0).")
+        if speckle_looks is not None and not speckle_looks > 0:
+            raise ConfigError(f"speckle_looks={speckle_looks}: set a number of looks > 0 (e.g. 4)"
+                              " or null to turn speckle off.")
+        if not max_value > 0:
+            raise ConfigError(f"max_value={max_value}: set the value of full intensity (> 0), "
+                              "e.g. 255 for 8-bit images or 1.0.")
+        if interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation={interpolation!r} unknown; use one of "
+                              f"{list(INTERPOLATIONS)}.")
         self.global_crops_size = global_crops_size
         self.local_crops_size = local_crops_size
         self.local_crops_number = local_crops_number
-        self.global_crops_scale = tuple(global_crops_scale)
-        self.local_crops_scale = tuple(local_crops_scale)
+        self.global_crops_scale = (float(global_crops_scale[0]), float(global_crops_scale[1]))
+        self.local_crops_scale = (float(local_crops_scale[0]), float(local_crops_scale[1]))
         self.band_kinds = None if band_kinds is None else list(band_kinds)
         self.flip_p = flip_p
         self.rotate90 = rotate90
@@ -157,8 +226,8 @@ class MultiCrop(nn.Module):
         self.contrast = contrast
         self.jitter_p = jitter_p
         self.per_band_jitter = per_band_jitter
-        self.blur_p = tuple(blur_p)
-        self.blur_sigma = tuple(blur_sigma)
+        self.blur_p = (float(blur_p[0]), float(blur_p[1]), float(blur_p[2]))
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.speckle_looks = speckle_looks
         self.speckle_p = speckle_p
         self.db_shift = db_shift
@@ -166,175 +235,444 @@ class MultiCrop(nn.Module):
         self.hue = hue
         self.grayscale_p = grayscale_p
         self.solarize_p = solarize_p
-        self.max_value = max_value
+        self.max_value = float(max_value)
+        self.interpolation = interpolation
+        #: kind of every band when ``band_kinds`` is None (the ``sar`` preset sets ``sar``)
+        self.default_kind = "optical"
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MultiCrop":
         """A named recipe, optionally with some arguments changed.
 
-        ``dinov2_rgb`` is the official DINOv2 recipe for 3-band images (values in
-        ``[0, max_value]``; 255 for 8-bit images): colour jitter (0.4, 0.4, 0.2, 0.1) with
-        p 0.8, grayscale p 0.2, blur as the official code applies it (0.0 / 0.9 / 0.5),
-        solarisation p 0.2 on the second global crop, horizontal flips only. ``optical`` and
-        ``s1s2`` are the multispectral defaults, ``sar`` drops the optical photometric ops.
+        - ``optical``: the defaults, for multispectral reflectances (no colour operations).
+        - ``sar``: bands in dB, all SAR unless ``band_kinds`` says otherwise; speckle and dB
+          offsets, no optical jitter or blur.
+        - ``s1s2``: mixed SAR and optical bands; needs ``band_kinds`` (the data module passes
+          them), each band gets the operations of its kind.
+        - ``dinov2_rgb``: the official DINOv2 recipe for 3-band images with values in
+          ``[0, max_value]`` (255: 8-bit images as the folder sources deliver them; pass
+          ``max_value=1.0`` for [0, 1] images): bicubic random resized crops, horizontal flips
+          only, ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale p 0.2, solarisation p 0.2
+          on the second global crop, and blur with the probabilities the official code
+          *applies*: 0.0 / 0.9 / 0.5. Its config writes 1.0 / 0.1 / 0.5, but its
+          ``GaussianBlur(p)`` wraps ``RandomApply`` with ``1 - p``; here ``blur_p`` is always
+          the probability applied.
 
         Args:
-            name: ``dinov2_rgb``, ``optical``, ``sar`` or ``s1s2``.
+            name: ``optical``, ``sar``, ``s1s2`` or ``dinov2_rgb``.
             **overrides: arguments replacing the preset's.
 
         Returns:
             the multi-crop.
+
+        Raises:
+            ConfigError: for an unknown preset, ``s1s2`` without ``band_kinds``, or a bad
+                override.
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown multi-crop preset {name!r}; choose from {sorted(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
+        if name == "s1s2" and overrides.get("band_kinds") is None:
+            raise ConfigError("multi-crop preset 's1s2' needs band_kinds, one 'sar' or 'optical' "
+                              "per band (e.g. ['sar', 'sar', 'optical', ...]); the data module "
+                              "passes them from its datasets.")
+        crop = cls(**{**PRESETS[name], **overrides})
+        crop.default_kind = _PRESET_KIND.get(name, "optical")
+        return crop
 
-    # --- geometry --------------------------------------------------------------------
-    def _boxes(self, n: int, height: int, width: int, scale: tuple[float, float],
-               generator: torch.Generator | None) -> list[tuple[int, int, int, int]]:
-        """RandomResizedCrop boxes (top, left, height, width) in whole pixels, one per image."""
-        area = height * width * _uniform(n, *scale, generator, torch.device("cpu"))
-        ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), generator, torch.device("cpu")).exp()
-        w = (area * ratio).sqrt().round().clamp(1, width).long()
-        h = (area / ratio).sqrt().round().clamp(1, height).long()
-        top = (torch.rand(n, generator=generator) * (height - h + 1)).long()
-        left = (torch.rand(n, generator=generator) * (width - w + 1)).long()
-        return list(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist(), strict=True))
+    @property
+    def rgb(self) -> bool:
+        """Whether the RGB-only colour operations are on."""
+        return bool(self.saturation or self.hue or self.grayscale_p or self.solarize_p)
 
-    def _crop(self, images: Tensor, size: int, scale: tuple[float, float],
-              generator: torch.Generator | None) -> Tensor:
-        n, _, height, width = images.shape
-        boxes = self._boxes(n, height, width, scale, generator)
-        # Per-image slices resized with anti-aliasing, as torchvision's RandomResizedCrop;
-        # on the CPU this beats one batched roi_align, which cannot anti-alias.
-        crops = torch.cat([
-            F.interpolate(images[i : i + 1, :, t : t + h, l : l + w], size=(size, size),
-                          mode="bilinear", align_corners=False, antialias=True)
-            for i, (t, l, h, w) in enumerate(boxes)
-        ])
-        flip = (torch.rand(n, generator=generator) < self.flip_p).nonzero().flatten()
-        if len(flip):
-            crops[flip] = crops[flip].flip(-1)
-        if self.rotate90:
-            turns = torch.randint(0, 4, (n,), generator=generator)
-            for k in (1, 2, 3):
-                index = (turns == k).nonzero().flatten()
-                if len(index):
-                    crops[index] = torch.rot90(crops[index], k, (-2, -1))
-        return crops
+    def extra_repr(self) -> str:
+        """Sizes and counts, for printed models."""
+        return (f"global={self.global_crops_size}x2, local={self.local_crops_size}"
+                f"x{self.local_crops_number}, interpolation={self.interpolation}")
 
-    # --- photometry ------------------------------------------------------------------
-    def _masks(self, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        kinds = self.band_kinds or ["optical"] * channels
+    # --- random choices ----------------------------------------------------------------
+    def _kinds(self, channels: int) -> list[str]:
+        kinds = self.band_kinds or [self.default_kind] * channels
         if len(kinds) != channels:
             raise ConfigError(
                 f"band_kinds lists {len(kinds)} bands but the images have {channels}; give one "
-                "kind per band."
+                "kind ('optical' or 'sar') per band, in channel order."
             )
-        optical = torch.tensor([k == "optical" for k in kinds], device=device)
-        return optical.view(1, -1, 1, 1), ~optical.view(1, -1, 1, 1)
+        if self.rgb and (channels != 3 or "sar" in kinds):
+            raise ConfigError(
+                f"saturation, hue, grayscale and solarisation need 3 optical (RGB) bands, the "
+                f"images have {channels} ({kinds}); use the 'optical' preset for multispectral "
+                "data or set saturation, hue, grayscale_p and solarize_p to 0."
+            )
+        return kinds
 
-    def _optical(self, x: Tensor, optical: Tensor, generator: torch.Generator | None) -> Tensor:
-        n, c = x.shape[:2]
-        device = x.device
-        apply = _bernoulli(n, self.jitter_p, generator, device).view(n, 1, 1, 1)
-        gain = _uniform(n, 1 - self.brightness, 1 + self.brightness, generator, device).view(n, 1, 1, 1)
-        band = 2 * torch.rand(n, c, 1, 1, generator=generator).to(device) - 1
-        gain = gain * (1 + self.per_band_jitter * band)
-        contrast = _uniform(n, 1 - self.contrast, 1 + self.contrast, generator, device).view(n, 1, 1, 1)
-        on = apply & optical
-        # (mean + contrast (x - mean)) gain  ==  x a + b, one pass over the pixels
-        a = torch.where(on, contrast * gain, torch.ones_like(gain))
-        b = torch.where(on, x.mean((-2, -1), keepdim=True) * (1 - contrast) * gain, torch.zeros_like(gain))
-        return torch.addcmul(b, x, a)
+    def _plan(self, views: Sequence[int], height: int, width: int, batch: int, channels: int,
+              scale: tuple[float, float], generator: torch.Generator | None) -> _Plan:
+        """Draw every choice of ``len(views) * batch`` crops, view-major, in a fixed order."""
+        n = len(views) * batch
+        u = torch.rand(n, 40 + channels, generator=generator, dtype=torch.float64)
+        view = torch.tensor(list(views), dtype=torch.long).repeat_interleave(batch)
+        image = torch.arange(batch).repeat(len(views))
 
-    def _sar(self, x: Tensor, sar: Tensor, generator: torch.Generator | None) -> Tensor:
-        n = x.shape[0]
-        device = x.device
-        apply = _bernoulli(n, self.jitter_p, generator, device).view(n, 1, 1, 1)
-        shift = _uniform(n, -self.db_shift, self.db_shift, generator, device).view(n, 1, 1, 1)
-        out = x + torch.where(apply & sar, shift, torch.zeros_like(shift))
-        if self.speckle_looks:
-            noisy = (torch.rand(n, generator=generator) < self.speckle_p).nonzero().flatten()
-            bands = sar.flatten().nonzero().flatten()
-            if len(noisy):
-                looks = max(1, int(round(self.speckle_looks)))
-                rows = noisy.to(device)[:, None]
-                part = out[rows, bands.to(device)]
-                # Gamma(L, 1/L) speckle as the mean of L unit exponentials, added in dB
-                u = torch.rand(looks, *part.shape, generator=_device_generator(generator, device),
-                               device=device).clamp_min(1e-12)
-                speckle = 10 * torch.log10((-u.log()).mean(0).clamp_min(1e-12))
-                out[rows, bands.to(device)] = part + speckle
-        return out
+        # RandomResizedCrop as torchvision draws it (10 attempts, then a centre crop), with
+        # sub-pixel boxes.
+        area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, 0:10])
+        low, high = math.log(3 / 4), math.log(4 / 3)
+        ratio = torch.exp(low + (high - low) * u[:, 10:20])
+        w = (area * ratio).sqrt()
+        h = (area / ratio).sqrt()
+        fits = (w <= width) & (h <= height)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+        in_ratio = width / height
+        fw, fh = float(width), float(height)
+        if in_ratio < 3 / 4:
+            fh = width / (3 / 4)
+        elif in_ratio > 4 / 3:
+            fw = height * (4 / 3)
+        found = fits.any(1)
+        w = torch.where(found, w, torch.full_like(w, fw))
+        h = torch.where(found, h, torch.full_like(h, fh))
+        top = torch.where(found, u[:, 20] * (height - h), (height - h) / 2)
+        left = torch.where(found, u[:, 21] * (width - w), (width - w) / 2)
+        box = torch.stack([top, left, h, w], 1)
 
-    def _rgb(self, x: Tensor, view: int, generator: torch.Generator | None) -> Tensor:
-        n = x.shape[0]
-        device = x.device
-        x = (x / self.max_value).clamp(0, 1)
-        apply = _bernoulli(n, self.jitter_p, generator, device).view(n, 1, 1, 1)
-        if self.saturation:
-            factor = _uniform(n, 1 - self.saturation, 1 + self.saturation, generator, device)
-            x = torch.where(apply, adjust_saturation(x, factor), x)
-        if self.hue:
-            factor = _uniform(n, -self.hue, self.hue, generator, device) * 2 * math.pi
-            x = torch.where(apply, adjust_hue(x, factor), x)
-        if self.grayscale_p:
-            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
-            x = torch.where(_bernoulli(n, self.grayscale_p, generator, device).view(n, 1, 1, 1), gray, x)
-        if self.solarize_p and view == 1:
-            solar = torch.where(x >= 0.5, 1 - x, x)
-            x = torch.where(_bernoulli(n, self.solarize_p, generator, device).view(n, 1, 1, 1), solar, x)
-        return x * self.max_value
+        flip = u[:, 22] < self.flip_p
+        turns = (u[:, 23] * 4).long().clamp(max=3) if self.rotate90 else torch.zeros(n, dtype=torch.long)
 
-    def _blur(self, x: Tensor, p: float, optical: Tensor, generator: torch.Generator | None) -> Tensor:
-        n, c = x.shape[:2]
-        chosen = torch.rand(n, generator=generator) < p
-        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * torch.rand(n, generator=generator)
-        bands = optical.flatten().nonzero().flatten().to(x.device)
-        if not bool(chosen.any()) or not len(bands):
+        jitter = u[:, 24] < self.jitter_p
+        b_low = max(0.0, 1 - self.brightness)
+        brightness = b_low + (1 + self.brightness - b_low) * u[:, 25]
+        gain = brightness[:, None] * (1 + self.per_band_jitter * (2 * u[:, 40:] - 1))
+        c_low = max(0.0, 1 - self.contrast)
+        contrast = c_low + (1 + self.contrast - c_low) * u[:, 26]
+        s_low = max(0.0, 1 - self.saturation)
+        saturation = s_low + (1 + self.saturation - s_low) * u[:, 27]
+        hue = self.hue * (2 * u[:, 28] - 1)
+        order = u[:, 29:33].argsort(1)
+        gray = u[:, 33] < self.grayscale_p
+
+        shift = torch.where(u[:, 34] < self.jitter_p, self.db_shift * (2 * u[:, 35] - 1), 0.0)
+        speckle = (u[:, 36] < self.speckle_p) & (self.speckle_looks is not None)
+
+        blur_p = torch.tensor(self.blur_p, dtype=torch.float64)[view.clamp(max=2)]
+        blur = u[:, 37] < blur_p
+        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[:, 38]
+        solarize = (u[:, 39] < self.solarize_p) & (view == 1)
+        return _Plan(image=image, view=view, box=box, flip=flip, turns=turns, jitter=jitter,
+                     brightness=brightness, gain=gain, contrast=contrast, saturation=saturation,
+                     hue=hue, order=order, gray=gray, shift=shift, speckle=speckle, blur=blur,
+                     sigma=sigma, solarize=solarize)
+
+    # --- geometry ----------------------------------------------------------------------
+    @staticmethod
+    def _place(out: Tensor, rows: slice, x: Tensor, flip: Tensor, turns: Tensor) -> None:
+        """Write crops into ``out[rows]``, each flipped then turned (``flip``, ``turns`` on CPU).
+
+        Every photometric operation commutes with flips and quarter turns, so they happen here,
+        in the copy into the output, instead of as extra passes over the batch.
+        """
+        target = out[rows]
+        codes = flip.long() * 4 + turns
+        unique = torch.unique(codes).tolist()
+        for code in unique:
+            if len(unique) == 1:
+                source, index = x, None
+            else:
+                index = (codes == code).nonzero().flatten().to(x.device)
+                source = x[index]
+            if code >= 4:
+                source = source.flip(-1)
+            source = torch.rot90(source, code % 4, (-2, -1))
+            if index is None:
+                target.copy_(source)
+            else:
+                target[index] = source
+
+    @staticmethod
+    def _theta(plan: _Plan, height: int, width: int) -> Tensor:
+        """``affine_grid`` matrices mapping each output crop onto its box, flip and turns folded in."""
+        top, left, h, w = plan.box.unbind(1)
+        n = len(top)
+        scale = torch.zeros(n, 2, 2, dtype=torch.float64)
+        scale[:, 0, 0], scale[:, 1, 1] = w / width, h / height
+        # output (u, v) of the turned crop reads the unturned crop at D (u, v)
+        quarter = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+        turn = torch.stack([torch.linalg.matrix_power(quarter, k) for k in range(4)])[plan.turns]
+        mirror = torch.ones(n, 2, dtype=torch.float64)
+        mirror[plan.flip, 0] = -1
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        theta[:, :, :2] = scale @ (mirror[:, :, None] * turn)
+        theta[:, 0, 2] = (2 * left + w) / width - 1
+        theta[:, 1, 2] = (2 * top + h) / height - 1
+        return theta
+
+    def _resample(self, images: Tensor, plan: _Plan, size: int) -> Tensor:
+        """Crops of ``plan`` (CPU) resized to ``size``; the bicubic path also flips and turns."""
+        top, left, h, w = plan.box.unbind(1)
+        if self.interpolation == "bilinear":
+            rois = torch.stack([plan.image.double(), left, top, left + w, top + h], 1)
+            # aligned=True puts pixel centres at +0.5 as interpolate(align_corners=False), and
+            # sampling_ratio=0 averages ceil(box / size) samples per axis: a box filter against
+            # aliasing when a crop shrinks.
+            x = roi_align(images, rois.to(images.device, images.dtype), (size, size),
+                          spatial_scale=1.0, sampling_ratio=0, aligned=True)
             return x
-        levels = torch.round(sigma * _SIGMA_LEVELS) / _SIGMA_LEVELS
-        out = x.clone()
-        for level in torch.unique(levels[chosen]).tolist():
-            index = (chosen & (levels == level)).nonzero().flatten().to(x.device)
-            rows = index[:, None]
-            out[rows, bands] = _separable_gaussian(x[rows, bands], max(level, 1e-3))
-        return out
+        height, width = images.shape[-2:]
+        theta = self._theta(plan, height, width).to(images.device, images.dtype)
+        extent_u = torch.where(plan.turns % 2 == 0, w, h) / size
+        extent_v = torch.where(plan.turns % 2 == 0, h, w) / size
+        k_u = (extent_u - 1e-9).ceil().long().clamp(1, _MAX_SUPERSAMPLE)
+        k_v = (extent_v - 1e-9).ceil().long().clamp(1, _MAX_SUPERSAMPLE)
+        x = images.new_empty(len(plan.image), images.shape[1], size, size)
+        groups = k_u * (_MAX_SUPERSAMPLE + 1) + k_v
+        for group in torch.unique(groups).tolist():
+            rows = (groups == group).nonzero().flatten()
+            ku, kv = divmod(group, _MAX_SUPERSAMPLE + 1)
+            source = images.index_select(0, plan.image[rows].to(images.device))
+            grid = F.affine_grid(theta[rows.to(images.device)],
+                                 [len(rows), images.shape[1], size * kv, size * ku],
+                                 align_corners=False)
+            part = F.grid_sample(source, grid, mode="bicubic", padding_mode="border",
+                                 align_corners=False)
+            if ku > 1 or kv > 1:
+                part = F.avg_pool2d(part, (kv, ku))
+            x[rows.to(images.device)] = part
+        return x
 
-    def _photometric(self, crops: Tensor, view: int, generator: torch.Generator | None) -> Tensor:
-        optical, sar = self._masks(crops.shape[1], crops.device)
-        if bool(optical.any()) and (self.brightness or self.contrast):
-            crops = self._optical(crops, optical, generator)
-        if self.saturation or self.hue or self.grayscale_p or self.solarize_p:
-            crops = self._rgb(crops, view, generator)
-        if bool(sar.any()):
-            crops = self._sar(crops, sar, generator)
-        p = self.blur_p[min(view, 2)]
-        return self._blur(crops, p, optical, generator) if p > 0 else crops
+    # --- photometry --------------------------------------------------------------------
+    def _spectral_jitter(self, x: Tensor, plan: _Plan, device_plan: _Plan, optical: Tensor,
+                         sar: Tensor) -> Tensor:
+        """Optical brightness/contrast and the SAR dB offset as one multiply-add."""
+        optical_on = bool(optical.any()) and bool(plan.jitter.any()) and bool(
+            self.brightness or self.contrast or self.per_band_jitter)
+        sar_on = bool(sar.any()) and bool((plan.shift != 0).any())
+        if not (optical_on or sar_on):
+            return x
+        ones = torch.ones_like(device_plan.gain, dtype=x.dtype)
+        zeros = torch.zeros_like(ones)
+        b = zeros
+        a = ones
+        if optical_on:
+            on = device_plan.jitter[:, None] & optical[None, :].to(x.device)
+            gain = device_plan.gain.to(x.dtype)
+            contrast = device_plan.contrast.to(x.dtype)[:, None]
+            # gain (mean + contrast (x - mean)) == a x + b
+            a = torch.where(on, gain * contrast, ones)
+            if self.contrast:
+                mean = x.mean((-2, -1))
+                b = torch.where(on, gain * (1 - contrast) * mean, zeros)
+        if sar_on:
+            b = b + sar[None, :].to(x.device) * device_plan.shift.to(x.dtype)[:, None]
+        return torch.addcmul(b[..., None, None], x, a[..., None, None])
+
+    def _rgb_jitter(self, x: Tensor, plan: _Plan, device_plan: _Plan) -> Tensor:
+        """torchvision's ColorJitter and RandomGrayscale on RGB crops in [0, max_value]."""
+        top = self.max_value
+        x = x.clamp(0, top)
+        luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        factors = {_BRIGHTNESS: (self.brightness, device_plan.brightness),
+                   _CONTRAST: (self.contrast, device_plan.contrast),
+                   _SATURATION: (self.saturation, device_plan.saturation),
+                   _HUE: (self.hue, device_plan.hue)}
+        for step in range(4):
+            for op, (strength, factor) in factors.items():
+                rows = (plan.jitter & (plan.order[:, step] == op)).nonzero().flatten()
+                if not strength or not len(rows):
+                    continue
+                d_rows = rows.to(x.device)
+                part = x[d_rows]
+                f = factor[d_rows].to(x.dtype).view(-1, 1, 1, 1)
+                if op == _BRIGHTNESS:
+                    part = part * f
+                elif op == _CONTRAST:
+                    mean = (part * luma).sum(1, keepdim=True).mean((-2, -1), keepdim=True)
+                    part = f * part + (1 - f) * mean
+                elif op == _SATURATION:
+                    part = f * part + (1 - f) * (part * luma).sum(1, keepdim=True)
+                else:
+                    part = adjust_hue(part / top, f.flatten() * 2 * math.pi) * top
+                x[d_rows] = part.clamp(0, top)
+        rows = plan.gray.nonzero().flatten()
+        if len(rows):
+            d_rows = rows.to(x.device)
+            x[d_rows] = (x[d_rows] * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+        return x
+
+    def _speckle(self, x: Tensor, plan: _Plan, sar_bands: Tensor,
+                 generator: torch.Generator) -> Tensor:
+        """Add 10 log10 of Gamma(L, 1/L) speckle to the SAR bands of the chosen crops."""
+        rows = plan.speckle.nonzero().flatten()
+        if not len(rows) or not len(sar_bands) or self.speckle_looks is None:
+            return x
+        looks = float(self.speckle_looks)
+        index = (rows.to(x.device)[:, None], sar_bands.to(x.device)[None, :])
+        shape = (len(rows), len(sar_bands), *x.shape[-2:])
+        gamma = _standard_gamma(math.prod(shape), looks, generator, x.device).view(shape)
+        x[index] = x[index] + 10 * torch.log10(gamma.to(x.dtype) / looks)
+        return x
+
+    def _blur(self, x: Tensor, plan: _Plan, optical_bands: Tensor) -> Tensor:
+        """Gaussian blur of the optical bands of the chosen crops, each with its own sigma."""
+        rows = plan.blur.nonzero().flatten()
+        radius = min(_BLUR_RADIUS, x.shape[-1] - 1)
+        if not len(rows) or not len(optical_bands) or radius < 1:
+            return x
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        weights = torch.exp(-0.5 * (taps[None, :] / plan.sigma[rows, None]) ** 2)
+        weights = (weights / weights.sum(1, keepdim=True)).to(x.device, x.dtype)
+        all_rows, all_bands = len(rows) == len(x), len(optical_bands) == x.shape[1]
+        d_rows, d_bands = rows.to(x.device), optical_bands.to(x.device)
+        if all_rows and all_bands:
+            return _separable_blur(x, weights)
+        index = (d_rows, slice(None)) if all_bands else (d_rows[:, None], d_bands[None, :])
+        x[index] = _separable_blur(x[index], weights)
+        return x
+
+    def _solarize(self, x: Tensor, plan: _Plan) -> Tensor:
+        rows = plan.solarize.nonzero().flatten()
+        if not len(rows):
+            return x
+        d_rows = rows.to(x.device)
+        part = x[d_rows]
+        # torchvision inverts pixels >= 128 of 8-bit images
+        x[d_rows] = torch.where(part >= self.max_value * 128 / 255, self.max_value - part, part)
+        return x
+
+    def _render(self, images: Tensor, plan: _Plan, size: int, kinds: list[str],
+                noise: torch.Generator | None) -> Tensor:
+        """All crops of a plan, rendered chunk by chunk."""
+        n, channels = len(plan.image), images.shape[1]
+        out = images.new_empty(n, channels, size, size)
+        if n == 0:
+            return out
+        optical = torch.tensor([k == "optical" for k in kinds])
+        sar = ~optical
+        optical_bands, sar_bands = optical.nonzero().flatten(), sar.nonzero().flatten()
+        device_plan = plan.to(images.device)
+        budget = _CPU_CHUNK if images.device.type == "cpu" else _DEVICE_CHUNK
+        for rows in _chunks(plan, channels, size, budget, self.interpolation):
+            part, device_part = _select(plan, rows), _select(device_plan, rows)
+            x = self._resample(images, part, size)
+            if self.rgb:
+                x = self._rgb_jitter(x, part, device_part)
+            else:
+                x = self._spectral_jitter(x, part, device_part, optical, sar)
+            if noise is not None:
+                x = self._speckle(x, part, sar_bands, noise)
+            x = self._blur(x, part, optical_bands)
+            if self.solarize_p:
+                x = self._solarize(x, part)
+            if self.interpolation == "bilinear":
+                self._place(out, rows, x, part.flip, part.turns)
+            else:
+                out[rows] = x
+        return out
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Crops of a batch, view-major as DINOv2 stacks them.
 
         Args:
-            images: (B, C, H, W) float images in physical units, nodata already filled.
-            generator: source of every random choice (same state -> identical crops).
+            images: (B, C, H, W) images in physical units (reflectance, dB), nodata already
+                filled; converted to float32.
+            generator: CPU source of every random choice (same state -> identical crops);
+                None uses torch's default generator.
 
         Returns:
-            ``global_crops`` (2B, C, G, G) and ``local_crops`` (N*B, C, l, l).
+            ``global_crops`` (2B, C, G, G) and ``local_crops`` (N*B, C, l, l): first view 0 of
+            every image, then view 1, and so on.
+
+        Raises:
+            DataError: if ``images`` is not a 4-D batch.
+            ConfigError: if ``band_kinds`` does not match the channels, the RGB operations
+                meet non-RGB images, or the generator is not a CPU generator.
         """
-        images = images.float()
-        global_views = [
-            self._photometric(self._crop(images, self.global_crops_size, self.global_crops_scale, generator), v, generator)
-            for v in range(2)
-        ]
-        local_views = [
-            self._photometric(self._crop(images, self.local_crops_size, self.local_crops_scale, generator), 2, generator)
-            for _ in range(self.local_crops_number)
-        ]
-        b, c = images.shape[:2]
-        empty = images.new_zeros(0, c, self.local_crops_size, self.local_crops_size)
+        if images.ndim != 4 or min(images.shape[-2:]) < 1:
+            raise DataError(f"multi-crop needs images of shape (B, C, H, W), got "
+                            f"{tuple(images.shape)}; batch the chips before cropping.")
+        if generator is not None and generator.device.type != "cpu":
+            raise ConfigError(f"multi-crop draws its choices on the CPU but got a generator on "
+                              f"{generator.device}; pass torch.Generator() (CPU).")
+        if images.dtype != torch.float32:
+            images = images.float()
+        batch, channels, height, width = images.shape
+        kinds = self._kinds(channels)
+        global_plan = self._plan((0, 1), height, width, batch, channels,
+                                 self.global_crops_scale, generator)
+        local_plan = self._plan(range(2, 2 + self.local_crops_number), height, width, batch,
+                                channels, self.local_crops_scale, generator)
+        noise = None
+        if self.speckle_looks is not None and "sar" in kinds:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            noise = torch.Generator(device=images.device).manual_seed(seed)
         return {
-            "global_crops": torch.cat(global_views),
-            "local_crops": torch.cat(local_views) if local_views else empty,
+            "global_crops": self._render(images, global_plan, self.global_crops_size, kinds, noise),
+            "local_crops": self._render(images, local_plan, self.local_crops_size, kinds, noise),
         }
+
+
+def _select(plan: _Plan, rows: slice) -> _Plan:
+    return _Plan(**{f.name: getattr(plan, f.name)[rows] for f in fields(plan)})
+
+
+def _chunks(plan: _Plan, channels: int, size: int, budget: int,
+            interpolation: str) -> Iterator[slice]:
+    """Consecutive crops whose rendering fits ``budget`` elements (at least one crop each)."""
+    n = len(plan.image)
+    elements = channels * size * size
+    if interpolation == "bicubic":
+        # the supersampled grid of a crop that shrinks holds up to k^2 times its pixels
+        scale = plan.box[:, 2:].amax(1) / size
+        cost = elements * scale.ceil().clamp(1, _MAX_SUPERSAMPLE).pow(2)
+    else:
+        cost = torch.full((n,), float(elements), dtype=torch.float64)
+    start, used = 0, 0.0
+    for i, c in enumerate(cost.tolist()):
+        if i > start and used + c > budget:
+            yield slice(start, i)
+            start, used = i, 0.0
+        used += c
+    yield slice(start, n)
+
+
+def _separable_blur(x: Tensor, weights: Tensor) -> Tensor:
+    """Blur (N, C, H, W) with one symmetric 1-D kernel per crop along both axes (reflect).
+
+    Shifted multiply-adds with per-crop weights let every crop keep its own sigma in one pass
+    and, on a chunk that fits the cache, run faster than depthwise convolutions.
+    """
+    taps = weights.shape[1]
+    radius = taps // 2
+    w = weights.view(len(weights), 1, 1, 1, taps)
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    out = padded[..., 0:width] * w[..., 0]
+    for k in range(1, taps):
+        out.addcmul_(padded[..., k : k + width], w[..., k])
+    padded = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    out = padded[..., 0:height, :] * w[..., 0]
+    for k in range(1, taps):
+        out.addcmul_(padded[..., k : k + height, :], w[..., k])
+    return out
+
+
+def _standard_gamma(n: int, shape: float, generator: torch.Generator,
+                    device: torch.device) -> Tensor:
+    """``n`` draws of Gamma(shape, 1) from ``generator`` (Marsaglia and Tsang, 2000).
+
+    ``torch.distributions.Gamma`` cannot take a generator, which exact resumes need.
+    """
+    alpha = shape + 1 if shape < 1 else shape
+    d = alpha - 1 / 3
+    c = 1 / math.sqrt(9 * d)
+    out = torch.empty(n, device=device)
+    todo = torch.arange(n, device=device)
+    while len(todo):
+        z = torch.randn(len(todo), generator=generator, device=device)
+        u = torch.rand(len(todo), generator=generator, device=device)
+        v = (1 + c * z) ** 3
+        accept = (v > 0) & (u.log() < 0.5 * z * z + d - d * v + d * v.clamp_min(1e-30).log())
+        out[todo[accept]] = d * v[accept]
+        todo = todo[~accept]
+    if shape < 1:
+        out = out * torch.rand(n, generator=generator, device=device) ** (1 / shape)
+    return out
