@@ -1,7 +1,9 @@
 """Any n-band GeoTIFF catalog as a TorchGeo raster dataset, with files checked at indexing."""
 
+import fnmatch
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torchgeo.datasets import RasterDataset
+from torchgeo.datasets.utils import find_files
 
 from geodino.errors import DataError
 
@@ -33,37 +36,63 @@ class RasterInfo:
     res: tuple[float, float]
 
 
-def find_rasters(paths: str | Path | Iterable[str | Path], what: str = "GeoTIFF") -> list[str]:
+def find_rasters(
+    paths: str | Path | Iterable[str | Path], what: str = "GeoTIFF", pattern: str = "*"
+) -> list[str]:
     """Every ``*.tif``/``*.tiff`` file (any case) under the given files or folders, sorted.
 
+    Folders are searched recursively; GDAL virtual paths (``/vsizip/...``, ``/vsis3/...``)
+    are listed through TorchGeo.
+
     Args:
-        paths: files or folders.
+        paths: files, folders or GDAL virtual paths.
         what: what is being looked for, for the error message.
+        pattern: glob the file names must also match (e.g. ``*_S2Hand.tif``).
 
     Returns:
-        the raster paths.
+        the raster paths, without duplicates.
 
     Raises:
         DataError: if a path does not exist or no raster is found.
     """
     roots = [paths] if isinstance(paths, str | Path) else list(paths)
-    found: list[str] = []
-    for root in map(Path, roots):
-        if root.is_file():
-            found.append(str(root))
-        elif root.is_dir():
-            found += sorted(
-                str(p) for p in root.rglob("*")
-                if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
-            )
+    if not roots:
+        raise DataError(f"`paths` is empty; give at least one folder or file of {what}s.")
+    found: set[str] = set()
+    others: dict[str, int] = {}
+    for root in roots:
+        text = str(root)
+        if text.startswith("/vsi"):
+            candidates = find_files(text, "*")
+            if candidates == [text] and not text.lower().endswith(RASTER_SUFFIXES):
+                raise DataError(
+                    f"{text} cannot be listed (GDAL lists folders inside an archive, not its "
+                    "root); point `paths` at a folder inside it (e.g. /vsizip/tiles.zip/tiles) "
+                    "or at the rasters themselves."
+                )
+        elif Path(text).is_file():
+            candidates = [text]
+        elif Path(text).is_dir():
+            candidates = [str(p) for p in Path(text).rglob("*") if p.is_file()]
         else:
-            raise DataError(f"{root} does not exist; point `paths` at a folder of {what} files.")
+            raise DataError(f"{text} does not exist; point `paths` at a folder of {what} files.")
+        for candidate in candidates:
+            name = os.path.basename(candidate)
+            if name.lower().endswith(RASTER_SUFFIXES) and fnmatch.fnmatch(name, pattern):
+                found.add(candidate)
+            elif not name.startswith("."):
+                suffix = os.path.splitext(name)[1].lower() or name
+                others[suffix] = others.get(suffix, 0) + 1
     if not found:
+        seen = ", ".join(f"{n} {s}" for s, n in sorted(others.items(), key=lambda kv: -kv[1])[:5])
+        glob = "*.tif, *.tiff" if pattern == "*" else f"{pattern}, ending .tif or .tiff"
         raise DataError(
-            f"no {what} files (*.tif, *.tiff) under {', '.join(map(str, roots))}; check the "
-            "folder, or convert the rasters to GeoTIFF (gdal_translate)."
+            f"no {what} files ({glob}) under {', '.join(map(str, roots))}"
+            f"{f' (found: {seen})' if seen else ' (the folder is empty)'}; check the folder "
+            "and the file pattern, or convert the rasters to GeoTIFF (`gdal_translate -of "
+            "COG in.jp2 out.tif`)."
         )
-    return found
+    return sorted(found)
 
 
 def inspect_raster(path: str) -> RasterInfo:
@@ -80,13 +109,23 @@ def inspect_raster(path: str) -> RasterInfo:
     """
     try:
         with rasterio.open(path) as src:
-            if src.crs is None and not src.gcps[0]:
+            # Reading the last block first proves the file is complete: a truncated GeoTIFF
+            # opens (often without its georeferencing) but fails on the blocks it lost.
+            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
+            gcps, gcp_crs = src.gcps
+            if src.crs is None and (not gcps or gcp_crs is None):
                 raise DataError(
                     f"{path} has no CRS: geodino cannot place it on the map. Assign one "
                     "(QGIS: Raster > Projections > Assign Projection, or `gdal_edit.py -a_srs "
                     "EPSG:xxxx`)."
                 )
             t = src.transform
+            if src.crs is not None and t.is_identity and not gcps:
+                raise DataError(
+                    f"{path} has a CRS but no geotransform (pixel size and origin); "
+                    "georeference it (`gdal_translate -a_ullr ulx uly lrx lry`, or QGIS "
+                    "Georeferencer)."
+                )
             if src.crs is not None and (t.b != 0 or t.d != 0):
                 raise DataError(
                     f"{path} has a rotated or sheared geotransform ({tuple(t)[:6]}); warp it "
@@ -95,9 +134,6 @@ def inspect_raster(path: str) -> RasterInfo:
             dtypes = set(src.dtypes)
             if len(dtypes) > 1:
                 raise DataError(f"{path} mixes band dtypes {sorted(dtypes)}; rewrite it with one.")
-            # Reading the last block proves the file is complete: a truncated GeoTIFF opens
-            # but fails on the blocks it lost.
-            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
             return RasterInfo(
                 path, src.count, src.dtypes[0], src.nodata,
                 tuple(src.descriptions), (abs(t.a), abs(t.e)),
@@ -174,6 +210,60 @@ def check_uniform(infos: Sequence[RasterInfo], expected_count: int | None = None
             )
 
 
+@dataclass(frozen=True)
+class NodataChoice:
+    """The nodata value of returned images, and the value to impose on the files if any."""
+
+    value: float | None
+    override: float | None
+
+
+def resolve_nodata(
+    infos: Sequence[RasterInfo],
+    nodata: float | None,
+    fallback: float | None = None,
+    mask_fallback: bool = False,
+) -> NodataChoice:
+    """Decide the catalog's nodata value from the argument and the files.
+
+    Reading applies one value to every file (TorchGeo's ``nodata`` override, a WarpedVRT per
+    file) only where the files do not already agree on it, as that costs read speed.
+
+    Args:
+        infos: every file of the catalog.
+        nodata: the user's value (marks missing pixels in every file), or None.
+        fallback: value when neither the user nor any file gives one.
+        mask_fallback: also treat ``fallback`` pixels of the files as missing (needed where
+            reads interpolate, so that valid pixels never blend with the fill value).
+
+    Returns:
+        the choice.
+
+    Raises:
+        DataError: if files declare different nodata values and none is given.
+    """
+    if nodata is not None:
+        agree = all(_same(nodata, i.nodata) for i in infos)
+        return NodataChoice(nodata, None if agree else nodata)
+    declared: list[RasterInfo] = []
+    for info in infos:
+        if info.nodata is not None and not any(_same(info.nodata, d.nodata) for d in declared):
+            declared.append(info)
+    if len(declared) > 1:
+        a, b = declared[:2]
+        raise DataError(
+            f"{b.path} declares nodata {b.nodata} but {a.path} declares {a.nodata}; one "
+            "catalog needs one nodata value. Fix the files (convert the missing pixels, then "
+            "`gdal_edit.py -a_nodata VALUE file.tif`), or split them into separate folders."
+        )
+    if declared:
+        value = declared[0].nodata
+        complete = all(i.nodata is not None for i in infos)
+        # files without a nodata tag follow the catalog's value
+        return NodataChoice(value, None if complete else value)
+    return NodataChoice(fallback, fallback if mask_fallback else None)
+
+
 def default_band_names(info: RasterInfo) -> list[str]:
     """Band descriptions of a file when all are set and distinct, else ``B1``..``Bn``.
 
@@ -213,6 +303,9 @@ class MultiBandGeoTIFF(RasterDataset):
     band_kind: ClassVar[str] = "optical"
     #: What the files are, for error messages.
     what: ClassVar[str] = "GeoTIFF"
+    #: Glob the file names must match besides the ``.tif``/``.tiff`` suffix; subclass to
+    #: narrow a mixed folder (e.g. ``"*_S2Hand.tif"``).
+    filename_glob: ClassVar[str] = "*"
 
     def __init__(
         self,
@@ -227,11 +320,11 @@ class MultiBandGeoTIFF(RasterDataset):
         on_unreadable: Literal["raise", "warn"] = "raise",
     ) -> None:
         """Find, check and index the files."""
-        files = find_rasters(paths, self.what)
+        files = find_rasters(paths, self.what, self.filename_glob)
         infos, self.unreadable = inspect_catalog(files, on_unreadable)
         check_uniform(infos, None if band_names is None else len(band_names))
         self.all_bands = list(band_names) if band_names else default_band_names(infos[0])
-        self._setup(infos, crs, res, bands, nodata, transforms, cache)
+        self._setup(infos, crs, res, bands, resolve_nodata(infos, nodata), transforms, cache)
 
     def _setup(
         self,
@@ -239,7 +332,7 @@ class MultiBandGeoTIFF(RasterDataset):
         crs: CRS | None,
         res: float | tuple[float, float] | None,
         bands: Sequence[str] | None,
-        nodata: float | None,
+        nodata: NodataChoice,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None,
         cache: bool,
     ) -> None:
@@ -249,13 +342,7 @@ class MultiBandGeoTIFF(RasterDataset):
                 raise DataError(
                     f"unknown bands {unknown} for {infos[0].path}; available: {self.all_bands}."
                 )
-        file_nodata = infos[0].nodata
-        # TorchGeo wraps every file in a WarpedVRT when `nodata` is set; only ask for that
-        # when the user overrides the files' own value.
-        self._nodata_override = (
-            nodata if nodata is not None and not _same(nodata, file_nodata) else None
-        )
-        self.effective_nodata = nodata if nodata is not None else file_nodata
+        self.effective_nodata, self._nodata_override = nodata.value, nodata.override
         super().__init__(
             paths=[i.path for i in infos], crs=crs, res=res,
             bands=list(bands) if bands else None, transforms=transforms, cache=cache,

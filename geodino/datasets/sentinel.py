@@ -18,6 +18,7 @@ from geodino.datasets.geotiff import (
     check_uniform,
     find_rasters,
     inspect_catalog,
+    resolve_nodata,
 )
 from geodino.errors import DataError
 
@@ -52,6 +53,32 @@ def canonical_s2_band(name: str) -> str:
     return upper
 
 
+def _scene_and_band(
+    path: str, token: re.Pattern[str], canonical: Callable[[str], str]
+) -> tuple[str, str]:
+    """Scene key (folder and file stem without the band token) and band of a per-band file.
+
+    Args:
+        path: the file.
+        token: pattern finding the band name at the end of the stem.
+        canonical: canonical band name.
+
+    Returns:
+        the scene key and the band.
+
+    Raises:
+        DataError: if the file name carries no band name.
+    """
+    stem = Path(path).stem
+    match = token.search(stem)
+    if match is None:
+        raise DataError(
+            f"{path} carries no band name in its file name while other files of the "
+            "folder do (e.g. *_B02.tif, *_VV.tif); remove it or move it elsewhere."
+        )
+    return os.path.join(os.path.dirname(path), stem[: match.start(1)]), canonical(match.group(1))
+
+
 class _PerBandFiles:
     """One file per band: scenes keyed by folder and file stem without the band token."""
 
@@ -60,30 +87,42 @@ class _PerBandFiles:
         self.scenes: dict[str, dict[str, str]] = {}
         self._scene_of: dict[str, str] = {}
         for path in files:
-            stem = Path(path).stem
-            match = token.search(stem)
-            if match is None:
+            key, band = _scene_and_band(path, token, canonical)
+            scene = self.scenes.setdefault(key, {})
+            if band in scene:
                 raise DataError(
-                    f"{path} carries no band name in its file name while other files of the "
-                    "folder do (e.g. *_B02.tif, *_VV.tif); remove it or move it elsewhere."
+                    f"scene {key}* has two files for band {band}: {scene[band]} and {path}; "
+                    "keep one of them."
                 )
-            key = os.path.join(os.path.dirname(path), stem[: match.start(1)])
-            band = canonical(match.group(1))
-            self.scenes.setdefault(key, {})[band] = path
+            scene[band] = path
             self._scene_of[path] = key
 
-    def bands(self, order: Sequence[str]) -> list[str]:
-        """Bands present in every scene, in ``order``; error for a scene missing some."""
-        first_key, first = next(iter(self.scenes.items()))
+    def bands(self, order: Sequence[str], required: Sequence[str] | None = None) -> list[str]:
+        """Bands that every scene has, in ``order``.
+
+        Args:
+            order: the sensor's band order.
+            required: bands asked for (default: every band of any scene).
+
+        Returns:
+            the bands common to all scenes.
+
+        Raises:
+            DataError: naming a scene that lacks a required band.
+        """
+        union: set[str] = set().union(*self.scenes.values())
+        needed = union if required is None else union & set(required)
         for key, bands in self.scenes.items():
-            missing = sorted(set(first) - set(bands))
+            missing = sorted(needed - set(bands), key=lambda b: (b not in order, b))
             if missing:
+                other = next(k for k, v in self.scenes.items() if missing[0] in v)
                 raise DataError(
-                    f"scene {key}* lacks band file(s) {missing} that {first_key}* has; "
+                    f"scene {key}* lacks band file(s) {missing} that {other}* has; "
                     "restore the missing files or move the scene out of the catalog."
                 )
-        known = [b for b in order if b in first]
-        return known + sorted(set(first) - set(known))
+        common: set[str] = set.intersection(*(set(b) for b in self.scenes.values()))
+        known = [b for b in order if b in common]
+        return known + sorted(common - set(known))
 
     def reference_files(self, band: str) -> list[str]:
         """The file of one band for each scene (what the spatial index holds)."""
@@ -96,7 +135,8 @@ class _PerBandFiles:
 
 def _is_per_band(files: Sequence[str], token: re.Pattern[str]) -> bool:
     tagged = [f for f in files if token.search(Path(f).stem)]
-    return len(tagged) == len(files) or (len(tagged) > len(files) / 2)
+    # A majority decides, so that one stray file is named in an error, not mis-read.
+    return len(tagged) > len(files) / 2
 
 
 class _BandFileDataset(MultiBandGeoTIFF):
@@ -104,6 +144,8 @@ class _BandFileDataset(MultiBandGeoTIFF):
 
     band_order: ClassVar[tuple[str, ...]] = ()
     token: ClassVar[re.Pattern[str]] = _S2_TOKEN
+    #: nodata value when neither the user nor the files give one
+    default_nodata: ClassVar[float | None] = None
 
     @staticmethod
     def canonical(name: str) -> str:
@@ -121,12 +163,21 @@ class _BandFileDataset(MultiBandGeoTIFF):
         cache: bool,
         on_unreadable: Literal["raise", "warn"],
     ) -> None:
-        files = find_rasters(paths, self.what)
+        files = find_rasters(paths, self.what, self.filename_glob)
         wanted = None if bands is None else [self.canonical(b) for b in bands]
         if _is_per_band(files, self.token):
             infos, self.unreadable = inspect_catalog(files, on_unreadable)
+            if self.unreadable:
+                infos = self._drop_damaged_scenes(infos)
+            for info in infos:
+                if info.count != 1:
+                    raise DataError(
+                        f"{info.path} is named for one band but holds {info.count} bands; "
+                        "per-band files hold one band each. Rename the stack so its name "
+                        "ends in no band name (e.g. scene.tif), or split its bands."
+                    )
             groups = _PerBandFiles([i.path for i in infos], self.token, self.canonical)
-            self.all_bands = groups.bands(self.band_order)
+            self.all_bands = groups.bands(self.band_order, wanted)
             self._groups = groups
             self.separate_files = True
             # The index holds one file per scene: the finest band, so res defaults to it.
@@ -140,7 +191,37 @@ class _BandFileDataset(MultiBandGeoTIFF):
             self.all_bands = self.stack_band_names(infos[0])
             self._groups = None
             reference = infos
-        self._setup(reference, crs, res, wanted, nodata, transforms, cache)
+        # where bands are interpolated, the fill value must be masked or valid pixels at
+        # scene edges would blend with it
+        choice = resolve_nodata(infos, nodata, self.default_nodata, self.separate_files)
+        self._setup(reference, crs, res, wanted, choice, transforms, cache)
+
+    def _drop_damaged_scenes(self, infos: Sequence[RasterInfo]) -> list[RasterInfo]:
+        """Leave out whole scenes of which a band file was skipped as unreadable.
+
+        Args:
+            infos: the readable files.
+
+        Returns:
+            the files of complete scenes.
+
+        Raises:
+            DataError: if no scene is left.
+        """
+        damaged: dict[str, str] = {}
+        for path in self.unreadable:
+            if self.token.search(Path(path).stem):
+                damaged[_scene_and_band(path, self.token, self.canonical)[0]] = path
+        for key, path in damaged.items():
+            log.warning("skipping scene %s*: its band file %s cannot be read", key, path)
+        kept = [i for i in infos
+                if _scene_and_band(i.path, self.token, self.canonical)[0] not in damaged]
+        if not kept:
+            raise DataError(
+                f"every scene has an unreadable band file ({self.unreadable[:3]}...); see the "
+                "warnings and re-download the files."
+            )
+        return kept
 
     def stack_band_names(self, info: RasterInfo) -> list[str]:
         """Band names of a multi-band stack (subclasses)."""
@@ -200,6 +281,8 @@ class Sentinel2(_BandFileDataset):
 
     band_kind: ClassVar[str] = "optical"
     what: ClassVar[str] = "Sentinel-2 GeoTIFF"
+    #: 0 marks missing pixels in Sentinel-2 products (and is rasterio's fill value)
+    default_nodata = 0.0
     band_order = S2_BANDS
     token = _S2_TOKEN
 
@@ -221,9 +304,6 @@ class Sentinel2(_BandFileDataset):
     ) -> None:
         """Find, check and index the scenes."""
         self._index(paths, crs, res, bands, nodata, transforms, cache, on_unreadable)
-        if self.effective_nodata is None:
-            # rasterio's merge fills pixels outside every file with 0, the S2 no-data value
-            self.effective_nodata = 0.0
 
     def stack_band_names(self, info: RasterInfo) -> list[str]:
         """S2 band names of a 12- or 13-band stack, from its descriptions when they name bands.
