@@ -31,6 +31,9 @@ Query = tuple[slice, slice, slice]
 _BATCH = 8
 #: Relative slack on coverage comparisons, for floating-point areas.
 _EPS = 1e-9
+#: Pixels a chip may stick out of the AOI at ``min_coverage=1``: AOI vertices that went
+#: through a CRS round trip (UTM -> EPSG:4326 file -> UTM) move by ~1e-9 m.
+_SLACK = 1e-6
 
 
 def read_aoi(
@@ -196,7 +199,9 @@ class AOISampler(GeoSampler):
     without drawing the others. Grid mode (``stride``) covers the AOI row by row, north to
     south, for inference.
 
-    Sizes and strides are rounded to whole pixels so that reads need no resampling.
+    Sizes and strides are rounded to whole pixels so that reads need no resampling. At
+    ``min_coverage=1`` a chip may cross the AOI border by at most 1e-6 pixel, the noise a CRS
+    round trip leaves on AOI vertices.
 
     Args:
         dataset: the dataset the queries index (its ``index`` holds file footprints).
@@ -448,9 +453,11 @@ class AOISampler(GeoSampler):
     def _covers(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
         """Whether chips with these lower-left corners meet ``min_coverage``."""
         h, w = self.size
-        boxes = shapely.box(x0, y0, x0 + w, y0 + h)
         if self.min_coverage >= 1:
-            return shapely.contains(self.union, boxes)
+            dx, dy = _SLACK * self.res[0], _SLACK * self.res[1]
+            inner = shapely.box(x0 + dx, y0 + dy, x0 + w - dx, y0 + h - dy)
+            return shapely.contains(self.union, inner)
+        boxes = shapely.box(x0, y0, x0 + w, y0 + h)
         covered = shapely.area(shapely.intersection(boxes, self.union)) / (h * w)
         return covered >= self.min_coverage - _EPS
 
