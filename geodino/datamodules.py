@@ -120,7 +120,7 @@ class GeoChipDraw:
         sampler: Any,
         nodata: float | None,
         max_nodata: float = 0.25,
-        max_redraws: int = 20,
+        max_redraws: int = 100,
     ) -> None:
         """Store what a draw needs; everything here is picklable for loader workers."""
         self.dataset = dataset
@@ -463,7 +463,8 @@ class GeoDINODataModule(DINODataModule):
         chip_size: chip side in pixels.
         min_coverage: least fraction of a chip inside the AOI.
         max_nodata: largest fraction of nodata pixels in a chip before it is redrawn.
-        max_redraws: redraws of a chip before giving up with an error.
+        max_redraws: redraws of a chip before giving up with an error (a chip that lands in
+            nodata with probability p fails all of them with probability p^(max_redraws+1)).
         batch_size: samples per batch on each device.
         num_workers: loader worker processes per device.
         seed: seed of the chip stream and of the augmentations.
@@ -483,7 +484,7 @@ class GeoDINODataModule(DINODataModule):
         chip_size: int = 256,
         min_coverage: float = 1.0,
         max_nodata: float = 0.25,
-        max_redraws: int = 20,
+        max_redraws: int = 100,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
