@@ -352,7 +352,9 @@ def test_torchgeo_readers_line_up_pixels_with_labels(catalog: DemoCatalog, scene
     # through TorchGeo's intersection and grid sampler, zone 32 warped into zone 31
     both = IntersectionDataset(images, labels)
     nir_of: dict[int, list[torch.Tensor]] = {c: [] for c in range(len(CLASSES))}
+    warped = 0
     for query in GriddedPatchSampler(both, size=128, stride=128):
+        warped += query[0].start > east  # east of zone 31: read from EPSG:32632 files
         sample = both[query]
         image, mask = sample["image"], sample["mask"]
         empty = (image == 0).all(0)
@@ -361,6 +363,7 @@ def test_torchgeo_readers_line_up_pixels_with_labels(catalog: DemoCatalog, scene
         assert (empty & (mask != LABEL_NODATA)).float().mean() < 0.02
         for c in range(len(CLASSES)):
             nir_of[c].append(image[B["B08"]][mask == c])
+    assert warped >= 2
     nir = {CLASSES[c]: torch.cat(v) for c, v in nir_of.items()}
     assert (nir["water"] < 600).float().mean() > 0.97
     assert (nir["forest"] > 1500).float().mean() > 0.95
