@@ -3,6 +3,7 @@
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,7 @@ def test_annotated_images_bad_files(tmp_path: Path) -> None:
         AnnotatedImages(tmp_path / "cls.json")
 
 
-def test_docs_pages_run(run_doc_page) -> None:
+def test_docs_pages_run(run_doc_page: Callable[[str], dict]) -> None:
     npy = run_doc_page("sources/npy.md")
     assert isinstance(npy["ds"], NpyFolder)
     folders = run_doc_page("sources/image-folders.md")

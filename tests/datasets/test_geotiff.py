@@ -4,7 +4,9 @@ import logging
 import math
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,6 +22,9 @@ from torchgeo.samplers import GriddedPatchSampler
 from geodino.datasets import MultiBandGeoTIFF
 from geodino.errors import DataError
 
+if TYPE_CHECKING:
+    from tests.datasets.conftest import GeoTIFFWriter
+
 
 def query(ds: MultiBandGeoTIFF, x0: float, y_top: float, size: int) -> tuple[slice, slice, slice]:
     """A TorchGeo 0.10 query for a ``size`` x ``size`` chip with upper-left corner (x0, y_top)."""
@@ -27,7 +32,7 @@ def query(ds: MultiBandGeoTIFF, x0: float, y_top: float, size: int) -> tuple[sli
     return (slice(x0, x0 + size * xres, xres), slice(y_top - size * yres, y_top, yres), ds.bounds[2])
 
 
-def test_reads_pixels_back_with_band_names_from_descriptions(tmp_path: Path, geotiff) -> None:
+def test_reads_pixels_back_with_band_names_from_descriptions(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(), descriptions=("red", "green", "nir"))
     ds = MultiBandGeoTIFF(tmp_path)
     assert ds.band_names == ["red", "green", "nir"] == ds.all_bands and ds.nodata == 0
@@ -42,7 +47,7 @@ def test_reads_pixels_back_with_band_names_from_descriptions(tmp_path: Path, geo
     )
 
 
-def test_default_names_user_names_and_any_case_suffix(tmp_path: Path, geotiff) -> None:
+def test_default_names_user_names_and_any_case_suffix(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.TIFF", geotiff.ramp(bands=8))
     geotiff.write(tmp_path / "sub" / "b.Tif", geotiff.ramp(bands=8), origin=(699640, 5000000))
     ds = MultiBandGeoTIFF(tmp_path)
@@ -54,7 +59,7 @@ def test_default_names_user_names_and_any_case_suffix(tmp_path: Path, geotiff) -
     np.testing.assert_array_equal(image.numpy(), geotiff.ramp(bands=8)[[6, 0], :4, :4])
 
 
-def test_chip_straddling_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff) -> None:
+def test_chip_straddling_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     # EPSG:32631 at its east edge and EPSG:32632 at its west edge meet near 6 deg E.
     west = np.full((2, 100, 100), 100.0, dtype="float32")
     west[1] = 150.0
@@ -85,14 +90,14 @@ def test_chip_straddling_two_utm_zones_with_nodata_margins(tmp_path: Path, geoti
     assert (chip[0, :, :12] == 100).float().mean() > 0.9 and (chip[0, :, 20:] == 200).all()
 
 
-def test_outside_pixels_carry_the_nodata_value(tmp_path: Path, geotiff) -> None:
+def test_outside_pixels_carry_the_nodata_value(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp().astype("float32"), nodata=-9999.0)
     ds = MultiBandGeoTIFF(tmp_path)
     image = ds[query(ds, 699000 - 40, 5000000, 8)]["image"]  # 4 columns west of the file
     assert (image[:, :, :4] == -9999).all() and (image[:, :, 4:] > 0).all()
 
 
-def test_nodata_argument_marks_the_files_and_fills_outside(tmp_path: Path, geotiff) -> None:
+def test_nodata_argument_marks_the_files_and_fills_outside(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     data = geotiff.ramp(bands=1)
     data[0, 0, :4] = 7  # the files' undeclared nodata value
     geotiff.write(tmp_path / "a.tif", data, nodata=None)
@@ -105,7 +110,7 @@ def test_nodata_argument_marks_the_files_and_fills_outside(tmp_path: Path, geoti
     assert (image[0, 4:] == 7).all() and image[1, 4] == data[0, 1, 0]
 
 
-def test_files_disagreeing_on_nodata(tmp_path: Path, geotiff) -> None:
+def test_files_disagreeing_on_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp().astype("float32"), nodata=-9999.0)
     geotiff.write(tmp_path / "b.tif", geotiff.ramp().astype("float32"), nodata=0,
                   origin=(699640, 5000000))
@@ -122,7 +127,7 @@ def test_files_disagreeing_on_nodata(tmp_path: Path, geotiff) -> None:
     assert (image[:, :, 4:] > 0).all()
 
 
-def test_nan_nodata(tmp_path: Path, geotiff) -> None:
+def test_nan_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     data = geotiff.ramp().astype("float32")
     data[:, :4, :4] = np.nan
     geotiff.write(tmp_path / "a.tif", data, nodata=float("nan"))
@@ -134,7 +139,7 @@ def test_nan_nodata(tmp_path: Path, geotiff) -> None:
 
 
 @pytest.mark.parametrize("content", ["zero-byte", "not a raster", "truncated"])
-def test_unreadable_files_raise_or_are_counted(tmp_path: Path, content: str, geotiff,
+def test_unreadable_files_raise_or_are_counted(tmp_path: Path, content: str, geotiff: "GeoTIFFWriter",
                                                caplog: pytest.LogCaptureFixture) -> None:
     geotiff.write(tmp_path / "good.tif", geotiff.ramp())
     bad = tmp_path / "bad.tif"
@@ -155,13 +160,13 @@ def test_unreadable_files_raise_or_are_counted(tmp_path: Path, content: str, geo
     )
 
 
-def test_bad_on_unreadable_value(tmp_path: Path, geotiff) -> None:
+def test_bad_on_unreadable_value(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp())
     with pytest.raises(DataError, match="on_unreadable must be 'raise' or 'warn'"):
         MultiBandGeoTIFF(tmp_path, on_unreadable="ignore")  # type: ignore[arg-type]
 
 
-def test_empty_missing_or_non_matching_folder(tmp_path: Path, geotiff) -> None:
+def test_empty_missing_or_non_matching_folder(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     with pytest.raises(DataError, match="missing does not exist"):
         MultiBandGeoTIFF(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -183,7 +188,7 @@ def test_empty_missing_or_non_matching_folder(tmp_path: Path, geotiff) -> None:
     assert len(HandS2(tmp_path / "chips").band_names) == 2
 
 
-def test_gdal_virtual_paths(tmp_path: Path, geotiff) -> None:
+def test_gdal_virtual_paths(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp())
     with zipfile.ZipFile(tmp_path / "tiles.zip", "w") as archive:
         archive.write(tmp_path / "a.tif", "tiles/a.tif")
@@ -195,7 +200,7 @@ def test_gdal_virtual_paths(tmp_path: Path, geotiff) -> None:
     )
 
 
-def test_band_count_mismatches(tmp_path: Path, geotiff) -> None:
+def test_band_count_mismatches(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(bands=3))
     with pytest.raises(DataError, match=r"a\.tif has 3 bands but 4 band names were given"):
         MultiBandGeoTIFF(tmp_path, band_names=["a", "b", "c", "d"])
@@ -204,14 +209,14 @@ def test_band_count_mismatches(tmp_path: Path, geotiff) -> None:
         MultiBandGeoTIFF(tmp_path)
 
 
-def test_mixed_dtypes(tmp_path: Path, geotiff) -> None:
+def test_mixed_dtypes(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp())
     geotiff.write(tmp_path / "b.tif", geotiff.ramp(dtype="float32"), origin=(700000, 5000000))
     with pytest.raises(DataError, match=r"mixed dtypes: .*b\.tif is float32 but .*a\.tif is uint16"):
         MultiBandGeoTIFF(tmp_path)
 
 
-def test_no_crs_and_rotated_transform(tmp_path: Path, geotiff) -> None:
+def test_no_crs_and_rotated_transform(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "nocrs" / "a.tif", geotiff.ramp(), crs=None)
     with pytest.raises(DataError, match=r"a\.tif has no CRS.*gdal_edit"):
         MultiBandGeoTIFF(tmp_path / "nocrs")
@@ -225,13 +230,13 @@ def test_no_crs_and_rotated_transform(tmp_path: Path, geotiff) -> None:
         MultiBandGeoTIFF(tmp_path / "rot")
 
 
-def test_unknown_band_lists_the_available(tmp_path: Path, geotiff) -> None:
+def test_unknown_band_lists_the_available(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(), descriptions=("red", "green", "nir"))
     with pytest.raises(DataError, match=r"unknown bands \['swir'\].*available: \['red', 'green', 'nir'\]"):
         MultiBandGeoTIFF(tmp_path, bands=["swir"])
 
 
-def test_grid_sampler_data_loader_and_pickling(tmp_path: Path, geotiff) -> None:
+def test_grid_sampler_data_loader_and_pickling(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(size=64))
     ds = pickle.loads(pickle.dumps(MultiBandGeoTIFF(tmp_path)))  # what spawned workers get
     sampler = GriddedPatchSampler(ds, size=32, stride=32)
@@ -258,6 +263,6 @@ def test_real_landsat_rgb(shared_data: Path) -> None:
     assert (chip == 0).all()
 
 
-def test_docs_page_runs(run_doc_page) -> None:
+def test_docs_page_runs(run_doc_page: Callable[[str], dict]) -> None:
     namespace = run_doc_page("sources/geotiff.md")
     assert isinstance(namespace["ds"], MultiBandGeoTIFF)

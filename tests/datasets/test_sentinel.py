@@ -2,7 +2,9 @@
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,11 +16,14 @@ from pyproj import Transformer
 from geodino.datasets import S2_BANDS, Sentinel1, Sentinel2
 from geodino.errors import DataError
 
+if TYPE_CHECKING:
+    from tests.datasets.conftest import GeoTIFFWriter
+
 RES = {b: 10 if b in ("B02", "B03", "B04", "B08") else
        20 if b in ("B05", "B06", "B07", "B8A", "B11", "B12") else 60 for b in S2_BANDS}
 
 
-def per_band_scene(geotiff, root: Path, name: str, skip: str | None = None,
+def per_band_scene(geotiff: "GeoTIFFWriter", root: Path, name: str, skip: str | None = None,
                    crs: str = "EPSG:32633", origin: tuple[float, float] = (400000, 5500000),
                    style: str = "distributed", offset: int = 0) -> None:
     """A 600 m scene, one file per band; band i holds 100 (i + 1) + offset everywhere."""
@@ -33,7 +38,8 @@ def per_band_scene(geotiff, root: Path, name: str, skip: str | None = None,
         geotiff.write(path, data, crs=crs, origin=origin, res=RES[band], nodata=None)
 
 
-def query(ds, size: int = 30, x0: float | None = None, y_top: float | None = None):
+def query(ds: Sentinel1 | Sentinel2, size: int = 30, x0: float | None = None,
+          y_top: float | None = None) -> tuple[slice, slice, slice]:
     """A TorchGeo 0.10 query of ``size`` pixels from (x0, y_top), default the bounds' corner."""
     xres, yres = ds.res
     x, y, t = ds.bounds
@@ -42,7 +48,7 @@ def query(ds, size: int = 30, x0: float | None = None, y_top: float | None = Non
     return (slice(x0, x0 + size * xres, xres), slice(y_top - size * yres, y_top, yres), t)
 
 
-def test_s2_per_band_files_at_three_resolutions(tmp_path: Path, geotiff) -> None:
+def test_s2_per_band_files_at_three_resolutions(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path, "T33UUP_20200101")
     ds = Sentinel2(tmp_path)
     assert ds.band_names == list(S2_BANDS) and ds.res == (10.0, 10.0) and ds.nodata == 0
@@ -56,7 +62,7 @@ def test_s2_per_band_files_at_three_resolutions(tmp_path: Path, geotiff) -> None
     torch.testing.assert_close(sub[query(sub)]["image"][:, 0, 0], torch.tensor([400.0, 300, 200, 900]))
 
 
-def test_s2_coarse_bands_are_interpolated_onto_the_10m_grid(tmp_path: Path, geotiff) -> None:
+def test_s2_coarse_bands_are_interpolated_onto_the_10m_grid(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "s_B02.tif", np.full((1, 60, 60), 1000, "uint16"), origin=(0, 600))
     column = np.arange(30)
     geotiff.write(tmp_path / "s_B05.tif", np.broadcast_to(100 * (column + 1), (1, 30, 30))
@@ -73,7 +79,7 @@ def test_s2_coarse_bands_are_interpolated_onto_the_10m_grid(tmp_path: Path, geot
     assert (image[1] == 1000).all()
 
 
-def test_s2_scenes_in_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff) -> None:
+def test_s2_scenes_in_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     west_origin = (724400.0, 4990000.0)  # zone 31, its NE corner touches zone 32 at ~6 deg E
     per_band_scene(geotiff, tmp_path, "A_T31", crs="EPSG:32631", origin=west_origin)
     x_east, y_east = Transformer.from_crs(32631, 32632, always_xy=True).transform(725000, 4990000)
@@ -107,7 +113,7 @@ def test_s2_scenes_in_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff)
     assert all(set(margin[i].unique().tolist()) == {0.0, expected[i].item()} for i in range(13))
 
 
-def test_ssl4eo_layout_with_unpadded_names(tmp_path: Path, geotiff) -> None:
+def test_ssl4eo_layout_with_unpadded_names(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path / "000000", "S2A_T24KVE", style="ssl4eo")
     per_band_scene(geotiff, tmp_path / "000001", "S2A_T24KUF", style="ssl4eo",
                    origin=(401000, 5500000))
@@ -116,7 +122,7 @@ def test_ssl4eo_layout_with_unpadded_names(tmp_path: Path, geotiff) -> None:
     torch.testing.assert_close(ds[query(ds)]["image"][:, 3, 3], torch.tensor([900.0, 100, 1100]))
 
 
-def test_s2_scene_missing_a_band(tmp_path: Path, geotiff) -> None:
+def test_s2_scene_missing_a_band(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path, "sceneA")
     per_band_scene(geotiff, tmp_path, "sceneB", skip="B8A", origin=(401000, 5500000))
     with pytest.raises(DataError, match=r"scene .*sceneB_\* lacks band file\(s\) \['B8A'\] that .*sceneA_\* has"):
@@ -129,7 +135,7 @@ def test_s2_scene_missing_a_band(tmp_path: Path, geotiff) -> None:
     torch.testing.assert_close(ds[query(ds)]["image"][:, 0, 0], torch.tensor([200.0, 500.0]))
 
 
-def test_s2_per_band_bad_files(tmp_path: Path, geotiff) -> None:
+def test_s2_per_band_bad_files(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path / "dup", "s")
     geotiff.write(tmp_path / "dup" / "s" / "s_B2.tif", np.ones((1, 60, 60), "uint16"),
                   crs="EPSG:32633", origin=(400000, 5500000))
@@ -152,7 +158,7 @@ def test_s2_per_band_bad_files(tmp_path: Path, geotiff) -> None:
         Sentinel2(tmp_path / "dtype")
 
 
-def test_s2_damaged_band_file_drops_its_scene_with_warn(tmp_path: Path, geotiff,
+def test_s2_damaged_band_file_drops_its_scene_with_warn(tmp_path: Path, geotiff: "GeoTIFFWriter",
                                                         caplog: pytest.LogCaptureFixture) -> None:
     per_band_scene(geotiff, tmp_path, "good")
     per_band_scene(geotiff, tmp_path, "bad", origin=(401000, 5500000))
@@ -167,7 +173,7 @@ def test_s2_damaged_band_file_drops_its_scene_with_warn(tmp_path: Path, geotiff,
     assert ds[query(ds)]["image"][10, 0, 0] == 1100
 
 
-def test_s2_stacks_12_and_13_bands_and_descriptions(tmp_path: Path, geotiff) -> None:
+def test_s2_stacks_12_and_13_bands_and_descriptions(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "l2a" / "s.tif", np.ones((12, 20, 20), dtype="uint16"))
     assert Sentinel2(tmp_path / "l2a").band_names == [b for b in S2_BANDS if b != "B10"]
     l1c = np.arange(1, 14, dtype="uint16")[:, None, None] * np.ones((13, 20, 20), "uint16")
@@ -186,7 +192,7 @@ def test_s2_stacks_12_and_13_bands_and_descriptions(tmp_path: Path, geotiff) -> 
         Sentinel2(tmp_path / "l1c", bands=["B13"])
 
 
-def test_s2_default_nodata_is_zero_and_fills_outside(tmp_path: Path, geotiff) -> None:
+def test_s2_default_nodata_is_zero_and_fills_outside(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "s.tif", np.full((13, 20, 20), 7, "uint16"), nodata=None,
                   origin=(0, 200))
     ds = Sentinel2(tmp_path)
@@ -195,7 +201,7 @@ def test_s2_default_nodata_is_zero_and_fills_outside(tmp_path: Path, geotiff) ->
     assert (image[:, :, :4] == 0).all() and (image[:, :, 4:] == 7).all()
 
 
-def test_s1_stack_to_db_and_nodata(tmp_path: Path, geotiff) -> None:
+def test_s1_stack_to_db_and_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     data = np.full((2, 20, 20), 0.01, dtype="float32")
     data[1] = 0.001
     data[:, :2] = 0  # nodata rows
@@ -213,7 +219,7 @@ def test_s1_stack_to_db_and_nodata(tmp_path: Path, geotiff) -> None:
     assert vh.band_names == ["VH"] and vh[query(vh, 20)]["image"][0, 10, 10] == pytest.approx(-30)
 
 
-def test_s1_per_band_files_with_a_custom_nodata(tmp_path: Path, geotiff) -> None:
+def test_s1_per_band_files_with_a_custom_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     for band, value in (("VV", 0.1), ("VH", 0.02)):
         data = np.full((1, 32, 32), value, "float32")
         data[:, :, :3] = -9999
@@ -227,7 +233,7 @@ def test_s1_per_band_files_with_a_custom_nodata(tmp_path: Path, geotiff) -> None
     assert raw.nodata == -9999 and (raw[query(raw, 32)]["image"][:, :, :3] == -9999).all()
 
 
-def test_s1_nan_nodata_and_unknown_polarisation(tmp_path: Path, geotiff) -> None:
+def test_s1_nan_nodata_and_unknown_polarisation(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     data = np.full((2, 16, 16), -12.0, "float32")
     data[:, 0] = np.nan
     geotiff.write(tmp_path / "s1.tif", data, nodata=float("nan"))
@@ -319,7 +325,7 @@ def test_real_ssl4eo_layout(shared_data: Path) -> None:
     assert (image[1:] > 0).all()
 
 
-def test_docs_pages_run(run_doc_page) -> None:
+def test_docs_pages_run(run_doc_page: Callable[[str], dict]) -> None:
     s2 = run_doc_page("sources/sentinel2.md")
     assert isinstance(s2["ds"], Sentinel2)
     s1 = run_doc_page("sources/sentinel1.md")
