@@ -3,11 +3,13 @@
 Every random choice of a batch (crop boxes, flips, rotations, photometric factors, which crops
 are blurred or speckled) is drawn at once on the CPU from the caller's ``torch.Generator``, so
 the same generator state gives bit-identical crops on a given device. The crops are then
-rendered in chunks: random resized crops by ``roi_align`` (bilinear with per-crop adaptive
-supersampling, i.e. anti-aliased) or an affine ``grid_sample`` (bicubic, supersampled), flips
-and 90-degree turns, then photometric operations chosen by band kind: brightness/contrast
-jitter and Gaussian blur for optical bands, Gamma speckle and dB offsets for SAR bands. Nothing
-assumes RGB except the colour operations of the ``dinov2_rgb`` preset.
+rendered in chunks small enough to stay in the CPU cache: anti-aliased random resized crops
+(on the CPU one ``interpolate`` per crop, as torchvision's ``RandomResizedCrop``; on
+accelerators one batched ``roi_align``, or a supersampled ``grid_sample`` for bicubic), then
+photometric operations chosen by band kind: brightness/contrast jitter and Gaussian blur for
+optical bands, Gamma speckle and dB offsets for SAR bands; flips and quarter turns happen in
+the copy to the output. Nothing assumes RGB except the colour operations of the
+``dinov2_rgb`` preset.
 
 The official DINOv2 code writes blur probabilities 1.0 / 0.1 / 0.5 (global 1, global 2,
 local) but its ``GaussianBlur(p)`` wraps ``RandomApply`` with ``1 - p``, so it applies them
@@ -112,7 +114,8 @@ class MultiCrop(nn.Module):
         local_crops_number: local crops per image (0 allowed).
         global_crops_scale: range of the global crops' area, as a fraction of the image.
         local_crops_scale: range of the local crops' area.
-        band_kinds: ``optical`` or ``sar`` per channel (None: all optical).
+        band_kinds: ``optical`` or ``sar`` per channel (None: all optical; all SAR with the
+            ``sar`` preset).
         flip_p: probability of a horizontal flip (vertical flips arise with rotations).
         rotate90: rotate each crop by a random multiple of 90 degrees (no up in overhead images).
         brightness: multiplicative brightness range (1 +- brightness) of optical bands.
@@ -120,16 +123,18 @@ class MultiCrop(nn.Module):
         jitter_p: probability of the brightness/contrast (and SAR dB offset) jitter.
         per_band_jitter: extra per-band brightness range (1 +- value) of optical bands.
         blur_p: blur probabilities actually applied to (global 1, global 2, local) crops.
-        blur_sigma: range of the Gaussian blur sigma, in pixels (9-tap kernel, as the official).
+        blur_sigma: range of the Gaussian blur sigma, in pixels (at most 9 taps, as the
+            official kernel, cut at 3 sigma).
         speckle_looks: looks of the multiplicative Gamma speckle on SAR bands (None: off).
         speckle_p: probability of speckle per crop.
         db_shift: range of the additive dB offset on SAR bands.
         saturation: saturation jitter (RGB preset only).
-        hue: hue jitter (RGB preset only).
+        hue: hue jitter, a fraction of the colour circle (RGB preset only).
         grayscale_p: probability of grayscale (RGB preset only).
         solarize_p: probability of solarisation of the second global crop (RGB preset only).
         max_value: value of full intensity for the RGB-only operations.
-        interpolation: ``bilinear`` (anti-aliased) or ``bicubic`` (supersampled) resizing.
+        interpolation: ``bilinear`` or ``bicubic`` (PIL's, as the official recipe) resizing,
+            anti-aliased when a crop shrinks.
 
     Raises:
         ConfigError: if a size, scale, probability, range or band kind is out of its domain.
