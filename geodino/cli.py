@@ -3,6 +3,7 @@
 Heavy libraries are imported inside the commands so that ``geodino --help`` answers at once.
 """
 
+import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -121,6 +122,14 @@ def _run_tool(name: str, args: list[str]) -> int:
     from jsonargparse import ArgumentParser
 
     func = TOOLS[name]
+    params = list(inspect.signature(func).parameters.values())
+    optional = [p for p in params if p.default is not inspect.Parameter.empty]
+    # `geodino demo-data OUT`: a leading bare value fills the first optional folder argument
+    positional = [p for p in params if p.default is inspect.Parameter.empty]
+    bare = [a for a in args[: len(positional) + 1] if not a.startswith("-")]
+    if optional and len(bare) == len(positional) + 1 and len(args) >= len(bare):
+        index = len(positional)
+        args = [*args[:index], f"--{optional[0].name}", *args[index:]]
     parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)
     parser.add_function_arguments(func, as_positional=True)
     cfg = parser.parse_args(args)

@@ -90,3 +90,10 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path) -> None:
     out = run("stats", str(cfg))
     assert out.returncode == 2
     assert "nothing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_data_takes_the_folder_as_a_positional_argument(tmp_path: Path) -> None:
+    out = run("demo-data", str(tmp_path / "catalog"), "--scene_size", "128")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "catalog" / "aoi.gpkg").is_file()
+    assert len(list((tmp_path / "catalog" / "s2").glob("*.tif"))) == 4
