@@ -187,7 +187,8 @@ def main() -> None:
     parser.add_argument("--local-crops", type=int, default=8)
     parser.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"])
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best is reported")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and BLAS threads (default: their own defaults)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["torchvision", "numpy"],
                         help="pipelines to leave out")
@@ -195,6 +196,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+        if importlib.util.find_spec("threadpoolctl") is not None:
+            from threadpoolctl import threadpool_limits
+
+            # numpy's BLAS threads would otherwise spin on the CPUs the others are timed on
+            threadpool_limits(args.threads)
     device = torch.device(args.device)
     images = torch.rand(args.batch, args.bands, args.size, args.size,
                         generator=torch.Generator().manual_seed(0)).to(device) * 3000
