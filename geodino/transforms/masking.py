@@ -83,7 +83,9 @@ class MaskingGenerator:
         self.height, self.width = int(height), int(width)
         self.num_patches = self.height * self.width
         self.min_num_patches = min_num_patches
-        self.max_num_patches = 0.5 * self.num_patches if max_num_patches is None else max_num_patches
+        self.max_num_patches = (
+            0.5 * self.num_patches if max_num_patches is None else max_num_patches
+        )
         self.log_aspect_ratio = (math.log(min_aspect), math.log(max_aspect))
 
     def __repr__(self) -> str:

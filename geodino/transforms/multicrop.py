@@ -346,7 +346,9 @@ class MultiCrop(nn.Module):
         box = torch.stack([top, left, h, w], 1)
 
         flip = u[:, 22] < self.flip_p
-        turns = (u[:, 23] * 4).long().clamp(max=3) if self.rotate90 else torch.zeros(n, dtype=torch.long)
+        turns = (u[:, 23] * 4).long().clamp(max=3)
+        if not self.rotate90:
+            turns = torch.zeros_like(turns)
 
         jitter = u[:, 24] < self.jitter_p
         b_low = max(0.0, 1 - self.brightness)
@@ -377,8 +379,8 @@ class MultiCrop(nn.Module):
     def _place(out: Tensor, rows: slice, x: Tensor, flip: Tensor, turns: Tensor) -> None:
         """Write crops into ``out[rows]``, each flipped then turned (``flip``, ``turns`` on CPU).
 
-        Every photometric operation commutes with flips and quarter turns, so they happen here,
-        in the copy into the output, instead of as extra passes over the batch.
+        The photometric operations commute with flips and quarter turns (speckle is i.i.d. per
+        pixel), so these happen here, in the copy into the output, not as extra passes.
         """
         target = out[rows]
         codes = flip.long() * 4 + turns
@@ -399,7 +401,7 @@ class MultiCrop(nn.Module):
 
     @staticmethod
     def _theta(plan: _Plan, height: int, width: int) -> Tensor:
-        """``affine_grid`` matrices mapping each output crop onto its box, flip and turns folded in."""
+        """``affine_grid`` matrices mapping each output crop onto its box, flip and turns in."""
         top, left, h, w = plan.box.unbind(1)
         n = len(top)
         scale = torch.zeros(n, 2, 2, dtype=torch.float64)
@@ -558,6 +560,7 @@ class MultiCrop(nn.Module):
         return x
 
     def _solarize(self, x: Tensor, plan: _Plan) -> Tensor:
+        """Invert the bright pixels of the chosen crops (RGB, second global crop)."""
         rows = plan.solarize.nonzero().flatten()
         if not len(rows):
             return x
@@ -599,7 +602,8 @@ class MultiCrop(nn.Module):
                 self._place(out, rows, x, part.flip, part.turns)
         return out
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(self, images: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Crops of a batch, view-major as DINOv2 stacks them.
 
         Args:

@@ -35,13 +35,15 @@ def dihedral(image: torch.Tensor) -> list[torch.Tensor]:
 def test_shapes_and_view_major_order() -> None:
     images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 2, 64, 64).clone()
     out = MultiCrop(**SMALL, **PLAIN)(images, gen())
-    assert out["global_crops"].shape == (8, 2, 32, 32) and out["local_crops"].shape == (12, 2, 16, 16)
+    assert out["global_crops"].shape == (8, 2, 32, 32)
+    assert out["local_crops"].shape == (12, 2, 16, 16)
     assert out["global_crops"].dtype == torch.float32
     # view 0 of every image, then view 1, ...
     assert out["global_crops"][:, 0, 5, 5].round().tolist() == [0, 1, 2, 3] * 2
     assert out["local_crops"][:, 1, 5, 5].round().tolist() == [0, 1, 2, 3] * 3
     none = MultiCrop(global_crops_size=32, local_crops_size=16, local_crops_number=0)(images, gen())
-    assert none["local_crops"].shape == (0, 2, 16, 16) and none["global_crops"].shape == (8, 2, 32, 32)
+    assert none["local_crops"].shape == (0, 2, 16, 16)
+    assert none["global_crops"].shape == (8, 2, 32, 32)
     empty = MultiCrop(**SMALL)(torch.zeros(0, 2, 64, 64), gen())
     assert empty["global_crops"].shape == (0, 2, 32, 32)
     # crops are resized: an input smaller than the crops works, down to one pixel
@@ -230,7 +232,8 @@ def test_sar_preset_treats_every_band_as_sar() -> None:
 def test_rgb_preset_is_the_official_recipe() -> None:
     preset = MultiCrop.from_preset("dinov2_rgb", **SMALL)
     assert preset.blur_p == (0.0, 0.9, 0.5)
-    assert (preset.brightness, preset.contrast, preset.saturation, preset.hue) == (0.4, 0.4, 0.2, 0.1)
+    jitter = (preset.brightness, preset.contrast, preset.saturation, preset.hue)
+    assert jitter == (0.4, 0.4, 0.2, 0.1)
     assert (preset.jitter_p, preset.grayscale_p, preset.solarize_p) == (0.8, 0.2, 0.2)
     assert preset.interpolation == "bicubic" and not preset.rotate90
     images = torch.rand(64, 3, 40, 40, generator=gen(1)) * 255
