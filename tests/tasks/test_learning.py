@@ -15,8 +15,9 @@ from geodino.models import build_backbone
 @pytest.mark.slow
 @pytest.mark.xfail(
     reason="not met yet: after the demo's 300 CPU steps the teacher's CLS k-NN accuracy was "
-    "0.55-0.66 against 0.85 for the random-init ViT (whose near-identity layer-scale blocks "
-    "already pool patch textures well); see the issue note",
+    "0.63-0.70 against 0.69 for the random-init ViT on the current catalog (0.55-0.66 vs 0.85 "
+    "on the first one); the teacher targets stay near-uniform (entropy ~7.25 of log 2048 = "
+    "7.62). See the issue note",
     strict=False,
 )
 def test_knn_of_pretrained_teacher_beats_random_init(tmp_path: Path) -> None:
