@@ -12,6 +12,7 @@ import torch
 from pyproj import CRS
 from rasterio.enums import Resampling
 
+from geodino.bands import canonical_s2_band
 from geodino.datasets.geotiff import (
     MultiBandGeoTIFF,
     RasterInfo,
@@ -35,22 +36,6 @@ S1_BANDS: tuple[str, ...] = ("VV", "VH")
 
 _S2_TOKEN = re.compile(r"(?:^|[_\-.])(B(?:0?[1-9]|1[0-2]|8A))$", re.IGNORECASE)
 _S1_TOKEN = re.compile(r"(?:^|[_\-.])(VV|VH|HH|HV)$", re.IGNORECASE)
-
-
-def canonical_s2_band(name: str) -> str:
-    """``B2``, ``b02`` or ``B02`` -> ``B02``; ``B8a`` -> ``B8A``.
-
-    Args:
-        name: a band name.
-
-    Returns:
-        the canonical name, or the input upper-cased if it is no Sentinel-2 band.
-    """
-    upper = name.strip().upper()
-    match = re.fullmatch(r"B0?(\d{1,2})", upper)
-    if match:
-        return f"B{int(match.group(1)):02d}"
-    return upper
 
 
 def _scene_and_band(

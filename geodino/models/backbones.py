@@ -19,6 +19,7 @@ from timm.models import VisionTransformer
 from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 from torch import Tensor
 
+from geodino.bands import canonical_s2_band
 from geodino.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
@@ -43,9 +44,7 @@ _PATCH = "patch_embed.proj.weight"
 
 def _band_key(name: str) -> str:
     key = name.strip().lower()
-    key = _SYNONYMS.get(key, key).upper()
-    match = re.fullmatch(r"B0?(\d{1,2})", key)
-    return f"B{int(match.group(1)):02d}" if match else key
+    return canonical_s2_band(_SYNONYMS.get(key, key))
 
 
 def _is_enum(weights: object) -> bool:
