@@ -4,6 +4,7 @@ Heavy libraries are imported inside the commands so that ``geodino --help`` answ
 """
 
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -96,12 +97,45 @@ def export(checkpoint: Path, out_dir: Path, student: bool = False) -> None:
     _say("\n".join(f"{kind:>12}  {path}" for kind, path in paths.items()))
 
 
+def embed(
+    weights: Path,
+    rasters: list[Path],
+    out: Path = Path("embeddings.tif"),
+    aoi: Path | None = None,
+    pca: int | None = None,
+    chip_size: int | None = None,
+    batch_size: int = 16,
+    overwrite: bool = False,
+) -> None:
+    """Embed rasters with a pretrained backbone: patch embeddings as a Cloud-Optimised
+    GeoTIFF on the raster's grid coarsened by the patch size (.tif), or chip polygons with
+    their CLS embeddings as GeoParquet (.parquet). Usage: geodino embed WEIGHTS RASTER...
+    --out OUT [--aoi AOI] [--pca K]. An interrupted run resumes from OUT.parts/.
+
+    Args:
+        weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
+        rasters: GeoTIFFs with the backbone's bands, in its order.
+        out: .tif (one file per raster when several are given) or .parquet (one table).
+        aoi: AOI polygons (GeoPackage, GeoJSON, Shapefile): embed only inside them.
+        pca: reduce the embeddings to this many principal components.
+        chip_size: window side in pixels (default: the size the backbone was trained at).
+        batch_size: windows per forward pass.
+        overwrite: replace an existing output.
+    """
+    from geodino.inference import embed as run_embed
+
+    paths = run_embed(weights, rasters, out, aoi=aoi, pca=pca, chip_size=chip_size,
+                      batch_size=batch_size, overwrite=overwrite)
+    _say("\n".join(f"embeddings  {path}" for path in paths))
+
+
 #: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
 TOOLS: dict[str, Callable[..., Any]] = {
     "demo": demo,
     "demo-data": demo_data,
     "stats": stats,
     "export": export,
+    "embed": embed,
 }
 
 
@@ -124,10 +158,20 @@ def _run_tool(name: str, args: list[str]) -> int:
     func = TOOLS[name]
     params = list(inspect.signature(func).parameters.values())
     optional = [p for p in params if p.default is not inspect.Parameter.empty]
-    # `geodino demo-data OUT`: a leading bare value fills the first optional folder argument
     positional = [p for p in params if p.default is inspect.Parameter.empty]
+    variadic = bool(positional) and getattr(positional[-1].annotation, "__origin__", None) is list
+    if variadic and args and args[0] not in ("-h", "--help"):
+        # `geodino embed W R1 R2 --out X`: the bare values after the fixed ones form the list
+        fixed = len(positional) - 1
+        values = []
+        for value in args[fixed:]:
+            if value.startswith("-"):
+                break
+            values.append(value)
+        args = [*args[:fixed], json.dumps(values), *args[fixed + len(values):]]
     bare = [a for a in args[: len(positional) + 1] if not a.startswith("-")]
-    if optional and len(bare) == len(positional) + 1 and len(args) >= len(bare):
+    # `geodino demo-data OUT`: a leading bare value fills the first optional folder argument
+    if not variadic and optional and len(bare) == len(positional) + 1 and len(args) >= len(bare):
         index = len(positional)
         args = [*args[:index], f"--{optional[0].name}", *args[index:]]
     parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)

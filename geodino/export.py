@@ -284,7 +284,7 @@ class PretrainedBackbone:
     def normalize(self, images: Tensor) -> Tensor:
         """Fill nodata and standardise raw images with the training statistics.
 
-        Without statistics, images are returned as they are (already normalised data).
+        Without statistics, images are taken as already normalised (nodata becomes 0).
 
         Args:
             images: (B, C, H, W) raw values.
@@ -293,7 +293,7 @@ class PretrainedBackbone:
             the backbone's input.
         """
         if self.statistics is None:
-            return images.float()
+            return torch.nan_to_num(images.float())
         from geodino.transforms.normalize import Normalize
 
         normalize = Normalize.from_statistics(self.statistics).to(images.device)

@@ -29,3 +29,45 @@ def shared_reference() -> Path:
     if not path.is_file():
         pytest.skip(f"DINOv2 reference outputs not available at {path}")
     return path
+
+
+#: Bands and statistics of the tiny exported backbone that downstream tests share.
+TINY_BANDS = ["B02", "B03", "B04", "B08"]
+
+
+def write_tiny_export(out: Path, seed: int = 0, patch: int = 14, registers: int = 4) -> Path:
+    """Write a geodino export folder of a tiny random timm DINOv2 ViT (4 bands, width 32).
+
+    Args:
+        out: folder to write.
+        seed: seed of the weights.
+        patch: patch size.
+        registers: register tokens.
+
+    Returns:
+        the folder.
+    """
+    import timm
+    import torch
+
+    from geodino.export import write_export
+
+    name = "vit_small_patch14_reg4_dinov2" if patch == 14 else "vit_small_patch16_224"
+    kwargs = {"img_size": 2 * patch, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    if patch != 14:
+        kwargs["reg_tokens"] = registers
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, in_chans=len(TINY_BANDS), **kwargs)
+    statistics = {
+        "band_names": TINY_BANDS, "mean": [900.0, 1000.0, 1100.0, 2000.0],
+        "std": [300.0, 300.0, 350.0, 600.0], "nodata": 0.0,
+    }
+    write_export(model.state_dict(), out, name, len(TINY_BANDS), model_kwargs=kwargs,
+                 bands=TINY_BANDS, statistics=statistics)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A geodino export folder of a tiny random patch-14 DINOv2 ViT with 4 registers."""
+    return write_tiny_export(tmp_path_factory.mktemp("tiny_export"))
