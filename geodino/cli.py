@@ -129,6 +129,109 @@ def embed(
     _say("\n".join(f"embeddings  {path}" for path in paths))
 
 
+def knn(
+    weights: Path,
+    source: Path,
+    out: Path = Path("eval_knn"),
+    rasters: list[Path] | None = None,
+    label_column: str = "label",
+    group_column: str = "group_id",
+    split_column: str | None = None,
+    chip_size: int | None = None,
+    band_names: list[str] | None = None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    ks: tuple[int, ...] = (10, 20, 100),
+    temperature: float = 0.07,
+) -> None:
+    """k-NN evaluation of a frozen backbone on a labelled source (DINO protocol: cosine
+    similarity of CLS features, temperature-weighted vote): accuracy, balanced accuracy,
+    macro precision/recall/F1, per-class scores and confusion matrices per k, written as
+    knn.json and PNGs. Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters '[a.tif]'].
+
+    Args:
+        weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
+        source: the labelled images: a folder with class folders and labels.txt
+            (``root/<class>/<image>``), a JSON annotation file (``metainfo.classes`` and
+            ``data_list`` entries with img_path, gt_label, group_id), or a vector file
+            (GeoPackage, GeoJSON, Shapefile, GeoParquet) of labelled points or polygons over
+            ``--rasters`` (one chip centred on each point, or on each polygon's inner point).
+        out: folder for the JSON report and the PNGs.
+        rasters: GeoTIFFs under vector labels (files or folders).
+        label_column: class column of vector labels (names or integers).
+        group_column: group column of vector labels: samples of one group never straddle
+            train and test (JSON annotations use their ``group_id``).
+        split_column: column of vector labels fixing the split ('train' vs anything else);
+            without it the samples are split at random, stratified by class, by group.
+        chip_size: chip side in pixels for vector labels (default: the training size).
+        band_names: band names of folder/JSON images, when the files do not name them.
+        test_fraction: share of samples (or groups) held out for testing.
+        seed: seed of the split.
+        ks: neighbour counts, one report each.
+        temperature: temperature of the vote weights.
+    """
+    from geodino.evaluation.protocols import run_knn, summary
+
+    report = run_knn(
+        weights, source, out, ks=ks, temperature=temperature, test_fraction=test_fraction,
+        seed=seed, rasters=rasters, chip_size=chip_size, label_column=label_column,
+        group_column=group_column, split_column=split_column, band_names=band_names,
+    )
+    _say(summary(report, out))
+
+
+def probe(
+    weights: Path,
+    source: Path,
+    out: Path = Path("eval_probe"),
+    rasters: list[Path] | None = None,
+    label_column: str = "label",
+    group_column: str = "group_id",
+    split_column: str | None = None,
+    chip_size: int | None = None,
+    band_names: list[str] | None = None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0),
+    folds: int = 3,
+) -> None:
+    """Linear-probe evaluation of a frozen backbone on a labelled source: logistic
+    regression on standardised CLS features, C chosen by a cross-validated sweep on the
+    training split; accuracy, balanced accuracy, macro precision/recall/F1, per-class scores
+    and a confusion matrix, written as probe.json and PNGs. Usage: geodino probe WEIGHTS
+    SOURCE --out DIR [--rasters '[a.tif]'].
+
+    Args:
+        weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
+        source: the labelled images: a folder with class folders and labels.txt
+            (``root/<class>/<image>``), a JSON annotation file (``metainfo.classes`` and
+            ``data_list`` entries with img_path, gt_label, group_id), or a vector file
+            (GeoPackage, GeoJSON, Shapefile, GeoParquet) of labelled points or polygons over
+            ``--rasters`` (one chip centred on each point, or on each polygon's inner point).
+        out: folder for the JSON report and the PNGs.
+        rasters: GeoTIFFs under vector labels (files or folders).
+        label_column: class column of vector labels (names or integers).
+        group_column: group column of vector labels: samples of one group never straddle
+            train and test (JSON annotations use their ``group_id``).
+        split_column: column of vector labels fixing the split ('train' vs anything else);
+            without it the samples are split at random, stratified by class, by group.
+        chip_size: chip side in pixels for vector labels (default: the training size).
+        band_names: band names of folder/JSON images, when the files do not name them.
+        test_fraction: share of samples (or groups) held out for testing.
+        seed: seed of the split.
+        cs: inverse regularisation strengths swept.
+        folds: cross-validation folds of the sweep.
+    """
+    from geodino.evaluation.protocols import run_probe, summary
+
+    report = run_probe(
+        weights, source, out, cs=cs, folds=folds, test_fraction=test_fraction, seed=seed,
+        rasters=rasters, chip_size=chip_size, label_column=label_column,
+        group_column=group_column, split_column=split_column, band_names=band_names,
+    )
+    _say(summary(report, out))
+
+
 #: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
 TOOLS: dict[str, Callable[..., Any]] = {
     "demo": demo,
@@ -136,6 +239,8 @@ TOOLS: dict[str, Callable[..., Any]] = {
     "stats": stats,
     "export": export,
     "embed": embed,
+    "knn": knn,
+    "probe": probe,
 }
 
 

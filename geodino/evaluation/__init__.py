@@ -3,9 +3,16 @@
 from geodino.evaluation.features import extract_features, majority_labels, read_labelled_chips
 from geodino.evaluation.knn import knn_accuracy, knn_scores
 from geodino.evaluation.linear import check_labels, group_split, linear_probe, logistic_regression
-from geodino.evaluation.metrics import classification_report, plot_confusion_matrix
+from geodino.evaluation.metrics import (
+    classification_report,
+    plot_confusion_matrix,
+    plot_per_class_scores,
+)
+from geodino.evaluation.protocols import run_knn, run_probe
+from geodino.evaluation.sources import LabelledImages, read_labelled_source
 
 __all__ = [
+    "LabelledImages",
     "check_labels",
     "classification_report",
     "extract_features",
@@ -16,5 +23,9 @@ __all__ = [
     "logistic_regression",
     "majority_labels",
     "plot_confusion_matrix",
+    "plot_per_class_scores",
+    "read_labelled_source",
     "read_labelled_chips",
+    "run_knn",
+    "run_probe",
 ]

@@ -37,7 +37,11 @@ def check_labels(train_labels: Tensor, test_labels: Tensor, class_names: Sequenc
 
 
 def group_split(
-    n: int, groups: Sequence[Any] | None, test_fraction: float = 0.3, seed: int = 0
+    n: int,
+    groups: Sequence[Any] | None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    labels: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/test indices; samples sharing a group never straddle the split.
 
@@ -46,18 +50,39 @@ def group_split(
         groups: group of each sample (e.g. ``group_id``), or None for a plain random split.
         test_fraction: fraction of samples (or groups) in the test split.
         seed: seed of the split.
+        labels: class of each sample: when given, the split keeps the class proportions as
+            far as the groups allow (stratified), so that rare classes reach both sides.
 
     Returns:
         train and test index arrays.
+
+    Raises:
+        DataError: with fewer than two groups.
     """
-    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
+    from sklearn.model_selection import (
+        GroupShuffleSplit,
+        ShuffleSplit,
+        StratifiedGroupKFold,
+        StratifiedShuffleSplit,
+    )
 
     splitter: Any
+    y = np.asarray(labels) if labels is not None else None
     if groups is None:
+        if y is not None and np.bincount(y)[np.unique(y)].min() >= 2:
+            splitter = StratifiedShuffleSplit(
+                n_splits=1, test_size=test_fraction, random_state=seed
+            )
+            return next(splitter.split(np.zeros(n), y))
         splitter = ShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
         return next(splitter.split(np.zeros(n)))
     if len(set(groups)) < 2:
         raise DataError("a group-aware split needs at least two groups (group_id values).")
+    folds = max(2, round(1 / test_fraction))
+    if y is not None and len(set(groups)) >= folds:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        train, test = next(splitter.split(np.zeros(n), y, groups=list(groups)))
+        return train, test
     splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
     return next(splitter.split(np.zeros(n), groups=list(groups)))
 

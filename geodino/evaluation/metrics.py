@@ -94,3 +94,37 @@ def plot_confusion_matrix(report: dict[str, Any], out: str | Path, title: str = 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_per_class_scores(report: dict[str, Any], out: str | Path, title: str = "") -> Path:
+    """Draw the report's per-class precision, recall and F1 as grouped bars.
+
+    Args:
+        report: what :func:`classification_report` returned.
+        out: PNG to write.
+        title: figure title.
+
+    Returns:
+        the PNG path.
+    """
+    from geodino.plotting import _pyplot
+
+    plt = _pyplot()
+    names = report["class_names"]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(names), 3.2))
+    width = 0.27
+    for i, key in enumerate(("precision", "recall", "f1")):
+        values = [report["per_class"][name][key] for name in names]
+        ax.bar([j + (i - 1) * width for j in range(len(names))], values, width, label=key)
+    ax.set_xticks(range(len(names)), [
+        f"{name}\n(n={report['per_class'][name]['support']})" for name in names
+    ], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_title(title or f"per-class scores, macro F1 {report['f1_macro']:.3f}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
