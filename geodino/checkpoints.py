@@ -8,6 +8,7 @@ from weakref import proxy
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from geodino.errors import WeightsError
 
@@ -74,3 +75,27 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"checkpoint {path} cannot be read ({type(error).__name__}: {text.splitlines()[0]}); "
             "it is truncated or not a torch checkpoint. Resume from an earlier checkpoint."
         ) from None
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, reading through :func:`load_checkpoint`.
+
+    Resuming (``--ckpt_path``) then never unpickles code, whatever ``weights_only`` the caller
+    or the ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` variable asks for, and a truncated or
+    malicious file is a :class:`~geodino.errors.WeightsError` naming it.
+    """
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Read a checkpoint with tensors and plain types only.
+
+        Args:
+            path: the checkpoint file.
+            map_location: where to put the tensors (default: the CPU).
+            weights_only: ignored: loading is always restricted to weights.
+
+        Returns:
+            the checkpoint.
+        """
+        return load_checkpoint(path, "cpu" if map_location is None else map_location)

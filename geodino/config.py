@@ -20,10 +20,22 @@ def run_lightning_cli(args: list[str]) -> Any:
     Returns:
         the LightningCLI object after the run.
     """
-    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
     from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    return LightningCLI(
+    from geodino.checkpoints import SafeCheckpointIO
+
+    class GeoDINOCLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+            trainer = super().instantiate_trainer(**kwargs)
+            # resuming reads checkpoints without unpickling code (unless a config names its
+            # own checkpoint I/O plugin)
+            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+                trainer.strategy.checkpoint_io = SafeCheckpointIO()
+            return trainer
+
+    return GeoDINOCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

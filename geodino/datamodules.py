@@ -269,6 +269,16 @@ class DINODataModule(LightningDataModule):
         return None
 
     @property
+    def band_groups(self) -> dict[str, int] | None:
+        """Band count of each modality, in channel order (None: one modality).
+
+        Multimodal data come as one ``image`` whose bands are the modalities' bands stacked
+        in this order, so one multi-crop geometry serves every modality of a sample; a
+        :class:`~geodino.models.FusionViT` with the same modalities splits them again.
+        """
+        return None
+
+    @property
     def num_bands(self) -> int:
         """Number of bands delivered."""
         return len(self.band_names)
@@ -342,6 +352,9 @@ class DINODataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # each new loader iterator draws a worker base seed: from its own generator, not
+            # the global RNG, which checkpoints save and a resumed run must continue exactly
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader[Sample]:
@@ -452,8 +465,15 @@ class DINODataModule(LightningDataModule):
 class GeoDINODataModule(DINODataModule):
     """Chips from a TorchGeo raster dataset, optionally inside AOI polygons.
 
+    For multimodal pretraining give a :class:`~geodino.datasets.PairedDataset` (e.g. Sentinel-2
+    and Sentinel-1 intersected): its modalities' bands arrive stacked in one ``image`` on one
+    pixel grid, ``band_groups`` says which bands belong to which modality, and multi-crop
+    applies one crop geometry to all of them and each band the photometric operations of its
+    kind (optical or SAR).
+
     Args:
-        dataset: the raster dataset (e.g. :class:`~geodino.datasets.Sentinel2`).
+        dataset: the raster dataset (e.g. :class:`~geodino.datasets.Sentinel2`, or a
+            :class:`~geodino.datasets.PairedDataset` of several modalities).
         aoi: AOI file (GeoPackage, GeoJSON, Shapefile) or GeoDataFrame; None samples the whole
             data footprint.
         aoi_query: pandas query selecting training polygons (e.g. ``"split == 'train'"``).
@@ -518,8 +538,18 @@ class GeoDINODataModule(DINODataModule):
 
     @property
     def band_kinds(self) -> list[str]:
-        """The dataset's band kind, for every band."""
+        """The dataset's band kinds (per band for multimodal pairs), for the augmentations."""
+        kinds = getattr(self.dataset, "band_kinds", None)
+        if kinds is not None:
+            return list(kinds)
         return [getattr(self.dataset, "band_kind", "optical")] * self.num_bands
+
+    @property
+    def band_groups(self) -> dict[str, int] | None:
+        """The dataset's modalities and their band counts (a
+        :class:`~geodino.datasets.PairedDataset`), else None."""
+        groups = getattr(self.dataset, "band_groups", None)
+        return None if groups is None else dict(groups)
 
     @property
     def nodata(self) -> float | None:
