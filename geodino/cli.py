@@ -107,10 +107,12 @@ def embed(
     batch_size: int = 16,
     overwrite: bool = False,
 ) -> None:
-    """Embed rasters with a pretrained backbone: patch embeddings as a Cloud-Optimised
-    GeoTIFF on the raster's grid coarsened by the patch size (.tif), or chip polygons with
-    their CLS embeddings as GeoParquet (.parquet). Usage: geodino embed WEIGHTS RASTER...
-    --out OUT [--aoi AOI] [--pca K]. An interrupted run resumes from OUT.parts/.
+    """Embed rasters (inside an AOI) as a GeoTIFF of patch embeddings or a GeoParquet of chips.
+
+    Usage: geodino embed WEIGHTS RASTER... --out OUT [--aoi AOI] [--pca K]. A .tif OUT is a
+    Cloud-Optimised GeoTIFF of patch embeddings on the raster's grid coarsened by the patch
+    size (one pixel per patch); a .parquet OUT holds chip polygons with their CLS
+    embeddings. An interrupted run resumes from OUT.parts/.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -144,10 +146,12 @@ def knn(
     ks: tuple[int, ...] = (10, 20, 100),
     temperature: float = 0.07,
 ) -> None:
-    """k-NN evaluation of a frozen backbone on a labelled source (DINO protocol: cosine
-    similarity of CLS features, temperature-weighted vote): accuracy, balanced accuracy,
-    macro precision/recall/F1, per-class scores and confusion matrices per k, written as
-    knn.json and PNGs. Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters '[a.tif]'].
+    """k-NN evaluation of a frozen backbone on a labelled source, metrics as JSON and PNGs.
+
+    Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters+ a.tif]. DINO protocol: cosine
+    similarity of CLS features, temperature-weighted vote. Writes knn.json (accuracy,
+    balanced accuracy, macro precision/recall/F1, per-class scores, confusion matrix per k)
+    and a confusion-matrix and per-class PNG per k.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -195,11 +199,12 @@ def probe(
     cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0),
     folds: int = 3,
 ) -> None:
-    """Linear-probe evaluation of a frozen backbone on a labelled source: logistic
-    regression on standardised CLS features, C chosen by a cross-validated sweep on the
-    training split; accuracy, balanced accuracy, macro precision/recall/F1, per-class scores
-    and a confusion matrix, written as probe.json and PNGs. Usage: geodino probe WEIGHTS
-    SOURCE --out DIR [--rasters '[a.tif]'].
+    """Linear-probe evaluation of a frozen backbone on a labelled source, as JSON and PNGs.
+
+    Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters+ a.tif]. Logistic regression on
+    standardised CLS features, C chosen by a cross-validated sweep on the training split.
+    Writes probe.json (accuracy, balanced accuracy, macro precision/recall/F1, per-class
+    scores, confusion matrix, the sweep), probe_confusion.png and probe_per_class.png.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -232,6 +237,78 @@ def probe(
     _say(summary(report, out))
 
 
+def maps(
+    weights: Path,
+    raster: Path,
+    out: Path = Path("maps"),
+    aoi: Path | None = None,
+    x: float | None = None,
+    y: float | None = None,
+    crs: str | None = None,
+    chip_size: int | None = None,
+    batch_size: int = 16,
+) -> None:
+    """PCA feature map of a raster and attention maps of a chip, as PNGs and a GeoTIFF.
+
+    Usage: geodino maps WEIGHTS RASTER --out DIR [--aoi AOI] [--x X --y Y]. Writes
+    pca_map.png and pca_map.tif (patch embeddings, PCA 1-3 as RGB, on the patch grid) and
+    attention.png (one chip, its PCA map, attention of the class token and each register).
+
+    Args:
+        weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
+        raster: a GeoTIFF with the backbone's bands.
+        out: folder for the maps.
+        aoi: AOI polygons: map only inside them.
+        x: x of the attention chip's centre (default: the centre of the map).
+        y: y of the attention chip's centre.
+        crs: CRS of x/y (default: the raster's), e.g. EPSG:4326.
+        chip_size: window side in pixels (default: the size the backbone was trained at).
+        batch_size: windows per forward pass.
+    """
+    from geodino.inference import write_maps
+
+    point = (x, y) if x is not None and y is not None else None
+    paths = write_maps(weights, raster, out, aoi=aoi, point=point, crs=crs,
+                       chip_size=chip_size, batch_size=batch_size)
+    _say("\n".join(f"{kind:>14}  {path}" for kind, path in paths.items()))
+
+
+def similar(
+    embeddings: Path,
+    out: Path = Path("similarity.tif"),
+    x: float | None = None,
+    y: float | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    crs: str | None = None,
+    top_k: int = 10,
+) -> None:
+    """Similarity heatmap GeoTIFF and top-k matches of a query point or chip.
+
+    Usage: geodino similar EMB.tif --x X --y Y [--crs EPSG:4326] --out sim.tif, where
+    EMB.tif comes from geodino embed (without --pca). Writes the cosine similarity of every
+    patch to the query (a point, or the mean of a --bbox) on the same grid, and the top-k
+    most similar patches as OUT_matches.geojson.
+
+    Args:
+        embeddings: a patch-embedding GeoTIFF written by ``geodino embed``.
+        out: similarity GeoTIFF to write.
+        x: x of the query point.
+        y: y of the query point.
+        bbox: query box as [xmin, ymin, xmax, ymax]: its mean embedding is the query.
+        crs: CRS of the query coordinates (default: the embeddings'), e.g. EPSG:4326.
+        top_k: number of best matches to list.
+    """
+    from geodino.errors import DataError
+    from geodino.inference import similarity_search
+
+    if (x is None) != (y is None):
+        raise DataError("give both --x and --y for a query point.")
+    point = (x, y) if x is not None and y is not None else None
+    heatmap, matches = similarity_search(embeddings, out, point=point, bbox=bbox, crs=crs,
+                                         top_k=top_k)
+    _say(f"similarity  {heatmap}\n   matches  {matches}")
+
+
 #: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
 TOOLS: dict[str, Callable[..., Any]] = {
     "demo": demo,
@@ -241,6 +318,8 @@ TOOLS: dict[str, Callable[..., Any]] = {
     "embed": embed,
     "knn": knn,
     "probe": probe,
+    "maps": maps,
+    "similar": similar,
 }
 
 

@@ -399,15 +399,28 @@ def _output_paths(out: Path, regions: Sequence[RasterRegion]) -> list[Path]:
     return [out.with_name(f"{out.stem}_{s}{out.suffix}") for s in stems]
 
 
-def _write_cog(path: Path, data: np.ndarray, region: RasterRegion, names: Sequence[str],
-               tags: dict[str, Any]) -> None:
+def write_cog(path: Path, data: np.ndarray, crs: Any, transform: Affine,
+              names: Sequence[str], tags: dict[str, Any]) -> Path:
+    """Write a float32 Cloud-Optimised GeoTIFF (DEFLATE, overviews, NaN as nodata).
+
+    Args:
+        path: the file.
+        data: (bands, H, W) values.
+        crs: its CRS.
+        transform: its transform.
+        names: band descriptions.
+        tags: metadata tags (non-strings stored as JSON).
+
+    Returns:
+        the path.
+    """
     from rasterio.shutil import copy as copy_raster
 
     tmp = path.with_name(path.name + ".tmp.tif")
     profile = {
-        "driver": "GTiff", "width": region.width, "height": region.height,
-        "count": len(data), "dtype": "float32", "crs": region.crs,
-        "transform": region.out_transform, "nodata": float("nan"),
+        "driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
+        "count": len(data), "dtype": "float32", "crs": crs,
+        "transform": transform, "nodata": float("nan"),
     }
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data.astype(np.float32))
@@ -417,6 +430,7 @@ def _write_cog(path: Path, data: np.ndarray, region: RasterRegion, names: Sequen
     copy_raster(tmp, path, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=256,
                 OVERVIEWS="AUTO", RESAMPLING="AVERAGE")
     tmp.unlink()
+    return path
 
 
 def embed(
@@ -532,7 +546,8 @@ def embed(
             names = [f"pc{j + 1}" for j in range(pca)]
             tags["pca_components"] = pca
         for target, region, grid in zip(targets, regions, grids, strict=True):
-            _write_cog(target, grid, region, names, {**tags, "source_raster": str(region.path)})
+            write_cog(target, grid, region.crs, region.out_transform, names,
+                      {**tags, "source_raster": str(region.path)})
     else:
         _write_table(out, regions, [load(i) for i in range(len(regions))], pca, tags)
     shutil.rmtree(parts)
@@ -571,3 +586,164 @@ def _write_table(out: Path, regions: Sequence[RasterRegion], parts: Sequence[Seq
     table = gpd.GeoDataFrame(pd.concat([table, pd.DataFrame(columns)], axis=1), crs=crs)
     table.attrs.update(tags)
     table.to_parquet(out)
+
+
+def _point_in(crs: Any, x: float, y: float, point_crs: Any) -> tuple[float, float]:
+    if point_crs is None:
+        return x, y
+    from pyproj import Transformer
+
+    return Transformer.from_crs(point_crs, crs, always_xy=True).transform(x, y)
+
+
+def similarity_search(
+    embeddings: str | Path,
+    out: str | Path,
+    point: tuple[float, float] | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    crs: Any = None,
+    top_k: int = 10,
+) -> tuple[Path, Path]:
+    """Cosine similarity of every embedding pixel to a query point or box, and the top matches.
+
+    Args:
+        embeddings: a full-dimension patch-embedding GeoTIFF written by :func:`embed`.
+        out: the similarity GeoTIFF to write (one band in [-1, 1], on the embeddings' grid);
+            the matches go beside it as ``<stem>_matches.geojson``.
+        point: query ``(x, y)``: the embedding pixel under it.
+        bbox: query ``(xmin, ymin, xmax, ymax)`` (a query chip): the mean embedding of the
+            pixels whose centres fall inside.
+        crs: CRS of ``point``/``bbox`` (default: the embeddings').
+        top_k: matches to list, best first, the query pixels excluded.
+
+    Returns:
+        the similarity GeoTIFF and the matches GeoJSON.
+
+    Raises:
+        DataError: without exactly one query, or a query off the grid or on empty pixels.
+    """
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    if (point is None) == (bbox is None):
+        raise DataError("give the query as a point (--x/--y) or as a box (--bbox), not both.")
+    embeddings, out = Path(embeddings), Path(out)
+    with rasterio.open(embeddings) as src:
+        grid, transform, grid_crs = src.read().astype(np.float32), src.transform, src.crs
+        bounds = list(src.bounds)
+    d, h, w = grid.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    if point is not None:
+        x, y = _point_in(grid_crs, *point, crs)
+        col, row = (~transform @ (x, y))
+        query = np.zeros((h, w), dtype=bool)
+        if 0 <= row < h and 0 <= col < w:
+            query[int(row), int(col)] = True
+        where = f"point ({point[0]}, {point[1]})"
+    else:
+        x0, y0 = _point_in(grid_crs, bbox[0], bbox[1], crs)
+        x1, y1 = _point_in(grid_crs, bbox[2], bbox[3], crs)
+        cx, cy = transform @ (cols + 0.5, rows + 0.5)
+        query = ((cx >= min(x0, x1)) & (cx <= max(x0, x1)) & (cy >= min(y0, y1))
+                 & (cy <= max(y0, y1)))
+        where = f"box {list(bbox)}"
+    vectors = grid[:, query & np.isfinite(grid).all(0)]
+    if not vectors.size:
+        raise DataError(
+            f"the query {where} falls on no embedding pixel of {embeddings} (outside its "
+            f"bounds {bounds} in {grid_crs}, or on nodata); give --crs if the "
+            "coordinates are in another CRS."
+        )
+    target = vectors.mean(1)
+    norms = np.linalg.norm(grid, axis=0) * np.linalg.norm(target)
+    similarity = np.einsum("dhw,d->hw", grid, target) / np.maximum(norms, 1e-12)
+    write_cog(out, similarity[None], grid_crs, transform, ["cosine_similarity"],
+              {"query": where, "source_embeddings": str(embeddings)})
+    ranked = np.where(query | ~np.isfinite(similarity), -np.inf, similarity).ravel()
+    best = [i for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
+    cells = []
+    for rank, index in enumerate(best, 1):
+        r, c = divmod(int(index), w)
+        (ax, ay), (bx, by) = transform @ (c, r), transform @ (c + 1, r + 1)
+        cells.append({"rank": rank, "similarity": float(ranked[index]), "row": r, "col": c,
+                      "geometry": box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))})
+    matches = out.with_name(f"{out.stem}_matches.geojson")
+    gpd.GeoDataFrame(cells, geometry="geometry", crs=grid_crs).to_file(matches)
+    return out, matches
+
+
+def write_maps(
+    weights: str | Path,
+    raster: str | Path,
+    out_dir: str | Path,
+    aoi: Any = None,
+    point: tuple[float, float] | None = None,
+    crs: Any = None,
+    chip_size: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, Path]:
+    """Visual checks of a backbone on a raster: a PCA map of its patch embeddings (PNG and a
+    3-band GeoTIFF) and the attention maps of one chip (PNG).
+
+    Args:
+        weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
+        raster: a GeoTIFF with the backbone's bands.
+        out_dir: folder for ``pca_map.png``, ``pca_map.tif`` and ``attention.png``.
+        aoi: AOI polygons: map only inside them.
+        point: centre ``(x, y)`` of the attention chip (default: the region's centre).
+        crs: CRS of ``point`` (default: the raster's).
+        chip_size: window side in pixels (default: the backbone's training size).
+        batch_size: windows per forward pass.
+
+    Returns:
+        the written files by kind.
+    """
+    from geodino.export import load_backbone
+    from geodino.plotting import plot_feature_maps, plot_pca_map, pca_rgb, rgb_bands, to_rgb
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone(weights)
+    region = plan_regions(backbone, [raster], aoi)[0]
+    chip = _chip_pixels(backbone, chip_size)
+    grid, _ = embed_region(backbone, region, chip, batch_size)
+    p = region.patch
+    bands = rgb_bands(backbone.band_names) if backbone.band_names else None
+    with rasterio.open(region.path) as src:
+        # an RGB preview of the region, at most ~512 px a side
+        scale = max(1, math.ceil(max(region.height, region.width) * p / 512))
+        window = Window(region.col, region.row, region.width * p, region.height * p)
+        shape = (max(1, window.height // scale), max(1, window.width // scale))
+        preview = src.read([b + 1 for b in bands or [0]], window=window, boundless=True,
+                           out_shape=(len(bands or [0]), *shape), out_dtype="float32")
+        if src.nodata is not None:
+            preview[preview == np.float32(src.nodata)] = np.nan
+        x, y = _point_in(region.crs, *point, crs) if point else (None, None)
+        if point:
+            col, row = ~region.transform @ (x, y)
+            if not (0 <= row < src.height and 0 <= col < src.width):
+                raise DataError(f"point {point} lies outside raster {region.path}.")
+        else:
+            row = region.row + region.height * p / 2
+            col = region.col + region.width * p / 2
+        # the chip centred on the point, on the patch grid, inside the raster where possible
+        r0 = int(np.clip(round((row - chip / 2) / p), 0, max(0, src.height // p - chip // p)))
+        c0 = int(np.clip(round((col - chip / 2) / p), 0, max(0, src.width // p - chip // p)))
+        chip_region = RasterRegion(region.path, region.crs, region.transform, r0 * p, c0 * p,
+                                   chip // p, chip // p, p, np.ones((chip // p,) * 2, bool))
+        image = read_window(src, chip_region, (0, 0, chip // p, chip // p))
+    rgb = to_rgb(torch.from_numpy(np.nan_to_num(preview)), [0, 1, 2] if bands else [0, 0, 0])
+    paths = {
+        "pca_png": plot_pca_map(grid, out / "pca_map.png", f"{region.path.name}", rgb),
+        "attention_png": plot_feature_maps(
+            backbone, torch.from_numpy(image), out / "attention.png",
+            f"{region.path.name}, chip at row {r0 * p}, col {c0 * p}",
+        ),
+    }
+    colours = (pca_rgb(grid) * 255).round().astype(np.uint8).transpose(2, 0, 1)
+    with rasterio.open(out / "pca_map.tif", "w", driver="GTiff", width=region.width,
+                       height=region.height, count=3, dtype="uint8", crs=region.crs,
+                       transform=region.out_transform, photometric="RGB") as dst:
+        dst.write(colours)
+    paths["pca_tif"] = out / "pca_map.tif"
+    return paths

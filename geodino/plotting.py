@@ -1,10 +1,13 @@
-"""Figures: training curves and image chips rendered from chosen bands."""
+"""Figures: training curves, image chips rendered from chosen bands, PCA feature maps and
+attention maps of the class token and registers."""
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and headless
@@ -95,5 +98,160 @@ def plot_chips(images: Tensor, bands: Sequence[int], out: str | Path,
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def pca_rgb(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The first three principal components of an embedding grid as colours.
+
+    Each component is stretched from its 2nd to its 98th percentile; cells without an
+    embedding (NaN) come out white.
+
+    Args:
+        embeddings: (D, H, W) embeddings (D >= 3), NaN where there is none.
+        seed: seed of the PCA subsample on large grids.
+
+    Returns:
+        (H, W, 3) float array in [0, 1].
+    """
+    from geodino.inference import fit_pca, project
+
+    d, h, w = embeddings.shape
+    flat = embeddings.reshape(d, -1).T
+    valid = np.isfinite(flat).all(1)
+    rgb = np.ones((h * w, 3))
+    if valid.sum() >= 2:
+        mean, components = fit_pca(flat[valid], min(3, d), seed)
+        scores = project(flat[valid], mean, components).astype(np.float64)
+        lo, hi = np.percentile(scores, 2, axis=0), np.percentile(scores, 98, axis=0)
+        scores = np.clip((scores - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+        rgb[valid, : scores.shape[1]] = scores
+    return rgb.reshape(h, w, 3)
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, images: Tensor) -> Tensor:
+    """Attention of the class token and each register over the patches, in the last block.
+
+    Args:
+        model: a timm ViT.
+        images: (B, C, H, W) normalised images (sides multiples of the patch size).
+
+    Returns:
+        (B, 1 + R, H / patch, W / patch) attention weights averaged over heads; each map
+        sums to at most 1 (the rest goes to the prefix tokens).
+    """
+    from geodino.models import patch_size
+
+    attn = model.blocks[-1].attn
+    captured: dict[str, Tensor] = {}
+    hook = attn.register_forward_pre_hook(lambda _, args: captured.update(x=args[0]))
+    try:
+        model.forward_features(images)
+    finally:
+        hook.remove()
+    x = captured["x"]
+    b, n, _ = x.shape
+    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1).mean(1)
+    prefix = model.num_prefix_tokens
+    p = patch_size(model)
+    grid = (images.shape[-2] // p, images.shape[-1] // p)
+    return weights[:, :prefix, prefix:].reshape(b, prefix, *grid)
+
+
+def rgb_bands(band_names: Sequence[str]) -> list[int] | None:
+    """Indices of red, green and blue among band names (Sentinel-2 or plain names).
+
+    Args:
+        band_names: the bands.
+
+    Returns:
+        three indices, or None if the bands hold no RGB.
+    """
+    from geodino.models.backbones import _band_key
+
+    keys = [_band_key(b) for b in band_names]
+    wanted = [_band_key(b) for b in ("red", "green", "blue")]
+    return [keys.index(w) for w in wanted] if all(w in keys for w in wanted) else None
+
+
+def plot_feature_maps(backbone: Any, image: Tensor, out: str | Path, title: str = "") -> Path:
+    """One chip as RGB (or its first band), its PCA feature map and the attention maps of the
+    class token and every register.
+
+    Args:
+        backbone: a :class:`~geodino.export.PretrainedBackbone`.
+        image: (C, H, W) raw chip with the backbone's bands (sides multiples of the patch).
+        out: PNG to write.
+        title: figure title.
+
+    Returns:
+        the PNG path.
+    """
+    from geodino.models import split_tokens
+
+    plt = _pyplot()
+    x = backbone.normalize(image[None])
+    with torch.no_grad():
+        tokens = backbone.model.forward_features(x)
+    patches = split_tokens(backbone.model, tokens)[2][0]
+    p = backbone.patch_size
+    grid = (image.shape[-2] // p, image.shape[-1] // p)
+    pca = pca_rgb(patches.T.reshape(-1, *grid).numpy())
+    maps = attention_maps(backbone.model, x)[0].numpy()
+    names = ["CLS"] + [f"register {i + 1}" for i in range(len(maps) - 1)]
+    panels = 2 + len(maps)
+    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels, 2.5), squeeze=False)
+    bands = rgb_bands(backbone.band_names) if backbone.band_names else None
+    shown = torch.nan_to_num(image, nan=0.0)
+    axes[0, 0].imshow(to_rgb(shown, bands) if bands else to_rgb(shown, [0, 0, 0]))
+    axes[0, 0].set_title("RGB" if bands else "band 1", fontsize=8)
+    axes[0, 1].imshow(pca, interpolation="nearest")
+    axes[0, 1].set_title("patch PCA (1-3)", fontsize=8)
+    for ax, name, weights in zip(axes[0, 2:], names, maps, strict=True):
+        ax.imshow(weights, cmap="inferno", interpolation="nearest")
+        ax.set_title(f"attention {name}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_pca_map(embeddings: np.ndarray, out: str | Path, title: str = "",
+                 image: np.ndarray | None = None) -> Path:
+    """A raster's patch embeddings as a PCA colour map, beside its RGB if given.
+
+    Args:
+        embeddings: (D, H, W) embedding grid (NaN where none).
+        out: PNG to write.
+        title: figure title.
+        image: (H', W', 3) RGB rendering of the same footprint, shown on the left.
+
+    Returns:
+        the PNG path.
+    """
+    plt = _pyplot()
+    panels = 1 if image is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.8), squeeze=False)
+    if image is not None:
+        axes[0, 0].imshow(image)
+        axes[0, 0].set_title("RGB", fontsize=9)
+    axes[0, -1].imshow(pca_rgb(embeddings), interpolation="nearest")
+    axes[0, -1].set_title("patch embeddings, PCA 1-3 as RGB", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
