@@ -2,6 +2,7 @@
 
 from geodino.datasets.folders import AnnotatedImages, ImageFolder, NpyFolder
 from geodino.datasets.geotiff import MultiBandGeoTIFF
+from geodino.datasets.paired import PairedDataset
 from geodino.datasets.sentinel import S1_BANDS, S2_BANDS, Sentinel1, Sentinel2
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "ImageFolder",
     "MultiBandGeoTIFF",
     "NpyFolder",
+    "PairedDataset",
     "Sentinel1",
     "Sentinel2",
 ]

@@ -25,6 +25,8 @@ from geodino.errors import ConfigError, WeightsError
 if TYPE_CHECKING:
     from torchgeo.models import WeightsEnum
 
+    from geodino.models.fusion import FusionViT
+
 log = logging.getLogger(__name__)
 
 #: Band names of the RGB weights that official DINOv2 and most timm checkpoints carry.
@@ -509,7 +511,7 @@ def build_backbone(
     return model
 
 
-def patch_size(model: VisionTransformer) -> int:
+def patch_size(model: "VisionTransformer | FusionViT") -> int:
     """Side of a patch in pixels.
 
     Args:
@@ -518,24 +520,30 @@ def patch_size(model: VisionTransformer) -> int:
     Returns:
         the patch side.
     """
+    from geodino.models.fusion import FusionViT
+
+    if isinstance(model, FusionViT):
+        return model.patch_size
     patch = model.patch_embed.patch_size
     return int(patch[0] if isinstance(patch, tuple | list) else patch)
 
 
 def forward_tokens(
-    model: VisionTransformer,
-    images: Tensor,
+    model: "VisionTransformer | FusionViT",
+    images: "Tensor | Mapping[str, Tensor]",
     masks: Tensor | None = None,
     mask_token: Tensor | None = None,
 ) -> Tensor:
     """Normalised tokens [CLS, registers..., patches...] of a timm ViT, with iBOT masking.
 
     Masked patch embeddings are replaced by ``mask_token`` before position embeddings are
-    added, as DINOv2's ``prepare_tokens_with_masks`` does.
+    added, as DINOv2's ``prepare_tokens_with_masks`` does. A
+    :class:`~geodino.models.FusionViT` takes a dict of modality images (or one image with
+    their bands stacked) and masks its fused patch tokens.
 
     Args:
-        model: the ViT.
-        images: (B, C, H, W).
+        model: the ViT or fusion ViT.
+        images: (B, C, H, W), or a dict of modality images for a fusion ViT.
         masks: (B, N) bool, True where a patch is masked (N patches in row-major order).
         mask_token: (1, D) or (D,) learned token; required with ``masks``.
 
@@ -545,6 +553,15 @@ def forward_tokens(
     Raises:
         ConfigError: if ``masks`` come without a token or do not fit the patch grid.
     """
+    from geodino.models.fusion import FusionViT
+
+    if isinstance(model, FusionViT):
+        return model.forward_features(images, masks, mask_token)
+    if not isinstance(images, Tensor):
+        raise ConfigError(
+            f"{type(model).__name__} takes one image tensor, not a {type(images).__name__} of "
+            "modalities; use a FusionViT (model.init_args.modalities) for several modalities."
+        )
     if masks is None:
         return model.forward_features(images)
     if mask_token is None:
@@ -573,7 +590,7 @@ def forward_tokens(
     return model.norm(x)
 
 
-def split_tokens(model: VisionTransformer, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def split_tokens(model: "VisionTransformer | FusionViT", tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Split tokens into class token, registers and patch tokens.
 
     Args:

@@ -15,7 +15,9 @@ from geodino.callbacks import TrainingSummary
 from geodino.checkpoints import AtomicModelCheckpoint
 from geodino.errors import ConfigError
 from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from geodino.models import DINOHead, build_backbone, forward_tokens, split_tokens
+from geodino.models import DINOHead, FusionViT, build_backbone, forward_tokens, split_tokens
+from geodino.models.backbones import patch_size
+from geodino.models.fusion import check_modalities, draw_modality_dropout, split_modalities
 from geodino.tasks.schedules import CosineSchedule
 from geodino.transforms.masking import sample_ibot_masks
 
@@ -30,6 +32,12 @@ class DINOv2Task(BaseTask):
     view-major; the task draws iBOT masks for the global crops. All schedules count optimiser
     steps and span ``trainer.max_steps``.
 
+    With ``modalities`` the backbone is a :class:`~geodino.models.FusionViT`: the crops' bands
+    are the modalities' bands stacked in that order (the data module's ``band_groups``), split
+    per modality before the backbone; iBOT masks the fused patch tokens, and with
+    ``modality_dropout`` the student sees random subsets of the modalities while the teacher
+    sees them all.
+
     Args:
         model: timm architecture (``vit_*_patch14*_dinov2`` family or any timm ViT).
         in_chans: number of input bands; must equal the data module's.
@@ -37,6 +45,14 @@ class DINOv2Task(BaseTask):
         band_names: names of the input bands, used to adapt weights of other bands.
         model_kwargs: further ``timm.create_model`` arguments (depth, embed_dim, num_heads,
             drop_path_rate, img_size, ...).
+        modalities: band count of each modality in channel order, e.g. ``{'s2': 13, 's1':
+            2}`` (must match the data's band groups; ``in_chans`` is their total); None trains
+            a single-modality ViT.
+        fusion: fusion mode of the multimodal backbone: ``early``, ``linear`` or ``xattn``.
+        fusion_kwargs: more :class:`~geodino.models.FusionViT` arguments (``xattn_layers``,
+            ``xattn_heads``, ``xattn_dropout``).
+        modality_dropout: probability of hiding each modality of each student sample (never
+            all of them), so the model also works with one modality.
         head_out_dim: prototypes of the DINO head.
         head_hidden_dim: hidden width of the heads.
         head_bottleneck_dim: bottleneck width of the heads.
@@ -81,6 +97,10 @@ class DINOv2Task(BaseTask):
         weights: str | None = None,
         band_names: Sequence[str] | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        modalities: dict[str, int] | None = None,
+        fusion: Literal["early", "linear", "xattn"] = "early",
+        fusion_kwargs: dict[str, Any] | None = None,
+        modality_dropout: float = 0.0,
         head_out_dim: int = 65536,
         head_hidden_dim: int = 2048,
         head_bottleneck_dim: int = 256,
@@ -121,6 +141,18 @@ class DINOv2Task(BaseTask):
             )
         if in_chans < 1:
             raise ConfigError(f"in_chans must be >= 1, got {in_chans}.")
+        if modalities is not None:
+            total = sum(check_modalities(modalities).values())
+            if in_chans != total:
+                raise ConfigError(
+                    f"in_chans={in_chans} but the modalities {dict(modalities)} have {total} "
+                    f"bands; set model.init_args.in_chans: {total}."
+                )
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ConfigError(f"modality_dropout={modality_dropout} must lie in [0, 1).")
+        if modality_dropout > 0 and (modalities is None or len(modalities) < 2):
+            raise ConfigError("modality_dropout needs two or more modalities "
+                              "(model.init_args.modalities).")
         self.weights = weights
         super().__init__()
 
@@ -128,13 +160,25 @@ class DINOv2Task(BaseTask):
     def configure_models(self) -> None:
         """Student backbone and heads, their EMA teacher copy and the iBOT mask token."""
         hp = self.hparams
-        backbone = build_backbone(
-            hp["model"],
-            hp["in_chans"],
-            weights=self.weights,
-            band_names=hp["band_names"],
-            **(hp["model_kwargs"] or {}),
-        )
+        backbone: nn.Module
+        if hp.get("modalities"):
+            backbone = FusionViT(
+                hp["model"],
+                hp["modalities"],
+                hp.get("fusion", "early"),
+                weights=self.weights,
+                band_names=hp["band_names"],
+                **(hp.get("fusion_kwargs") or {}),
+                **(hp["model_kwargs"] or {}),
+            )
+        else:
+            backbone = build_backbone(
+                hp["model"],
+                hp["in_chans"],
+                weights=self.weights,
+                band_names=hp["band_names"],
+                **(hp["model_kwargs"] or {}),
+            )
         dim = backbone.embed_dim
         head_args = dict(
             hidden_dim=hp["head_hidden_dim"],
@@ -150,7 +194,7 @@ class DINOv2Task(BaseTask):
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
-        self.patch_size = _patch_size(backbone)
+        self.patch_size = patch_size(backbone)
 
     def configure_losses(self) -> None:
         """DINO, iBOT and KoLeo losses (their centres are saved with the model)."""
@@ -160,11 +204,12 @@ class DINOv2Task(BaseTask):
         self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=hp["student_temp"])
         self.koleo_loss = KoLeoLoss()
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor | dict[str, Tensor]) -> Tensor:
         """Teacher backbone tokens (what export and evaluation use).
 
         Args:
-            images: (B, C, H, W) normalised images.
+            images: (B, C, H, W) normalised images; for a fusion backbone also a dict of
+                modality images, any non-empty subset of its modalities.
 
         Returns:
             normalised tokens (B, 1 + R + N, D).
@@ -222,6 +267,21 @@ class DINOv2Task(BaseTask):
             return
         hp = self.hparams
         bands = getattr(datamodule, "num_bands", None)
+        groups = getattr(datamodule, "band_groups", None)
+        modalities = hp.get("modalities")
+        if modalities and list((groups or {}).items()) != list(dict(modalities).items()):
+            raise ConfigError(
+                f"model.init_args.modalities={dict(modalities)} but the data deliver "
+                f"{groups or f'{bands} bands of one modality'}; the data's band groups (names, "
+                "band counts and order) must equal the model's modalities: fix the config's "
+                "modalities or the data's datasets."
+            )
+        if groups and not modalities:
+            raise ConfigError(
+                f"the data deliver the modalities {groups} but the model is a single-modality "
+                f"ViT; set model.init_args.modalities: {groups} (and a fusion mode) or give the "
+                "data one dataset."
+            )
         if bands is not None and bands != hp["in_chans"]:
             names = getattr(datamodule, "band_names", [])
             raise ConfigError(
@@ -341,6 +401,26 @@ class DINOv2Task(BaseTask):
         )
         return masks.to(device)
 
+    def _tokens(self, which: str, images: Tensor, masks: Tensor | None = None) -> Tensor:
+        """Backbone tokens of crops; a fusion student sees modality-dropped inputs."""
+        backbone = (self.student if which == "student" else self.teacher)["backbone"]
+        if not isinstance(backbone, FusionViT):
+            return forward_tokens(backbone, images, masks, self.mask_token)
+        inputs = split_modalities(images, backbone.modalities)
+        present = None
+        p = self.hparams.get("modality_dropout", 0.0)
+        if which == "student" and p > 0:
+            # seeded by step, rank and crop size (global and local crops draw apart)
+            generator = torch.Generator().manual_seed(
+                ((self.hparams["mask_seed"] * 1_000_003 + self.global_step) * 4099
+                 + self.global_rank) * 8191 + images.shape[-1] + 1
+            )
+            present = draw_modality_dropout(images.shape[0], list(inputs), p, generator)
+            present = {m: v.to(images.device) for m, v in present.items()}
+        return backbone.forward_features(
+            inputs, masks, self.mask_token if masks is not None else None, present
+        )
+
     def _center(self, loss: nn.Module, logits: Tensor, temp: float, n_masked: Tensor | None = None) -> Tensor:
         if self.hparams["centering"] == "sinkhorn_knopp":
             if n_masked is None:
@@ -371,7 +451,7 @@ class DINOv2Task(BaseTask):
 
         # Teacher: global crops only, targets crossed between the two views.
         with torch.no_grad():
-            t_tokens = forward_tokens(self.teacher["backbone"], global_crops)
+            t_tokens = self._tokens("teacher", global_crops)
             t_cls, _, t_patches = split_tokens(self.teacher["backbone"], t_tokens)
             t_cls_logits = t_dino_head(t_cls).float()
             t_cls_logits = torch.cat(t_cls_logits.chunk(n_global)[::-1])
@@ -385,7 +465,7 @@ class DINOv2Task(BaseTask):
                 )
 
         # Student: masked global crops and local crops.
-        s_tokens = forward_tokens(self.student["backbone"], global_crops, masks, self.mask_token)
+        s_tokens = self._tokens("student", global_crops, masks)
         s_cls, _, s_patches = split_tokens(self.student["backbone"], s_tokens)
         s_global_logits = dino_head(s_cls).float()
         n_terms = n_global * (n_global - 1) + n_global * n_local
@@ -397,7 +477,7 @@ class DINOv2Task(BaseTask):
         )
         dino_local = s_global_logits.new_zeros(())
         if n_local > 0:
-            s_local_tokens = forward_tokens(self.student["backbone"], local_crops)
+            s_local_tokens = self._tokens("student", local_crops)
             s_local_cls = split_tokens(self.student["backbone"], s_local_tokens)[0]
             s_local_logits = dino_head(s_local_cls).float()
             dino_local = self.dino_loss(list(s_local_logits.chunk(n_local)), list(t_views))
@@ -515,16 +595,13 @@ class DINOv2Task(BaseTask):
                 torch.cuda.set_rng_state(rng["cuda"])
 
 
-def _patch_size(backbone: nn.Module) -> int:
-    patch = backbone.patch_embed.patch_size
-    return int(patch[0] if isinstance(patch, tuple | list) else patch)
-
-
 def _layer_id(name: str, depth: int) -> int:
     """Layer index for layer-wise lr decay: embeddings 0, block i i+1, the rest depth+1."""
     if name.startswith("backbone."):
         rest = name[len("backbone."):]
-        if rest.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+        # fusion backbones: patch_embeds, modality embeddings and fusion layers come first
+        if rest.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed",
+                            "modality_embeds", "fuse", "xattn")):
             return 0
         if rest.startswith("blocks."):
             return int(rest.split(".")[1]) + 1

@@ -1,0 +1,511 @@
+"""Multimodal ViT: per-modality patch embeddings fused into one shared timm DINOv2 transformer.
+
+Each modality (e.g. Sentinel-1 ``s1`` with 2 bands, Sentinel-2 ``s2`` with 13) has its own patch
+embedding and a learned modality embedding; the modalities' patch tokens, which lie on one
+patch grid, are fused into one token per patch and go through the class/register tokens,
+position embedding, blocks and final norm of a timm ViT, reused as timm builds them. Three
+fusion modes:
+
+- ``early``: channel stacking. A patch embedding of the stacked bands is the sum of one
+  embedding per modality's bands (a convolution is linear in its input channels), so the fused
+  token is the sum of the present modalities' embedded tokens; a missing modality is the same
+  as its bands at their mean (0 after normalisation).
+- ``linear``: each modality's tokens are embedded separately and the fused token is a learned
+  linear map of their concatenation (``fuse.<modality>`` holds each modality's block of it,
+  initialised to the identity), a missing modality contributing zeros.
+- ``xattn``: each modality's token stream attends to the other modalities' tokens through
+  ``xattn_layers`` pre-norm cross-attention blocks (position embeddings added to queries and
+  keys), then the streams are averaged over the modalities present.
+
+The output of :meth:`FusionViT.forward_features` has the single-modality backbone's shape and
+order, ``[CLS, registers..., patches...]`` after the final norm, so heads, losses, k-NN and
+probes treat both backbones alike. Any non-empty subset of the declared modalities can be
+given (a model trained on S1+S2 embeds S2 alone on cloud-free days or S1 alone under clouds).
+"""
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from timm.layers import Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.models._manipulate import checkpoint_seq
+from torch import Tensor, nn
+
+from geodino.errors import ConfigError, DataError
+
+#: Fusion modes of :class:`FusionViT`.
+FUSION_MODES: tuple[str, ...] = ("early", "linear", "xattn")
+#: Sentinel-1 VV/VH and the 13 Sentinel-2 bands.
+DEFAULT_MODALITIES: dict[str, int] = {"s1": 2, "s2": 13}
+
+ModalityBatch = Mapping[str, Tensor]
+
+
+def check_modalities(modalities: Mapping[str, int]) -> dict[str, int]:
+    """Validate a ``{name: band count}`` mapping.
+
+    Args:
+        modalities: modality names and their band counts, in channel order.
+
+    Returns:
+        the mapping as a plain dict.
+
+    Raises:
+        ConfigError: if it is empty, a name cannot key a submodule or a count is not >= 1.
+    """
+    if not modalities:
+        raise ConfigError("modalities is empty; declare each modality's band count, e.g. "
+                          "{'s1': 2, 's2': 13}.")
+    out = {}
+    for name, bands in modalities.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"modality name {name!r} must be an identifier such as 's1' or "
+                              "'s2' (it names the modality's submodules).")
+        if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
+            raise ConfigError(f"modality {name!r} has band count {bands!r}; give a whole number "
+                              ">= 1 (e.g. 2 for Sentinel-1 VV/VH, 13 for Sentinel-2 L1C).")
+        out[name] = bands
+    return out
+
+
+def split_modalities(images: Tensor, modalities: Mapping[str, int]) -> dict[str, Tensor]:
+    """Split images whose bands are the modalities' bands stacked in order.
+
+    Args:
+        images: (B, C, H, W) with ``C = sum(modalities.values())``.
+        modalities: names and band counts, in channel order.
+
+    Returns:
+        one (B, C_m, H, W) view per modality.
+
+    Raises:
+        DataError: if the band count differs from the modalities' total.
+    """
+    total = sum(modalities.values())
+    if images.ndim != 4 or images.shape[1] != total:
+        raise DataError(
+            f"images of shape {tuple(images.shape)} cannot be split into modalities "
+            f"{dict(modalities)}: expected (B, {total}, H, W), the modalities' bands stacked "
+            "in that order. Check the data's band groups against the model's modalities."
+        )
+    return dict(zip(modalities, images.split(list(modalities.values()), dim=1), strict=True))
+
+
+def draw_modality_dropout(
+    batch_size: int,
+    modalities: Sequence[str],
+    probability: float,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Which modalities each sample keeps: each is dropped with ``probability``, never all.
+
+    A sample whose draw dropped every modality keeps one of them, chosen uniformly.
+
+    Args:
+        batch_size: samples.
+        modalities: the modalities given.
+        probability: chance of dropping each modality of each sample.
+        generator: CPU generator for reproducible draws.
+
+    Returns:
+        per modality, a (B,) bool tensor, True where the sample keeps it.
+
+    Raises:
+        ConfigError: if ``probability`` is not in [0, 1).
+    """
+    if not 0.0 <= probability < 1.0:
+        raise ConfigError(f"modality dropout probability {probability} must lie in [0, 1).")
+    m = len(modalities)
+    keep = torch.rand(batch_size, m, generator=generator) >= probability
+    rescue = torch.randint(m, (batch_size,), generator=generator)
+    none = ~keep.any(1)
+    keep[none, rescue[none]] = True
+    return {name: keep[:, i] for i, name in enumerate(modalities)}
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention from one modality's tokens to other modalities', then an MLP.
+
+    Position embeddings are added to queries and keys only (as in DETR), so values carry
+    content and the shared transformer adds positions once.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_ratio: hidden width of the MLP relative to ``dim``.
+        dropout: dropout of the attention weights and the MLP.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        """Build the norms, attention and MLP."""
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        context: Tensor,
+        context_pos: Tensor,
+        padding: Tensor | None = None,
+        gate: Tensor | None = None,
+    ) -> Tensor:
+        """Update ``x`` with what it reads in ``context``.
+
+        Args:
+            x: (B, N, D) tokens of one modality.
+            pos: (1, N, D) their position embeddings.
+            context: (B, M, D) tokens of the other modalities.
+            context_pos: (1, M, D) their position embeddings.
+            padding: (B, M) True for context tokens of modalities a sample lacks.
+            gate: (B, 1, 1) 0 for samples that have no other modality (nothing to read): the
+                block leaves their tokens unchanged.
+
+        Returns:
+            (B, N, D) tokens.
+        """
+        q = self.norm_q(x)
+        kv = self.norm_kv(context)
+        out = x + self.attn(q + pos, kv + context_pos, kv, key_padding_mask=padding,
+                            need_weights=False)[0]
+        out = out + self.mlp(self.norm_mlp(out))
+        if gate is not None:
+            # the block is the identity for a sample with nothing to read, as when the
+            # modality comes alone
+            out = x + gate * (out - x)
+        return out
+
+
+class FusionViT(nn.Module):
+    """A timm DINOv2-family ViT over several co-registered modalities.
+
+    Args:
+        arch: timm architecture of the shared transformer (e.g.
+            ``vit_small_patch14_reg4_dinov2``).
+        modalities: name and band count of each modality, in the channel order of stacked
+            images (default ``{'s1': 2, 's2': 13}``).
+        fusion: ``early``, ``linear`` or ``xattn`` (see the module docs).
+        xattn_layers: cross-attention blocks per modality (``xattn`` only).
+        xattn_heads: heads of the cross-attention (default: the transformer's).
+        xattn_dropout: dropout in the cross-attention blocks.
+        weights: initial weights of the shared transformer and patch embeddings (as for
+            :func:`~geodino.models.build_backbone`, adapted to the stacked bands and split per
+            modality).
+        band_names: names of the stacked bands (modalities in order), to adapt ``weights``.
+        **timm_kwargs: more ``timm.create_model`` arguments (img_size, depth, embed_dim, ...).
+
+    Raises:
+        ConfigError: for an unknown fusion mode, bad modalities or timm arguments.
+    """
+
+    def __init__(
+        self,
+        arch: str = "vit_small_patch14_reg4_dinov2",
+        modalities: Mapping[str, int] | None = None,
+        fusion: str = "early",
+        xattn_layers: int = 1,
+        xattn_heads: int | None = None,
+        xattn_dropout: float = 0.0,
+        weights: Any = None,
+        band_names: Sequence[str] | None = None,
+        **timm_kwargs: Any,
+    ) -> None:
+        """Build the shared transformer with timm and the per-modality parts around it."""
+        from geodino.models.backbones import build_backbone
+
+        super().__init__()
+        if fusion not in FUSION_MODES:
+            raise ConfigError(f"fusion mode {fusion!r} does not exist; choose one of "
+                              f"{list(FUSION_MODES)}.")
+        self.modalities = check_modalities(
+            DEFAULT_MODALITIES if modalities is None else modalities
+        )
+        if fusion == "xattn" and (isinstance(xattn_layers, bool) or xattn_layers < 1):
+            raise ConfigError(f"xattn_layers={xattn_layers}: cross-attention fusion needs at "
+                              "least 1 layer.")
+        if not 0.0 <= xattn_dropout < 1.0:
+            raise ConfigError(f"xattn_dropout={xattn_dropout} must lie in [0, 1).")
+        self.fusion = fusion
+        vit = build_backbone(arch, sum(self.modalities.values()), weights=weights,
+                             band_names=band_names, **timm_kwargs)
+        self.arch = arch
+        self.embed_dim = dim = vit.embed_dim
+        self.num_features = vit.num_features
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.num_reg_tokens = vit.num_reg_tokens
+        self.no_embed_class = vit.no_embed_class
+        self.dynamic_img_size = vit.dynamic_img_size
+        self.grid_size = tuple(vit.patch_embed.grid_size)
+        self.patch_size = int(vit.patch_embed.patch_size[0])
+        self.grad_checkpointing = False
+
+        # per modality: a copy of timm's patch embedding with the modality's bands
+        self.patch_embeds = nn.ModuleDict()
+        weight, bias = vit.patch_embed.proj.weight, vit.patch_embed.proj.bias
+        start = 0
+        for name, bands in self.modalities.items():
+            embed = _rechannel(vit.patch_embed, bands)
+            if weights is not None:
+                with torch.no_grad():
+                    embed.proj.weight.copy_(weight[:, start:start + bands])
+                    if bias is not None and embed.proj.bias is not None:
+                        # early fusion sums the embeddings: the stacked bias is shared out
+                        share = len(self.modalities) if fusion == "early" else 1
+                        embed.proj.bias.copy_(bias / share)
+            self.patch_embeds[name] = embed
+            start += bands
+        self.modality_embeds = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(1, 1, dim)) for name in self.modalities}
+        )
+        for param in self.modality_embeds.values():
+            trunc_normal_(param, std=0.02)
+        if fusion == "linear":
+            self.fuse = nn.ModuleDict()
+            for name in self.modalities:
+                layer = nn.Linear(dim, dim, bias=False)
+                nn.init.eye_(layer.weight)
+                self.fuse[name] = layer
+            self.fuse_bias = nn.Parameter(torch.zeros(dim))
+        elif fusion == "xattn":
+            heads = xattn_heads or vit.blocks[0].attn.num_heads
+            if dim % heads:
+                raise ConfigError(f"xattn_heads={heads} does not divide the width {dim}; pick "
+                                  "a divisor.")
+            self.xattn = nn.ModuleDict({
+                name: nn.ModuleList(
+                    CrossAttentionBlock(dim, heads, dropout=xattn_dropout)
+                    for _ in range(xattn_layers)
+                )
+                for name in self.modalities
+            })
+
+        # the shared transformer, as timm built it (same parameter names as a timm ViT)
+        self.cls_token = vit.cls_token
+        self.reg_token = vit.reg_token
+        self.pos_embed = vit.pos_embed
+        self.pos_drop = vit.pos_drop
+        self.patch_drop = vit.patch_drop
+        self.norm_pre = vit.norm_pre
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+
+    # --- inputs ------------------------------------------------------------------------
+    def _inputs(self, batch: ModalityBatch | Tensor) -> dict[str, Tensor]:
+        if isinstance(batch, Tensor):
+            return split_modalities(batch, self.modalities)
+        if not isinstance(batch, Mapping) or not batch:
+            raise DataError(
+                f"FusionViT takes a dict of modality images, a non-empty subset of "
+                f"{list(self.modalities)}, or one image with their bands stacked; got "
+                f"{type(batch).__name__ if not isinstance(batch, Mapping) else 'an empty dict'}."
+            )
+        unknown = sorted(set(batch) - set(self.modalities))
+        if unknown:
+            raise DataError(f"modalities {unknown} are not among the model's "
+                            f"{list(self.modalities)}; drop them or train a model with them.")
+        shape = None
+        for name, image in batch.items():
+            if image.ndim != 4 or image.shape[1] != self.modalities[name]:
+                raise DataError(
+                    f"modality {name!r} has shape {tuple(image.shape)} but the model expects "
+                    f"(B, {self.modalities[name]}, H, W); check its bands against the config's "
+                    "modalities."
+                )
+            if shape is not None and (image.shape[0], *image.shape[2:]) != shape[1]:
+                raise DataError(
+                    f"modality {name!r} has {image.shape[0]} images of {tuple(image.shape[2:])} "
+                    f"px but {shape[0]!r} has {shape[1][0]} of {shape[1][1:]}: modalities must "
+                    "come in pairs on one pixel grid (resample them onto one grid per chip)."
+                )
+            shape = (name, (image.shape[0], *image.shape[2:]))
+        # the declared order, whatever the caller's
+        return {name: batch[name] for name in self.modalities if name in batch}
+
+    def _embed(self, name: str, image: Tensor) -> Tensor:
+        """(B, h, w, D) patch tokens of one modality, its modality embedding added."""
+        x = self.patch_embeds[name](image)
+        if x.ndim == 3:  # models built without dynamic_img_size flatten the grid
+            x = x.reshape(x.shape[0], *self.grid_size, x.shape[-1])
+        return x + self.modality_embeds[name].reshape(1, 1, 1, -1)
+
+    def _patch_pos(self, grid: tuple[int, int]) -> Tensor:
+        """(1, h * w, D) position embeddings of the patches (no prefix positions)."""
+        prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        pos = self.pos_embed
+        if self.dynamic_img_size and tuple(grid) != self.grid_size:
+            pos = resample_abs_pos_embed(pos, new_size=grid, old_size=self.grid_size,
+                                         num_prefix_tokens=prefix)
+        return pos[:, prefix:]
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        """Prefix tokens and position embeddings of (B, h, w, D) patch tokens, as timm does."""
+        b, h, w, d = x.shape
+        to_cat = []
+        if self.cls_token is not None:
+            to_cat.append(self.cls_token.expand(b, -1, -1))
+        if self.reg_token is not None:
+            to_cat.append(self.reg_token.expand(b, -1, -1))
+        x = x.reshape(b, h * w, d)
+        if self.pos_embed is None:
+            return torch.cat(to_cat + [x], dim=1)
+        pos = self.pos_embed
+        if self.dynamic_img_size:
+            pos = resample_abs_pos_embed(
+                pos, new_size=(h, w), old_size=self.grid_size,
+                num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
+            )
+        if self.no_embed_class:
+            x = torch.cat(to_cat + [x + pos], dim=1)
+        else:
+            x = torch.cat(to_cat + [x], dim=1) + pos
+        return self.pos_drop(x)
+
+    # --- fusion ------------------------------------------------------------------------
+    def _fuse(self, tokens: dict[str, Tensor], weights: dict[str, Tensor],
+              masks: Tensor | None, token: Tensor | None) -> Tensor:
+        """One (B, h, w, D) token per patch from the modalities' tokens."""
+        if self.fusion == "early":
+            return sum(weights[m] * x for m, x in tokens.items())  # type: ignore[return-value]
+        if self.fusion == "linear":
+            fused = sum(weights[m] * self.fuse[m](x) for m, x in tokens.items())
+            return fused + self.fuse_bias  # type: ignore[operator]
+        b, h, w, d = next(iter(tokens.values())).shape
+        pos = self._patch_pos((h, w))
+        streams = {m: x.reshape(b, h * w, d) for m, x in tokens.items()}
+        if masks is not None and token is not None:
+            # masked patches are hidden from the cross-attention too, or their content would
+            # reach the fused tokens of unmasked patches
+            streams = {m: torch.where(masks.unsqueeze(-1), token + self.modality_embeds[m], x)
+                       for m, x in streams.items()}
+        present = {m: weights[m].reshape(b) > 0 for m in streams}
+        for layer in range(len(next(iter(self.xattn.values())))):
+            updated = {}
+            for m, x in streams.items():
+                others = [o for o in streams if o != m]
+                if not others:
+                    updated[m] = x
+                    continue
+                context = torch.cat([streams[o] for o in others], dim=1)
+                context_pos = pos.repeat(1, len(others), 1)
+                any_other = torch.stack([present[o] for o in others]).any(0)
+                absent = torch.cat([(~present[o]).unsqueeze(1).expand(b, h * w)
+                                    for o in others], dim=1)
+                # a sample with no other modality attends to everything (no all-masked rows,
+                # whose softmax is NaN) and the block is gated off for it
+                padding = absent & any_other.unsqueeze(1)
+                gate = any_other.to(x.dtype).reshape(b, 1, 1)
+                updated[m] = self.xattn[m][layer](x, pos, context, context_pos,
+                                                  padding if padding.any() else None, gate)
+            streams = updated
+        total = sum(weights[m].reshape(b, 1, 1) * x for m, x in streams.items())
+        count = sum(weights[m].reshape(b, 1, 1) for m in streams)
+        fused = total / count.clamp_min(1)  # type: ignore[union-attr]
+        return fused.reshape(b, h, w, d)
+
+    def forward_features(
+        self,
+        batch: ModalityBatch | Tensor,
+        masks: Tensor | None = None,
+        mask_token: Tensor | None = None,
+        present: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Normalised tokens [CLS, registers..., patches...] of the fused modalities.
+
+        Args:
+            batch: a dict of (B, C_m, H, W) images, any non-empty subset of the modalities,
+                or one (B, C, H, W) image with every modality's bands stacked in order.
+            masks: (B, N) bool, True where the fused patch token is replaced by
+                ``mask_token`` (iBOT), N patches in row-major order.
+            mask_token: (1, D) or (D,) learned token; required with ``masks``.
+            present: per modality, (B,) bool telling which samples keep it (modality
+                dropout); a sample must keep at least one of the given modalities.
+
+        Returns:
+            (B, 1 + R + N, D) tokens after the final norm.
+
+        Raises:
+            DataError: for unknown modalities, wrong band counts or modalities on different
+                grids.
+            ConfigError: if masks come without a token or do not fit the patch grid.
+        """
+        images = self._inputs(batch)
+        tokens = {m: self._embed(m, x) for m, x in images.items()}
+        b, h, w, d = next(iter(tokens.values())).shape
+        ones = next(iter(tokens.values())).new_ones(b, 1, 1, 1)
+        weights = {m: ones for m in tokens}
+        if present is not None:
+            weights = {m: present[m].to(ones).reshape(b, 1, 1, 1) if m in present else ones
+                       for m in tokens}
+            if not (sum(weights.values()) > 0).all():  # type: ignore[union-attr]
+                raise DataError("modality dropout left a sample with no modality; keep at "
+                                "least one per sample (draw_modality_dropout does).")
+        token = None
+        if masks is not None:
+            if mask_token is None:
+                raise ConfigError("FusionViT got masks but no mask_token; pass the iBOT mask "
+                                  "token.")
+            if masks.shape != (b, h * w):
+                raise ConfigError(
+                    f"masks have shape {tuple(masks.shape)} but the images give {b} x {h * w} "
+                    "patches; build masks for the patch grid of these images."
+                )
+            token = mask_token.reshape(-1).to(next(iter(tokens.values())).dtype)
+            if token.numel() != d:
+                raise ConfigError(f"mask_token has {token.numel()} values but the model's "
+                                  f"width is {d}.")
+            masks = masks.to(torch.bool)
+        x = self._fuse(tokens, weights, masks, token)
+        if masks is not None:
+            flat = torch.where(masks.unsqueeze(-1), token, x.reshape(b, h * w, d))
+            x = flat.reshape(b, h, w, d)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward(self, batch: ModalityBatch | Tensor) -> Tensor:
+        """CLS features, as a timm ViT without classifier returns them.
+
+        Args:
+            batch: as for :meth:`forward_features`.
+
+        Returns:
+            (B, D) class tokens.
+        """
+        return self.forward_features(batch)[:, 0]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the shared blocks in the backward pass to save memory.
+
+        Args:
+            enable: on or off.
+        """
+        self.grad_checkpointing = enable
+
+    def extra_repr(self) -> str:
+        """Architecture, modalities and fusion mode, for printed models."""
+        return f"arch={self.arch}, modalities={self.modalities}, fusion={self.fusion}"
+
+
+def _rechannel(embed: nn.Module, bands: int) -> nn.Module:
+    """A copy of a timm patch embedding that reads ``bands`` bands, freshly initialised."""
+    proj = embed.proj
+    out = copy.deepcopy(embed)
+    out.proj = nn.Conv2d(bands, proj.out_channels, kernel_size=proj.kernel_size,
+                         stride=proj.stride, bias=proj.bias is not None)
+    return out
+
+
+__all__ = [
+    "CrossAttentionBlock", "DEFAULT_MODALITIES", "FUSION_MODES", "FusionViT",
+    "check_modalities", "draw_modality_dropout", "split_modalities",
+]

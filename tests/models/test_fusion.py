@@ -1,0 +1,187 @@
+"""FusionViT: shapes per fusion mode and modality subset, names, missing modalities, errors."""
+
+import pytest
+import torch
+
+from geodino.errors import ConfigError, DataError
+from geodino.models import FusionViT, build_backbone, forward_tokens, patch_size, split_tokens
+from geodino.models.fusion import draw_modality_dropout, split_modalities
+
+ARCH = "vit_small_patch14_reg4_dinov2"
+TINY = {"img_size": 28, "embed_dim": 64, "depth": 2, "num_heads": 2}
+MODES = ("early", "linear", "xattn")
+
+
+def tiny(fusion: str, modalities: dict[str, int] | None = None, **kwargs: object) -> FusionViT:
+    torch.manual_seed(0)
+    return FusionViT(ARCH, modalities or {"s1": 2, "s2": 13}, fusion, **TINY, **kwargs).eval()
+
+
+def pair(batch: int = 3, size: int = 28) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {"s1": torch.randn(batch, 2, size, size, generator=g),
+            "s2": torch.randn(batch, 13, size, size, generator=g)}
+
+
+@pytest.mark.parametrize("fusion", MODES)
+def test_tokens_have_the_single_modality_layout_for_every_subset(fusion: str) -> None:
+    model = tiny(fusion)
+    vit = build_backbone(ARCH, 15, **TINY)
+    images = pair(size=42)
+    reference = vit.forward_features(torch.cat([images["s1"], images["s2"]], 1))
+    for subset in (["s1", "s2"], ["s1"], ["s2"]):
+        tokens = model.forward_features({m: images[m] for m in subset})
+        assert tokens.shape == reference.shape == (3, 1 + 4 + 9, 64)
+        cls, registers, patches = split_tokens(model, tokens)
+        assert cls.shape == (3, 64) and registers.shape == (3, 4, 64)
+        assert patches.shape == (3, 9, 64)
+        assert torch.isfinite(tokens).all()
+    # the CLS of S1 alone, S2 alone and both differ: every modality is read
+    outs = [model({m: images[m] for m in s}) for s in (["s1"], ["s2"], ["s1", "s2"])]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    assert patch_size(model) == 14
+
+
+@pytest.mark.parametrize("fusion", MODES)
+def test_stacked_image_equals_the_dict_in_declared_order(fusion: str) -> None:
+    model = tiny(fusion)
+    images = pair()
+    stacked = torch.cat([images["s1"], images["s2"]], 1)
+    reordered = {"s2": images["s2"], "s1": images["s1"]}
+    expected = model.forward_features(images)
+    assert torch.equal(model.forward_features(stacked), expected)
+    assert torch.equal(forward_tokens(model, reordered), expected)
+
+
+def test_early_fusion_of_one_modality_is_the_timm_vit() -> None:
+    """Early fusion is channel stacking: with one modality it is timm's ViT exactly."""
+    model = tiny("early", {"s2": 13})
+    vit = build_backbone(ARCH, 13, **TINY).eval()
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("patch_embeds.", "modality_embeds."))}
+    state["patch_embed.proj.weight"] = model.patch_embeds["s2"].proj.weight
+    state["patch_embed.proj.bias"] = (model.patch_embeds["s2"].proj.bias
+                                      + model.modality_embeds["s2"].reshape(-1))
+    assert not vit.load_state_dict(state, strict=True).missing_keys
+    x = torch.randn(2, 13, 42, 56)
+    torch.testing.assert_close(model.forward_features({"s2": x}), vit.forward_features(x))
+
+
+@pytest.mark.parametrize("fusion", MODES)
+def test_modality_specific_parameters_carry_the_modality_name(fusion: str) -> None:
+    model = tiny(fusion)
+    names = [n for n, _ in model.named_parameters()]
+    for modality in ("s1", "s2"):
+        assert f"patch_embeds.{modality}.proj.weight" in names
+        assert f"modality_embeds.{modality}" in names
+    assert model.patch_embeds["s1"].proj.weight.shape[1] == 2
+    assert model.patch_embeds["s2"].proj.weight.shape[1] == 13
+    fusion_names = [n for n in names if n.startswith(("fuse.", "xattn."))]
+    if fusion == "early":
+        assert not fusion_names
+    else:
+        assert fusion_names and all(n.split(".")[1] in ("s1", "s2") for n in fusion_names)
+    # the shared transformer keeps timm's names, so DINOv2 weights and lr decay apply
+    assert "blocks.1.attn.qkv.weight" in names and "reg_token" in names
+
+
+def test_xattn_layers_heads_and_dropout_are_configurable() -> None:
+    model = tiny("xattn", xattn_layers=2, xattn_heads=4, xattn_dropout=0.1)
+    assert len(model.xattn["s1"]) == 2 and model.xattn["s2"][1].attn.num_heads == 4
+    assert model.xattn["s1"][0].attn.dropout == 0.1
+    with pytest.raises(ConfigError, match="xattn_heads=3"):
+        tiny("xattn", xattn_heads=3)
+
+
+@pytest.mark.parametrize("fusion", MODES)
+def test_dropped_modality_equals_inference_without_it(fusion: str) -> None:
+    model = tiny(fusion)
+    images = pair()
+    present = {"s1": torch.tensor([True, False, True]), "s2": torch.tensor([True, True, False])}
+    dropped = model.forward_features(images, present=present)
+    torch.testing.assert_close(dropped[0:1], model.forward_features({k: v[0:1] for k, v in images.items()}))
+    torch.testing.assert_close(dropped[1:2], model.forward_features({"s2": images["s2"][1:2]}))
+    torch.testing.assert_close(dropped[2:3], model.forward_features({"s1": images["s1"][2:3]}))
+    with pytest.raises(DataError, match="no modality"):
+        model.forward_features(images, present={"s1": torch.zeros(3, dtype=torch.bool),
+                                                "s2": torch.tensor([True, True, False])})
+
+
+def test_modality_dropout_draws_never_drop_everything() -> None:
+    g = torch.Generator().manual_seed(0)
+    keep = draw_modality_dropout(4000, ["s1", "s2", "s3"], 0.6, g)
+    kept = torch.stack(list(keep.values()), 1)
+    assert kept.any(1).all()
+    # each modality is dropped about p of the time (a bit less: all-dropped draws are rescued)
+    rate = 1 - kept.float().mean(0)
+    assert ((rate > 0.5) & (rate < 0.6)).all(), rate
+    assert not draw_modality_dropout(100, ["s1", "s2"], 0.0)["s1"].logical_not().any()
+    with pytest.raises(ConfigError, match="must lie in"):
+        draw_modality_dropout(4, ["s1", "s2"], 1.0)
+
+
+@pytest.mark.parametrize("fusion", MODES)
+def test_ibot_masks_replace_the_fused_patch_tokens(fusion: str) -> None:
+    model = tiny(fusion)
+    images = pair()
+    token = torch.randn(1, 64)
+    masks = torch.zeros(3, 4, dtype=torch.bool)
+    masks[:, 1] = True
+    masked = forward_tokens(model, images, masks, token)
+    assert masked.shape == (3, 1 + 4 + 4, 64)
+    # a masked patch's own content no longer matters anywhere
+    changed = {k: v.clone() for k, v in images.items()}
+    changed["s1"][..., :14, 14:] += 5.0
+    changed["s2"][..., :14, 14:] -= 5.0
+    torch.testing.assert_close(forward_tokens(model, changed, masks, token), masked)
+    assert not torch.allclose(model.forward_features(changed), model.forward_features(images))
+    with pytest.raises(ConfigError, match="no mask_token"):
+        forward_tokens(model, images, masks)
+    with pytest.raises(ConfigError, match="patch grid"):
+        forward_tokens(model, images, torch.zeros(3, 9, dtype=torch.bool), token)
+
+
+def test_gradients_reach_every_modality_and_fusion_parameter() -> None:
+    for fusion in MODES:
+        model = tiny(fusion).train()
+        tokens = model.forward_features(pair())
+        # a random readout: the plain sum of LayerNorm outputs has no gradient
+        (tokens * torch.randn(tokens.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+        silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+        assert not silent, (fusion, silent)
+
+
+def test_bad_fusion_mode_modalities_and_band_counts_are_refused() -> None:
+    with pytest.raises(ConfigError, match="fusion mode 'late' does not exist"):
+        FusionViT(ARCH, {"s1": 2, "s2": 13}, "late", **TINY)
+    with pytest.raises(ConfigError, match="band count 0"):
+        FusionViT(ARCH, {"s1": 0, "s2": 13}, "early", **TINY)
+    with pytest.raises(ConfigError, match="identifier"):
+        FusionViT(ARCH, {"s-1": 2}, "early", **TINY)
+    with pytest.raises(ConfigError, match="empty"):
+        FusionViT(ARCH, {}, "early", **TINY)
+    model = tiny("linear")
+    images = pair()
+    with pytest.raises(DataError, match=r"modality 's2' has shape \(3, 12, 28, 28\).*\(B, 13, H, W\)"):
+        model.forward_features({"s1": images["s1"], "s2": images["s2"][:, :12]})
+    with pytest.raises(DataError, match=r"\['s3'\] are not among"):
+        model.forward_features({"s3": images["s1"]})
+    with pytest.raises(DataError, match="non-empty subset"):
+        model.forward_features({})
+    with pytest.raises(DataError, match="one pixel grid"):
+        model.forward_features({"s1": images["s1"][..., :14, :14], "s2": images["s2"]})
+    with pytest.raises(DataError, match=r"expected \(B, 15, H, W\)"):
+        split_modalities(torch.zeros(1, 14, 28, 28), model.modalities)
+    with pytest.raises(ConfigError, match="one image tensor"):
+        forward_tokens(build_backbone(ARCH, 2, **TINY), {"s1": images["s1"]})
+
+
+def test_weights_of_the_stacked_bands_initialise_each_modality(tmp_path) -> None:
+    vit = build_backbone(ARCH, 15, **TINY)
+    path = tmp_path / "vit.pth"
+    torch.save(vit.state_dict(), path)
+    model = FusionViT(ARCH, {"s1": 2, "s2": 13}, "linear", weights=str(path), **TINY)
+    weight = vit.patch_embed.proj.weight
+    assert torch.equal(model.patch_embeds["s1"].proj.weight, weight[:, :2])
+    assert torch.equal(model.patch_embeds["s2"].proj.weight, weight[:, 2:])
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
