@@ -34,6 +34,8 @@ class RasterInfo:
     nodata: float | None
     descriptions: tuple[str | None, ...]
     res: tuple[float, float]
+    crs: str | None = None
+    bounds: tuple[float, float, float, float] | None = None
 
 
 def find_rasters(
@@ -137,6 +139,7 @@ def inspect_raster(path: str) -> RasterInfo:
             return RasterInfo(
                 path, src.count, src.dtypes[0], src.nodata,
                 tuple(src.descriptions), (abs(t.a), abs(t.e)),
+                None if src.crs is None else src.crs.to_string(), tuple(src.bounds),
             )
     except DataError:
         raise

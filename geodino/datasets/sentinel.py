@@ -162,6 +162,7 @@ class _BandFileDataset(MultiBandGeoTIFF):
                         "ends in no band name (e.g. scene.tif), or split its bands."
                     )
             groups = _PerBandFiles([i.path for i in infos], self.token, self.canonical)
+            check_scene_grids(infos, groups)
             self.all_bands = groups.bands(self.band_order, wanted)
             self._groups = groups
             self.separate_files = True
@@ -225,6 +226,44 @@ class _BandFileDataset(MultiBandGeoTIFF):
 def _res(infos: Sequence[RasterInfo], groups: _PerBandFiles, band: str) -> float:
     path = next(iter(groups.scenes.values()))[band]
     return next(i.res[0] for i in infos if i.path == path)
+
+
+def check_scene_grids(infos: Sequence[RasterInfo], groups: _PerBandFiles) -> None:
+    """The band files of one scene share a CRS and a footprint (resolutions may differ).
+
+    Args:
+        infos: the inspected band files.
+        groups: the files grouped by scene.
+
+    Raises:
+        DataError: naming two band files of a scene that lie on different grids.
+    """
+    by_path = {i.path: i for i in infos}
+    for key, bands in groups.scenes.items():
+        first, *others = [by_path[p] for p in bands.values() if p in by_path]
+        for info in others:
+            if info.crs != first.crs:
+                raise DataError(
+                    f"band files of scene {key}* are in different CRSs: {info.path} is in "
+                    f"{info.crs} but {first.path} in {first.crs}; warp them to one CRS "
+                    "(`gdalwarp -t_srs`)."
+                )
+            # up to one pixel of the coarser file: exports differ in pixel-corner/centre
+            # conventions (SSL4EO's 60 m bands sit 0.4 px off the 10 m ones)
+            tolerance = max(info.res + first.res)
+            if info.bounds is not None and first.bounds is not None and any(
+                abs(a - b) > tolerance for a, b in zip(info.bounds, first.bounds, strict=True)
+            ):
+                raise DataError(
+                    f"band files of scene {key}* cover different areas: {info.path} spans "
+                    f"{_fmt(info.bounds)} but {first.path} {_fmt(first.bounds)}; their bands "
+                    "would not line up. Re-export them on one footprint (`gdalwarp -te "
+                    "xmin ymin xmax ymax`)."
+                )
+
+
+def _fmt(bounds: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in bounds) + ")"
 
 
 def check_uniform_dtype(infos: Sequence[RasterInfo]) -> None:
