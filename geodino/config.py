@@ -24,7 +24,7 @@ def run_lightning_cli(args: list[str]) -> Any:
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from geodino.checkpoints import SafeCheckpointIO
+    from geodino.checkpoints import SafeCheckpointIO, load_checkpoint
 
     class GeoDINOCLI(LightningCLI):
         def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -34,6 +34,15 @@ def run_lightning_cli(args: list[str]) -> Any:
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = SafeCheckpointIO()
             return trainer
+
+        def _parse_ckpt_path(self) -> None:
+            try:
+                super()._parse_ckpt_path()
+            except Exception:
+                # say why the file cannot be read (truncated, pickled code) in one paragraph
+                path = self.config[self.config.subcommand].get("ckpt_path")
+                load_checkpoint(path)
+                raise
 
     return GeoDINOCLI(
         LightningModule,
