@@ -1,5 +1,7 @@
-"""Lightning tasks: pretraining (and, later, fine-tuning) in the style of ``torchgeo.tasks``."""
+"""Lightning tasks: pretraining, and fine-tuning in the style of ``torchgeo.tasks``."""
 
+from geodino.tasks.classification import Classification
 from geodino.tasks.dinov2 import DINOv2Task
+from geodino.tasks.segmentation import Segmentation
 
-__all__ = ["DINOv2Task"]
+__all__ = ["Classification", "DINOv2Task", "Segmentation"]

@@ -1,0 +1,153 @@
+"""Fine-tuning encoders built from ``geodino export`` folders."""
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from timm.models import VisionTransformer
+
+from geodino.errors import ConfigError, WeightsError
+from geodino.models import build_backbone
+
+#: Arguments an export's architecture may not be overridden with (they would not fit it).
+_ARCHITECTURE = {"embed_dim", "depth", "num_heads", "patch_size", "reg_tokens", "class_token",
+                 "no_embed_class", "mlp_ratio", "init_values", "qkv_bias", "in_chans"}
+
+
+@dataclass(frozen=True)
+class Export:
+    """What a ``geodino export`` folder holds.
+
+    Args:
+        weights: the ``backbone.safetensors`` file.
+        model: timm architecture name.
+        in_chans: number of input bands.
+        model_kwargs: architecture arguments the backbone was trained with.
+        bands: band names in channel order (empty when unknown).
+        statistics: per-band statistics used in pretraining (None when unknown).
+    """
+
+    weights: Path
+    model: str
+    in_chans: int
+    model_kwargs: dict[str, Any]
+    bands: list[str]
+    statistics: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, source: str | Path) -> "Export":
+        """Read an export folder (or its ``backbone.safetensors`` / ``backbone.json``).
+
+        Args:
+            source: the folder ``geodino export`` wrote, or one of its files.
+
+        Returns:
+            the export's description.
+
+        Raises:
+            WeightsError: if the folder lacks the weights or a valid sidecar.
+        """
+        path = Path(source)
+        folder = path if path.is_dir() else path.parent
+        weights, sidecar = folder / "backbone.safetensors", folder / "backbone.json"
+        if not weights.is_file() or not sidecar.is_file():
+            raise WeightsError(
+                f"{source} is not a geodino export: the folder needs backbone.safetensors and "
+                "backbone.json; write them with `geodino export CKPT OUT_DIR` and pass the "
+                "folder as `weights`."
+            )
+        try:
+            meta = json.loads(sidecar.read_text())
+            return cls(
+                weights=weights,
+                model=str(meta["model"]),
+                in_chans=int(meta["in_chans"]),
+                model_kwargs=dict(meta.get("model_kwargs") or {}),
+                bands=[str(b) for b in meta.get("bands") or []],
+                statistics=meta.get("statistics"),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise WeightsError(
+                f"{sidecar} is not a valid export sidecar ({type(error).__name__}: {error}); "
+                "export the backbone again with `geodino export`."
+            ) from None
+
+
+def resolve_architecture(
+    weights: str | Path | None,
+    model: str,
+    model_kwargs: Mapping[str, Any] | None,
+    in_channels: int | None,
+) -> tuple[str, dict[str, Any], int]:
+    """The architecture a task builds: the export's when given, else the arguments'.
+
+    Args:
+        weights: export folder, or None for a randomly initialised backbone.
+        model: timm name used without ``weights``.
+        model_kwargs: more ``timm.create_model`` arguments (with ``weights``, only those that
+            leave the weights' shapes alone, such as ``drop_path_rate``).
+        in_channels: number of input bands (None: the export's).
+
+    Returns:
+        timm name, its arguments and the number of input bands.
+
+    Raises:
+        ConfigError: if the arguments contradict the export or no band count is known.
+    """
+    kwargs = dict(model_kwargs or {})
+    if weights is None:
+        if in_channels is None:
+            raise ConfigError(
+                "in_channels is needed when no `weights` export is given (a randomly "
+                "initialised backbone has no band count of its own)."
+            )
+        return model, kwargs, int(in_channels)
+    export = Export.read(weights)
+    if in_channels is not None and int(in_channels) != export.in_chans:
+        raise ConfigError(
+            f"in_channels={in_channels} but the export {weights} was pretrained on "
+            f"{export.in_chans} bands {export.bands or ''}; give data with the export's bands "
+            "and leave in_channels unset (or equal)."
+        )
+    clash = sorted(set(kwargs) & _ARCHITECTURE)
+    if clash:
+        raise ConfigError(
+            f"model_kwargs {clash} would change the architecture of the export {weights} "
+            f"({export.model} with {export.model_kwargs}); drop them (the export sets them)."
+        )
+    return export.model, {**export.model_kwargs, **kwargs}, export.in_chans
+
+
+def build_encoder(
+    weights: str | Path | None,
+    model: str,
+    in_channels: int,
+    model_kwargs: Mapping[str, Any] | None = None,
+    img_size: int | None = None,
+    **timm_kwargs: Any,
+) -> VisionTransformer:
+    """A timm ViT that takes any input size divisible by its patch, from an export or random.
+
+    Args:
+        weights: export folder, or None for random initialisation.
+        model: timm name (as :func:`resolve_architecture` returns it).
+        in_channels: number of input bands.
+        model_kwargs: architecture arguments.
+        img_size: size to build the position grid for (resampled once); None keeps the
+            export's grid (timm's default size), so every tensor equals the exported one.
+        **timm_kwargs: more ``timm.create_model`` arguments (e.g. ``num_classes``).
+
+    Returns:
+        the model; any chip size that the patch size divides goes through it.
+    """
+    kwargs = {**dict(model_kwargs or {}), **timm_kwargs, "dynamic_img_size": True}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if weights is None:
+        return build_backbone(model, in_channels, **kwargs)
+    export = Export.read(weights)
+    return build_backbone(
+        model, in_channels, weights=export.weights, band_names=export.bands or None, **kwargs
+    )

@@ -1,0 +1,143 @@
+"""geodino.tasks.Segmentation: a ViT from a geodino export inside TorchGeo's task."""
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+
+from geodino.errors import ConfigError, WeightsError
+from geodino.models import forward_tokens, split_tokens
+from geodino.tasks import DINOv2Task, Segmentation
+
+Export = Callable[[int], tuple[Path, DINOv2Task]]
+
+
+def chips(n: int, bands: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, bands, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("patch", [14, 16])
+@pytest.mark.parametrize("decoder", ["upernet", "linear"])
+def test_encoder_is_the_export_and_features_match(geodino_export: Export, patch: int,
+                                                   decoder: str) -> None:
+    export, pretrained = geodino_export(patch)
+    task = Segmentation(weights=export, model=decoder, num_classes=3, decoder_channels=16)
+    assert task.hparams["in_channels"] == 5 and task.hparams["backbone"] == pretrained.hparams[
+        "model"]
+    saved = load_file(str(export / "backbone.safetensors"))
+    encoder = task.model.encoder.state_dict()
+    assert set(encoder) == set(saved)
+    for key, value in saved.items():
+        assert torch.equal(encoder[key], value), key
+
+    # any chip size the patch divides, square or not: the pretrained teacher's features
+    x = chips(2, 5, 3 * patch)[..., : 2 * patch]
+    teacher = pretrained.teacher["backbone"]
+    with torch.no_grad():
+        _, _, patches = split_tokens(teacher, forward_tokens(teacher, x))
+        maps = task.features(x)
+        depth = len(teacher.blocks)
+        expected = teacher.forward_intermediates(
+            x, indices=task.model.layers, norm=True, intermediates_only=True)
+        logits = task(x)
+    assert len(maps) == (4 if decoder == "upernet" else 1)
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert task.model.layers[-1] == depth - 1  # the last map is the final tokens on the grid
+    torch.testing.assert_close(maps[-1].flatten(2).transpose(1, 2), patches)
+    assert logits.shape == (2, 3, 3 * patch, 2 * patch)
+
+
+def test_img_size_resamples_the_grid_once(geodino_export: Export) -> None:
+    export, _ = geodino_export(14)
+    fixed = Segmentation(weights=export, model="linear", num_classes=2, img_size=56)
+    dynamic = Segmentation(weights=export, model="linear", num_classes=2)
+    assert fixed.model.encoder.pos_embed.shape[1] == 4 * 4
+    assert dynamic.model.encoder.pos_embed.shape[1] == 37 * 37
+    x = chips(2, 5, 56)
+    torch.testing.assert_close(fixed.features(x), dynamic.features(x))
+
+
+class RandomMasks(Dataset[dict[str, torch.Tensor]]):
+    """Chips whose mask is where band 0 is positive (with -1 nodata pixels)."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.images = chips(n, 5, size, seed=3)
+        self.masks = (self.images[:, 0] > 0).long()
+        self.masks[:, 0, :] = -1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index], "mask": self.masks[index]}
+
+
+def test_frozen_backbone_trains_decoder_and_reloads_without_the_export(
+    geodino_export: Export, tmp_path: Path
+) -> None:
+    export, _ = geodino_export(16)
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    torch.manual_seed(0)
+    task = Segmentation(weights=copy, num_classes=2, ignore_index=-1, freeze_backbone=True,
+                        decoder_channels=16)
+    assert not any(p.requires_grad for p in task.model.encoder.parameters())
+    assert all(p.requires_grad for p in task.model.decoder.parameters())
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    data = DataLoader(RandomMasks(8, 32), batch_size=4)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, data, data)
+    after = task.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # TorchGeo's metrics, with nodata ignored
+    assert 0 <= float(trainer.callback_metrics["val_AverageJaccardIndex"]) <= 1
+
+    shutil.rmtree(copy)  # the checkpoint holds the architecture: no export needed to reload
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    reloaded = Segmentation.load_from_checkpoint(ckpt).eval()
+    x = chips(2, 5, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), task.eval()(x))
+
+
+def test_freeze_decoder_trains_the_classifier_only(geodino_export: Export) -> None:
+    export, _ = geodino_export(14)
+    task = Segmentation(weights=export, model="linear", num_classes=2, freeze_backbone=True,
+                        freeze_decoder=True)
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trainable == {"segmentation_head.weight", "segmentation_head.bias"}
+
+
+def test_random_init_without_an_export() -> None:
+    task = Segmentation(backbone="vit_small_patch16_224", in_channels=7, num_classes=4,
+                        backbone_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+                        decoder_channels=8)
+    assert task.model.layers == [0, 0, 1, 1]
+    assert task(chips(2, 7, 32)).shape == (2, 4, 32, 32)
+
+
+def test_bad_configurations_are_refused(geodino_export: Export, tmp_path: Path) -> None:
+    export, _ = geodino_export(14)
+    with pytest.raises(WeightsError, match="not a geodino export"):
+        Segmentation(weights=tmp_path, num_classes=2)
+    with pytest.raises(ConfigError, match="in_channels=13 but the export"):
+        Segmentation(weights=export, in_channels=13, num_classes=2)
+    with pytest.raises(ConfigError, match="would change the architecture"):
+        Segmentation(weights=export, backbone_kwargs={"depth": 12}, num_classes=2)
+    with pytest.raises(ConfigError, match="reads 4 blocks"):
+        Segmentation(weights=export, layers=[1, 3], num_classes=2)
+    with pytest.raises(ConfigError, match="do not fit an encoder of 4 blocks"):
+        Segmentation(weights=export, model="linear", layers=[7], num_classes=2)
+    with pytest.raises(ConfigError, match="in_channels is needed"):
+        Segmentation(num_classes=2)
+    task = Segmentation(weights=export, model="linear", num_classes=2)
+    with pytest.raises(ConfigError, match="multiple of 14"):
+        task(chips(1, 5, 50))
