@@ -22,7 +22,7 @@ class Classification(TorchGeoClassification):
 
     Args:
         weights: a ``geodino export`` folder; None builds ``model`` randomly initialised.
-        model: timm ViT name, used without ``weights`` (the export names its own).
+        model: timm ViT name, needed without ``weights`` (the export names its own).
         model_kwargs: more ``timm.create_model`` arguments (without ``weights``, the
             architecture; with it, only ones that keep the weights' shapes, e.g.
             ``drop_path_rate`` or ``global_pool``).
@@ -45,7 +45,7 @@ class Classification(TorchGeoClassification):
     def __init__(
         self,
         weights: str | Path | None = None,
-        model: str = "vit_small_patch14_reg4_dinov2",
+        model: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         img_size: int | None = None,
         in_channels: int | None = None,

@@ -77,18 +77,21 @@ class Export:
 
 def resolve_architecture(
     weights: str | Path | None,
-    model: str,
+    model: str | None,
     model_kwargs: Mapping[str, Any] | None,
     in_channels: int | None,
+    model_arg: str = "model",
 ) -> tuple[str, dict[str, Any], int]:
     """The architecture a task builds: the export's when given, else the arguments'.
 
     Args:
         weights: export folder, or None for a randomly initialised backbone.
-        model: timm name used without ``weights``.
+        model: timm name; without ``weights`` it is needed, with it it may only repeat the
+            export's.
         model_kwargs: more ``timm.create_model`` arguments (with ``weights``, only those that
             leave the weights' shapes alone, such as ``drop_path_rate``).
         in_channels: number of input bands (None: the export's).
+        model_arg: the task's name for ``model``, for messages.
 
     Returns:
         timm name, its arguments and the number of input bands.
@@ -98,13 +101,18 @@ def resolve_architecture(
     """
     kwargs = dict(model_kwargs or {})
     if weights is None:
-        if in_channels is None:
+        if model is None or in_channels is None:
             raise ConfigError(
-                "in_channels is needed when no `weights` export is given (a randomly "
-                "initialised backbone has no band count of its own)."
+                f"without a `weights` export, give the timm `{model_arg}` name and `in_channels` "
+                "(a randomly initialised backbone has no architecture or bands of its own)."
             )
         return model, kwargs, int(in_channels)
     export = Export.read(weights)
+    if model is not None and model != export.model:
+        raise ConfigError(
+            f"{model_arg}={model!r} but the export {weights} holds a {export.model!r}; leave "
+            f"{model_arg} unset (the export names it)."
+        )
     if in_channels is not None and int(in_channels) != export.in_chans:
         raise ConfigError(
             f"in_channels={in_channels} but the export {weights} was pretrained on "

@@ -24,7 +24,7 @@ class Segmentation(SemanticSegmentation):
     Args:
         weights: a ``geodino export`` folder; None builds ``backbone`` randomly initialised.
         model: decoder, ``upernet`` (multi-level) or ``linear`` (linear probe).
-        backbone: timm ViT name, used without ``weights`` (the export names its own).
+        backbone: timm ViT name, needed without ``weights`` (the export names its own).
         backbone_kwargs: more ``timm.create_model`` arguments (without ``weights``, the
             architecture, e.g. depth; with it, only ones that keep the weights' shapes, e.g.
             ``drop_path_rate``).
@@ -52,7 +52,7 @@ class Segmentation(SemanticSegmentation):
         self,
         weights: str | Path | None = None,
         model: Literal["upernet", "linear"] = "upernet",
-        backbone: str = "vit_small_patch14_reg4_dinov2",
+        backbone: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         layers: Sequence[int] | None = None,
         decoder_channels: int = 256,
@@ -75,12 +75,12 @@ class Segmentation(SemanticSegmentation):
         # the export's architecture replaces the arguments' before Lightning records them, so
         # a checkpoint of this task rebuilds without the export folder
         backbone, backbone_kwargs, in_channels = resolve_architecture(
-            weights, backbone, backbone_kwargs, in_channels
+            weights, backbone, backbone_kwargs, in_channels, model_arg="backbone"
         )
         layers = None if layers is None else [int(i) for i in layers]
         super().__init__(
             model=model,  # type: ignore[arg-type]
-            backbone=backbone,
+            backbone=backbone,  # type: ignore[arg-type]
             weights=str(weights) if weights is not None else None,
             in_channels=in_channels,
             task=task,

@@ -136,8 +136,8 @@ def test_bad_configurations_are_refused(geodino_export: Export, tmp_path: Path) 
         Segmentation(weights=export, layers=[1, 3], num_classes=2)
     with pytest.raises(ConfigError, match="do not fit an encoder of 4 blocks"):
         Segmentation(weights=export, model="linear", layers=[7], num_classes=2)
-    with pytest.raises(ConfigError, match="in_channels is needed"):
-        Segmentation(num_classes=2)
+    with pytest.raises(ConfigError, match="give the timm `backbone` name and `in_channels`"):
+        Segmentation(in_channels=5, num_classes=2)
     task = Segmentation(weights=export, model="linear", num_classes=2)
     with pytest.raises(ConfigError, match="multiple of 14"):
         task(chips(1, 5, 50))
