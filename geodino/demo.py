@@ -22,6 +22,7 @@ def evaluate_knn(
     statistics: Any,
     chip_size: int,
     k: int = 20,
+    images: Any | None = None,
 ) -> dict[str, Any]:
     """k-NN accuracy of CLS features on the demo land-cover labels, pretrained vs random.
 
@@ -35,6 +36,9 @@ def evaluate_knn(
         statistics: band statistics used to normalise chips.
         chip_size: chip side in pixels (the backbone's input size).
         k: neighbours in the vote.
+        images: TorchGeo dataset to read the chips from, with the bands of ``statistics``
+            (default: the catalog's Sentinel-2; e.g. its Sentinel-1, or a
+            :class:`~geodino.datasets.PairedDataset` of both for a fusion backbone).
 
     Returns:
         accuracies and chip counts.
@@ -46,7 +50,8 @@ def evaluate_knn(
     from geodino.transforms.normalize import Normalize
 
     catalog = DemoCatalog.load(data_root)
-    images = Sentinel2(catalog.s2)
+    if images is None:
+        images = Sentinel2(catalog.s2)
     labels = DemoLandCover(catalog.labels, crs=images.crs, res=images.res)
     normalize = Normalize.from_statistics(statistics)
 
@@ -75,7 +80,8 @@ def evaluate_knn(
 
 
 def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None = None) -> str:
-    """Write the demo catalog, pretrain, evaluate against random init and write plots.
+    """Write the demo catalog, pretrain, evaluate against random init, export the backbone,
+    embed a scene (GeoTIFF and GeoParquet) and draw its PCA and attention maps.
 
     Args:
         out: folder for the catalog (``out/data``) and the run (``out/runs``).
@@ -129,18 +135,60 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics["knn"] = knn
     metrics_path.write_text(json.dumps(metrics, indent=1))
-    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    last = Path(checkpoint).with_name("last.ckpt") if checkpoint else None
+    callback = trainer.checkpoint_callback
+    checkpoint = callback.last_model_path or callback.best_model_path if callback else ""
+    if not checkpoint or not Path(checkpoint).is_file():
+        # runs shorter than the checkpoint interval (e.g. --max_steps 5) end without one
+        checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(checkpoint)
+    files = downstream(checkpoint, catalog.s2, run_dir, datamodule.multicrop.global_crops_size)
+    rows = {
+        "catalog": catalog.root,
+        "checkpoint": checkpoint,
+        "curves": run_dir / "training_curves.png",
+        "chips": chips_png,
+        "metrics": metrics_path,
+        **files,
+    }
     return "\n".join(
         [
             f"geodino demo finished in {run_dir}",
-            f"  catalog      {catalog.root}",
-            f"  checkpoint   {last if last and last.is_file() else checkpoint}",
-            f"  curves       {run_dir / 'training_curves.png'}",
-            f"  chips        {chips_png}",
-            f"  metrics      {metrics_path}",
+            *(f"  {kind:<14}{path}" for kind, path in rows.items()),
             f"  k-NN (k={knn['k']}) on {knn['test_chips']} held-out chips: "
             f"pretrained {knn['knn_accuracy_pretrained']:.3f} vs random init "
             f"{knn['knn_accuracy_random_init']:.3f}",
         ]
     )
+
+
+def downstream(checkpoint: str | Path, scenes: Path, run_dir: Path,
+               chip_size: int) -> dict[str, Path]:
+    """Export the backbone, embed one demo scene and draw its maps.
+
+    Args:
+        checkpoint: the trained run's checkpoint.
+        scenes: the demo's Sentinel-2 folder (its first scene is embedded).
+        run_dir: the run folder to write into.
+        chip_size: window side in pixels (the training crop size).
+
+    Returns:
+        the written files by kind.
+    """
+    from geodino.export import export_backbone
+    from geodino.inference import embed, write_maps
+
+    export_dir = run_dir / "export"
+    export_backbone(checkpoint, export_dir)
+    scene = sorted(scenes.glob("*.tif"))[0]
+    options = {"chip_size": chip_size, "overwrite": True, "progress": False}
+    (tif,) = embed(export_dir, [scene], run_dir / "embeddings.tif", **options)
+    (table,) = embed(export_dir, [scene], run_dir / "embeddings.parquet", **options)
+    maps = write_maps(export_dir, scene, run_dir / "maps", chip_size=chip_size, embeddings=tif)
+    return {
+        "export": export_dir,
+        "embeddings": tif,
+        "chip table": table,
+        "PCA map": maps["pca_png"],
+        "PCA GeoTIFF": maps["pca_tif"],
+        "attention": maps["attention_png"],
+    }

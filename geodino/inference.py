@@ -681,6 +681,7 @@ def write_maps(
     crs: Any = None,
     chip_size: int | None = None,
     batch_size: int = 16,
+    embeddings: str | Path | None = None,
 ) -> dict[str, Path]:
     """Visual checks of a backbone on a raster: a PCA map of its patch embeddings (PNG and a
     3-band GeoTIFF) and the attention maps of one chip (PNG).
@@ -694,6 +695,9 @@ def write_maps(
         crs: CRS of ``point`` (default: the raster's).
         chip_size: window side in pixels (default: the backbone's training size).
         batch_size: windows per forward pass.
+        embeddings: a full-dimension embeddings GeoTIFF of this raster and AOI already
+            written by :func:`embed` with the same chip size: mapped instead of embedding
+            the raster again.
 
     Returns:
         the written files by kind.
@@ -706,7 +710,19 @@ def write_maps(
     backbone = load_backbone(weights)
     region = plan_regions(backbone, [raster], aoi)[0]
     chip = _chip_pixels(backbone, chip_size)
-    grid, _ = embed_region(backbone, region, chip, batch_size)
+    if embeddings is not None:
+        with rasterio.open(embeddings) as src:
+            if (src.height, src.width) != (region.height, region.width) or (
+                src.transform != region.out_transform or src.count != backbone.embed_dim
+            ):
+                raise DataError(
+                    f"{embeddings} is not the full-dimension embedding grid of {raster} "
+                    "(other bounds, transform or band count); embed it again or leave "
+                    "embeddings out."
+                )
+            grid = src.read().astype(np.float32)
+    else:
+        grid, _ = embed_region(backbone, region, chip, batch_size)
     p = region.patch
     bands = rgb_bands(backbone.band_names) if backbone.band_names else None
     with rasterio.open(region.path) as src:

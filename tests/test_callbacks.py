@@ -9,9 +9,51 @@ import rasterio
 import torch
 from rasterio.errors import NotGeoreferencedWarning
 
+from lightning.pytorch import Trainer
+
 from geodino.callbacks import KNNMonitor
+from geodino.datamodules import FolderDINODataModule
 from geodino.export import load_backbone
-from tests.tasks.test_dinov2 import datamodule, task, trainer
+from geodino.tasks import DINOv2Task
+
+
+class Blobs(torch.utils.data.Dataset):
+    """Small smooth 4-band images, deterministic."""
+
+    band_names = ["b1", "b2", "b3", "b4"]
+
+    def __init__(self, n: int = 32, size: int = 32) -> None:
+        g = torch.Generator().manual_seed(0)
+        base = torch.rand(n, 4, size // 4, size // 4, generator=g)
+        self.images = torch.nn.functional.interpolate(base, size=size, mode="bilinear") * 1000
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index]}
+
+
+def task() -> DINOv2Task:
+    return DINOv2Task(
+        model="vit_small_patch14_reg4_dinov2", in_chans=4,
+        model_kwargs={"img_size": 28, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, head_nlayers=2,
+        checkpoint_every_n_steps=2, keep_last_k=1, lr_reference_batch=8,
+    )
+
+
+def datamodule() -> FolderDINODataModule:
+    return FolderDINODataModule(
+        Blobs(), batch_size=4, seed=0, statistics_chips=16,
+        multicrop={"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2},
+    )
+
+
+def trainer(root: Path, max_steps: int, **overrides: object) -> Trainer:
+    return Trainer(max_steps=max_steps, accelerator="cpu", devices=1, default_root_dir=root,
+                   enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                   **overrides)
 
 
 def write_class_folders(root: Path) -> Path:

@@ -207,3 +207,19 @@ def test_several_rasters_write_one_file_each(tiny_export: Path, tmp_path: Path) 
     assert [p.name for p in paths] == ["emb_a.tif", "emb_b.tif"]
     with rasterio.open(paths[1]) as dst:
         assert (dst.height, dst.width) == (2, 4)
+
+
+def test_qgis_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    page = Path(__file__).resolve().parents[1] / "docs" / "qgis.md"
+    text = page.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks
+    namespace: dict = {"__name__": "docs"}
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"docs/qgis.md snippet {number}", "exec"), namespace)
+    assert gpd.read_file(namespace["matches"]).shape[0] == 5
+    figure = page.parent / "figures" / "qgis_pca_demo.png"
+    assert "figures/qgis_pca_demo.png" in text and 0 < figure.stat().st_size < 300_000

@@ -168,3 +168,18 @@ def test_bad_labels_are_refused(tiny_export: Path, tmp_path: Path, class_folders
     (three / "labels.txt").write_text("0,a\n1,b\n")
     assert main(["knn", str(tiny_export), str(three), "--out", str(tmp_path / "t")]) == 2
     assert "has 3 bands but the backbone" in capsys.readouterr().err
+
+
+def test_evaluation_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    page = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    assert blocks
+    namespace: dict = {"__name__": "docs"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for number, block in enumerate(blocks, 1):
+            exec(compile(block, f"docs/evaluation.md snippet {number}", "exec"), namespace)
+    assert namespace["knn"]["results"]["20"]["accuracy"] > 0.8

@@ -1,0 +1,26 @@
+"""``geodino demo`` end to end: catalog, pretraining, k-NN, export, embeddings and maps."""
+
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+
+from geodino.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_writes_the_whole_story(tmp_path: Path) -> None:
+    summary = run_demo(tmp_path / "demo", max_steps=2)
+    run = Path(summary.splitlines()[0].split(" in ", 1)[1])
+    for name in ("export/backbone.safetensors", "embeddings.tif", "embeddings.parquet",
+                 "maps/pca_map.tif", "metrics.json"):
+        assert (run / name).is_file() and str(run / name).split("/")[-1] in summary, name
+    scene = sorted((tmp_path / "demo" / "data" / "s2").glob("*.tif"))[0]
+    with rasterio.open(run / "embeddings.tif") as emb, rasterio.open(scene) as src:
+        assert emb.crs == src.crs and emb.count == 192
+        assert emb.transform == src.transform @ src.transform.scale(14)
+    assert len(gpd.read_parquet(run / "embeddings.parquet")) > 0
+    for name in ("training_curves.png", "maps/pca_map.png", "maps/attention.png"):
+        assert (run / name).stat().st_size > 1000
+    assert "pretrained" in summary and "random init" in summary
