@@ -145,17 +145,38 @@ class GeoChipDraw:
         for attempt in range(self.max_redraws + 1):
             query = self.sampler.sample(position, attempt)
             sample = self.dataset[query]
+            image = sample["image"]
+            if image.is_floating_point() and torch.isinf(image).any():
+                self._refuse_inf(query, image)
             fraction = float(nodata_mask(sample["image"], self.nodata).float().mean())
             if fraction <= self.max_nodata:
                 return sample
             fractions.append(fraction)
         x, y, _ = query
+        files = ", ".join(self._files_at(query))
         raise DataError(
             f"{self.max_redraws + 1} chips drawn for stream position {position} all held more "
             f"than max_nodata={self.max_nodata} nodata (fractions {fractions[:5]}...); the last "
             f"lay at x {x.start:.1f}..{x.stop:.1f}, y {y.start:.1f}..{y.stop:.1f} "
-            f"({self.dataset.crs}), nodata value {self.nodata}. Draw chips inside the valid "
-            "data (an AOI), raise max_nodata, or fix the files' nodata value."
+            f"({self.dataset.crs}) in {files}, nodata value {self.nodata}. Draw chips inside "
+            "the valid data (an AOI), raise max_nodata, or fix the files' nodata value."
+        )
+
+    def _files_at(self, query: Any) -> list[str]:
+        """The files of the dataset's index under a query's footprint."""
+        x, y, _ = query
+        hits = self.dataset.index.cx[x.start:x.stop, y.start:y.stop]
+        return sorted(set(hits["filepath"]))
+
+    def _refuse_inf(self, query: Any, image: torch.Tensor) -> None:
+        bands = list(getattr(self.dataset, "band_names", range(image.shape[0])))
+        bad = [bands[i] for i in torch.isinf(image).flatten(1).any(1).nonzero().flatten()]
+        x, y, _ = query
+        raise DataError(
+            f"infinite pixel values in bands {bad} of the chip at x {x.start:.1f}..{x.stop:.1f}, "
+            f"y {y.start:.1f}..{y.stop:.1f}, read from {', '.join(self._files_at(query))}; "
+            "set the files' nodata value to mark them (`gdal_edit.py -a_nodata`) or clean "
+            "the rasters."
         )
 
 
