@@ -97,3 +97,38 @@ def test_demo_data_takes_the_folder_as_a_positional_argument(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "catalog" / "aoi.gpkg").is_file()
     assert len(list((tmp_path / "catalog" / "s2").glob("*.tif"))) == 4
+
+
+def test_downstream_tools_document_their_inputs() -> None:
+    listing = run("--help").stdout
+    for command in ("export", "embed", "knn", "probe", "maps", "similar"):
+        assert f"  {command} " in listing
+    knn = run("knn", "--help")
+    assert knn.returncode == 0
+    for text in ("weights", "source", "labels.txt", "data_list", "--rasters", "--label_column",
+                 "--group_column", "--split_column", "--ks", "--temperature", "0.07"):
+        assert text in knn.stdout, text
+    probe = run("probe", "--help")
+    assert probe.returncode == 0 and "--cs" in probe.stdout and "logistic regression" in (
+        probe.stdout.lower())
+    embed = run("embed", "--help")
+    assert embed.returncode == 0 and "--aoi" in embed.stdout and "--pca" in embed.stdout
+
+
+def test_embed_takes_several_rasters_positionally(tiny_export: Path, tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    rasters = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=28, height=28, count=4,
+                           dtype="uint16", crs="EPSG:32631", nodata=0,
+                           transform=from_origin(600000, 5000000, 10, 10)) as dst:
+            dst.write(np.full((4, 28, 28), 1000, dtype="uint16"))
+        rasters.append(str(path))
+    out = run("embed", str(tiny_export), *rasters, "--out", str(tmp_path / "emb.parquet"),
+              "--chip_size", "28")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "emb.parquet" in out.stdout and "Traceback" not in out.stderr
+    table = gpd.read_parquet(tmp_path / "emb.parquet")
+    assert sorted(Path(r).name for r in table["raster"]) == ["a.tif", "b.tif"]

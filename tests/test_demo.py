@@ -13,9 +13,9 @@ from geodino.demo import run_demo
 def test_demo_writes_the_whole_story(tmp_path: Path) -> None:
     summary = run_demo(tmp_path / "demo", max_steps=2)
     run = Path(summary.splitlines()[0].split(" in ", 1)[1])
-    for name in ("export/backbone.safetensors", "embeddings.tif", "embeddings.parquet",
-                 "maps/pca_map.tif", "metrics.json"):
-        assert (run / name).is_file() and str(run / name).split("/")[-1] in summary, name
+    assert (run / "export" / "backbone.safetensors").is_file() and str(run / "export") in summary
+    for name in ("embeddings.tif", "embeddings.parquet", "maps/pca_map.tif", "metrics.json"):
+        assert (run / name).is_file() and str(run / name) in summary, name
     scene = sorted((tmp_path / "demo" / "data" / "s2").glob("*.tif"))[0]
     with rasterio.open(run / "embeddings.tif") as emb, rasterio.open(scene) as src:
         assert emb.crs == src.crs and emb.count == 192
