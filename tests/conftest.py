@@ -71,3 +71,9 @@ def write_tiny_export(out: Path, seed: int = 0, patch: int = 14, registers: int 
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A geodino export folder of a tiny random patch-14 DINOv2 ViT with 4 registers."""
     return write_tiny_export(tmp_path_factory.mktemp("tiny_export"))
+
+
+@pytest.fixture(scope="session")
+def tiny_export_writer():  # noqa: ANN201 - returns write_tiny_export
+    """:func:`write_tiny_export`, for tests that need other patch sizes or seeds."""
+    return write_tiny_export

@@ -223,3 +223,15 @@ def test_qgis_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert gpd.read_file(namespace["matches"]).shape[0] == 5
     figure = page.parent / "figures" / "qgis_pca_demo.png"
     assert "figures/qgis_pca_demo.png" in text and 0 < figure.stat().st_size < 300_000
+
+
+def test_patch16_backbone_with_registers(tmp_path: Path, tiny_export_writer) -> None:
+    export = tiny_export_writer(tmp_path / "p16", patch=16)
+    raster = write_raster(tmp_path / "scene.tif", 64, 96)
+    (out,) = embed(export, [raster], tmp_path / "emb.tif", chip_size=32, batch_size=1,
+                   progress=False)
+    with rasterio.open(out) as dst, rasterio.open(raster) as src:
+        assert dst.transform == src.transform @ src.transform.scale(16)
+        assert (dst.height, dst.width, dst.count) == (4, 6, 32)
+        grid = dst.read()
+    np.testing.assert_array_equal(grid[:, 2:4, 2:4], direct_patches(export, raster, 32, 32, 32))

@@ -106,8 +106,10 @@ def write_labelled_scene(tmp_path: Path) -> tuple[Path, gpd.GeoDataFrame]:
                 x = 600_000 + (j * 56 + 14 + 9 * k) * 10
                 y = 4_500_000 - (14 + field * 84 + 11 * k) * 10
                 rows.append({"label": name, "group_id": f"{name}-{field}", "geometry": Point(x, y)})
-    gdf = gpd.GeoDataFrame(rows, crs="EPSG:32631").to_crs("EPSG:4326")
-    return path, gdf
+    gdf = gpd.GeoDataFrame(rows, crs="EPSG:32631")
+    # every other feature is a small field polygon: its chip is centred on its inner point
+    gdf.loc[::2, "geometry"] = gdf.geometry[::2].buffer(25.0)
+    return path, gdf.to_crs("EPSG:4326")
 
 
 def test_knn_on_labelled_points_keeps_groups_apart(tiny_export: Path, tmp_path: Path) -> None:
