@@ -91,7 +91,8 @@ def test_similarity_search_finds_the_query_half(tiny_export: Path, tmp_path: Pat
     embed(tiny_export, [raster], emb, chip_size=28, progress=False)
     # query: the patch at pixel (row 7, col 7) of the dark half, given in EPSG:4326
     x, y = 400_000 + 7 * 10, 5_000_000 - 7 * 10
-    lon, lat = gpd.GeoSeries(gpd.points_from_xy([x], [y]), crs=CRS).to_crs("EPSG:4326").iloc[0].coords[0]
+    query = gpd.GeoSeries(gpd.points_from_xy([x], [y]), crs=CRS).to_crs("EPSG:4326")
+    lon, lat = query.iloc[0].coords[0]
     out = tmp_path / "sim.tif"
     assert main(["similar", str(emb), "--x", str(lon), "--y", str(lat), "--crs", "EPSG:4326",
                  "--out", str(out), "--top_k", "5"]) == 0
