@@ -1,15 +1,19 @@
 """geodino.tasks.Segmentation: a ViT from a geodino export inside TorchGeo's task."""
 
+import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
+from geodino.config import run_lightning_cli
 from geodino.errors import ConfigError, WeightsError
 from geodino.models import forward_tokens, split_tokens
 from geodino.tasks import DINOv2Task, Segmentation
@@ -141,3 +145,98 @@ def test_bad_configurations_are_refused(geodino_export: Export, tmp_path: Path) 
     task = Segmentation(weights=export, model="linear", num_classes=2)
     with pytest.raises(ConfigError, match="multiple of 14"):
         task(chips(1, 5, 50))
+
+
+def test_the_fine_tuning_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "fine-tuning.md"
+    text = page.read_text()
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "docs"}
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 5
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"docs/fine-tuning.md snippet {number}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "torch.Size([2, 10])" in printed and "torch.Size([2, 2, 112, 84])" in printed
+    assert "val_AverageJaccardIndex" in printed
+
+    # the YAML config parses with geodino's LightningCLI
+    config = tmp_path / "finetune.yaml"
+    config.write_text(re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)[0])
+    monkeypatch.setattr(sys, "argv", ["geodino"])
+    with pytest.raises(SystemExit) as done:
+        run_lightning_cli(["fit", "--config", str(config), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "geodino.tasks.Segmentation"
+    assert printed["model"]["init_args"]["weights"] == "exported"
+
+
+# --- fine-tuning on a real flood scene ------------------------------------------------------
+class Tiles(Dataset[dict[str, torch.Tensor]]):
+    """Square tiles cut from one scene and its label raster."""
+
+    def __init__(self, image: torch.Tensor, mask: torch.Tensor, index: list[int],
+                 size: int) -> None:
+        n = image.shape[-1] // size
+        grid = image[:, : n * size, : n * size].unfold(1, size, size).unfold(2, size, size)
+        self.images = grid.permute(1, 2, 0, 3, 4).reshape(n * n, -1, size, size)[index]
+        labels = mask[: n * size, : n * size].unfold(0, size, size).unfold(1, size, size)
+        self.masks = labels.reshape(n * n, size, size)[index]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[index], "mask": self.masks[index]}
+
+
+def test_flood_fine_tuning_beats_a_frozen_random_backbone(
+    shared_data: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    import rasterio
+    import timm
+
+    from geodino.export import write_export
+
+    folder = shared_data / "sen1floods11_sample"
+    with rasterio.open(folder / "Spain_7370579_S2Hand.tif") as src:  # 13 bands, L1C x 10000
+        image = torch.from_numpy(src.read().astype("float32"))
+        bands = list(src.descriptions)
+    with rasterio.open(folder / "Spain_7370579_LabelHand.tif") as src:  # -1 / 0 dry / 1 water
+        mask = torch.from_numpy(src.read(1).astype("int64"))
+    assert image.shape == (13, 512, 512) and set(mask.unique().tolist()) == {-1, 0, 1}
+    image = (image - image.mean((1, 2), keepdim=True)) / image.std((1, 2), keepdim=True)
+    size = 56  # 4 x 4 patches of 14 px; 9 x 9 tiles, a checkerboard quarter held out
+    n = 512 // size
+    held_out = [(i // n + i % n) % 4 == 0 for i in range(n * n)]
+    train = Tiles(image, mask, [i for i in range(n * n) if not held_out[i]], size)
+    val = Tiles(image, mask, [i for i in range(n * n) if held_out[i]], size)
+
+    # one randomly initialised backbone, exported; fine-tuned vs kept frozen
+    torch.manual_seed(0)
+    arch = {"embed_dim": 64, "depth": 4, "num_heads": 2}
+    vit = timm.create_model("vit_small_patch14_reg4_dinov2", in_chans=13, num_classes=0, **arch)
+    write_export(vit.state_dict(), tmp_path / "random", "vit_small_patch14_reg4_dinov2", 13,
+                 model_kwargs=arch, bands=bands)
+    water_iou = {}
+    for frozen in (True, False):
+        torch.manual_seed(0)
+        task = Segmentation(weights=tmp_path / "random", model="linear", num_classes=2,
+                            ignore_index=-1, lr=1e-3, freeze_backbone=frozen)
+        trainer = Trainer(max_epochs=5, accelerator="cpu", logger=False, deterministic=True,
+                          enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0)
+        loader = DataLoader(train, batch_size=8, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+        trainer.fit(task, loader, DataLoader(val, batch_size=32))
+        scores = trainer.validate(task, DataLoader(val, batch_size=32), verbose=False)[0]
+        water_iou["frozen" if frozen else "fine-tuned"] = scores["val_ClasswiseJaccardIndex_1"]
+        if frozen:
+            encoder = load_file(str(tmp_path / "random" / "backbone.safetensors"))
+            assert all(torch.equal(v, encoder[k]) for k, v in task.model.encoder.state_dict()
+                       .items())
+    record_property("water_iou", water_iou)
+    print(f"held-out water IoU: {water_iou}")
+    assert water_iou["fine-tuned"] > water_iou["frozen"] > 0.2
