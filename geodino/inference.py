@@ -482,6 +482,9 @@ def embed(
         )
     as_raster = suffix in RASTER_SUFFIXES
     backbone = load_backbone(weights)
+    if pca is not None and not 1 <= pca <= backbone.embed_dim:
+        raise DataError(f"--pca {pca} must lie between 1 and the embedding size "
+                        f"{backbone.embed_dim}.")
     chip = _chip_pixels(backbone, chip_size)
     regions = plan_regions(backbone, rasters, aoi)
     targets = _output_paths(out, regions) if as_raster else [out]

@@ -190,6 +190,8 @@ def test_bad_input_is_refused(tiny_export: Path, tmp_path: Path, capsys) -> None
     far.to_file(far_path)
     with pytest.raises(DataError, match="outside every raster"):
         embed(tiny_export, [raster], tmp_path / "x.tif", aoi=far_path, progress=False)
+    with pytest.raises(DataError, match="--pca 33 must lie between 1 and the embedding size 32"):
+        embed(tiny_export, [raster], tmp_path / "x.tif", pca=33, progress=False)
     with pytest.raises(DataError, match=r"\.tif .* or a \.parquet"):
         embed(tiny_export, [raster], tmp_path / "x.png", progress=False)
     # through the command: exit status 2 and a one-paragraph message
