@@ -281,8 +281,14 @@ class DINODataModule(LightningDataModule):
 
     @property
     def band_kinds(self) -> list[str]:
-        """``"optical"`` or ``"sar"`` for each band, for the augmentations."""
-        return ["optical"] * len(self.band_names)
+        """``"optical"`` or ``"sar"`` for each band, for the augmentations: the dataset's
+        ``band_kinds`` (per band, e.g. a :class:`~geodino.datasets.PairedDataset`) or
+        ``band_kind`` (all bands), else optical."""
+        dataset = getattr(self, "dataset", None)
+        kinds = getattr(dataset, "band_kinds", None)
+        if kinds is not None:
+            return list(kinds)
+        return [getattr(dataset, "band_kind", "optical")] * len(self.band_names)
 
     @property
     def nodata(self) -> float | None:
@@ -295,9 +301,11 @@ class DINODataModule(LightningDataModule):
 
         Multimodal data come as one ``image`` whose bands are the modalities' bands stacked
         in this order, so one multi-crop geometry serves every modality of a sample; a
-        :class:`~geodino.models.FusionViT` with the same modalities splits them again.
+        :class:`~geodino.models.FusionViT` with the same modalities splits them again. The
+        dataset's ``band_groups`` (a :class:`~geodino.datasets.PairedDataset`), if it has them.
         """
-        return None
+        groups = getattr(getattr(self, "dataset", None), "band_groups", None)
+        return None if groups is None else dict(groups)
 
     @property
     def num_bands(self) -> int:
@@ -556,21 +564,6 @@ class GeoDINODataModule(DINODataModule):
     def band_names(self) -> list[str]:
         """Names of the dataset's bands."""
         return list(self.dataset.band_names)
-
-    @property
-    def band_kinds(self) -> list[str]:
-        """The dataset's band kinds (per band for multimodal pairs), for the augmentations."""
-        kinds = getattr(self.dataset, "band_kinds", None)
-        if kinds is not None:
-            return list(kinds)
-        return [getattr(self.dataset, "band_kind", "optical")] * self.num_bands
-
-    @property
-    def band_groups(self) -> dict[str, int] | None:
-        """The dataset's modalities and their band counts (a
-        :class:`~geodino.datasets.PairedDataset`), else None."""
-        groups = getattr(self.dataset, "band_groups", None)
-        return None if groups is None else dict(groups)
 
     @property
     def nodata(self) -> float | None:
