@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from torchgeo.datasets import GeoDataset
 
@@ -26,7 +26,6 @@ from geodino.transforms.normalize import (
     BandStatistics,
     Normalize,
     StatisticsAccumulator,
-    nodata_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,27 @@ _BATCH_KEYS = ("image", "bounds", "label", "mask")
 
 def _keep(sample: Sample) -> Sample:
     return {k: v for k, v in sample.items() if k in _BATCH_KEYS}
+
+
+def collate(samples: list[Sample]) -> Sample:
+    """Stack samples into a batch; in the main process with numpy.
+
+    Loader workers use PyTorch's collate, which stacks straight into shared memory. In the
+    main process (``num_workers=0``) numpy's single-threaded copy is ~10x faster than
+    ``torch.stack`` on chip-sized tensors, which otherwise costs as much as decoding them.
+
+    Args:
+        samples: the samples of one batch.
+
+    Returns:
+        the batch.
+    """
+    first = samples[0]
+    if get_worker_info() is not None or not all(
+        isinstance(v, Tensor) and v.device.type == "cpu" for v in first.values()
+    ):
+        return default_collate(samples)
+    return {k: torch.from_numpy(np.stack([s[k].numpy() for s in samples])) for k in first}
 
 
 class SampleStream(IterableDataset[Sample]):
@@ -145,10 +165,7 @@ class GeoChipDraw:
         for attempt in range(self.max_redraws + 1):
             query = self.sampler.sample(position, attempt)
             sample = self.dataset[query]
-            image = sample["image"]
-            if image.is_floating_point() and torch.isinf(image).any():
-                self._refuse_inf(query, image)
-            fraction = float(nodata_mask(sample["image"], self.nodata).float().mean())
+            fraction = self._nodata_fraction(query, sample["image"])
             if fraction <= self.max_nodata:
                 return sample
             fractions.append(fraction)
@@ -161,6 +178,25 @@ class GeoChipDraw:
             f"({self.dataset.crs}) in {files}, nodata value {self.nodata}. Draw chips inside "
             "the valid data (an AOI), raise max_nodata, or fix the files' nodata value."
         )
+
+    def _nodata_fraction(self, query: Any, image: Tensor) -> float:
+        """Fraction of the chip's pixels with no data in some band; refuses infinite values.
+
+        Computed with numpy: on one chip these passes are ~50x faster than torch's threaded
+        elementwise kernels, which dominated the per-chip cost.
+        """
+        array = image.detach().cpu().numpy()
+        nodata = self.nodata
+        invalid = None
+        if array.dtype.kind == "f":
+            if np.isinf(array).any():
+                self._refuse_inf(query, image)
+            invalid = np.isnan(array)
+            if nodata is not None and not np.isnan(nodata):
+                invalid |= array == nodata
+        elif nodata is not None and not np.isnan(nodata):
+            invalid = array == nodata
+        return 0.0 if invalid is None else float(invalid.any(axis=0).mean())
 
     def _files_at(self, query: Any) -> list[str]:
         """The files of the dataset's index under a query's footprint."""
@@ -379,6 +415,7 @@ class DINODataModule(LightningDataModule):
             stream,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             # each new loader iterator draws a worker base seed: from its own generator, not

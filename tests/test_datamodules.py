@@ -166,3 +166,20 @@ def test_trainer_receives_normalised_multicrop_batches(tmp_path: Path) -> None:
     trainer.fit(model, dm)
     assert model.shapes == [((8, 3, 28, 28), (8, 3, 14, 14))] * 3
     assert dm.state_dict()["samples_seen"] == 12
+
+
+def test_main_process_collate_equals_pytorch_collate() -> None:
+    from torch.utils.data import default_collate
+
+    from geodino.datamodules import collate
+
+    g = torch.Generator().manual_seed(0)
+    samples = [{"image": torch.rand(3, 8, 8, generator=g) * 1000,
+                "bounds": torch.rand(9, generator=g, dtype=torch.float64)} for _ in range(4)]
+    got, expected = collate(samples), default_collate(samples)
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert got[key].dtype == expected[key].dtype
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    labelled = [{"image": s["image"], "label": i} for i, s in enumerate(samples)]
+    assert collate(labelled)["label"].tolist() == [0, 1, 2, 3]

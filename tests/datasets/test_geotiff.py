@@ -230,6 +230,39 @@ def test_no_crs_and_rotated_transform(tmp_path: Path, geotiff: "GeoTIFFWriter") 
         MultiBandGeoTIFF(tmp_path / "rot")
 
 
+def test_native_window_reads_equal_torchgeo_merge(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+    from torchgeo.datasets import RasterDataset
+
+    data = geotiff.ramp(bands=3, size=96)
+    data[:, :10] = 0
+    geotiff.write(tmp_path / "a.tif", data)
+    # b overlaps a by 32 px: chips there are mosaics that merge must resolve
+    geotiff.write(tmp_path / "b.tif", geotiff.ramp(bands=3, size=96), origin=(699640.0, 5000000.0))
+    # c lies in another zone: read through a warped view
+    geotiff.write(tmp_path / "c.tif", geotiff.ramp(bands=3, size=64), crs="EPSG:32632",
+                  origin=(280000.0, 5000000.0))
+    ds = MultiBandGeoTIFF(tmp_path, bands=["B3", "B1"])
+    native = 0
+    for x0 in np.arange(698900, 700700, 70.0):
+        for y_top in (5000000.0, 4999700.0, 4999400.0, 4999120.0):
+            q = query(ds, x0, y_top, 16)
+            try:
+                expected = RasterDataset.__getitem__(ds, q)
+            except IndexError:
+                continue
+            got = ds[q]
+            assert got.keys() == expected.keys()
+            for key in got:
+                assert got[key].dtype == expected[key].dtype, key
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+            native += ds._read_native(q) is not None
+    assert native > 10  # the one-file chips took the direct read, the rest went through merge
+    off_grid = (slice(699005.0, 699165.0, 10.0), slice(4999600.0, 4999760.0, 10.0), ds.bounds[2])
+    assert ds._read_native(off_grid) is None
+    torch.testing.assert_close(ds[off_grid]["image"],
+                               RasterDataset.__getitem__(ds, off_grid)["image"])
+
+
 def test_unknown_band_lists_the_available(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(), descriptions=("red", "green", "nir"))
     with pytest.raises(DataError, match=r"unknown bands \['swir'\].*available: \['red', 'green', 'nir'\]"):
