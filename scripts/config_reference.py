@@ -51,6 +51,7 @@ def table(cls: type, prefix: str) -> str:
 def render() -> str:
     """The whole page."""
     from geodino.datamodules import FolderDINODataModule, GeoDINODataModule
+    from geodino.datasets import PairedDataset
     from geodino.tasks import DINOv2Task
     from geodino.transforms.multicrop import MultiCrop
 
@@ -59,6 +60,8 @@ def render() -> str:
         ("data: `geodino.datamodules.GeoDINODataModule`", GeoDINODataModule, "data.init_args."),
         ("data: `geodino.datamodules.FolderDINODataModule`", FolderDINODataModule, "data.init_args."),
         ("data.init_args.multicrop: `geodino.transforms.MultiCrop`", MultiCrop, "data.init_args.multicrop."),
+        ("data.init_args.dataset: `geodino.datasets.PairedDataset` (multimodal pairs)",
+         PairedDataset, "data.init_args.dataset.init_args."),
     ]
     parts = [HEADER]
     for title, cls, prefix in sections:
