@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: timm keyword arguments that change only the input size handling, not the weights' shapes
-#: beyond the position embedding (which export resamples).
-_SIZE_KWARGS = {"img_size", "dynamic_img_size", "dynamic_img_pad"}
+#: beyond the position embedding (which export resamples), or only regularise training:
+#: neither is part of the exported architecture.
+_SIZE_KWARGS = {
+    "img_size", "dynamic_img_size", "dynamic_img_pad", "drop_rate", "drop_path_rate",
+    "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate",
+}
 
 
 def backbone_state_dict(checkpoint: dict[str, Any], which: str = "teacher") -> dict[str, Tensor]:
@@ -71,7 +75,7 @@ def resample_to_default(state: dict[str, Tensor], model: Any) -> dict[str, Tenso
     out = dict(state)
     if "pos_embed" in out and out["pos_embed"].shape != target["pos_embed"].shape:
         prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-        grid = model.patch_embed.grid_size
+        grid = _geometry(model)[0]
         out["pos_embed"] = resample_abs_pos_embed(
             out["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix
         )
@@ -118,6 +122,11 @@ def export_backbone(
             "the checkpoints that `geodino fit` writes."
         )
     model_kwargs = dict(hp.get("model_kwargs") or {})
+    if hp.get("modalities"):  # a FusionViT: its modalities and fusion are its architecture
+        model_kwargs = {
+            "modalities": dict(hp["modalities"]), "fusion": hp.get("fusion", "early"),
+            **dict(hp.get("fusion_kwargs") or {}), **model_kwargs,
+        }
     statistics = (ckpt.get(_datamodule_key(ckpt)) or {}).get("statistics")
     return write_export(
         backbone_state_dict(ckpt, which),
@@ -175,9 +184,15 @@ def write_export(
             "build of it will not match; load it with geodino (load_backbone, build_backbone "
             "or geodino.tasks).", model, arch_kwargs,
         )
-    reference = timm.create_model(model, pretrained=False, in_chans=in_chans, **arch_kwargs)
+    if "modalities" in arch_kwargs:
+        from geodino.models.fusion import FusionViT
+
+        reference: Any = FusionViT(model, **arch_kwargs)
+    else:
+        reference = timm.create_model(model, pretrained=False, in_chans=in_chans, **arch_kwargs)
     state = {k: v.contiguous() for k, v in resample_to_default(state, reference).items()}
     train_size = model_kwargs.get("img_size")
+    grid, patch = _geometry(reference)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,9 +200,9 @@ def write_export(
         "model": model,
         "in_chans": in_chans,
         "model_kwargs": arch_kwargs,
-        "img_size": list(reference.patch_embed.img_size),
+        "img_size": [g * patch for g in grid],
         "train_img_size": int(train_size) if isinstance(train_size, int) else None,
-        "patch_size": int(reference.patch_embed.patch_size[0]),
+        "patch_size": patch,
         "num_prefix_tokens": int(reference.num_prefix_tokens),
         "embed_dim": int(reference.embed_dim),
         "bands": list(bands or []),
@@ -374,6 +389,13 @@ def load_backbone(
         meta = {"model": hp["model"], "train_img_size": size if isinstance(size, int) else None}
     statistics = BandStatistics(**stats) if stats else None
     return PretrainedBackbone(model.eval(), bands, statistics, str(source), meta)
+
+
+def _geometry(model: Any) -> tuple[tuple[int, int], int]:
+    """Position grid and patch side of a timm ViT or a FusionViT."""
+    if hasattr(model, "patch_embed"):
+        return tuple(model.patch_embed.grid_size), int(model.patch_embed.patch_size[0])
+    return tuple(model.grid_size), int(model.patch_size)
 
 
 def _datamodule_key(checkpoint: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Segmentation models on timm ViT encoders: UPerNet-style multi-level and linear heads."""
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,9 @@ from torch import Tensor, nn
 
 from geodino.errors import ConfigError
 from geodino.models.backbones import patch_size
+
+if TYPE_CHECKING:
+    from geodino.models.fusion import FusionViT
 
 
 def default_layers(depth: int, decoder: Literal["upernet", "linear"]) -> list[int]:
@@ -126,7 +129,8 @@ class ViTSegmentationModel(nn.Module):
     ``segmentation_head``) so TorchGeo's freezing options apply unchanged.
 
     Args:
-        encoder: the ViT (built with dynamic image size).
+        encoder: the ViT (built with dynamic image size): a timm ``VisionTransformer`` or a
+            multimodal :class:`~geodino.models.FusionViT` (stacked modality bands in).
         decoder: ``upernet`` or ``linear``.
         num_classes: output channels.
         layers: blocks whose (final-norm) outputs the decoder reads; None: the decoder's
@@ -139,7 +143,7 @@ class ViTSegmentationModel(nn.Module):
 
     def __init__(
         self,
-        encoder: VisionTransformer,
+        encoder: "VisionTransformer | FusionViT",
         decoder: Literal["upernet", "linear"] = "upernet",
         num_classes: int = 2,
         layers: Sequence[int] | None = None,
@@ -156,7 +160,10 @@ class ViTSegmentationModel(nn.Module):
             )
         self.layers = [i % depth for i in layers]
         self.encoder = encoder
-        self.patch_size = patch_size(encoder)
+        # a FusionViT keeps its patch side as an int (one patch embedding per modality)
+        self.patch_size = (
+            patch_size(encoder) if hasattr(encoder, "patch_embed") else int(encoder.patch_size)
+        )
         dim = int(encoder.embed_dim)
         if decoder == "upernet":
             if len(self.layers) != 4:
@@ -191,11 +198,37 @@ class ViTSegmentationModel(nn.Module):
                 f"{self.patch_size * 8})."
             )
         unique = sorted(set(self.layers))
-        maps = self.encoder.forward_intermediates(
-            images, indices=unique, norm=True, output_fmt="NCHW", intermediates_only=True
-        )
+        if hasattr(self.encoder, "forward_intermediates"):
+            maps = self.encoder.forward_intermediates(
+                images, indices=unique, norm=True, output_fmt="NCHW", intermediates_only=True
+            )
+        else:
+            maps = self._block_outputs(images, unique)
         by_block = dict(zip(unique, maps, strict=True))
         return [by_block[i] for i in self.layers]
+
+    def _block_outputs(self, images: Tensor, blocks: list[int]) -> list[Tensor]:
+        """Final-norm patch maps of ``blocks`` for encoders without ``forward_intermediates``
+        (e.g. :class:`~geodino.models.FusionViT`): read from the blocks as the encoder runs."""
+        outputs: dict[int, Tensor] = {}
+        handles = [
+            self.encoder.blocks[i].register_forward_hook(
+                lambda _module, _args, out, i=i: outputs.__setitem__(i, out)
+            )
+            for i in blocks
+        ]
+        try:
+            self.encoder.forward_features(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        b, _, height, width = images.shape
+        h, w = height // self.patch_size, width // self.patch_size
+        prefix = self.encoder.num_prefix_tokens
+        return [
+            self.encoder.norm(outputs[i])[:, prefix:].transpose(1, 2).reshape(b, -1, h, w)
+            for i in blocks
+        ]
 
     def forward(self, images: Tensor) -> Tensor:
         """Class scores per pixel.

@@ -4,16 +4,20 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from timm.models import VisionTransformer
 
 from geodino.errors import ConfigError, WeightsError
 from geodino.models import build_backbone
 
+if TYPE_CHECKING:
+    from geodino.models.fusion import FusionViT
+
 #: Arguments an export's architecture may not be overridden with (they would not fit it).
 _ARCHITECTURE = {"embed_dim", "depth", "num_heads", "patch_size", "reg_tokens", "class_token",
-                 "no_embed_class", "mlp_ratio", "init_values", "qkv_bias", "in_chans"}
+                 "no_embed_class", "mlp_ratio", "init_values", "qkv_bias", "in_chans",
+                 "modalities", "fusion", "xattn_layers", "xattn_heads"}
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def build_encoder(
     model_kwargs: Mapping[str, Any] | None = None,
     img_size: int | None = None,
     **timm_kwargs: Any,
-) -> VisionTransformer:
+) -> "VisionTransformer | FusionViT":
     """A timm ViT that takes any input size divisible by its patch, from an export or random.
 
     Args:
@@ -148,14 +152,60 @@ def build_encoder(
         **timm_kwargs: more ``timm.create_model`` arguments (e.g. ``num_classes``).
 
     Returns:
-        the model; any chip size that the patch size divides goes through it.
+        the model (a :class:`~geodino.models.FusionViT` when the architecture arguments name
+        ``modalities``); any chip size that the patch size divides goes through it.
     """
     kwargs = {**dict(model_kwargs or {}), **timm_kwargs, "dynamic_img_size": True}
     if img_size is not None:
         kwargs["img_size"] = img_size
+    if "modalities" in kwargs:
+        return _build_fusion(weights, model, in_channels, kwargs)
     if weights is None:
         return build_backbone(model, in_channels, **kwargs)
     export = Export.read(weights)
     return build_backbone(
         model, in_channels, weights=export.weights, band_names=export.bands or None, **kwargs
     )
+
+
+def _build_fusion(
+    weights: str | Path | None, model: str, in_channels: int, kwargs: dict[str, Any]
+) -> "FusionViT":
+    """A FusionViT (multimodal export) with the export's weights, position grid resampled."""
+    from safetensors.torch import load_file
+    from timm.layers import resample_abs_pos_embed
+
+    from geodino.models.fusion import FusionViT
+
+    if "num_classes" in kwargs:
+        raise ConfigError(
+            f"the backbone {weights or model} is a multimodal FusionViT ({kwargs['modalities']}); "
+            "classification takes single-modality ViTs. Use geodino.tasks.Segmentation, or "
+            "embeddings with `geodino probe`, for fusion backbones."
+        )
+    encoder = FusionViT(model, **kwargs)
+    bands = sum(encoder.modalities.values())
+    if bands != in_channels:
+        raise ConfigError(
+            f"in_channels={in_channels} but the modalities {encoder.modalities} have {bands} "
+            "bands; give their bands stacked in order."
+        )
+    if weights is None:
+        return encoder
+    export = Export.read(weights)
+    state = load_file(str(export.weights))
+    pos, target = state.get("pos_embed"), encoder.pos_embed
+    if pos is not None and target is not None and pos.shape != target.shape:
+        prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
+        state["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(encoder.grid_size), num_prefix_tokens=prefix,
+            interpolation="bicubic", antialias=True,
+        )
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(
+            f"{export.weights} does not fit the FusionViT its sidecar describes "
+            f"({str(error).splitlines()[0]} ...); export the backbone again."
+        ) from None
+    return encoder

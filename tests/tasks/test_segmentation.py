@@ -1,5 +1,6 @@
 """geodino.tasks.Segmentation: a ViT from a geodino export inside TorchGeo's task."""
 
+import json
 import re
 import shutil
 import sys
@@ -240,3 +241,51 @@ def test_flood_fine_tuning_beats_a_frozen_random_backbone(
     record_property("water_iou", water_iou)
     print(f"held-out water IoU: {water_iou}")
     assert water_iou["fine-tuned"] > water_iou["frozen"] > 0.2
+
+
+@pytest.mark.parametrize("fusion", ["early", "xattn"])
+def test_fusion_backbone_from_its_export(tmp_path: Path, fusion: str) -> None:
+    from geodino.export import export_backbone
+    from geodino.models import FusionViT
+    from geodino.tasks import Classification
+
+    torch.manual_seed(0)
+    pretrained = DINOv2Task(
+        model="vit_small_patch14_reg4_dinov2", in_chans=5, modalities={"s1": 2, "s2": 3},
+        fusion=fusion, model_kwargs={"img_size": 28, "embed_dim": 32, "depth": 2,
+                                     "num_heads": 2},
+        head_out_dim=16, head_hidden_dim=16, head_bottleneck_dim=8, head_nlayers=2,
+    )
+    with torch.no_grad():
+        for p in pretrained.teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save({"hyper_parameters": dict(pretrained.hparams),
+                "state_dict": pretrained.state_dict()}, tmp_path / "fusion.ckpt")
+    export_backbone(tmp_path / "fusion.ckpt", tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "backbone.json").read_text())
+    assert meta["model_kwargs"]["modalities"] == {"s1": 2, "s2": 3}
+    assert meta["torchgeo_compatible"] is False and meta["img_size"] == [518, 518]
+
+    task = Segmentation(weights=tmp_path / "export", num_classes=2, decoder_channels=8)
+    assert isinstance(task.model.encoder, FusionViT)
+    saved = load_file(str(tmp_path / "export" / "backbone.safetensors"))
+    encoder = task.model.encoder.state_dict()
+    assert set(encoder) == set(saved)
+    assert all(torch.equal(encoder[k], v) for k, v in saved.items())
+    # at timm's default size the export's grid and the teacher's resample alike
+    x = chips(1, 5, 518, seed=4)
+    teacher = pretrained.teacher["backbone"].eval()
+    with torch.no_grad():
+        tokens = teacher.forward_features(x)
+        maps = task.features(x)
+    torch.testing.assert_close(maps[-1].flatten(2).transpose(1, 2),
+                               tokens[:, teacher.num_prefix_tokens:])
+    # chips of the training size, with the grid built for them
+    sized = Segmentation(weights=tmp_path / "export", num_classes=2, img_size=28,
+                         decoder_channels=8)
+    with torch.no_grad():
+        torch.testing.assert_close(sized.features(chips(2, 5, 28)),
+                                   task.features(chips(2, 5, 28)))
+        assert task(chips(2, 5, 28)).shape == (2, 2, 28, 28)
+    with pytest.raises(ConfigError, match="multimodal FusionViT"):
+        Classification(weights=tmp_path / "export", num_classes=2)
