@@ -367,6 +367,12 @@ def load_backbone(
                 "export the backbone again."
             ) from None
         bands = list(meta.get("bands") or [])
+        if "modalities" in (meta.get("model_kwargs") or {}):
+            raise WeightsError(
+                f"{path.parent} holds a multimodal FusionViT ({meta['model_kwargs']['modalities']}"
+                "); embeddings and evaluation take single-modality backbones so far. Fine-tune "
+                "it with geodino.tasks.Segmentation(weights=...), which builds fusion exports."
+            )
         model = build_backbone(
             name, in_chans, weights=path, band_names=bands or None,
             **dict(meta.get("model_kwargs") or {}),

@@ -245,7 +245,7 @@ def test_flood_fine_tuning_beats_a_frozen_random_backbone(
 
 @pytest.mark.parametrize("fusion", ["early", "xattn"])
 def test_fusion_backbone_from_its_export(tmp_path: Path, fusion: str) -> None:
-    from geodino.export import export_backbone
+    from geodino.export import export_backbone, load_backbone
     from geodino.models import FusionViT
     from geodino.tasks import Classification
 
@@ -289,3 +289,5 @@ def test_fusion_backbone_from_its_export(tmp_path: Path, fusion: str) -> None:
         assert task(chips(2, 5, 28)).shape == (2, 2, 28, 28)
     with pytest.raises(ConfigError, match="multimodal FusionViT"):
         Classification(weights=tmp_path / "export", num_classes=2)
+    with pytest.raises(WeightsError, match="multimodal FusionViT"):
+        load_backbone(tmp_path / "export")
