@@ -52,33 +52,41 @@ def write_catalog(root: Path, files: int, size: int, bands: int, mixed_crs: bool
             dst.write(data)
 
 
-def rasterio_reads(root: Path, queries: list, chip: int) -> float:
-    """Chips/s reading each query's window with rasterio from the file that holds it."""
-    from rasterio.vrt import WarpedVRT
+class RasterioReader:
+    """Plain rasterio: each query's window read from the file that holds it."""
 
-    files = sorted(root.glob("*.tif"))
-    handles = [rasterio.open(f) for f in files]
-    crs = handles[0].crs
-    # files in another zone are read through a warped view, as any reader must
-    handles = [h if h.crs == crs else WarpedVRT(h, crs=crs) for h in handles]
-    start = time.perf_counter()
-    for x, y, _ in queries:
-        for src in handles:
-            b = src.bounds
-            if b.left <= x.start and x.stop <= b.right and b.bottom <= y.start and y.stop <= b.top:
-                window = from_bounds(x.start, y.start, x.stop, y.stop, src.transform)
-                src.read(window=window, out_shape=(src.count, chip, chip))
-                break
-        else:
-            raise RuntimeError(f"no file holds the chip {x}, {y}")
-    elapsed = time.perf_counter() - start
-    for src in handles:
-        src.close()
-    return len(queries) / elapsed
+    def __init__(self, root: Path, chip: int) -> None:
+        from rasterio.vrt import WarpedVRT
+
+        self.chip = chip
+        handles = [rasterio.open(f) for f in sorted(root.glob("*.tif"))]
+        crs = handles[0].crs
+        # files in another zone are read through a warped view, as any reader must
+        self.handles = [h if h.crs == crs else WarpedVRT(h, crs=crs) for h in handles]
+
+    def read(self, queries: list) -> float:
+        """Read the queries; returns the seconds taken."""
+        start = time.perf_counter()
+        for x, y, _ in queries:
+            for src in self.handles:
+                b = src.bounds
+                if b.left <= x.start and x.stop <= b.right and b.bottom <= y.start and y.stop <= b.top:
+                    window = from_bounds(x.start, y.start, x.stop, y.stop, src.transform)
+                    src.read(window=window, out_shape=(src.count, self.chip, self.chip))
+                    break
+            else:
+                raise RuntimeError(f"no file holds the chip {x}, {y}")
+        return time.perf_counter() - start
 
 
-def datamodule_reads(root: Path, chips: int, chip: int, workers: int, batch: int) -> tuple[float, list]:
-    """Chips/s through GeoDINODataModule's training loader; also returns the queries drawn."""
+def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
+            cached: bool) -> tuple[float, float]:
+    """Chips/s through GeoDINODataModule's training loader and through plain rasterio.
+
+    Without workers both read in this process and take turns batch by batch, so that load
+    from other processes on the machine falls on both alike. With workers the loader runs
+    first (its workers prefetch), then rasterio reads the same windows.
+    """
     from geodino.datamodules import GeoDINODataModule
     from geodino.datasets import MultiBandGeoTIFF
 
@@ -88,13 +96,29 @@ def datamodule_reads(root: Path, chips: int, chip: int, workers: int, batch: int
     )
     dm.setup_draws()
     queries = [dm.train_draw.sampler.sample(i) for i in range(chips)]
+    reader = RasterioReader(root, chip)
+    if cached:  # decode every chip once on both sides: the timed reads then hit the cache
+        for position in range(chips):
+            dm.train_draw(position)
+        reader.read(queries)
     loader = iter(dm.train_dataloader())
     next(loader)  # start workers and open files outside the timing
+    reader.read(queries[:batch])
     n = (chips // batch) - 1
-    start = time.perf_counter()
-    for _ in range(n):
-        next(loader)
-    return n * batch / (time.perf_counter() - start), queries[batch:batch * (n + 1)]
+    geodino = rasterio_s = 0.0
+    if workers == 0:
+        for i in range(1, n + 1):
+            start = time.perf_counter()
+            next(loader)
+            geodino += time.perf_counter() - start
+            rasterio_s += reader.read(queries[i * batch:(i + 1) * batch])
+    else:
+        start = time.perf_counter()
+        for _ in range(n):
+            next(loader)
+        geodino = time.perf_counter() - start
+        rasterio_s = reader.read(queries[batch:batch * (n + 1)])
+    return n * batch / geodino, n * batch / rasterio_s
 
 
 def main() -> None:
@@ -120,11 +144,7 @@ def main() -> None:
         write_catalog(root, args.files, args.size, args.bands, args.mixed_crs,
                       args.layout != "striped", args.layout == "cog")
         for workers in args.workers:
-            if args.cached:  # decode every chip of the run once: both sides then hit the cache
-                _, queries = datamodule_reads(root, args.chips, args.chip, workers, args.batch)
-                rasterio_reads(root, queries, args.chip)
-            rate, queries = datamodule_reads(root, args.chips, args.chip, workers, args.batch)
-            base = rasterio_reads(root, queries, args.chip)
+            rate, base = measure(root, args.chips, args.chip, workers, args.batch, args.cached)
             rows.append({"workers": workers, "geodino_chips_per_s": rate,
                          "rasterio_chips_per_s": base, "ratio": rate / base})
     layout = ("mixed-CRS" if args.mixed_crs else "same-CRS") + f", {args.layout}" + (
