@@ -170,3 +170,9 @@ def test_s1_on_a_coarser_grid_in_another_crs_is_resampled_onto_the_s2_grid(
     torch.testing.assert_close(image[:13], read(tmp_path / "s2" / "a.tif", 32, 32, 64))
     torch.testing.assert_close(image[13], torch.full((64, 64), 10 * math.log10(0.05)))
     torch.testing.assert_close(image[14], torch.full((64, 64), -20.0))
+
+
+def test_fusion_guide_runs(run_doc_page) -> None:  # noqa: ANN001 - fixture
+    namespace = run_doc_page("fusion.md")
+    assert namespace["tokens"].shape == (4, 21, 64)
+    assert namespace["batch"]["image"].shape == (4, 15, 56, 56)
