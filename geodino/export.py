@@ -104,7 +104,9 @@ def export_backbone(
     image size), so TorchGeo's ``Classification(model=..., weights=backbone.ckpt)``, timm and
     geodino all load them unchanged. A backbone trained with architecture overrides (e.g.
     fewer blocks) cannot match timm's default build of its name: it is exported at its own
-    shape, the sidecar records the overrides, and only geodino's tasks load it.
+    shape, the sidecar records the overrides (``torchgeo_compatible: false``), its
+    ``backbone.ckpt`` names the model under ``geodino_model`` so that TorchGeo refuses it
+    rather than loading part of it, and geodino's tasks load it.
 
     Args:
         checkpoint: a ``geodino fit`` checkpoint.
@@ -216,9 +218,13 @@ def write_export(
         "safetensors": out / "backbone.safetensors",
         "json": out / "backbone.json",
     }
+    # TorchGeo builds timm's default architecture of the name and loads with strict=False: a
+    # shallower backbone of the same width would load partly and silently keep random blocks.
+    # Without `model`, TorchGeo refuses the file instead; geodino reads it either way.
+    name_key = "model" if not arch_kwargs else "geodino_model"
     torch.save(
         {
-            "hyper_parameters": {"model": model, "in_channels": in_chans, "in_chans": in_chans},
+            "hyper_parameters": {name_key: model, "in_channels": in_chans, "in_chans": in_chans},
             "state_dict": {f"model.{k}": v for k, v in state.items()},
             "geodino": meta,
         },

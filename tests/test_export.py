@@ -16,7 +16,7 @@ from torchgeo.tasks import Classification
 from geodino.cli import main
 from geodino.datamodules import FolderDINODataModule
 from geodino.errors import WeightsError
-from geodino.export import export_backbone, load_backbone
+from geodino.export import export_backbone, load_backbone, write_export
 from geodino.models import build_backbone
 from geodino.tasks import DINOv2Task
 
@@ -204,9 +204,23 @@ def test_trained_backbone_is_resampled_to_the_default_grid(trained: tuple[Path, 
     assert len(backbone.model.blocks) == 2 and backbone.embed_dim == 32
     torch.testing.assert_close(features(backbone.model, 518),
                                features(teacher_backbone(ckpt), 518))
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    # TorchGeo refuses its checkpoint rather than loading part of it; geodino reads it
+    with pytest.raises(ValueError, match="Unknown checkpoint task"):
         Classification(model=TIMM_MODELS[14], in_channels=4, num_classes=2,
                        weights=str(out / "backbone.ckpt"))
+    from_ckpt = build_backbone(TIMM_MODELS[14], 4, weights=out / "backbone.ckpt", **TINY)
+    assert all(torch.equal(v, saved[k]) for k, v in from_ckpt.state_dict().items())
+
+
+def test_shallower_backbone_is_not_half_loaded_by_torchgeo(tmp_path: Path) -> None:
+    # same width as timm's vit_tiny, 2 blocks of 12: TorchGeo (strict=False) would load two
+    # blocks and keep ten random ones; the export keeps it from doing so
+    vit = timm.create_model("vit_tiny_patch16_224", in_chans=3, depth=2, num_classes=0)
+    write_export(vit.state_dict(), tmp_path, "vit_tiny_patch16_224", 3, model_kwargs={"depth": 2})
+    assert json.loads((tmp_path / "backbone.json").read_text())["torchgeo_compatible"] is False
+    with pytest.raises(ValueError, match="Unknown checkpoint task"):
+        Classification(model="vit_tiny_patch16_224", in_channels=3, num_classes=2,
+                       weights=str(tmp_path / "backbone.ckpt"))
 
 
 def test_student_export_differs_from_teacher(trained: tuple[Path, Path], tmp_path: Path) -> None:
