@@ -189,13 +189,14 @@ class GeoChipDraw:
         nodata = self.nodata
         invalid = None
         if array.dtype.kind == "f":
-            if np.isinf(array).any():
-                self._refuse_inf(query, image)
-            invalid = np.isnan(array)
-            if nodata is not None and not np.isnan(nodata):
-                invalid |= array == nodata
-        elif nodata is not None and not np.isnan(nodata):
-            invalid = array == nodata
+            finite = np.isfinite(array)
+            if not finite.all():
+                if np.isinf(array).any():
+                    self._refuse_inf(query, image)
+                invalid = ~finite  # NaN is always nodata
+        if nodata is not None and not np.isnan(nodata):
+            equal = array == nodata
+            invalid = equal if invalid is None else invalid | equal
         return 0.0 if invalid is None else float(invalid.any(axis=0).mean())
 
     def _files_at(self, query: Any) -> list[str]:
