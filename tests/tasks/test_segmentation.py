@@ -217,7 +217,7 @@ def test_flood_fine_tuning_beats_a_frozen_random_backbone(
 
     # one randomly initialised backbone, exported; fine-tuned vs kept frozen
     torch.manual_seed(0)
-    arch = {"embed_dim": 64, "depth": 4, "num_heads": 2}
+    arch = {"embed_dim": 64, "depth": 2, "num_heads": 2}
     vit = timm.create_model("vit_small_patch14_reg4_dinov2", in_chans=13, num_classes=0, **arch)
     write_export(vit.state_dict(), tmp_path / "random", "vit_small_patch14_reg4_dinov2", 13,
                  model_kwargs=arch, bands=bands)
