@@ -52,11 +52,15 @@ def render() -> str:
     """The whole page."""
     from geodino.datamodules import FolderDINODataModule, GeoDINODataModule
     from geodino.datasets import PairedDataset
-    from geodino.tasks import DINOv2Task
+    from geodino.tasks import Classification, DINOv2Task, Segmentation
     from geodino.transforms.multicrop import MultiCrop
 
     sections = [
         ("model: `geodino.tasks.DINOv2Task`", DINOv2Task, "model.init_args."),
+        ("model: `geodino.tasks.Segmentation` (fine-tuning, see fine-tuning.md)", Segmentation,
+         "model.init_args."),
+        ("model: `geodino.tasks.Classification` (fine-tuning, see fine-tuning.md)",
+         Classification, "model.init_args."),
         ("data: `geodino.datamodules.GeoDINODataModule`", GeoDINODataModule, "data.init_args."),
         ("data: `geodino.datamodules.FolderDINODataModule`", FolderDINODataModule, "data.init_args."),
         ("data.init_args.multicrop: `geodino.transforms.MultiCrop`", MultiCrop, "data.init_args.multicrop."),
