@@ -82,8 +82,13 @@ class PairedDataset(IntersectionDataset):
                               max_gap_days)
         self._check_overlap(items, extents)
         super().__init__(left, items[-1][1], spatial_only=True, transforms=transforms)
+        overlay = _overlay(self)
+        # the files of each pair, for messages naming where a chip was read
+        files = [c for c in overlay.columns if c.startswith("filepath")]
+        self.index["filepath"] = [" & ".join(str(v) for v in row if isinstance(v, str))
+                                  for row in overlay[files].itertuples(index=False)]
         if max_gap_days is not None:
-            _keep_within(self, max_gap_days, self._describe(items, extents))
+            _keep_within(self, max_gap_days, self._describe(items, extents), overlay)
 
     @staticmethod
     def _describe(items: list[tuple[str, GeoDataset]], extents: dict[str, str]) -> str:
@@ -179,7 +184,7 @@ def _intersect(left: GeoDataset, right: GeoDataset, described: str,
         raise DataError(f"the modalities do not overlap in space: {described}. Point every "
                         "modality at scenes of the same area.") from None
     if max_gap_days is not None:
-        _keep_within(pair, max_gap_days, described)
+        _keep_within(pair, max_gap_days, described, _overlay(pair))
     return pair
 
 
@@ -194,14 +199,20 @@ def _gap_days(a: pd.IntervalIndex, b: pd.IntervalIndex) -> np.ndarray:
     return np.maximum(left - right, 0.0)
 
 
-def _keep_within(pair: IntersectionDataset, max_gap_days: float, described: str) -> None:
+def _overlay(pair: IntersectionDataset) -> gpd.GeoDataFrame:
+    """The intersection of the pair's two indexes, row for row as TorchGeo computes it, with
+    both sides' columns (``datetime_1``, ``datetime_2``, file paths)."""
+    first, second = (d.index.reset_index() for d in pair.datasets)
+    return gpd.overlay(first, second, how="intersection", keep_geom_type=True)
+
+
+def _keep_within(pair: IntersectionDataset, max_gap_days: float, described: str,
+                 overlay: gpd.GeoDataFrame) -> None:
     """Drop the spatial pairs of ``pair`` acquired more than ``max_gap_days`` apart.
 
     The kept pairs are indexed over the span of both acquisitions, so that a query of the
     pairs' time range finds every modality's scene.
     """
-    first, second = (d.index.reset_index() for d in pair.datasets)
-    overlay = gpd.overlay(first, second, how="intersection", keep_geom_type=True)
     a = pd.IntervalIndex(list(overlay["datetime_1"]))
     b = pd.IntervalIndex(list(overlay["datetime_2"]))
     gaps = _gap_days(a, b)

@@ -176,3 +176,15 @@ def test_fusion_guide_runs(run_doc_page) -> None:  # noqa: ANN001 - fixture
     namespace = run_doc_page("fusion.md")
     assert namespace["tokens"].shape == (4, 21, 64)
     assert namespace["batch"]["image"].shape == (4, 15, 56, 56)
+
+
+def test_chips_left_in_nodata_name_the_files_of_both_modalities(geotiff, tmp_path: Path) -> None:
+    from geodino.datamodules import GeoDINODataModule
+
+    geotiff.write(tmp_path / "s2" / "a.tif", np.zeros((13, 64, 64), dtype="uint16"))
+    geotiff.write(tmp_path / "s1" / "b.tif", geotiff.ramp(2, 64, "float32"), nodata=None)
+    pairs = PairedDataset({"s2": Sentinel2(tmp_path / "s2"), "s1": Sentinel1(tmp_path / "s1")})
+    data = GeoDINODataModule(pairs, chip_size=32, max_redraws=2)
+    data.setup_draws()
+    with pytest.raises(DataError, match=r"all held more than max_nodata.*s2/a\.tif & .*s1/b\.tif"):
+        data.train_draw(0)
