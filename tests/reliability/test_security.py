@@ -69,6 +69,16 @@ def test_export_refuses_a_malicious_checkpoint(tmp_path: Path, evil: tuple[Path,
     assert not marker.exists() and not (tmp_path / "out" / "backbone.ckpt").exists()
 
 
+def test_embed_refuses_a_malicious_checkpoint(tmp_path: Path, evil: tuple[Path, Path]) -> None:
+    path, marker = evil
+    write_catalog(tmp_path / "tiles")
+    out = geodino("embed", str(path), str(tmp_path / "tiles" / "scene0.tif"), "--out",
+                  str(tmp_path / "emb.tif"))
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert str(path) in out.stderr and "refuses" in out.stderr
+    assert not marker.exists() and not (tmp_path / "emb.tif").exists()
+
+
 def test_every_torch_load_is_weights_only() -> None:
     calls = []
     for path in sorted((ROOT / "geodino").rglob("*.py")):
