@@ -200,10 +200,13 @@ class GeoChipDraw:
         return 0.0 if invalid is None else float(invalid.any(axis=0).mean())
 
     def _files_at(self, query: Any) -> list[str]:
-        """The files of the dataset's index under a query's footprint."""
+        """The files of the dataset's index under a query's footprint, for messages."""
         x, y, _ = query
-        hits = self.dataset.index.cx[x.start:x.stop, y.start:y.stop]
-        return sorted(set(hits["filepath"]))
+        try:
+            hits = self.dataset.index.cx[x.start:x.stop, y.start:y.stop]
+            return sorted(set(hits["filepath"]))
+        except (AttributeError, KeyError):  # a combined dataset indexes no single files
+            return [f"the files of {type(self.dataset).__name__}"]
 
     def _refuse_inf(self, query: Any, image: torch.Tensor) -> None:
         bands = list(getattr(self.dataset, "band_names", range(image.shape[0])))
