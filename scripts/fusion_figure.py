@@ -58,9 +58,9 @@ def main() -> None:
     view = view["global_crops"][0]
 
     columns = 4 if args.knn else 3
-    fig = plt.figure(figsize=(2.0 * columns + (1.6 if args.knn else 0), 8.2))
-    grid = fig.add_gridspec(4, columns, width_ratios=[1, 1, 1, 1.8][:columns])
-    rows = [(f"chip {i + 1}", chips[i]) for i in range(3)] + [("global crop of chip 1", view)]
+    fig = plt.figure(figsize=(2.2 * columns + (0.8 if args.knn else 0), 8.6))
+    grid = fig.add_gridspec(4, columns, width_ratios=[1, 1, 1, 1.4][:columns])
+    rows = [(f"chip {i + 1}", chips[i]) for i in range(3)] + [("crop of 1", view)]
     for r, (title, image) in enumerate(rows):
         panels = [("S2 B04/B03/B02", to_rgb(image, rgb)),
                   ("S1 VV (dB)", image[vv].numpy()), ("S1 VH (dB)", image[vh].numpy())]

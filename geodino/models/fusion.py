@@ -231,6 +231,7 @@ class FusionViT(nn.Module):
         if not 0.0 <= xattn_dropout < 1.0:
             raise ConfigError(f"xattn_dropout={xattn_dropout} must lie in [0, 1).")
         self.fusion = fusion
+        self.xattn_layers = xattn_layers if fusion == "xattn" else 0
         vit = build_backbone(arch, sum(self.modalities.values()), weights=weights,
                              band_names=band_names, **timm_kwargs)
         self.arch = arch
@@ -383,7 +384,7 @@ class FusionViT(nn.Module):
             streams = {m: torch.where(masks.unsqueeze(-1), token + self.modality_embeds[m], x)
                        for m, x in streams.items()}
         present = {m: weights[m].reshape(b) > 0 for m in streams}
-        for layer in range(len(next(iter(self.xattn.values())))):
+        for layer in range(self.xattn_layers):
             updated = {}
             for m, x in streams.items():
                 others = [o for o in streams if o != m]
