@@ -4,6 +4,7 @@ from geodino.datasets.folders import AnnotatedImages, ImageFolder, NpyFolder
 from geodino.datasets.geotiff import MultiBandGeoTIFF
 from geodino.datasets.paired import PairedDataset
 from geodino.datasets.sentinel import S1_BANDS, S2_BANDS, Sentinel1, Sentinel2
+from geodino.datasets.timeseries import TimeSeries
 
 __all__ = [
     "S1_BANDS",
@@ -15,4 +16,5 @@ __all__ = [
     "PairedDataset",
     "Sentinel1",
     "Sentinel2",
+    "TimeSeries",
 ]
