@@ -21,9 +21,21 @@ The output of :meth:`FusionViT.forward_features` has the single-modality backbon
 order, ``[CLS, registers..., patches...]`` after the final norm, so heads, losses, k-NN and
 probes treat both backbones alike. Any non-empty subset of the declared modalities can be
 given (a model trained on S1+S2 embeds S2 alone on cloud-free days or S1 alone under clouds).
+
+Time series: a modality may come as (B, T, C, H, W), T acquisitions of the same chip, with their
+days of year (1-366) as a (B, T) entry ``<modality>_doy`` of the same dict (e.g. ``s2`` and
+``s2_doy``, as :class:`~geodino.datasets.TimeSeries` returns ``image`` and ``doy``); a day of
+year of 0 marks a missing acquisition (padding). Each acquisition is patch-embedded, its
+day-of-year embedding (``doy_embedding``: ``sinusoidal``, harmonics of the annual cycle, or
+``learned``, one vector per day, zero at first) is added, and the acquisitions are pooled per
+patch (``temporal_pool``: ``mean`` over the valid acquisitions, or ``attention``, a learned
+query scoring each acquisition, uniform at first) into one token per patch, before fusion. A
+sample with no valid acquisition of a modality lacks that modality, as under modality dropout.
+Both pools ignore the order of the acquisitions. Single-date (B, C, H, W) input is unchanged.
 """
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +48,12 @@ from geodino.errors import ConfigError, DataError
 
 #: Fusion modes of :class:`FusionViT`.
 FUSION_MODES: tuple[str, ...] = ("early", "linear", "xattn")
+#: Day-of-year embeddings of time-series input.
+DOY_EMBEDDINGS: tuple[str, ...] = ("sinusoidal", "learned")
+#: Pools over the acquisitions of time-series input.
+TEMPORAL_POOLS: tuple[str, ...] = ("mean", "attention")
+#: Suffix of the dict entry holding a time-series modality's days of year.
+DOY_SUFFIX = "_doy"
 #: Sentinel-1 VV/VH and the 13 Sentinel-2 bands.
 DEFAULT_MODALITIES: dict[str, int] = {"s1": 2, "s2": 13}
 
@@ -90,6 +108,28 @@ def split_modalities(images: Tensor, modalities: Mapping[str, int]) -> dict[str,
             "in that order. Check the data's band groups against the model's modalities."
         )
     return dict(zip(modalities, images.split(list(modalities.values()), dim=1), strict=True))
+
+
+def sinusoidal_doy_embedding(doy: Tensor, dim: int) -> Tensor:
+    """Fixed embedding of days of year: sines and cosines of harmonics of the annual cycle.
+
+    Harmonics are whole numbers (1 = yearly up to 52 = weekly, spaced geometrically) so that
+    31 December and 1 January lie close together.
+
+    Args:
+        doy: days of year (1-366), any shape, integer or fractional.
+        dim: embedding width.
+
+    Returns:
+        ``doy.shape + (dim,)`` float32 values in [-1, 1] (a trailing 0 for an odd ``dim``).
+    """
+    pairs = dim // 2
+    harmonics = torch.logspace(0, math.log10(52), max(pairs, 1), device=doy.device).round()
+    angle = 2 * math.pi * (doy.float() - 1).unsqueeze(-1) / 365.25 * harmonics[:pairs]
+    out = torch.cat([angle.sin(), angle.cos()], dim=-1)
+    if dim % 2:
+        out = torch.cat([out, out.new_zeros(*out.shape[:-1], 1)], dim=-1)
+    return out
 
 
 def draw_modality_dropout(
@@ -197,10 +237,16 @@ class FusionViT(nn.Module):
             :func:`~geodino.models.build_backbone`, adapted to the stacked bands and split per
             modality).
         band_names: names of the stacked bands (modalities in order), to adapt ``weights``.
+        doy_embedding: day-of-year embedding of time-series input, ``sinusoidal`` (no
+            parameters) or ``learned`` (``doy_embed``, 367 x width, zero at first).
+        temporal_pool: pool over the acquisitions of time-series input, ``mean`` over the
+            valid ones or ``attention`` (``temporal_query`` and ``temporal_norm``, a mean at
+            first).
         **timm_kwargs: more ``timm.create_model`` arguments (img_size, depth, embed_dim, ...).
 
     Raises:
-        ConfigError: for an unknown fusion mode, bad modalities or timm arguments.
+        ConfigError: for an unknown fusion mode, day-of-year embedding or temporal pool, bad
+            modalities or timm arguments.
     """
 
     def __init__(
@@ -213,6 +259,8 @@ class FusionViT(nn.Module):
         xattn_dropout: float = 0.0,
         weights: Any = None,
         band_names: Sequence[str] | None = None,
+        doy_embedding: str = "sinusoidal",
+        temporal_pool: str = "mean",
         **timm_kwargs: Any,
     ) -> None:
         """Build the shared transformer with timm and the per-modality parts around it."""
@@ -222,6 +270,12 @@ class FusionViT(nn.Module):
         if fusion not in FUSION_MODES:
             raise ConfigError(f"fusion mode {fusion!r} does not exist; choose one of "
                               f"{list(FUSION_MODES)}.")
+        if doy_embedding not in DOY_EMBEDDINGS:
+            raise ConfigError(f"doy_embedding {doy_embedding!r} does not exist; choose one of "
+                              f"{list(DOY_EMBEDDINGS)}.")
+        if temporal_pool not in TEMPORAL_POOLS:
+            raise ConfigError(f"temporal_pool {temporal_pool!r} does not exist; choose one of "
+                              f"{list(TEMPORAL_POOLS)}.")
         self.modalities = check_modalities(
             DEFAULT_MODALITIES if modalities is None else modalities
         )
@@ -285,6 +339,17 @@ class FusionViT(nn.Module):
                 for name in self.modalities
             })
 
+        # time series: parameters only where configured, so single-date models keep their
+        # state dicts
+        self.doy_embedding = doy_embedding
+        self.temporal_pool = temporal_pool
+        if doy_embedding == "learned":
+            self.doy_embed = nn.Embedding(367, dim)
+            nn.init.zeros_(self.doy_embed.weight)
+        if temporal_pool == "attention":
+            self.temporal_norm = nn.LayerNorm(dim, eps=1e-6)
+            self.temporal_query = nn.Parameter(torch.zeros(dim))
+
         # the shared transformer, as timm built it (same parameter names as a timm ViT)
         self.cls_token = vit.cls_token
         self.reg_token = vit.reg_token
@@ -311,21 +376,78 @@ class FusionViT(nn.Module):
                             f"{list(self.modalities)}; drop them or train a model with them.")
         shape = None
         for name, image in batch.items():
-            if image.ndim != 4 or image.shape[1] != self.modalities[name]:
+            if image.ndim not in (4, 5) or image.shape[-3] != self.modalities[name]:
                 raise DataError(
                     f"modality {name!r} has shape {tuple(image.shape)} but the model expects "
-                    f"(B, {self.modalities[name]}, H, W); check its bands against the config's "
-                    "modalities."
+                    f"(B, {self.modalities[name]}, H, W), or (B, T, {self.modalities[name]}, H, "
+                    "W) for a time series; check its bands against the config's modalities."
                 )
-            if shape is not None and (image.shape[0], *image.shape[2:]) != shape[1]:
+            if shape is not None and (image.shape[0], *image.shape[-2:]) != shape[1]:
                 raise DataError(
                     f"modality {name!r} has {image.shape[0]} images of {tuple(image.shape[2:])} "
                     f"px but {shape[0]!r} has {shape[1][0]} of {shape[1][1:]}: modalities must "
                     "come in pairs on one pixel grid (resample them onto one grid per chip)."
                 )
-            shape = (name, (image.shape[0], *image.shape[2:]))
+            shape = (name, (image.shape[0], *image.shape[-2:]))
         # the declared order, whatever the caller's
         return {name: batch[name] for name in self.modalities if name in batch}
+
+    def _dates(self, batch: ModalityBatch | Tensor) -> tuple[ModalityBatch | Tensor,
+                                                             dict[str, Tensor]]:
+        """The batch without its ``<modality>_doy`` entries, and those days of year."""
+        if not isinstance(batch, Mapping):
+            return batch, {}
+        doys = {k[: -len(DOY_SUFFIX)]: v for k, v in batch.items()
+                if k.endswith(DOY_SUFFIX) and k not in self.modalities}
+        images = {k: v for k, v in batch.items()
+                  if not (k.endswith(DOY_SUFFIX) and k not in self.modalities)}
+        for name, doy in doys.items():
+            image = images.get(name)
+            if image is None or image.ndim != 5:
+                raise DataError(
+                    f"{name}{DOY_SUFFIX} gives days of year but {name!r} is "
+                    f"{'missing' if image is None else f'of shape {tuple(image.shape)}'}; days "
+                    f"of year go with a (B, T, C, H, W) time series of {name!r}."
+                )
+            if doy.shape != image.shape[:2]:
+                raise DataError(
+                    f"{name}{DOY_SUFFIX} has shape {tuple(doy.shape)} but {name!r} holds "
+                    f"{tuple(image.shape[:2])} (B, T) acquisitions; give one day of year per "
+                    "acquisition (0 for padding)."
+                )
+        for name, image in images.items():
+            if image.ndim == 5 and name not in doys:
+                raise DataError(
+                    f"{name!r} is a time series of shape {tuple(image.shape)} but the batch has "
+                    f"no {name}{DOY_SUFFIX}; give its (B, T) days of year (1-366, 0 for "
+                    "padding)."
+                )
+        return images, doys
+
+    def _embed_series(self, name: str, series: Tensor, doy: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, h, w, D) tokens of a (B, T, C, H, W) time series pooled over its acquisitions,
+        and (B,) which samples have any valid acquisition."""
+        b, t = series.shape[:2]
+        x = self._embed(name, series.flatten(0, 1))
+        x = x.reshape(b, t, *x.shape[1:])
+        valid = doy > 0
+        if self.doy_embedding == "learned":
+            days = self.doy_embed(doy.round().long().clamp(0, 366))
+        else:
+            days = sinusoidal_doy_embedding(doy, x.shape[-1]).to(x.dtype)
+        x = x + days.reshape(b, t, 1, 1, -1)
+        # padded acquisitions (NaN images) must not reach the pool, not even times 0
+        x = torch.where(valid.reshape(b, t, 1, 1, 1), x, 0.0)
+        if self.temporal_pool == "mean":
+            weights = valid.to(x.dtype).reshape(b, t, 1, 1)
+            weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
+        else:
+            scores = self.temporal_norm(x) @ self.temporal_query / math.sqrt(x.shape[-1])
+            scores = scores.masked_fill(~valid.reshape(b, t, 1, 1), -torch.inf)
+            # a sample with no valid acquisition gets uniform weights (not NaN); it is dropped
+            scores = torch.where(valid.any(1).reshape(b, 1, 1, 1), scores, 0.0)
+            weights = scores.softmax(dim=1)
+        return (weights.unsqueeze(-1) * x).sum(1), valid.any(1)
 
     def _embed(self, name: str, image: Tensor) -> Tensor:
         """(B, h, w, D) patch tokens of one modality, its modality embedding added."""
@@ -419,7 +541,9 @@ class FusionViT(nn.Module):
 
         Args:
             batch: a dict of (B, C_m, H, W) images, any non-empty subset of the modalities,
-                or one (B, C, H, W) image with every modality's bands stacked in order.
+                or one (B, C, H, W) image with every modality's bands stacked in order. A
+                modality may be a (B, T, C_m, H, W) time series, its (B, T) days of year
+                (1-366, 0 for a missing acquisition) in the entry ``<modality>_doy``.
             masks: (B, N) bool, True where the fused patch token is replaced by
                 ``mask_token`` (iBOT), N patches in row-major order.
             mask_token: (1, D) or (D,) learned token; required with ``masks``.
@@ -430,21 +554,31 @@ class FusionViT(nn.Module):
             (B, 1 + R + N, D) tokens after the final norm.
 
         Raises:
-            DataError: for unknown modalities, wrong band counts or modalities on different
-                grids.
+            DataError: for unknown modalities, wrong band counts, modalities on different
+                grids, a time series without days of year, or a sample with nothing valid.
             ConfigError: if masks come without a token or do not fit the patch grid.
         """
+        batch, doys = self._dates(batch)
         images = self._inputs(batch)
-        tokens = {m: self._embed(m, x) for m, x in images.items()}
+        tokens, observed = {}, {}
+        for m, x in images.items():
+            if m in doys:
+                tokens[m], observed[m] = self._embed_series(m, x, doys[m])
+            else:
+                tokens[m] = self._embed(m, x)
         b, h, w, d = next(iter(tokens.values())).shape
         ones = next(iter(tokens.values())).new_ones(b, 1, 1, 1)
         weights = {m: ones for m in tokens}
         if present is not None:
             weights = {m: present[m].to(ones).reshape(b, 1, 1, 1) if m in present else ones
                        for m in tokens}
+        for m, seen in observed.items():
+            weights[m] = weights[m] * seen.to(ones).reshape(b, 1, 1, 1)
+        if present is not None or observed:
             if not (sum(weights.values()) > 0).all():  # type: ignore[union-attr]
-                raise DataError("modality dropout left a sample with no modality; keep at "
-                                "least one per sample (draw_modality_dropout does).")
+                raise DataError("a sample has no modality left (modality dropout, or no valid "
+                                "acquisition in its time series: every day of year 0); keep "
+                                "at least one per sample.")
         token = None
         if masks is not None:
             if mask_token is None:
@@ -494,7 +628,8 @@ class FusionViT(nn.Module):
 
     def extra_repr(self) -> str:
         """Architecture, modalities and fusion mode, for printed models."""
-        return f"arch={self.arch}, modalities={self.modalities}, fusion={self.fusion}"
+        return (f"arch={self.arch}, modalities={self.modalities}, fusion={self.fusion}, "
+                f"doy_embedding={self.doy_embedding}, temporal_pool={self.temporal_pool}")
 
 
 def _rechannel(embed: nn.Module, bands: int) -> nn.Module:
@@ -507,6 +642,7 @@ def _rechannel(embed: nn.Module, bands: int) -> nn.Module:
 
 
 __all__ = [
-    "CrossAttentionBlock", "DEFAULT_MODALITIES", "FUSION_MODES", "FusionViT",
-    "check_modalities", "draw_modality_dropout", "split_modalities",
+    "CrossAttentionBlock", "DEFAULT_MODALITIES", "DOY_EMBEDDINGS", "DOY_SUFFIX", "FUSION_MODES",
+    "FusionViT", "TEMPORAL_POOLS", "check_modalities", "draw_modality_dropout",
+    "sinusoidal_doy_embedding", "split_modalities",
 ]

@@ -185,3 +185,125 @@ def test_weights_of_the_stacked_bands_initialise_each_modality(tmp_path) -> None
     assert torch.equal(model.patch_embeds["s1"].proj.weight, weight[:, :2])
     assert torch.equal(model.patch_embeds["s2"].proj.weight, weight[:, 2:])
     assert torch.equal(model.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
+
+
+# --- time series ---------------------------------------------------------------------------
+BANDS = {"s1": 2, "s2": 4}
+
+
+def series(batch: int = 2, steps: int = 3, size: int = 28) -> dict[str, torch.Tensor]:
+    """S2 as a time series of ``steps`` acquisitions (days 40, 160, ...), S1 single-date."""
+    g = torch.Generator().manual_seed(2)
+    return {"s1": torch.randn(batch, 2, size, size, generator=g),
+            "s2": torch.randn(batch, steps, 4, size, size, generator=g),
+            "s2_doy": torch.arange(steps).repeat(batch, 1) * 120 + 40}
+
+
+@pytest.mark.parametrize("fusion", MODES)
+def test_time_series_pools_into_the_single_date_layout(fusion: str) -> None:
+    model = tiny(fusion, BANDS)
+    single = model.forward_features({"s1": series()["s1"], "s2": series()["s2"][:, 0]})
+    tokens = model.forward_features(series())
+    assert tokens.shape == single.shape == (2, 1 + 4 + 4, 64) and torch.isfinite(tokens).all()
+    alone = model.forward_features({"s2": series()["s2"], "s2_doy": series()["s2_doy"]})
+    assert alone.shape == single.shape and not torch.allclose(alone, tokens)
+
+
+@pytest.mark.parametrize("pool", ["mean", "attention"])
+def test_order_of_acquisitions_does_not_matter(pool: str) -> None:
+    model = tiny("linear", BANDS, temporal_pool=pool)
+    if pool == "attention":
+        with torch.no_grad():  # away from its uniform start
+            model.temporal_query.normal_(0, 3.0)
+    batch = series(steps=4)
+    order = torch.tensor([2, 0, 3, 1])
+    shuffled = dict(batch, s2=batch["s2"][:, order], s2_doy=batch["s2_doy"][:, order])
+    torch.testing.assert_close(model.forward_features(shuffled), model.forward_features(batch))
+
+
+@pytest.mark.parametrize("pool", ["mean", "attention"])
+def test_padded_acquisitions_are_ignored(pool: str) -> None:
+    model = tiny("xattn", BANDS, temporal_pool=pool)
+    if pool == "attention":
+        with torch.no_grad():
+            model.temporal_query.normal_(0, 3.0)
+    batch = series(steps=2)
+    # two padding steps: NaN images (TimeSeries' padding), day of year 0
+    padded = dict(batch, s2=torch.cat([batch["s2"], torch.full_like(batch["s2"], torch.nan)], 1),
+                  s2_doy=torch.cat([batch["s2_doy"], torch.zeros_like(batch["s2_doy"])], 1))
+    expected = model.forward_features(batch)
+    torch.testing.assert_close(model.forward_features(padded), expected)
+    # a sample with every acquisition missing lacks S2: it gets the S1-alone tokens
+    padded["s2_doy"][1] = 0
+    tokens = model.forward_features(padded)
+    assert torch.isfinite(tokens).all()
+    torch.testing.assert_close(tokens[0], expected[0])
+    torch.testing.assert_close(tokens[1], model.forward_features({"s1": batch["s1"][1:]})[0])
+    with pytest.raises(DataError, match="no valid acquisition"):
+        model.forward_features({"s2": padded["s2"], "s2_doy": padded["s2_doy"]})
+
+
+@pytest.mark.parametrize("embedding", ["sinusoidal", "learned"])
+def test_day_of_year_changes_the_output(embedding: str) -> None:
+    model = tiny("early", BANDS, doy_embedding=embedding)
+    if embedding == "learned":
+        with torch.no_grad():  # away from its zero start
+            model.doy_embed.weight.normal_(0, 1.0)
+    batch = series()
+    later = dict(batch, s2_doy=batch["s2_doy"] + 30)
+    assert not torch.allclose(model(later), model(batch), atol=1e-4)
+
+
+def test_single_date_series_equals_the_single_date_image() -> None:
+    """One acquisition with a (zero-initialised) learned embedding is the plain image; with
+    the sinusoidal one, repeating an acquisition on its own date changes nothing."""
+    model = tiny("linear", BANDS, doy_embedding="learned", temporal_pool="attention")
+    batch = series(steps=1)
+    torch.testing.assert_close(model.forward_features(batch),
+                               model.forward_features({"s1": batch["s1"], "s2": batch["s2"][:, 0]}))
+    model = tiny("linear", BANDS)
+    repeated = dict(batch, s2=batch["s2"].repeat(1, 3, 1, 1, 1),
+                    s2_doy=batch["s2_doy"].repeat(1, 3))
+    torch.testing.assert_close(model.forward_features(repeated), model.forward_features(batch))
+
+
+def test_temporal_parameters_exist_only_where_configured_and_learn() -> None:
+    plain = {k for k in tiny("early", BANDS).state_dict()}
+    assert not any(k.startswith(("doy_embed", "temporal_")) for k in plain)
+    model = tiny("early", BANDS, doy_embedding="learned", temporal_pool="attention").train()
+    extra = set(model.state_dict()) - plain
+    assert extra == {"doy_embed.weight", "temporal_query", "temporal_norm.weight",
+                     "temporal_norm.bias"}
+    with torch.no_grad():
+        model.temporal_query.normal_()
+    model(series()).square().sum().backward()
+    assert model.doy_embed.weight.grad[[40, 160, 280]].abs().sum() > 0
+    assert model.doy_embed.weight.grad[41].abs().sum() == 0
+    assert model.temporal_query.grad.abs().sum() > 0
+
+
+def test_sinusoidal_doy_embedding_follows_the_annual_cycle() -> None:
+    from geodino.models.fusion import sinusoidal_doy_embedding
+
+    days = sinusoidal_doy_embedding(torch.tensor([365, 1, 182]), 64)
+    assert days.shape == (3, 64) and days.abs().max() <= 1
+    new_year, midsummer = (days[0] - days[1]).norm(), (days[2] - days[1]).norm()
+    assert new_year < 0.5 * midsummer
+    assert sinusoidal_doy_embedding(torch.tensor([10.0]), 7).shape == (1, 7)
+
+
+def test_bad_time_series_input_is_a_clear_error() -> None:
+    model = tiny("early", BANDS)
+    batch = series()
+    with pytest.raises(DataError, match="no s2_doy"):
+        model.forward_features({"s2": batch["s2"]})
+    with pytest.raises(DataError, match=r"s2_doy has shape \(2, 2\).*\(2, 3\)"):
+        model.forward_features(dict(batch, s2_doy=batch["s2_doy"][:, :2]))
+    with pytest.raises(DataError, match="go with a"):
+        model.forward_features({"s1": batch["s1"], "s1_doy": batch["s2_doy"]})
+    with pytest.raises(DataError, match=r"\(B, T, 4, H, W\)"):
+        model.forward_features(dict(batch, s2=batch["s2"][:, :, :3]))
+    with pytest.raises(ConfigError, match="doy_embedding 'monthly' does not exist"):
+        tiny("early", BANDS, doy_embedding="monthly")
+    with pytest.raises(ConfigError, match="temporal_pool 'max' does not exist"):
+        tiny("early", BANDS, temporal_pool="max")
