@@ -176,6 +176,9 @@ def test_fusion_guide_runs(run_doc_page) -> None:  # noqa: ANN001 - fixture
     namespace = run_doc_page("fusion.md")
     assert namespace["tokens"].shape == (4, 21, 64)
     assert namespace["batch"]["image"].shape == (4, 15, 56, 56)
+    # time series section
+    assert namespace["series_batch"]["doy"][:, :3].tolist() == [[10, 105, 244]] * 4
+    assert namespace["series_tokens"].shape == (4, 21, 64)
 
 
 def test_chips_left_in_nodata_name_the_files_of_both_modalities(geotiff, tmp_path: Path) -> None:

@@ -98,7 +98,8 @@ def test_length_pads_and_thins_and_batches_collate(catalog) -> None:
     sampler = GriddedPatchSampler(padded, size=28, stride=28)
     batch = next(iter(DataLoader(padded, sampler=sampler, batch_size=2,
                                  collate_fn=stack_samples)))
-    assert batch["image"].shape == (2, 5, 3, 28, 28) and batch["doy"].shape == (2, 5)
+    assert batch["image"].shape == (2, 5, 3, 28, 28)
+    assert batch["doy"].tolist() == [[10, 105, 244, 0, 0]] * 2
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, catalog) -> None:
