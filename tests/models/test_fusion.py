@@ -307,3 +307,14 @@ def test_bad_time_series_input_is_a_clear_error() -> None:
         tiny("early", BANDS, doy_embedding="monthly")
     with pytest.raises(ConfigError, match="temporal_pool 'max' does not exist"):
         tiny("early", BANDS, temporal_pool="max")
+
+
+def test_time_series_takes_ibot_masks_through_forward_tokens() -> None:
+    model = tiny("xattn", BANDS, temporal_pool="attention")
+    batch = series()
+    masks = torch.zeros(2, 4, dtype=torch.bool)
+    masks[0, 1] = masks[1, 3] = True
+    token = torch.randn(64)
+    tokens = forward_tokens(model, batch, masks, token)
+    assert tokens.shape == (2, 9, 64) and torch.isfinite(tokens).all()
+    assert not torch.allclose(tokens, forward_tokens(model, batch))
