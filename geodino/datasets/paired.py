@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torchgeo.datasets import GeoDataset, IntersectionDataset
 
+from geodino.datasets.timeseries import TimeSeries
 from geodino.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,14 @@ class PairedDataset(IntersectionDataset):
             if not isinstance(dataset, GeoDataset):
                 raise DataError(f"modality {name!r} is a {type(dataset).__name__}, not a "
                                 "TorchGeo GeoDataset (e.g. geodino.datasets.Sentinel1).")
+            if isinstance(dataset, TimeSeries) or getattr(dataset, "time_series", False):
+                # one stacked (C, H, W) image cannot hold a (T, C, H, W) series
+                raise DataError(
+                    f"modality {name!r} is a time series ({type(dataset).__name__}); "
+                    "PairedDataset stacks single-date chips. Read the series with "
+                    "geodino.datasets.TimeSeries and give FusionViT a dict with "
+                    f"{name!r} and '{name}_doy' (docs/fusion.md, Time series)."
+                )
         if max_gap_days is not None and not max_gap_days >= 0:
             raise DataError(f"max_gap_days={max_gap_days} must be >= 0 (or null for a spatial "
                             "intersection only).")

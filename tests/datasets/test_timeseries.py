@@ -115,3 +115,11 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, catalog) -> None:
     x, y, t = query(0, 0, 28, series)
     with pytest.raises(DataError, match="no acquisition"):
         series[(x, y, slice(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-02-01"), t.step))]
+
+
+def test_paired_dataset_refuses_a_time_series_modality(catalog) -> None:
+    from geodino.datasets import PairedDataset
+
+    root, _ = catalog
+    with pytest.raises(DataError, match=r"modality 's2' is a time series.*s2_doy"):
+        PairedDataset({"s2": TimeSeries(DatedScenes(root)), "s1": DatedScenes(root)})
