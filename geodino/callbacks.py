@@ -9,7 +9,37 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 
-class TrainingSummary(Callback):
+class _HistoryCallback(Callback):
+    """A callback that records rows of values, keeps them across resumes and writes them at
+    the end of fitting into the run folder."""
+
+    def __init__(self) -> None:
+        """Start with an empty history."""
+        self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded history, so a resumed run's files cover the whole run."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the recorded history.
+
+        Args:
+            state_dict: what :meth:`state_dict` returned.
+        """
+        self.history = list(state_dict.get("history", []))
+
+    def _output_folder(self, trainer: "pl.Trainer") -> Path | None:
+        """The run folder on rank zero when there is something to write, else None."""
+        # log_dir is a collective call under DDP: every rank asks, rank zero writes
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero or not self.history:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+class TrainingSummary(_HistoryCallback):
     """Records logged training metrics and writes ``metrics.json`` and ``training_curves.png``.
 
     Both files go to the run's log folder (``trainer.log_dir``, else ``default_root_dir``)
@@ -21,8 +51,8 @@ class TrainingSummary(Callback):
 
     def __init__(self, every_n_steps: int = 1) -> None:
         """Start with an empty history."""
+        super().__init__()
         self.every_n_steps = max(1, every_n_steps)
-        self.history: list[dict[str, float]] = []
 
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
@@ -37,27 +67,13 @@ class TrainingSummary(Callback):
                 row[key] = float(value)
         self.history.append(row)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The recorded history, so a resumed run's summary covers the whole run."""
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the recorded history.
-
-        Args:
-            state_dict: what :meth:`state_dict` returned.
-        """
-        self.history = list(state_dict.get("history", []))
-
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Write the summary files (rank zero only)."""
-        # log_dir is a collective call under DDP: every rank asks, rank zero writes
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
-        if not trainer.is_global_zero or not self.history:
+        folder = self._output_folder(trainer)
+        if folder is None:
             return
         from geodino.plotting import plot_training_curves
 
-        folder.mkdir(parents=True, exist_ok=True)
         final = {
             k: v for k, v in self.history[-1].items() if isinstance(v, float) and math.isfinite(v)
         }
@@ -66,7 +82,7 @@ class TrainingSummary(Callback):
         plot_training_curves(self.history, folder / "training_curves.png")
 
 
-class KNNMonitor(Callback):
+class KNNMonitor(_HistoryCallback):
     """Logs k-NN accuracy of the teacher's CLS features on a labelled source during pretraining.
 
     The source (class folders, JSON annotations or labelled points/polygons over rasters, as
@@ -107,6 +123,7 @@ class KNNMonitor(Callback):
         seed: int = 0,
     ) -> None:
         """Keep the settings; the source is read when fitting starts."""
+        super().__init__()
         self.source = source
         self.every_n_steps = max(1, every_n_steps)
         self.k, self.temperature = k, temperature
@@ -116,7 +133,6 @@ class KNNMonitor(Callback):
         }
         self.chip_size = chip_size
         self.test_fraction, self.seed = test_fraction, seed
-        self.history: list[dict[str, float]] = []
         self._data: Any = None
         self._split: Any = None
 
@@ -189,24 +205,11 @@ class KNNMonitor(Callback):
         return knn_accuracy(features[train], data.labels[train], features[test],
                             data.labels[test], k=self.k, temperature=self.temperature)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The accuracy history, so a resumed run keeps it."""
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the accuracy history.
-
-        Args:
-            state_dict: what :meth:`state_dict` returned.
-        """
-        self.history = list(state_dict.get("history", []))
-
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Write ``knn_monitor.json`` (rank zero only)."""
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
-        if not trainer.is_global_zero or not self.history:
+        folder = self._output_folder(trainer)
+        if folder is None:
             return
-        folder.mkdir(parents=True, exist_ok=True)
         report = {"source": str(self.source), "k": self.k, "temperature": self.temperature,
                   "history": self.history}
         (folder / "knn_monitor.json").write_text(json.dumps(report, indent=1))

@@ -19,6 +19,27 @@ def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and headless
     return plt
 
 
+def save_figure(fig: Any, out: str | Path, dpi: int = 110, title: str = "") -> Path:
+    """Title, lay out, write and close a figure.
+
+    Args:
+        fig: the matplotlib figure.
+        out: PNG to write.
+        dpi: resolution.
+        title: figure title (none if empty).
+
+    Returns:
+        the PNG path.
+    """
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=dpi)
+    _pyplot().close(fig)
+    return out
+
+
 def plot_training_curves(history: Sequence[dict[str, float]], out: str | Path) -> Path:
     """Plot every recorded metric against the step, one panel each.
 
@@ -43,11 +64,7 @@ def plot_training_curves(history: Sequence[dict[str, float]], out: str | Path) -
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def to_rgb(image: Tensor, bands: Sequence[int], low: Sequence[float] | None = None,
@@ -95,11 +112,7 @@ def plot_chips(images: Tensor, bands: Sequence[int], out: str | Path,
             ax.imshow(to_rgb(images[i], bands))
             if titles is not None:
                 ax.set_title(titles[i], fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def pca_rgb(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -216,13 +229,7 @@ def plot_feature_maps(backbone: Any, image: Tensor, out: str | Path, title: str 
         ax.set_title(f"attention {name}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title=title)
 
 
 def plot_pca_map(embeddings: np.ndarray, out: str | Path, title: str = "",
@@ -248,10 +255,4 @@ def plot_pca_map(embeddings: np.ndarray, out: str | Path, title: str = "",
     axes[0, -1].set_title("patch embeddings, PCA 1-3 as RGB", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100, title=title)

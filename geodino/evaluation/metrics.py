@@ -68,7 +68,7 @@ def plot_confusion_matrix(report: dict[str, Any], out: str | Path, title: str = 
     Returns:
         the PNG path.
     """
-    from geodino.plotting import _pyplot
+    from geodino.plotting import _pyplot, save_figure
 
     plt = _pyplot()
     matrix = torch.tensor(report["confusion_matrix"], dtype=torch.float64)
@@ -89,11 +89,7 @@ def plot_confusion_matrix(report: dict[str, Any], out: str | Path, title: str = 
     ax.set_title(title or f"accuracy {report['accuracy']:.3f}, macro F1 {report['f1_macro']:.3f}",
                  fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_per_class_scores(report: dict[str, Any], out: str | Path, title: str = "") -> Path:
@@ -107,7 +103,7 @@ def plot_per_class_scores(report: dict[str, Any], out: str | Path, title: str = 
     Returns:
         the PNG path.
     """
-    from geodino.plotting import _pyplot
+    from geodino.plotting import _pyplot, save_figure
 
     plt = _pyplot()
     names = report["class_names"]
@@ -123,8 +119,4 @@ def plot_per_class_scores(report: dict[str, Any], out: str | Path, title: str = 
     ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.set_title(title or f"per-class scores, macro F1 {report['f1_macro']:.3f}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
