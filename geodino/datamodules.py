@@ -7,6 +7,7 @@ positions ``start + l * W + r`` for its local samples ``l = 0, 1, ...``, and loa
 take whole local batches in turn, so the order does not depend on the worker count.
 """
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -46,6 +47,8 @@ def collate(samples: list[Sample]) -> Sample:
     Loader workers use PyTorch's collate, which stacks straight into shared memory. In the
     main process (``num_workers=0``) numpy's single-threaded copy is ~10x faster than
     ``torch.stack`` on chip-sized tensors, which otherwise costs as much as decoding them.
+    Images of different dtypes in one batch (uint16 chips read natively, float32 chips
+    merged across files) are cast to their common dtype first.
 
     Args:
         samples: the samples of one batch.
@@ -53,6 +56,10 @@ def collate(samples: list[Sample]) -> Sample:
     Returns:
         the batch.
     """
+    dtypes = {s["image"].dtype for s in samples if isinstance(s.get("image"), Tensor)}
+    if len(dtypes) > 1:
+        common = functools.reduce(torch.promote_types, dtypes)
+        samples = [s | {"image": s["image"].to(common)} for s in samples]
     first = samples[0]
     if get_worker_info() is not None or not all(
         isinstance(v, Tensor) and v.device.type == "cpu" for v in first.values()
@@ -65,7 +72,8 @@ class SampleStream(IterableDataset[Sample]):
     """Endless (or bounded) stream of samples drawn by position, sharded over ranks and workers.
 
     Args:
-        draw: returns the sample at a global stream position.
+        draw: returns the sample at a global stream position; its ``raw`` method, if it has
+            one, is called instead (images in the files' dtype, cast on the device).
         batch_size: samples per batch on one rank.
         start: first global position of this stream.
         rank: this process's rank.
@@ -113,8 +121,9 @@ class SampleStream(IterableDataset[Sample]):
         """Draw this worker's samples."""
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        draw = getattr(self.draw, "raw", self.draw)
         for position in self.positions(worker, workers):
-            yield _keep(self.draw(position))
+            yield _keep(draw(position))
 
     def __len__(self) -> int:
         """Samples per rank (only defined for a bounded stream)."""
@@ -125,6 +134,10 @@ class SampleStream(IterableDataset[Sample]):
 
 class GeoChipDraw:
     """Draws the chip at a stream position from a sampler, redrawing chips with too much nodata.
+
+    Calling it gives float32 images; :meth:`raw`, what loader workers call, keeps the files'
+    own dtype where the dataset can (``raw_sample``, e.g. uint16 Sentinel-2 chips), for the
+    device to cast. Both draw the same chips with the same pixels.
 
     Args:
         dataset: the TorchGeo dataset to read.
@@ -150,7 +163,7 @@ class GeoChipDraw:
         self.max_redraws = max_redraws
 
     def __call__(self, position: int) -> Sample:
-        """Read the chip at ``position``.
+        """Read the chip at ``position``, its image in float32.
 
         Args:
             position: global stream position.
@@ -161,10 +174,30 @@ class GeoChipDraw:
         Raises:
             DataError: if every redraw held too much nodata.
         """
+        sample = self.raw(position)
+        image = sample["image"]
+        if not image.is_floating_point():
+            sample["image"] = torch.from_numpy(image.numpy().astype(np.float32))
+        return sample
+
+    def raw(self, position: int) -> Sample:
+        """Read the chip at ``position``, its image in the dtype the dataset reads it in.
+
+        Args:
+            position: global stream position.
+
+        Returns:
+            the sample, holding at most ``max_nodata`` nodata pixels; ``image.float()`` is
+            what calling the draw returns.
+
+        Raises:
+            DataError: if every redraw held too much nodata.
+        """
+        read = getattr(self.dataset, "raw_sample", None) or self.dataset.__getitem__
         fractions = []
         for attempt in range(self.max_redraws + 1):
             query = self.sampler.sample(position, attempt)
-            sample = self.dataset[query]
+            sample = read(query)
             fraction = self._nodata_fraction(query, sample["image"])
             if fraction <= self.max_nodata:
                 return sample
@@ -183,10 +216,21 @@ class GeoChipDraw:
         """Fraction of the chip's pixels with no data in some band; refuses infinite values.
 
         Computed with numpy: on one chip these passes are ~50x faster than torch's threaded
-        elementwise kernels, which dominated the per-chip cost.
+        elementwise kernels, which dominated the per-chip cost. Integer chips are compared
+        with the nodata value in their own dtype (no float copy); a value the dtype cannot
+        hold marks no pixel, as in float32.
         """
         array = image.detach().cpu().numpy()
         nodata = self.nodata
+        if array.dtype.kind in "iu":
+            info = np.iinfo(array.dtype)
+            if (nodata is None or not float(nodata).is_integer()
+                    or not info.min <= nodata <= info.max):
+                return 0.0
+            equal = array == array.dtype.type(nodata)
+            if not equal.any():
+                return 0.0
+            return float(equal.any(axis=0).mean())
         invalid = None
         if array.dtype.kind == "f":
             finite = np.isfinite(array)
@@ -404,7 +448,7 @@ class DINODataModule(LightningDataModule):
         assert self.train_draw is not None
         acc = StatisticsAccumulator(self.band_names, self.nodata, seed=self.seed)
         for position in range(chips):
-            acc.update(self.train_draw(position)["image"])
+            acc.update(self.train_draw(position)["image"].float())
         return acc.compute(source=f"{chips} chips of {type(self).__name__}")
 
     # --- loaders -----------------------------------------------------------------------
@@ -492,7 +536,11 @@ class DINODataModule(LightningDataModule):
         return torch.Generator().manual_seed(seed)
 
     def on_after_batch_transfer(self, batch: Sample, dataloader_idx: int) -> Sample:
-        """Fill nodata, then multi-crop and normalise (training) or normalise (otherwise).
+        """Cast to float32, fill nodata, then multi-crop and normalise (training) or normalise.
+
+        Loader batches hold the files' dtype where the dataset reads it natively (uint16 for
+        Sentinel-2: half the bytes through the loader and the host-to-device copy); the cast
+        happens here, on the device, and is exact.
 
         Args:
             batch: raw batch on the device.

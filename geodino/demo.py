@@ -122,7 +122,7 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     batch = next(iter(datamodule.train_dataloader()))
     names = datamodule.band_names
     rgb = [names.index(b) for b in ("B04", "B03", "B02")]
-    chips_png = plot_chips(batch["image"][:16], rgb, run_dir / "chips.png")
+    chips_png = plot_chips(batch["image"][:16].float(), rgb, run_dir / "chips.png")
 
     hp = task.hparams
     torch.manual_seed(seed)

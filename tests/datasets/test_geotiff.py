@@ -256,6 +256,10 @@ def test_native_window_reads_equal_torchgeo_merge(tmp_path: Path, geotiff: "GeoT
                 assert got[key].dtype == expected[key].dtype, key
                 torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
             native += ds._read_native(q) is not None
+            raw = ds.raw_sample(q)  # what loader workers read: the files' dtype where native
+            assert raw["image"].dtype == (torch.uint16 if ds._read_native(q) else torch.float32)
+            for key in got:
+                torch.testing.assert_close(raw[key].to(got[key].dtype), got[key], rtol=0, atol=0)
     assert native > 10  # the one-file chips took the direct read, the rest went through merge
     off_grid = (slice(699005.0, 699165.0, 10.0), slice(4999600.0, 4999760.0, 10.0), ds.bounds[2])
     assert ds._read_native(off_grid) is None
