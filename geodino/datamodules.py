@@ -610,6 +610,11 @@ class GeoDINODataModule(DINODataModule):
         statistics_chips: chips measured when no statistics file is given.
         multicrop: keyword arguments of :class:`~geodino.transforms.MultiCrop`.
         val_length: validation chips per device (0: no validation).
+        block_aligned: align training and validation chips with the files' internal tiling
+            (:class:`~geodino.samplers.AOISampler`): each chip decodes the fewest compressed
+            blocks (one 256-px block for a 224-px chip instead of ~3.5 at a random offset),
+            ~3x faster reads of tiled DEFLATE catalogs and COGs; chips then start at only a
+            few offsets per block.
     """
 
     def __init__(
@@ -630,6 +635,7 @@ class GeoDINODataModule(DINODataModule):
         statistics_chips: int = 256,
         multicrop: dict[str, Any] | None = None,
         val_length: int = 0,
+        block_aligned: bool = False,
     ) -> None:
         """Store the settings; samplers are built in :meth:`setup`."""
         super().__init__(
@@ -648,6 +654,7 @@ class GeoDINODataModule(DINODataModule):
         self.min_coverage = min_coverage
         self.max_nodata = max_nodata
         self.max_redraws = max_redraws
+        self.block_aligned = block_aligned
 
     @property
     def band_names(self) -> list[str]:
@@ -671,6 +678,7 @@ class GeoDINODataModule(DINODataModule):
             weight_column=self.weight_column,
             generator=generator,
             query=query,
+            block_aligned=self.block_aligned,
         )
 
     def _draw(self, sampler: Any) -> GeoChipDraw:

@@ -187,6 +187,45 @@ def _triangles(geometry: Any) -> tuple[np.ndarray, np.ndarray]:
     return corners[keep], np.cumsum(areas[keep])
 
 
+def block_grids(dataset: GeoDataset, res: tuple[float, float]) -> np.ndarray:
+    """The internal tiling of every file read on the dataset's own grid.
+
+    Args:
+        dataset: a raster dataset whose index lists its files (``filepath``); of a
+            :class:`~geodino.datasets.PairedDataset`, the first modality (it sets the grid).
+        res: the dataset's resolution ``(x, y)``.
+
+    Returns:
+        one row per file in the dataset's CRS and resolution: footprint (xmin, ymin, xmax,
+        ymax), origin (left, top), size and block size in pixels (width, height, block width,
+        block height); files read through a warp are left out.
+
+    Raises:
+        DataError: if the dataset does not list its files.
+    """
+    import rasterio
+
+    source = next(iter(dataset.modalities.values())) if hasattr(dataset, "modalities") else dataset
+    if "filepath" not in source.index.columns:
+        raise DataError(
+            f"block_aligned needs a raster dataset whose index lists its files; "
+            f"{type(source).__name__} does not. Set block_aligned to false."
+        )
+    rows = []
+    for path in dict.fromkeys(source.index.filepath):
+        with rasterio.open(path) as src:
+            t = src.transform
+            same_grid = (src.crs is not None and CRS.from_user_input(src.crs) == source.crs
+                         and math.isclose(t.a, res[0]) and math.isclose(-t.e, res[1]))
+            if not same_grid:
+                continue
+            block_h, block_w = src.block_shapes[0]
+            left, bottom, right, top = src.bounds
+            rows.append((left, bottom, right, top, t.c, t.f, src.width, src.height,
+                         block_w, block_h))
+    return np.array(rows, dtype=np.float64).reshape(-1, 10)
+
+
 class AOISampler(GeoSampler):
     """Chips whose footprints lie inside AOI polygons, drawn at random or on a grid.
 
@@ -198,6 +237,15 @@ class AOISampler(GeoSampler):
     data. Chip ``i`` is a pure function of ``(seed, i, attempt)``, so any process can draw it
     without drawing the others. Grid mode (``stride``) covers the AOI row by row, north to
     south, for inference.
+
+    ``block_aligned`` moves each random chip onto the internal tiling of the file under it,
+    so that it spans as few of the file's blocks as it can: a 224-px chip inside one 256-px
+    block instead of ~3.5 blocks at a random offset, each of which a compressed GeoTIFF
+    decodes whole. The chip keeps the block it was drawn in and is shifted by less than a
+    block; chips then start at ``slack + 1`` offsets per block and axis (``slack`` = the
+    blocks it spans times the block size minus the chip size, 32 px above), fewer distinct
+    placements than the pixel grid. Where no aligned candidate meets ``min_coverage`` (small
+    polygons, AOI edges) the first valid unaligned one is kept.
 
     Sizes and strides are rounded to whole pixels so that reads need no resampling. At
     ``min_coverage=1`` a chip may cross the AOI border by at most 1e-6 pixel, the noise a CRS
@@ -215,6 +263,7 @@ class AOISampler(GeoSampler):
         stride: grid mode step ``(y, x)`` or one number, in ``units``; None: random mode.
         query: pandas query selecting AOI rows, e.g. ``"split == 'train'"``.
         max_tries: candidate chips tried per draw before giving up.
+        block_aligned: align random chips with the files' internal tiling (see above).
 
     Raises:
         DataError: for a bad AOI (see :func:`read_aoi`), an AOI that misses the data, a chip
@@ -235,6 +284,7 @@ class AOISampler(GeoSampler):
         stride: float | tuple[float, float] | None = None,
         query: str | None = None,
         max_tries: int = 100,
+        block_aligned: bool = False,
     ) -> None:
         """Read the AOI, weigh its polygons and prepare the placements or the grid."""
         if not 0 < min_coverage <= 1:
@@ -260,6 +310,11 @@ class AOISampler(GeoSampler):
         x, y, self.t = dataset.bounds
         self.origin = (float(x.start), float(y.start))
         self.crs = dataset.index.crs
+        self.blocks = block_grids(dataset, self.res) if block_aligned and stride is None else None
+        if self.blocks is not None and not len(self.blocks):
+            log.warning("block_aligned: no file is read on the dataset's own grid (all are "
+                        "warped); chips are not aligned")
+            self.blocks = None
         self.seed = (int(generator.initial_seed()) if generator is not None
                      else int(torch.randint(0, 2**62, (1,)).item()))
         self.epoch = 0
@@ -450,6 +505,31 @@ class AOISampler(GeoSampler):
         h, w = self.size
         return (slice(x0, x0 + w, self.res[0]), slice(y0, y0 + h, self.res[1]), self.t)
 
+    def _align(self, x0: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower-left corners moved onto the tiling of the file under each chip's centre."""
+        assert self.blocks is not None
+        h, w = self.size
+        b = self.blocks
+        cx, cy = (x0 + w / 2)[:, None], (y0 + h / 2)[:, None]
+        inside = (b[:, 0] <= cx) & (cx < b[:, 2]) & (b[:, 1] <= cy) & (cy < b[:, 3])
+        hit = inside.any(1)
+        f = inside.argmax(1)
+        left, top, width, height, block_w, block_h = (b[f, k] for k in range(4, 10))
+        rx, ry = self.res
+
+        def snap(first: np.ndarray, size: float, total: np.ndarray, block: np.ndarray
+                 ) -> np.ndarray:
+            chip = round(size)
+            slack = np.ceil(chip / block) * block - chip
+            k = np.floor(first / block)
+            offset = first - k * block
+            aligned = k * block + np.floor(offset * (slack + 1) / block)
+            return np.clip(aligned, 0, np.maximum(total - chip, 0))
+
+        col = snap(np.round((x0 - left) / rx), w / rx, width, block_w)
+        row = snap(np.round((top - (y0 + h)) / ry), h / ry, height, block_h)
+        return (np.where(hit, left + col * rx, x0), np.where(hit, top - row * ry - h, y0))
+
     def _covers(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
         """Whether chips with these lower-left corners meet ``min_coverage``."""
         h, w = self.size
@@ -485,6 +565,7 @@ class AOISampler(GeoSampler):
         assert triangles is not None
         corners, cumulative = triangles
         h, w = self.size
+        fallback: Query | None = None
         for start in range(0, self.max_tries, _BATCH):
             n = min(_BATCH, self.max_tries - start)
             pick = np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
@@ -493,9 +574,21 @@ class AOISampler(GeoSampler):
             centres = (1 - s) * a + s * (1 - t) * b + s * t * c  # uniform in the triangle
             x0 = self._snap(centres[:, 0] - w / 2, 0)
             y0 = self._snap(centres[:, 1] - h / 2, 1)
+            if self.blocks is not None:
+                ax, ay = self._align(x0, y0)
+                ok = np.flatnonzero(self._covers(ax, ay))
+                if ok.size:
+                    return row, self._query(float(ax[ok[0]]), float(ay[ok[0]]))
+                if fallback is None:
+                    ok = np.flatnonzero(self._covers(x0, y0))
+                    if ok.size:
+                        fallback = self._query(float(x0[ok[0]]), float(y0[ok[0]]))
+                continue
             ok = np.flatnonzero(self._covers(x0, y0))
             if ok.size:
                 return row, self._query(float(x0[ok[0]]), float(y0[ok[0]]))
+        if fallback is not None:
+            return row, fallback
         raise DataError(
             f"no chip of {h:g} x {w:g} {self._unit()} covering "
             f"{self.min_coverage:.0%} was found inside {self.label(row)} of {self.source} after "

@@ -119,3 +119,16 @@ def test_collate_promotes_mixed_image_dtypes() -> None:
     got = collate(samples)["image"]
     assert got.dtype == torch.float32
     assert torch.equal(got, default_collate([{"image": i.float()} for i in images])["image"])
+
+
+def test_block_aligned_reaches_the_samplers(tmp_path: Path) -> None:
+    ds = uint16_catalog(tmp_path)
+    dm = GeoDINODataModule(ds, chip_size=32, batch_size=4, seed=0, max_nodata=0.3,
+                           val_length=4, block_aligned=True, multicrop=MULTICROP,
+                           statistics_chips=4)
+    dm.setup("fit")
+    for draw in (dm.train_draw, dm.val_draw):
+        assert draw.sampler.blocks is not None and len(draw.sampler.blocks) == 2
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32)
+    assert GeoDINODataModule(ds, chip_size=32)._sampler(None, 0).blocks is None  # off by default

@@ -355,3 +355,81 @@ def test_the_aoi_guide_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "docs/aoi.md", "exec"), {})
     assert (tmp_path / "fields.gpkg").is_file()
+
+
+def write_tiled(path: Path, size: int, block: int, crs: str, origin: tuple[float, float]) -> None:
+    data = np.random.default_rng(1).integers(1, 500, (2, size, size)).astype("uint16")
+    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=2,
+                       dtype="uint16", crs=crs, nodata=0, tiled=True, blockxsize=block,
+                       blockysize=block, compress="deflate",
+                       transform=from_origin(*origin, RES, RES)) as dst:
+        dst.write(data)
+
+
+def blocks_spanned(query: tuple[slice, slice, slice], origin: tuple[float, float],
+                   block: int) -> tuple[int, int]:
+    """Blocks a chip spans across and down the tiling of a file at ``origin``."""
+    x, y, _ = query
+    col, row = (x.start - origin[0]) / RES, (origin[1] - y.stop) / RES
+    cols, rows = round((x.stop - x.start) / RES), round((y.stop - y.start) / RES)
+    assert col == round(col) and row == round(row)  # on the file's pixel grid
+    return (int((col + cols - 1) // block - col // block + 1),
+            int((row + rows - 1) // block - row // block + 1))
+
+
+def test_block_aligned_chips_span_the_fewest_blocks(tmp_path: Path) -> None:
+    origin = (500000.0, 5000000.0)
+    write_tiled(tmp_path / "a.tif", 320, 64, "EPSG:32631", origin)
+    # a scene in the next zone is warped: its chips cannot be aligned and are drawn as before
+    write_tiled(tmp_path / "b.tif", 320, 64, "EPSG:32632", (-100000.0, 5000000.0))
+    ds = MultiBandGeoTIFF(tmp_path / "a.tif")
+    for chip, fewest in ((48, 1), (80, 2), (64, 1)):
+        plain = [AOISampler(ds, None, chip, generator=torch.Generator().manual_seed(0)).sample(i)
+                 for i in range(200)]
+        sampler = AOISampler(ds, None, chip, block_aligned=True,
+                             generator=torch.Generator().manual_seed(0))
+        aligned = [sampler.sample(i) for i in range(200)]
+        assert {blocks_spanned(q, origin, 64) for q in aligned} == {(fewest, fewest)}, chip
+        assert max(max(blocks_spanned(q, origin, 64)) for q in plain) > fewest
+        # chips keep the block they were drawn in and move by less than one
+        for q, p in zip(aligned, plain, strict=True):
+            assert abs(q[0].start - p[0].start) < 64 * RES
+            assert abs(q[1].start - p[1].start) < 64 * RES
+        offsets = {round((q[0].start - origin[0]) / RES) % 64 for q in aligned}
+        slack = -(-chip // 64) * 64 - chip
+        assert offsets <= set(range(slack + 1))
+        assert len(offsets) > slack // 2  # offsets within the slack are still drawn
+        again = AOISampler(ds, None, chip, block_aligned=True,
+                           generator=torch.Generator().manual_seed(0))
+        assert [again.sample(i) for i in range(200)] == aligned  # a pure function of the seed
+        assert pickle.loads(pickle.dumps(sampler)).sample(7) == aligned[7]
+    both = MultiBandGeoTIFF(tmp_path)
+    sampler = AOISampler(both, None, 48, length=300, block_aligned=True,
+                         generator=torch.Generator().manual_seed(0))
+    assert len(sampler.blocks) == 1  # only a.tif is read on the dataset's grid
+    a = scene(both, "a")
+    inside = [q for q in sampler if a.contains(box_of(q))]
+    assert inside and {blocks_spanned(q, origin, 64) for q in inside} == {(1, 1)}
+
+
+def test_block_aligned_chips_respect_the_aoi_and_fall_back_where_none_fits(
+        tmp_path: Path) -> None:
+    origin = (500000.0, 5000000.0)
+    write_tiled(tmp_path / "a.tif", 320, 64, "EPSG:32631", origin)
+    ds = MultiBandGeoTIFF(tmp_path)
+    x0, y1 = origin
+    # a polygon across a block boundary, only 40 px wide: no aligned 32-px chip fits inside it
+    narrow = shapely.box(x0 + 44 * RES, y1 - 300 * RES, x0 + 84 * RES, y1 - 10 * RES)
+    wide = shapely.box(x0 + 130 * RES, y1 - 300 * RES, x0 + 310 * RES, y1 - 120 * RES)
+    aoi = gpd.GeoDataFrame({"name": ["narrow", "wide"]}, geometry=[narrow, wide], crs=ds.crs)
+    sampler = AOISampler(ds, aoi, 32, length=300, block_aligned=True,
+                         weight_column=None, generator=torch.Generator().manual_seed(2))
+    chips = list(sampler)
+    for q in chips:
+        assert narrow.buffer(TOL).contains(box_of(q)) or wide.buffer(TOL).contains(box_of(q))
+    in_narrow = [q for q in chips if narrow.buffer(TOL).contains(box_of(q))]
+    in_wide = [q for q in chips if wide.buffer(TOL).contains(box_of(q))]
+    assert in_narrow and in_wide
+    assert {blocks_spanned(q, origin, 64) for q in in_wide} == {(1, 1)}
+    # the narrow polygon straddles the boundary at column 64: its chips keep their placement
+    assert any(blocks_spanned(q, origin, 64)[0] == 2 for q in in_narrow)
