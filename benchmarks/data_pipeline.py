@@ -7,8 +7,13 @@ in one run and prints a table with the ratio. GDAL's cache is kept small
 would; ``--cached`` instead gives GDAL 1 GB and reads every chip once before timing, so both
 sides measure their per-chip overhead on pixels already decoded.
 
+``--block-aligned`` lets the data module align its chips with the files' tiling
+(``GeoDINODataModule(block_aligned=True)``); the baseline stays naive: rasterio reads the
+random windows the data module draws without alignment (same seed), and a third column
+gives rasterio on the aligned windows themselves.
+
     python benchmarks/data_pipeline.py --chips 512 --workers 0 1 2 [--mixed-crs]
-        [--layout tiled|striped|cog] [--cached] [--json OUT]
+        [--layout tiled|striped|cog] [--cached] [--block-aligned] [--json OUT]
 """
 
 import argparse
@@ -80,45 +85,63 @@ class RasterioReader:
 
 
 def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
-            cached: bool) -> tuple[float, float]:
+            cached: bool, block_aligned: bool = False) -> tuple[float, float, float | None]:
     """Chips/s through GeoDINODataModule's training loader and through plain rasterio.
 
-    Without workers both read in this process and take turns batch by batch, so that load
-    from other processes on the machine falls on both alike. With workers the loader runs
-    first (its workers prefetch), then rasterio reads the same windows.
+    Without workers all sides read in this process and take turns batch by batch, so that
+    load from other processes on the machine falls on them alike. With workers the loader
+    runs first (its workers prefetch), then rasterio reads the windows.
+
+    Returns:
+        geodino's chips/s, rasterio's on the naive (unaligned) windows and, with
+        ``block_aligned``, rasterio's on the data module's own aligned windows.
     """
     from geodino.datamodules import GeoDINODataModule
     from geodino.datasets import MultiBandGeoTIFF
 
-    dm = GeoDINODataModule(
-        MultiBandGeoTIFF(root), chip_size=chip, batch_size=batch, num_workers=workers,
-        seed=0, statistics=None, statistics_chips=1,
-    )
-    dm.setup_draws()
-    queries = [dm.train_draw.sampler.sample(i) for i in range(chips)]
-    reader = RasterioReader(root, chip)
-    if cached:  # decode every chip once on both sides: the timed reads then hit the cache
+    def module(aligned: bool) -> GeoDINODataModule:
+        dm = GeoDINODataModule(
+            MultiBandGeoTIFF(root), chip_size=chip, batch_size=batch, num_workers=workers,
+            seed=0, statistics=None, statistics_chips=1, block_aligned=aligned,
+        )
+        dm.setup_draws()
+        return dm
+
+    dm = module(block_aligned)
+    naive = module(False) if block_aligned else dm
+    queries = [naive.train_draw.sampler.sample(i) for i in range(chips)]
+    windows = [[queries, RasterioReader(root, chip)]]
+    if block_aligned:
+        windows.append([[dm.train_draw.sampler.sample(i) for i in range(chips)],
+                        RasterioReader(root, chip)])
+    if cached:  # decode every chip once on all sides: the timed reads then hit the cache
         for position in range(chips):
             dm.train_draw(position)
-        reader.read(queries)
+        for qs, reader in windows:
+            reader.read(qs)
     loader = iter(dm.train_dataloader())
     next(loader)  # start workers and open files outside the timing
-    reader.read(queries[:batch])
+    for qs, reader in windows:
+        reader.read(qs[:batch])
     n = (chips // batch) - 1
-    geodino = rasterio_s = 0.0
+    geodino = 0.0
+    seconds = [0.0] * len(windows)
     if workers == 0:
         for i in range(1, n + 1):
             start = time.perf_counter()
             next(loader)
             geodino += time.perf_counter() - start
-            rasterio_s += reader.read(queries[i * batch:(i + 1) * batch])
+            for k, (qs, reader) in enumerate(windows):
+                seconds[k] += reader.read(qs[i * batch:(i + 1) * batch])
     else:
         start = time.perf_counter()
         for _ in range(n):
             next(loader)
         geodino = time.perf_counter() - start
-        rasterio_s = reader.read(queries[batch:batch * (n + 1)])
-    return n * batch / geodino, n * batch / rasterio_s
+        for k, (qs, reader) in enumerate(windows):
+            seconds[k] = reader.read(qs[batch:batch * (n + 1)])
+    rates = [n * batch / s for s in seconds]
+    return n * batch / geodino, rates[0], rates[1] if block_aligned else None
 
 
 def main() -> None:
@@ -136,6 +159,9 @@ def main() -> None:
                         help="256-px tiles, strips (one row per block) or a COG")
     parser.add_argument("--cached", action="store_true",
                         help="pixels already in GDAL's cache (1 GB, every chip read once first)")
+    parser.add_argument("--block-aligned", action="store_true",
+                        help="the data module aligns chips with the files' tiling; the "
+                        "baseline reads the unaligned random windows")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
@@ -144,17 +170,24 @@ def main() -> None:
         write_catalog(root, args.files, args.size, args.bands, args.mixed_crs,
                       args.layout != "striped", args.layout == "cog")
         for workers in args.workers:
-            rate, base = measure(root, args.chips, args.chip, workers, args.batch, args.cached)
-            rows.append({"workers": workers, "geodino_chips_per_s": rate,
-                         "rasterio_chips_per_s": base, "ratio": rate / base})
+            rate, base, same = measure(root, args.chips, args.chip, workers, args.batch,
+                                       args.cached, args.block_aligned)
+            row = {"workers": workers, "geodino_chips_per_s": rate,
+                   "rasterio_chips_per_s": base, "ratio": rate / base}
+            if same is not None:
+                row |= {"rasterio_aligned_chips_per_s": same, "ratio_aligned": rate / same}
+            rows.append(row)
     layout = ("mixed-CRS" if args.mixed_crs else "same-CRS") + f", {args.layout}" + (
-        ", cached" if args.cached else "")
+        ", cached" if args.cached else "") + (", block-aligned" if args.block_aligned else "")
     print(f"data pipeline: {args.bands} bands, {args.chip} px chips, {layout}, "
           f"GDAL_CACHEMAX={os.environ['GDAL_CACHEMAX']} MB, {os.cpu_count()} cores")
-    print(f"{'workers':>8} {'geodino chips/s':>16} {'rasterio chips/s':>17} {'ratio':>7}")
+    extra = (f" {'rasterio aligned':>17} {'ratio':>7}" if args.block_aligned else "")
+    print(f"{'workers':>8} {'geodino chips/s':>16} {'rasterio chips/s':>17} {'ratio':>7}{extra}")
     for r in rows:
+        extra = (f" {r['rasterio_aligned_chips_per_s']:>17.1f} {r['ratio_aligned']:>7.2f}"
+                 if args.block_aligned else "")
         print(f"{r['workers']:>8} {r['geodino_chips_per_s']:>16.1f} "
-              f"{r['rasterio_chips_per_s']:>17.1f} {r['ratio']:>7.2f}")
+              f"{r['rasterio_chips_per_s']:>17.1f} {r['ratio']:>7.2f}{extra}")
     if args.json:
         args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
 

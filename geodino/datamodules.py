@@ -227,9 +227,10 @@ class GeoChipDraw:
             if (nodata is None or not float(nodata).is_integer()
                     or not info.min <= nodata <= info.max):
                 return 0.0
-            equal = array == array.dtype.type(nodata)
-            if not equal.any():
+            # one min (or max) pass is ~3x faster than comparing and rules most chips out
+            if array.min() > nodata or array.max() < nodata:
                 return 0.0
+            equal = array == array.dtype.type(nodata)
             return float(equal.any(axis=0).mean())
         invalid = None
         if array.dtype.kind == "f":
