@@ -5,11 +5,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import torch
+from rasterio.transform import from_origin
 
 from geodino.datamodules import GeoChipDraw, GeoDINODataModule, collate
 from geodino.datasets import MultiBandGeoTIFF
-from tests.test_datamodules import MULTICROP, write_raster
+
+MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2}
+
+
+def write_raster(path: Path, data: np.ndarray, origin: tuple[float, float]) -> None:
+    """A (C, H, W) uint16 GeoTIFF in UTM 31N, 64-px DEFLATE tiles, nodata 0."""
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
+                       count=data.shape[0], dtype=data.dtype, crs="EPSG:32631", nodata=0,
+                       transform=from_origin(*origin, 10.0, 10.0), tiled=True, blockxsize=64,
+                       blockysize=64, compress="deflate") as dst:
+        dst.write(data)
 
 
 class FloatReads:
@@ -43,9 +55,9 @@ def uint16_catalog(root: Path) -> MultiBandGeoTIFF:
     a = rng.integers(1, 4000, size=(3, 96, 160), dtype=np.uint16)
     a[:, :, :30] = 0  # nodata stripe: chips there are redrawn
     a[1, 60:70, 40:50] = 0  # nodata in one band only: still a nodata pixel
-    write_raster(root / "a.tif", a, "EPSG:32631", (500000, 5000000))
+    write_raster(root / "a.tif", a, (500000, 5000000))
     b = rng.integers(1, 4000, size=(3, 96, 96), dtype=np.uint16)
-    write_raster(root / "b.tif", b, "EPSG:32631", (501280, 5000000))  # 32 px overlap
+    write_raster(root / "b.tif", b, (501280, 5000000))  # 32 px overlap
     return MultiBandGeoTIFF(root)
 
 
