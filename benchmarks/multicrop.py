@@ -8,12 +8,21 @@ and returns the same view-major batches the model needs.
 Pipelines run in turns, ``--repeats`` rounds; the best round of each is reported, with the CPU
 seconds it used (the fair figure on a shared machine).
 
+Then multi-crop's share of a training step: a few ``DINOv2Task`` steps (``--model``, same
+bands and crop sizes, ``--step-precision``) through a Lightning ``Trainer`` on batches cropped
+once beforehand and held on the device, so that the step leaves multi-crop out; the share is
+geodino's multi-crop seconds per sample over the step's seconds per sample (target <= 10 %).
+``--step-batch`` may be smaller than ``--batch``: per-sample times scale it to ``--batch``
+(on a GPU a small step batch runs below full use, so use the training batch there).
+
 On the CPU, glibc's allocator returns the large crop buffers to the kernel after every batch;
 ``MALLOC_MMAP_MAX_=0`` keeps them in the heap (measured 17 -> 63 samples/s for Kornia's
 batched augmentations)::
 
     MALLOC_MMAP_MAX_=0 python benchmarks/multicrop.py --batch 32 --bands 13 --size 256 \\
         [--device cuda] [--threads 2] [--json OUT]
+    python benchmarks/multicrop.py --device cuda --batch 64 --step-batch 64 \\
+        --step-precision bf16-mixed --skip numpy
 """
 
 import argparse
@@ -21,9 +30,11 @@ import importlib.util
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,6 +175,73 @@ def albumentations_per_sample(args: argparse.Namespace) -> Pipeline:
     return run
 
 
+def step_times(args: argparse.Namespace) -> list[tuple[float, float]]:
+    """Wall and CPU seconds of each timed ``DINOv2Task`` step on pre-cropped batches.
+
+    Every step goes through the task's own losses, backward, per-module clipping, AdamW and
+    EMA update, run by a Lightning ``Trainer`` at ``--step-precision``.
+    """
+    from lightning.pytorch import Callback, LightningDataModule, Trainer
+
+    from geodino.tasks import DINOv2Task
+    from geodino.transforms import MultiCrop
+
+    class StepClock(Callback):
+        """Wall and process CPU seconds from each batch's start to the end of its step."""
+
+        def __init__(self) -> None:
+            self.start = (0.0, 0.0)
+            self.seconds: list[tuple[float, float]] = []
+
+        def _now(self) -> tuple[float, float]:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter(), time.process_time()
+
+        def on_train_batch_start(self, *_: Any) -> None:
+            self.start = self._now()
+
+        def on_train_batch_end(self, *_: Any) -> None:
+            end = self._now()
+            self.seconds.append((end[0] - self.start[0], end[1] - self.start[1]))
+
+    class CroppedBatches(LightningDataModule):
+        """One multi-crop batch, already normalised and on the device, served every step."""
+
+        def __init__(self, batch: dict[str, torch.Tensor], batch_size: int, steps: int) -> None:
+            super().__init__()
+            self.batch, self.batch_size, self.steps = batch, batch_size, steps
+
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader([self.batch] * self.steps, batch_size=None)
+
+    device = torch.device(args.device)
+    task = DINOv2Task(model=args.model, in_chans=args.bands, head_out_dim=args.head_out_dim,
+                      model_kwargs={"img_size": args.global_size})
+    patch = task.patch_size
+    if args.global_size % patch or args.local_size % patch:
+        raise SystemExit(f"--global-size {args.global_size} and --local-size {args.local_size} "
+                         f"must be multiples of {args.model}'s patch size {patch} (e.g. 224 "
+                         "and 98), as DINOv2Task requires.")
+    crop = MultiCrop(global_crops_size=args.global_size, local_crops_size=args.local_size,
+                     local_crops_number=args.local_crops, interpolation=args.interpolation)
+    images = torch.rand(args.step_batch, args.bands, args.size, args.size,
+                        generator=torch.Generator().manual_seed(1)).to(device)
+    crops = crop(images, torch.Generator().manual_seed(1))
+    batch = {k: ((v - v.mean()) / v.std()).contiguous() for k, v in crops.items()}
+    total = args.step_warmup + args.step_steps
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as root:  # the task's summary files land here
+        trainer = Trainer(
+            max_steps=total, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+            precision=args.step_precision, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+            default_root_dir=root,
+        )
+        trainer.fit(task, CroppedBatches(batch, args.step_batch, total))
+    return clock.seconds[args.step_warmup:]
+
+
 def timed(fn: Pipeline, images: torch.Tensor, seed: int) -> tuple[float, float]:
     """Wall and process CPU seconds of one pass."""
     generator = torch.Generator().manual_seed(seed)
@@ -183,17 +261,35 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=13)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--global-size", type=int, default=224)
-    parser.add_argument("--local-size", type=int, default=96)
+    parser.add_argument("--local-size", type=int, default=98,
+                        help="local crop side (a multiple of the model's patch for the step)")
     parser.add_argument("--local-crops", type=int, default=8)
     parser.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"])
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best is reported")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and BLAS threads (default: their own defaults)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["torchvision", "numpy"],
-                        help="pipelines to leave out")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["torchvision", "numpy", "step"],
+                        help="pipelines to leave out (step: the share of a DINOv2Task step)")
+    parser.add_argument("--model", default="vit_small_patch14_reg4_dinov2",
+                        help="DINOv2Task backbone for the step")
+    parser.add_argument("--head-out-dim", type=int, default=65536,
+                        help="DINO head prototypes for the step")
+    parser.add_argument("--step-batch", type=int, default=None,
+                        help="samples per DINOv2Task step (>= 2; default: --batch on a GPU, "
+                             "4 on the CPU); times are scaled per sample")
+    parser.add_argument("--step-steps", type=int, default=3, help="timed steps; best reported")
+    parser.add_argument("--step-warmup", type=int, default=1, help="untimed first steps")
+    parser.add_argument("--step-precision", default="32-true",
+                        choices=["32-true", "bf16-mixed", "16-mixed"],
+                        help="Lightning precision of the step (bf16-mixed: bf16 autocast)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    if args.step_batch is None:
+        args.step_batch = args.batch if args.device.startswith("cuda") else min(args.batch, 4)
+    if "step" not in args.skip and args.step_batch < 2:
+        parser.error("--step-batch must be >= 2 (DINOv2Task's KoLeo loss needs 2 samples)")
     if args.threads:
         torch.set_num_threads(args.threads)
         if importlib.util.find_spec("threadpoolctl") is not None:
@@ -244,9 +340,36 @@ def main() -> None:
         cpu_ratio = f"{row['cpu_vs_torchvision']:.2f}" if base else "-"
         print(f"{name:<28} {row['samples_per_s']:>10.1f} {row['samples_per_s_median']:>8.1f} "
               f"{ratio:>7} {1000 * row['cpu_s_per_sample']:>14.1f} {cpu_ratio:>10}")
+    share = None
+    if "step" not in args.skip:
+        steps = step_times(args)
+        best_wall, best_cpu = min(steps)
+        crop_s = args.batch / rows["geodino batched"]["samples_per_s"]
+        step_s = best_wall / args.step_batch * args.batch
+        crop_cpu = rows["geodino batched"]["cpu_s_per_sample"]
+        step_cpu = best_cpu / args.step_batch
+        share = {"model": args.model, "precision": args.step_precision,
+                 "step_batch": args.step_batch, "steps_timed": len(steps),
+                 "multicrop_s_per_batch": crop_s, "step_s_per_batch": step_s,
+                 "step_s_per_batch_median": statistics.median(w for w, _ in steps)
+                 / args.step_batch * args.batch,
+                 "share": crop_s / step_s,
+                 # on a shared CPU the CPU seconds are the fairer figure
+                 "share_cpu": crop_cpu / step_cpu if device.type == "cpu" else None,
+                 "target": 0.10, "passed": crop_s / step_s <= 0.10}
+        print(f"\nshare of a step: DINOv2Task {args.model}, {args.step_precision}, step batch "
+              f"{args.step_batch} scaled to {args.batch}, best of {len(steps)} steps "
+              "(crops made beforehand)")
+        print(f"{'multi-crop s/batch':>19} {'step s/batch':>13} {'share':>7} {'target':>7}"
+              + (f" {'CPU-s share':>12}" if share["share_cpu"] is not None else ""))
+        print(f"{crop_s:>19.3f} {step_s:>13.3f} {100 * share['share']:>6.1f}% "
+              f"{'<= 10%':>7} {'PASS' if share['passed'] else 'FAIL'}"
+              + (f" {100 * share['share_cpu']:>11.1f}%" if share["share_cpu"] is not None
+                 else ""))
     if args.json:
         args.json.write_text(json.dumps({
             "results": rows,
+            "step_share": share,
             "args": {k: str(v) for k, v in vars(args).items()},
             "threads": torch.get_num_threads(),
             "malloc_mmap_max": os.environ.get("MALLOC_MMAP_MAX_"),
