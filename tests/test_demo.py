@@ -5,8 +5,9 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import rasterio
+import yaml
 
-from geodino.demo import run_demo
+from geodino.demo import DEMO_CONFIG, run_demo
 
 
 @pytest.mark.slow
@@ -17,8 +18,9 @@ def test_demo_writes_the_whole_story(tmp_path: Path) -> None:
     for name in ("embeddings.tif", "embeddings.parquet", "maps/pca_map.tif", "metrics.json"):
         assert (run / name).is_file() and str(run / name) in summary, name
     scene = sorted((tmp_path / "demo" / "data" / "s2").glob("*.tif"))[0]
+    width = yaml.safe_load(DEMO_CONFIG.read_text())["model"]["init_args"]["model_kwargs"]["embed_dim"]
     with rasterio.open(run / "embeddings.tif") as emb, rasterio.open(scene) as src:
-        assert emb.crs == src.crs and emb.count == 192
+        assert emb.crs == src.crs and emb.count == width
         assert emb.transform == src.transform @ src.transform.scale(14)
     assert len(gpd.read_parquet(run / "embeddings.parquet")) > 0
     for name in ("training_curves.png", "maps/pca_map.png", "maps/attention.png"):
