@@ -3,14 +3,12 @@
 from pathlib import Path
 
 import geopandas as gpd
-import pytest
 import rasterio
 import yaml
 
 from geodino.demo import DEMO_CONFIG, run_demo
 
 
-@pytest.mark.slow
 def test_demo_writes_the_whole_story(tmp_path: Path) -> None:
     summary = run_demo(tmp_path / "demo", max_steps=2)
     run = Path(summary.splitlines()[0].split(" in ", 1)[1])
