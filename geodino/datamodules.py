@@ -449,7 +449,7 @@ class DINODataModule(LightningDataModule):
         assert self.train_draw is not None
         acc = StatisticsAccumulator(self.band_names, self.nodata, seed=self.seed)
         for position in range(chips):
-            acc.update(self.train_draw(position)["image"].float())
+            acc.update(self.train_draw(position)["image"])
         return acc.compute(source=f"{chips} chips of {type(self).__name__}")
 
     # --- loaders -----------------------------------------------------------------------

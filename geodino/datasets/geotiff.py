@@ -11,11 +11,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import rasterio
-from affine import Affine
 import torch
 from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
+from rasterio.transform import Affine
 from rasterio.windows import Window
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import array_to_tensor, find_files
