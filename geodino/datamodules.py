@@ -7,10 +7,10 @@ positions ``start + l * W + r`` for its local samples ``l = 0, 1, ...``, and loa
 take whole local batches in turn, so the order does not depend on the worker count.
 """
 
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,6 @@ def collate(samples: list[Sample]) -> Sample:
     Loader workers use PyTorch's collate, which stacks straight into shared memory. In the
     main process (``num_workers=0``) numpy's single-threaded copy is ~10x faster than
     ``torch.stack`` on chip-sized tensors, which otherwise costs as much as decoding them.
-    Images of different dtypes in one batch (uint16 chips read natively, float32 chips
-    merged across files) are cast to their common dtype first.
 
     Args:
         samples: the samples of one batch.
@@ -56,10 +54,6 @@ def collate(samples: list[Sample]) -> Sample:
     Returns:
         the batch.
     """
-    dtypes = {s["image"].dtype for s in samples if isinstance(s.get("image"), Tensor)}
-    if len(dtypes) > 1:
-        common = functools.reduce(torch.promote_types, dtypes)
-        samples = [s | {"image": s["image"].to(common)} for s in samples]
     first = samples[0]
     if get_worker_info() is not None or not all(
         isinstance(v, Tensor) and v.device.type == "cpu" for v in first.values()
@@ -68,12 +62,27 @@ def collate(samples: list[Sample]) -> Sample:
     return {k: torch.from_numpy(np.stack([s[k].numpy() for s in samples])) for k in first}
 
 
+def _empty_batch(size: int, like: Tensor) -> Tensor:
+    """An uninitialised batch of ``size`` tensors like ``like``; in a loader worker, in
+    shared memory (as PyTorch's collate allocates it), so handing it over copies nothing."""
+    shape = (size, *like.shape)
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=like.dtype)
+    storage = like._typed_storage()._new_shared(size * like.numel(), device=like.device)
+    return like.new(storage).resize_(shape)
+
+
 class SampleStream(IterableDataset[Sample]):
-    """Endless (or bounded) stream of samples drawn by position, sharded over ranks and workers.
+    """Endless (or bounded) stream of batches drawn by position, sharded over ranks and workers.
+
+    Each item is a whole batch: the chips of a draw with a ``raw`` method are read straight
+    into their slot of the batch (no per-chip array, no stacking copy), which is most of
+    the loader's cost when the pixels already sit in GDAL's cache.
 
     Args:
-        draw: returns the sample at a global stream position; its ``raw`` method, if it has
-            one, is called instead (images in the files' dtype, cast on the device).
+        draw: returns the sample at a global stream position; its ``raw(position, out)``
+            method, if it has one, is called instead (images in the files' dtype, read into
+            ``out`` where it can; cast on the device).
         batch_size: samples per batch on one rank.
         start: first global position of this stream.
         rank: this process's rank.
@@ -118,18 +127,66 @@ class SampleStream(IterableDataset[Sample]):
             batch += num_workers
 
     def __iter__(self) -> Iterator[Sample]:
-        """Draw this worker's samples."""
+        """Draw this worker's batches."""
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        draw = getattr(self.draw, "raw", self.draw)
-        for position in self.positions(worker, workers):
-            yield _keep(draw(position))
+        positions = self.positions(worker, workers)
+        while batch := list(islice(positions, self.batch_size)):
+            yield self.read_batch(batch)
+
+    def read_batch(self, positions: list[int]) -> Sample:
+        """The batch of samples at some stream positions.
+
+        Images of different dtypes (uint16 chips read natively, float32 chips merged across
+        files) are cast to their common dtype.
+
+        Args:
+            positions: global stream positions, in batch order.
+
+        Returns:
+            the batch.
+
+        Raises:
+            DataError: if a sample has no image, or the images differ in shape.
+        """
+        raw = getattr(self.draw, "raw", None)
+        images: Tensor | None = None
+        rest = []
+        for i, position in enumerate(positions):
+            if raw is None:
+                sample = _keep(self.draw(position))
+            else:
+                sample = _keep(raw(position, out=None if images is None else images[i].numpy()))
+            image = sample.pop("image", None)
+            if not isinstance(image, Tensor):
+                raise DataError(
+                    f"the sample at stream position {position} has no image tensor (keys "
+                    f"{sorted(sample)}); pretraining reads images: use an image dataset "
+                    "(e.g. MultiBandGeoTIFF with is_image = True), not a mask dataset."
+                )
+            if images is None:
+                images = _empty_batch(len(positions), image)
+            if image.shape != images.shape[1:]:
+                raise DataError(
+                    f"the sample at stream position {position} has an image of shape "
+                    f"{tuple(image.shape)}, the first of its batch {tuple(images.shape[1:])}; "
+                    "samples of a batch must share band count and size: resize or crop the "
+                    "images to one size, or select the same bands."
+                )
+            if image.data_ptr() != images[i].data_ptr():
+                common = torch.promote_types(images.dtype, image.dtype)
+                if common != images.dtype:
+                    images = images.to(common)
+                images[i] = image
+            rest.append(sample)
+        assert images is not None
+        return (collate(rest) if rest[0] else {}) | {"image": images}
 
     def __len__(self) -> int:
-        """Samples per rank (only defined for a bounded stream)."""
+        """Batches per rank (only defined for a bounded stream)."""
         if self.length is None:
             raise TypeError("an endless sample stream has no length")
-        return self.length
+        return -(-self.length // self.batch_size)
 
 
 class GeoChipDraw:
@@ -180,11 +237,13 @@ class GeoChipDraw:
             sample["image"] = torch.from_numpy(image.numpy().astype(np.float32))
         return sample
 
-    def raw(self, position: int) -> Sample:
+    def raw(self, position: int, out: np.ndarray | None = None) -> Sample:
         """Read the chip at ``position``, its image in the dtype the dataset reads it in.
 
         Args:
             position: global stream position.
+            out: where the dataset may read the image (its ``raw_sample`` decides), e.g.
+                the chip's slot in a batch.
 
         Returns:
             the sample, holding at most ``max_nodata`` nodata pixels; ``image.float()`` is
@@ -193,11 +252,11 @@ class GeoChipDraw:
         Raises:
             DataError: if every redraw held too much nodata.
         """
-        read = getattr(self.dataset, "raw_sample", None) or self.dataset.__getitem__
+        raw_sample = getattr(self.dataset, "raw_sample", None)
         fractions = []
         for attempt in range(self.max_redraws + 1):
             query = self.sampler.sample(position, attempt)
-            sample = read(query)
+            sample = self.dataset[query] if raw_sample is None else raw_sample(query, out=out)
             fraction = self._nodata_fraction(query, sample["image"])
             if fraction <= self.max_nodata:
                 return sample
@@ -462,9 +521,8 @@ class DINODataModule(LightningDataModule):
     def _loader(self, stream: SampleStream) -> DataLoader[Sample]:
         return DataLoader(
             stream,
-            batch_size=self.batch_size,
+            batch_size=None,  # the stream yields whole batches
             num_workers=self.num_workers,
-            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             # each new loader iterator draws a worker base seed: from its own generator, not

@@ -5,6 +5,7 @@ draws chips in the clipped bounding box, so chips land outside non-rectangular A
 :class:`AOISampler` places every chip inside the polygons themselves.
 """
 
+import bisect
 import logging
 import math
 from collections.abc import Iterator
@@ -568,9 +569,15 @@ class AOISampler(GeoSampler):
         fallback: Query | None = None
         for start in range(0, self.max_tries, _BATCH):
             n = min(_BATCH, self.max_tries - start)
-            pick = np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
-            a, b, c = (corners[np.minimum(pick, len(corners) - 1), k] for k in range(3))
+            u = rng.random(n) * cumulative[-1]
             s, t = np.sqrt(rng.random((n, 1))), rng.random((n, 1))
+            if start == 0:
+                first = self._first(corners, cumulative, float(u[0]), float(s[0, 0]),
+                                    float(t[0, 0]))
+                if first is not None:
+                    return row, first
+            pick = np.searchsorted(cumulative, u, side="right")
+            a, b, c = (corners[np.minimum(pick, len(corners) - 1), k] for k in range(3))
             centres = (1 - s) * a + s * (1 - t) * b + s * t * c  # uniform in the triangle
             x0 = self._snap(centres[:, 0] - w / 2, 0)
             y0 = self._snap(centres[:, 1] - h / 2, 1)
@@ -595,6 +602,24 @@ class AOISampler(GeoSampler):
             f"{self.max_tries} tries (chip {index}, attempt {attempt}); lower min_coverage, use "
             "smaller chips, raise max_tries, or leave that polygon out."
         )
+
+    def _first(self, corners: np.ndarray, cumulative: np.ndarray, u: float, s: float,
+               t: float) -> Query | None:
+        """The first candidate of a draw if it is accepted, else None.
+
+        Most draws keep their first candidate: placing it alone in Python floats, with the
+        same operations in the same order as the batch of candidates (so the same chip),
+        costs a fraction of placing the batch, a tenth of a chip's cost when its pixels are
+        cached.
+        """
+        k = min(bisect.bisect_right(cumulative, u), len(corners) - 1)
+        (ax, ay), (bx, by), (cx, cy) = corners[k].tolist()
+        h, w = self.size
+        x0 = self._snap((1 - s) * ax + s * (1 - t) * bx + s * t * cx - w / 2, 0)
+        y0 = self._snap((1 - s) * ay + s * (1 - t) * by + s * t * cy - h / 2, 1)
+        if self.blocks is not None:
+            x0, y0 = (float(v[0]) for v in self._align(np.array([x0]), np.array([y0])))
+        return self._query(float(x0), float(y0)) if self._covers(x0, y0) else None
 
     def sample(self, index: int, attempt: int = 0) -> Query:
         """The chip at an index (random mode: a pure function of seed, index and attempt).

@@ -290,16 +290,40 @@ def test_loader_batches_cast_on_the_device_equal_float_batches(tmp_path: Path,
     assert torch.float32 in dtypes  # a batch with a mosaic chip is promoted, not refused
 
 
-def test_collate_promotes_mixed_image_dtypes() -> None:
-    from torch.utils.data import default_collate
+class MixedDraw:
+    """Images of the dtypes and sizes given per position, as a draw without ``raw``."""
 
-    g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 4000, (2, 4, 4), generator=g) for _ in range(3)]
-    samples = [{"image": images[0].to(torch.uint16)}, {"image": images[1].float()},
-               {"image": images[2].to(torch.uint16)}]
-    got = collate(samples)["image"]
-    assert got.dtype == torch.float32
-    assert torch.equal(got, default_collate([{"image": i.float()} for i in images])["image"])
+    def __init__(self, dtypes: list[torch.dtype], sizes: list[int] | None = None) -> None:
+        self.dtypes, self.sizes = dtypes, sizes or [4] * len(dtypes)
+
+    def __call__(self, position: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(position)
+        size = self.sizes[position]
+        image = torch.randint(0, 4000, (2, size, size), generator=g)
+        return {"image": image.to(self.dtypes[position]), "bounds": torch.full((9,), position)}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stream_batches_promote_mixed_image_dtypes(workers: int) -> None:
+    draw = MixedDraw([torch.uint16, torch.float32, torch.uint16, torch.uint16])
+    stream = SampleStream(draw, batch_size=3, length=4)
+    assert len(stream) == 2  # batches, the last one partial
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    batches = list(loader)
+    assert [b["image"].dtype for b in batches] == [torch.float32, torch.uint16]
+    expected = torch.stack([draw(p)["image"].float() for p in range(4)])
+    assert torch.equal(torch.cat([b["image"].float() for b in batches]), expected)
+    assert torch.cat([b["bounds"][:, 0] for b in batches]).tolist() == [0, 1, 2, 3]
+
+
+def test_stream_refuses_images_of_different_sizes() -> None:
+    stream = SampleStream(MixedDraw([torch.uint16] * 3, [4, 4, 5]), batch_size=3, start=0)
+    with pytest.raises(DataError, match=r"stream position 2 has an image of shape \(2, 5, 5\)"
+                                        r".*\(2, 4, 4\).*one size"):
+        next(iter(stream))
+    masks = SampleStream(lambda p: {"mask": torch.zeros(4, 4)}, batch_size=2)
+    with pytest.raises(DataError, match=r"position 0 has no image tensor \(keys \['mask'\]\)"):
+        next(iter(masks))
 
 
 def test_block_aligned_reaches_the_samplers(tmp_path: Path) -> None:

@@ -164,6 +164,17 @@ def test_chips_are_reproducible_per_index(ds: Tiles, tmp_path: Path) -> None:
     assert AOISampler(ds, path, 24).seed == c.seed
 
 
+@pytest.mark.parametrize("options", [{}, {"min_coverage": 0.5}, {"block_aligned": True}])
+def test_first_candidate_shortcut_draws_the_chips_of_the_full_batch(
+        ds: Tiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    path = write_aoi(ds, tmp_path / "aoi.gpkg")
+    g = torch.Generator().manual_seed(5)
+    sampler = AOISampler(ds, path, 24, generator=g, **options)
+    fast = [(sampler.sample(i, i % 3), sampler.polygon_of(i)) for i in range(300)]
+    monkeypatch.setattr(AOISampler, "_first", lambda self, *args: None)
+    assert [(sampler.sample(i, i % 3), sampler.polygon_of(i)) for i in range(300)] == fast
+
+
 @pytest.mark.parametrize("size", [24, (16, 40)])
 def test_chips_are_pixel_aligned_and_read_at_size(
     ds: Tiles, root: Path, size: int | tuple[int, int]

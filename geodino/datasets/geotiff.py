@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import rasterio
@@ -15,7 +15,6 @@ import torch
 from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
-from rasterio.transform import Affine
 from rasterio.windows import Window
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import array_to_tensor, find_files
@@ -396,7 +395,7 @@ class MultiBandGeoTIFF(RasterDataset):
         sample = self._read_native(index)
         return super().__getitem__(index) if sample is None else sample
 
-    def raw_sample(self, index: Any) -> dict[str, Any]:
+    def raw_sample(self, index: Any, out: np.ndarray | None = None) -> dict[str, Any]:
         """The sample at a query with the image in the files' own dtype where that saves work.
 
         What loader workers read: a chip on a file's native grid keeps its integer dtype of
@@ -409,13 +408,16 @@ class MultiBandGeoTIFF(RasterDataset):
 
         Args:
             index: the query.
+            out: where to read the image, e.g. the chip's slot in a batch: used when the
+                chip is a native read of the array's shape and dtype (the image is then
+                ``out`` itself), else left untouched.
 
         Returns:
             the sample (``image``, ``bounds``, ``transform``).
         """
         if (self.is_image and self.transforms is None and self.dtype == torch.float32
                 and type(self).__getitem__ is MultiBandGeoTIFF.__getitem__):
-            sample = self._read_native(index, raw=True)
+            sample = self._read_native(index, raw=True, out=out)
             if sample is not None:
                 return sample
         return self[index]
@@ -435,11 +437,13 @@ class MultiBandGeoTIFF(RasterDataset):
             self.__dict__["_boxes"] = cached
         return cached or None
 
-    def _read_native(self, index: Any, raw: bool = False) -> dict[str, Any] | None:
+    def _read_native(self, index: Any, raw: bool = False,
+                     out: np.ndarray | None = None) -> dict[str, Any] | None:
         """One windowed read for a chip inside one file on its native grid, else None.
 
         With ``raw`` the image keeps the file's dtype if it is one of :data:`RAW_DTYPES`
-        (else it is float32) and the dataset's transforms are not applied.
+        (else it is float32) and the dataset's transforms are not applied; it is read into
+        ``out`` if that has the chip's shape and the file's dtype.
         """
         if self.separate_files or self.time_series or not self.cache:
             return None
@@ -456,21 +460,24 @@ class MultiBandGeoTIFF(RasterDataset):
                               & (boxes[:, 1] < y.stop) & (boxes[:, 3] > y.start))
         if len(hits) != 1:
             return None  # a mosaic: merge decides which file wins where
-        src = self._native_reader(paths[hits[0]])
-        if not isinstance(src, DatasetReader):
+        grid = self._native_grid(paths[hits[0]])
+        if grid is None:
             return None  # warped or nodata-overridden: read through the VRT by merge
-        transform = src.transform
-        col = (x.start - transform.c) / transform.a
-        row = (transform.f - y.stop) / -transform.e
+        col = (x.start - grid.left) / grid.xres
+        row = (grid.top - y.stop) / grid.yres
         width, height = (x.stop - x.start) / x.step, (y.stop - y.start) / y.step
-        values = (col, row, width, height)
-        if (abs(transform.a - x.step) > 1e-9 * x.step or abs(-transform.e - y.step) > 1e-9 * y.step
-                or any(abs(v - round(v)) > 1e-6 for v in values)):
+        if (abs(grid.xres - x.step) > 1e-9 * x.step or abs(grid.yres - y.step) > 1e-9 * y.step
+                or max(abs(v - round(v)) for v in (col, row, width, height)) > 1e-6):
             return None  # another resolution, or off the file's pixel grid: resample
-        col, row, width, height = (int(round(v)) for v in values)
-        if col < 0 or row < 0 or col + width > src.width or row + height > src.height:
+        col, row, width, height = round(col), round(row), round(width), round(height)
+        if col < 0 or row < 0 or col + width > grid.width or row + height > grid.height:
             return None  # crosses the file's edge: merge fills the outside with nodata
-        data = src.read(self.band_indexes, window=Window(col, row, width, height))
+        window = Window(col, row, width, height)
+        if (raw and out is not None and out.dtype == grid.dtype
+                and out.shape == (grid.bands, height, width)):
+            data = grid.reader.read(self.band_indexes, window=window, out=out)
+        else:
+            data = grid.reader.read(self.band_indexes, window=window)
         if raw and data.dtype in RAW_DTYPES:
             image = torch.from_numpy(data)
         elif self.dtype == torch.float32:
@@ -481,8 +488,9 @@ class MultiBandGeoTIFF(RasterDataset):
         sample: dict[str, Any] = {
             "bounds": torch.tensor([x.start, x.stop, x.step, y.start, y.stop, y.step,
                                     t.start.timestamp(), t.stop.timestamp(), t.step]),
-            # rasterio.transform.from_origin(x.start, y.stop, x.step, y.step), at half the cost
-            "transform": torch.tensor(Affine(x.step, 0.0, x.start, 0.0, -y.step, y.stop)),
+            # torch.tensor(from_origin(x.start, y.stop, x.step, y.step)), a fifth of the cost
+            "transform": torch.tensor([x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0],
+                                      dtype=torch.get_default_dtype()),
         }
         if self.is_image:
             sample["image"] = image
@@ -492,26 +500,28 @@ class MultiBandGeoTIFF(RasterDataset):
             return sample
         return self.transforms(sample)
 
-    def _native_reader(self, path: str) -> Any:
-        """TorchGeo's cached handle of a file, memoised by path.
+    def _native_grid(self, path: str) -> "_NativeGrid | None":
+        """TorchGeo's cached handle of a file and its grid, memoised by path; None if the
+        handle is a warped or nodata-overriding VRT.
 
-        Looking it up through TorchGeo's cache hashes the CRS (its WKT) and reads the index's
-        CRS on every chip, ~0.3 ms, a fifth of a chip's cost when its pixels are cached. Kept
-        like the file boxes, from the first read on, for at most as many files as TorchGeo
-        keeps open; never pickled (loader workers open their own).
+        Looking the handle up through TorchGeo's cache hashes the CRS (its WKT) and reads
+        the index's CRS on every chip, ~0.3 ms, and each attribute of rasterio's transform
+        costs microseconds: together a large part of a chip's cost when its pixels are
+        cached. Kept like the file boxes, from the first read on, for at most as many files
+        as TorchGeo keeps open; never pickled (loader workers open their own).
         """
-        readers = self.__dict__.setdefault("_readers", {})
-        src = readers.get(path)
-        if src is None:
-            if len(readers) >= _OPEN_FILES:
-                readers.pop(next(iter(readers)))
-            src = readers[path] = self._cached_load_warp_file(path, self.crs)
-        return src
+        grids = self.__dict__.setdefault("_grids", {})
+        if path not in grids:
+            if len(grids) >= _OPEN_FILES:
+                grids.pop(next(iter(grids)))
+            src = self._cached_load_warp_file(path, self.crs)
+            grids[path] = _NativeGrid.of(src, self.band_indexes)
+        return grids[path]
 
     def __getstate__(self) -> dict[str, Any]:
         """The dataset's attributes without open file handles, for loader workers."""
         state = self.__dict__.copy()
-        state.pop("_readers", None)
+        state.pop("_grids", None)
         return state
 
     def _load_warp_file(self, filepath: Any, crs: Any = None) -> Any:
@@ -522,6 +532,39 @@ class MultiBandGeoTIFF(RasterDataset):
             return super()._load_warp_file(filepath, crs)
         finally:
             self.__dict__["effective_nodata"] = saved
+
+
+class _NativeGrid(NamedTuple):
+    """An open file read on its own grid, with what each chip's windowed read needs."""
+
+    reader: DatasetReader
+    left: float
+    top: float
+    xres: float
+    yres: float
+    width: int
+    height: int
+    bands: int
+    dtype: np.dtype | None
+
+    @classmethod
+    def of(cls, src: Any, band_indexes: Sequence[int] | None) -> "_NativeGrid | None":
+        """The grid of a handle, or None for a VRT (warped, or nodata overridden).
+
+        Args:
+            src: the handle TorchGeo opened.
+            band_indexes: the bands read (None: all).
+
+        Returns:
+            the grid; ``dtype`` is the one all bands share (what a read returns), else None.
+        """
+        if not isinstance(src, DatasetReader):
+            return None
+        t = src.transform
+        dtypes = set(src.dtypes)
+        return cls(src, t.c, t.f, t.a, -t.e, src.width, src.height,
+                   src.count if band_indexes is None else len(band_indexes),
+                   np.dtype(dtypes.pop()) if len(dtypes) == 1 else None)
 
 
 def _same(a: float | None, b: float | None) -> bool:

@@ -260,6 +260,14 @@ def test_native_window_reads_equal_torchgeo_merge(tmp_path: Path, geotiff: "GeoT
             assert raw["image"].dtype == (torch.uint16 if ds._read_native(q) else torch.float32)
             for key in got:
                 torch.testing.assert_close(raw[key].to(got[key].dtype), got[key], rtol=0, atol=0)
+            # a batch slot of the chip's shape and dtype: native chips are read into it
+            slot = np.zeros((2, 16, 16), np.uint16)
+            into = ds.raw_sample(q, out=slot)["image"]
+            assert np.shares_memory(into.numpy(), slot) == (raw["image"].dtype == torch.uint16)
+            assert torch.equal(into, raw["image"])
+            for wrong in (np.zeros((2, 16, 16), np.float32), np.zeros((3, 16, 16), np.uint16)):
+                assert torch.equal(ds.raw_sample(q, out=wrong)["image"], raw["image"])
+                assert not wrong.any()  # left untouched
     assert native > 10  # the one-file chips took the direct read, the rest went through merge
     off_grid = (slice(699005.0, 699165.0, 10.0), slice(4999600.0, 4999760.0, 10.0), ds.bounds[2])
     assert ds._read_native(off_grid) is None
