@@ -673,7 +673,8 @@ class GeoDINODataModule(DINODataModule):
             (:class:`~geodino.samplers.AOISampler`): each chip decodes the fewest compressed
             blocks (one 256-px block for a 224-px chip instead of ~3.5 at a random offset),
             ~3x faster reads of tiled DEFLATE catalogs and COGs; chips then start at only a
-            few offsets per block.
+            few offsets per block and pixels near block edges fall into fewer chips
+            (docs/performance.md): worth it where reading bounds the step.
     """
 
     def __init__(

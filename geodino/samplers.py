@@ -246,7 +246,9 @@ class AOISampler(GeoSampler):
     block; chips then start at ``slack + 1`` offsets per block and axis (``slack`` = the
     blocks it spans times the block size minus the chip size, 32 px above), fewer distinct
     placements than the pixel grid. Where no aligned candidate meets ``min_coverage`` (small
-    polygons, AOI edges) the first valid unaligned one is kept.
+    polygons, AOI edges) the first valid unaligned one is kept. Chips no longer cross block
+    edges, so pixels near them fall into fewer chips (a pixel ``k < slack`` px from an edge
+    into ``(k + 1) / (slack + 1)`` as many as an inner one): hence off by default.
 
     Sizes and strides are rounded to whole pixels so that reads need no resampling. At
     ``min_coverage=1`` a chip may cross the AOI border by at most 1e-6 pixel, the noise a CRS

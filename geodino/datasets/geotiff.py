@@ -13,8 +13,11 @@ import numpy as np
 import rasterio
 import torch
 from pyproj import CRS
-from rasterio.enums import Resampling
+from rasterio import windows
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.io import DatasetReader
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import array_to_tensor, find_files
@@ -439,7 +442,8 @@ class MultiBandGeoTIFF(RasterDataset):
 
     def _read_native(self, index: Any, raw: bool = False,
                      out: np.ndarray | None = None) -> dict[str, Any] | None:
-        """One windowed read for a chip inside one file on its native grid, else None.
+        """One read for a chip inside one file (a window of the file on its own grid, or of
+        TorchGeo's warped view of it), else None.
 
         With ``raw`` the image keeps the file's dtype if it is one of :data:`RAW_DTYPES`
         (else it is float32) and the dataset's transforms are not applied; it is read into
@@ -460,24 +464,13 @@ class MultiBandGeoTIFF(RasterDataset):
                               & (boxes[:, 1] < y.stop) & (boxes[:, 3] > y.start))
         if len(hits) != 1:
             return None  # a mosaic: merge decides which file wins where
-        grid = self._native_grid(paths[hits[0]])
+        grid = self._open_file(paths[hits[0]])
         if grid is None:
-            return None  # warped or nodata-overridden: read through the VRT by merge
-        col = (x.start - grid.left) / grid.xres
-        row = (grid.top - y.stop) / grid.yres
-        width, height = (x.stop - x.start) / x.step, (y.stop - y.start) / y.step
-        if (abs(grid.xres - x.step) > 1e-9 * x.step or abs(grid.yres - y.step) > 1e-9 * y.step
-                or max(abs(v - round(v)) for v in (col, row, width, height)) > 1e-6):
-            return None  # another resolution, or off the file's pixel grid: resample
-        col, row, width, height = round(col), round(row), round(width), round(height)
-        if col < 0 or row < 0 or col + width > grid.width or row + height > grid.height:
-            return None  # crosses the file's edge: merge fills the outside with nodata
-        window = Window(col, row, width, height)
-        if (raw and out is not None and out.dtype == grid.dtype
-                and out.shape == (grid.bands, height, width)):
-            data = grid.reader.read(self.band_indexes, window=window, out=out)
-        else:
-            data = grid.reader.read(self.band_indexes, window=window)
+            return None  # a VRT whose mask is not its nodata: merge applies the mask
+        read = self._read_warped if grid.warped else self._read_window
+        data = read(grid, x, y, out if raw else None)
+        if data is None:
+            return None  # off the file's grid or across its edge: merge decides
         if raw and data.dtype in RAW_DTYPES:
             image = torch.from_numpy(data)
         elif self.dtype == torch.float32:
@@ -500,9 +493,49 @@ class MultiBandGeoTIFF(RasterDataset):
             return sample
         return self.transforms(sample)
 
-    def _native_grid(self, path: str) -> "_NativeGrid | None":
-        """TorchGeo's cached handle of a file and its grid, memoised by path; None if the
-        handle is a warped or nodata-overriding VRT.
+    def _read_window(self, grid: "_OpenFile", x: slice, y: slice,
+                     out: np.ndarray | None) -> np.ndarray | None:
+        """A chip on the file's own grid: one integer window, no resampling; None if the
+        chip is off that grid, at another resolution or crosses the file's edge."""
+        col = (x.start - grid.left) / grid.xres
+        row = (grid.top - y.stop) / grid.yres
+        width, height = (x.stop - x.start) / x.step, (y.stop - y.start) / y.step
+        if (abs(grid.xres - x.step) > 1e-9 * x.step or abs(grid.yres - y.step) > 1e-9 * y.step
+                or max(abs(v - round(v)) for v in (col, row, width, height)) > 1e-6):
+            return None  # another resolution, or off the file's pixel grid: resample
+        col, row, width, height = round(col), round(row), round(width), round(height)
+        if col < 0 or row < 0 or col + width > grid.width or row + height > grid.height:
+            return None  # crosses the file's edge: merge fills the outside with nodata
+        window = Window(col, row, width, height)
+        if out is not None and out.dtype == grid.dtype and out.shape == (grid.bands, height, width):
+            return grid.reader.read(self.band_indexes, window=window, out=out)
+        return grid.reader.read(self.band_indexes, window=window)
+
+    def _read_warped(self, grid: "_OpenFile", x: slice, y: slice,
+                     out: np.ndarray | None) -> np.ndarray | None:
+        """A chip inside one warped file: the read ``rasterio.merge.merge`` makes for it,
+        without the masked read (a second warp, as long as the first) whose mask is the
+        nodata value merge fills in anyway; None if the chip crosses the file's edge."""
+        width = int(round((x.stop - x.start) / x.step))
+        height = int(round((y.stop - y.start) / y.step))
+        # the chip's bounds as merge derives them from its output grid
+        left, bottom, right, top = windows.bounds(
+            Window(0, 0, width, height),
+            Affine.translation(x.start, y.stop) @ Affine.scale(x.step, -y.step),
+        )
+        if not (grid.left <= left and right <= grid.right and grid.bottom <= bottom
+                and top <= grid.top):
+            return None  # merge reads the part inside the file and fills the rest
+        window = windows.from_bounds(left, bottom, right, top, grid.reader.transform)
+        if out is not None and out.dtype == grid.dtype and out.shape == (grid.bands, height, width):
+            return grid.reader.read(self.band_indexes, window=window, out=out,
+                                    resampling=self.resampling)
+        return grid.reader.read(self.band_indexes, window=window, resampling=self.resampling,
+                                out_shape=(grid.bands, height, width))
+
+    def _open_file(self, path: str) -> "_OpenFile | None":
+        """TorchGeo's cached handle of a file and its grid, memoised by path; None for a VRT
+        whose mask is more than its nodata value.
 
         Looking the handle up through TorchGeo's cache hashes the CRS (its WKT) and reads
         the index's CRS on every chip, ~0.3 ms, and each attribute of rasterio's transform
@@ -515,7 +548,7 @@ class MultiBandGeoTIFF(RasterDataset):
             if len(grids) >= _OPEN_FILES:
                 grids.pop(next(iter(grids)))
             src = self._cached_load_warp_file(path, self.crs)
-            grids[path] = _NativeGrid.of(src, self.band_indexes)
+            grids[path] = _OpenFile.of(src, self.band_indexes)
         return grids[path]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -534,11 +567,14 @@ class MultiBandGeoTIFF(RasterDataset):
             self.__dict__["effective_nodata"] = saved
 
 
-class _NativeGrid(NamedTuple):
-    """An open file read on its own grid, with what each chip's windowed read needs."""
+class _OpenFile(NamedTuple):
+    """An open file, or TorchGeo's warped view of it, with what each chip's read needs."""
 
-    reader: DatasetReader
+    reader: DatasetReader | WarpedVRT
+    warped: bool
     left: float
+    bottom: float
+    right: float
     top: float
     xres: float
     yres: float
@@ -548,22 +584,27 @@ class _NativeGrid(NamedTuple):
     dtype: np.dtype | None
 
     @classmethod
-    def of(cls, src: Any, band_indexes: Sequence[int] | None) -> "_NativeGrid | None":
-        """The grid of a handle, or None for a VRT (warped, or nodata overridden).
+    def of(cls, src: Any, band_indexes: Sequence[int] | None) -> "_OpenFile | None":
+        """The grid of a handle; None for a VRT whose read bands have a mask other than
+        their nodata value (alpha, per-dataset), which only a masked read reproduces.
 
         Args:
-            src: the handle TorchGeo opened.
+            src: the handle TorchGeo opened (the file, or a VRT warping it or overriding
+                its nodata).
             band_indexes: the bands read (None: all).
 
         Returns:
             the grid; ``dtype`` is the one all bands share (what a read returns), else None.
         """
-        if not isinstance(src, DatasetReader):
+        warped = not isinstance(src, DatasetReader)
+        bands = list(range(1, src.count + 1)) if band_indexes is None else list(band_indexes)
+        if warped and any(set(src.mask_flag_enums[b - 1]) - {MaskFlags.nodata, MaskFlags.all_valid}
+                          for b in bands):
             return None
-        t = src.transform
+        t, bounds = src.transform, src.bounds
         dtypes = set(src.dtypes)
-        return cls(src, t.c, t.f, t.a, -t.e, src.width, src.height,
-                   src.count if band_indexes is None else len(band_indexes),
+        return cls(src, warped, bounds.left, bounds.bottom, bounds.right, bounds.top, t.a, -t.e,
+                   src.width, src.height, len(bands),
                    np.dtype(dtypes.pop()) if len(dtypes) == 1 else None)
 
 

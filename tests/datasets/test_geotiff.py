@@ -311,3 +311,37 @@ def test_real_landsat_rgb(shared_data: Path) -> None:
 def test_docs_page_runs(run_doc_page: Callable[[str], dict]) -> None:
     namespace = run_doc_page("sources/geotiff.md")
     assert isinstance(namespace["ds"], MultiBandGeoTIFF)
+
+
+@pytest.mark.parametrize(("nodata", "res"), [(0, 10.0), (None, 20.0)])
+def test_warped_chips_are_read_directly_and_equal_torchgeo_merge(
+        tmp_path: Path, geotiff: "GeoTIFFWriter", nodata: float | None, res: float) -> None:
+    from torchgeo.datasets import RasterDataset
+
+    geotiff.write(tmp_path / "a.tif", geotiff.ramp(bands=3, size=64), nodata=nodata)
+    noise = np.random.default_rng(0).integers(1, 4000, (3, 96, 96)).astype(np.uint16)
+    noise[:, :20, :30] = 0  # nodata inside the file (or plain zeros without a nodata value)
+    # a scene in the next UTM zone: TorchGeo reads it through a warped view, resampled
+    # (bilinear) to the dataset's 10 m
+    geotiff.write(tmp_path / "c.tif", noise, crs="EPSG:32632", origin=(280000.0, 5000000.0),
+                  nodata=nodata, res=res)
+    ds = MultiBandGeoTIFF(tmp_path)
+    xmin, ymin, xmax, ymax = ds.index[ds.index.filepath.str.endswith("c.tif")].total_bounds
+    direct = fallback = 0
+    for x0 in np.linspace(xmin - 100, xmax - 60, 11):
+        for y_top in np.linspace(ymax + 100, ymin + 60, 11):
+            q = query(ds, float(x0), float(y_top), 12)
+            expected = RasterDataset.__getitem__(ds, q)
+            got = ds[q]
+            for key in expected:
+                assert got[key].dtype == expected[key].dtype, key
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+            slot = np.zeros((3, 12, 12), np.uint16)
+            raw = ds.raw_sample(q, out=slot)["image"]
+            assert torch.equal(raw.float(), expected["image"])
+            if ds._read_native(q) is not None:
+                direct += 1
+                assert np.shares_memory(raw.numpy(), slot)
+            else:
+                fallback += 1
+    assert direct > 40 and fallback > 10  # inside the scene: one read; across its edge: merge
