@@ -401,19 +401,20 @@ class MultiBandGeoTIFF(RasterDataset):
     def raw_sample(self, index: Any, out: np.ndarray | None = None) -> dict[str, Any]:
         """The sample at a query with the image in the files' own dtype where that saves work.
 
-        What loader workers read: a chip on a file's native grid keeps its integer dtype of
-        at most 16 bits (uint8, int8, uint16, int16) or float32, half the bytes of float32
-        for Sentinel-2's uint16, and no cast in the worker;
+        What loader workers read: a chip inside one file (on the file's grid, or through
+        TorchGeo's warped view of a file in another CRS) keeps its integer dtype of at most
+        16 bits (uint8, int8, uint16, int16) or float32, half the bytes of float32 for
+        Sentinel-2's uint16, and no cast in the worker;
         :class:`~geodino.datamodules.GeoDINODataModule` casts batches to float32 on the
-        device. Every other chip (mosaics, warps, transforms, subclasses that change pixels
-        in ``__getitem__``) is ``self[index]``, float32. Either way ``image.float()`` equals
-        ``self[index]["image"]`` exactly.
+        device. Every other chip (mosaics, chips across a file's edge, transforms,
+        subclasses that change pixels in ``__getitem__``) is ``self[index]``, float32.
+        Either way ``image.float()`` equals ``self[index]["image"]`` exactly.
 
         Args:
             index: the query.
             out: where to read the image, e.g. the chip's slot in a batch: used when the
-                chip is a native read of the array's shape and dtype (the image is then
-                ``out`` itself), else left untouched.
+                chip is one read of a single file with the array's shape and dtype (the
+                image is then ``out`` itself), else left untouched.
 
         Returns:
             the sample (``image``, ``bounds``, ``transform``).
@@ -466,7 +467,7 @@ class MultiBandGeoTIFF(RasterDataset):
             return None  # a mosaic: merge decides which file wins where
         grid = self._open_file(paths[hits[0]])
         if grid is None:
-            return None  # a VRT whose mask is not its nodata: merge applies the mask
+            return None  # a mask other than the nodata value: merge applies it
         read = self._read_warped if grid.warped else self._read_window
         data = read(grid, x, y, out if raw else None)
         if data is None:
@@ -534,8 +535,8 @@ class MultiBandGeoTIFF(RasterDataset):
                                 out_shape=(grid.bands, height, width))
 
     def _open_file(self, path: str) -> "_OpenFile | None":
-        """TorchGeo's cached handle of a file and its grid, memoised by path; None for a VRT
-        whose mask is more than its nodata value.
+        """TorchGeo's cached handle of a file and its grid, memoised by path; None where the
+        file's mask is more than its nodata value.
 
         Looking the handle up through TorchGeo's cache hashes the CRS (its WKT) and reads
         the index's CRS on every chip, ~0.3 ms, and each attribute of rasterio's transform
@@ -585,8 +586,8 @@ class _OpenFile(NamedTuple):
 
     @classmethod
     def of(cls, src: Any, band_indexes: Sequence[int] | None) -> "_OpenFile | None":
-        """The grid of a handle; None for a VRT whose read bands have a mask other than
-        their nodata value (alpha, per-dataset), which only a masked read reproduces.
+        """The grid of a handle; None where the read bands have a mask other than their
+        nodata value (an alpha band, an internal mask): only merge's masked read applies it.
 
         Args:
             src: the handle TorchGeo opened (the file, or a VRT warping it or overriding
@@ -598,8 +599,8 @@ class _OpenFile(NamedTuple):
         """
         warped = not isinstance(src, DatasetReader)
         bands = list(range(1, src.count + 1)) if band_indexes is None else list(band_indexes)
-        if warped and any(set(src.mask_flag_enums[b - 1]) - {MaskFlags.nodata, MaskFlags.all_valid}
-                          for b in bands):
+        if any(set(src.mask_flag_enums[b - 1]) - {MaskFlags.nodata, MaskFlags.all_valid}
+               for b in bands):
             return None
         t, bounds = src.transform, src.bounds
         dtypes = set(src.dtypes)

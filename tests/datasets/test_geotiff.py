@@ -345,3 +345,20 @@ def test_warped_chips_are_read_directly_and_equal_torchgeo_merge(
             else:
                 fallback += 1
     assert direct > 40 and fallback > 10  # inside the scene: one read; across its edge: merge
+
+
+def test_files_with_an_internal_mask_are_read_as_torchgeo_merges_them(
+        tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+    from torchgeo.datasets import RasterDataset
+
+    path = geotiff.write(tmp_path / "a.tif", geotiff.ramp(bands=2, size=64), nodata=None)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as dst:
+        mask = np.full((64, 64), 255, np.uint8)
+        mask[:, :20] = 0  # masked pixels: merge writes 0 there, a plain read would not
+        dst.write_mask(mask)
+    ds = MultiBandGeoTIFF(tmp_path)
+    q = query(ds, 699000.0, 5000000.0, 32)
+    expected = RasterDataset.__getitem__(ds, q)["image"]
+    assert (expected[:, :, :20] == 0).all() and (expected[:, :, 20:] > 0).all()
+    assert torch.equal(ds[q]["image"], expected)
+    assert torch.equal(ds.raw_sample(q)["image"].float(), expected)
