@@ -507,10 +507,8 @@ class MultiBandGeoTIFF(RasterDataset):
         col, row, width, height = round(col), round(row), round(width), round(height)
         if col < 0 or row < 0 or col + width > grid.width or row + height > grid.height:
             return None  # crosses the file's edge: merge fills the outside with nodata
-        window = Window(col, row, width, height)
-        if out is not None and out.dtype == grid.dtype and out.shape == (grid.bands, height, width):
-            return grid.reader.read(self.band_indexes, window=window, out=out)
-        return grid.reader.read(self.band_indexes, window=window)
+        return grid.read(self.band_indexes, Window(col, row, width, height), (height, width),
+                         out)
 
     def _read_warped(self, grid: "_OpenFile", x: slice, y: slice,
                      out: np.ndarray | None) -> np.ndarray | None:
@@ -528,11 +526,7 @@ class MultiBandGeoTIFF(RasterDataset):
                 and top <= grid.top):
             return None  # merge reads the part inside the file and fills the rest
         window = windows.from_bounds(left, bottom, right, top, grid.reader.transform)
-        if out is not None and out.dtype == grid.dtype and out.shape == (grid.bands, height, width):
-            return grid.reader.read(self.band_indexes, window=window, out=out,
-                                    resampling=self.resampling)
-        return grid.reader.read(self.band_indexes, window=window, resampling=self.resampling,
-                                out_shape=(grid.bands, height, width))
+        return grid.read(self.band_indexes, window, (height, width), out, self.resampling)
 
     def _open_file(self, path: str) -> "_OpenFile | None":
         """TorchGeo's cached handle of a file and its grid, memoised by path; None where the
@@ -607,6 +601,28 @@ class _OpenFile(NamedTuple):
         return cls(src, warped, bounds.left, bounds.bottom, bounds.right, bounds.top, t.a, -t.e,
                    src.width, src.height, len(bands),
                    np.dtype(dtypes.pop()) if len(dtypes) == 1 else None)
+
+    def read(self, band_indexes: Sequence[int] | None, window: Window,
+             size: tuple[int, int], out: np.ndarray | None = None,
+             resampling: Resampling = Resampling.nearest) -> np.ndarray:
+        """The bands in a window at ``size`` (height, width), into ``out`` where it fits.
+
+        Args:
+            band_indexes: the bands (None: all).
+            window: the window of :attr:`reader`.
+            size: the output height and width.
+            out: an array to read into, used if it has the output's shape and the file's
+                dtype.
+            resampling: resampling from the window to ``size``.
+
+        Returns:
+            the pixels (``out`` itself if it was used).
+        """
+        shape = (self.bands, *size)
+        if out is not None and out.dtype == self.dtype and out.shape == shape:
+            return self.reader.read(band_indexes, window=window, out=out, resampling=resampling)
+        return self.reader.read(band_indexes, window=window, out_shape=shape,
+                                resampling=resampling)
 
 
 def _same(a: float | None, b: float | None) -> bool:
