@@ -27,14 +27,21 @@ from pathlib import Path
 # GDAL reads its cache size once, before the first raster is opened
 os.environ.setdefault("GDAL_CACHEMAX", "1024" if "--cached" in sys.argv else "16")
 
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from rasterio.transform import from_origin  # noqa: E402
-from rasterio.windows import from_bounds  # noqa: E402
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import from_bounds
 
 
-def write_catalog(root: Path, files: int, size: int, bands: int, mixed_crs: bool,
-                  tiled: bool = True, cog: bool = False) -> None:
+def write_catalog(
+    root: Path,
+    files: int,
+    size: int,
+    bands: int,
+    mixed_crs: bool,
+    tiled: bool = True,
+    cog: bool = False,
+) -> None:
     """Write ``files`` scenes of random-ish uint16 data side by side."""
     rng = np.random.default_rng(0)
     for i in range(files):
@@ -45,8 +52,14 @@ def write_catalog(root: Path, files: int, size: int, bands: int, mixed_crs: bool
         data = base.repeat(16, 1).repeat(16, 2)
         data = data + rng.integers(0, 50, size=data.shape, dtype=np.uint16)
         profile = {
-            "driver": "GTiff", "height": size, "width": size, "count": bands,
-            "dtype": "uint16", "crs": crs, "nodata": 0, "compress": "deflate",
+            "driver": "GTiff",
+            "height": size,
+            "width": size,
+            "count": bands,
+            "dtype": "uint16",
+            "crs": crs,
+            "nodata": 0,
+            "compress": "deflate",
             "transform": from_origin(x0, 5000000, 10, 10),
         }
         if cog:
@@ -75,7 +88,12 @@ class RasterioReader:
         for x, y, _ in queries:
             for src in self.handles:
                 b = src.bounds
-                if b.left <= x.start and x.stop <= b.right and b.bottom <= y.start and y.stop <= b.top:
+                if (
+                    b.left <= x.start
+                    and x.stop <= b.right
+                    and b.bottom <= y.start
+                    and y.stop <= b.top
+                ):
                     window = from_bounds(x.start, y.start, x.stop, y.stop, src.transform)
                     src.read(window=window, out_shape=(src.count, self.chip, self.chip))
                     break
@@ -84,8 +102,15 @@ class RasterioReader:
         return time.perf_counter() - start
 
 
-def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
-            cached: bool, block_aligned: bool = False) -> tuple[float, float, float | None]:
+def measure(
+    root: Path,
+    chips: int,
+    chip: int,
+    workers: int,
+    batch: int,
+    cached: bool,
+    block_aligned: bool = False,
+) -> tuple[float, float, float | None]:
     """Chips/s through GeoDINODataModule's training loader and through plain rasterio.
 
     Without workers all sides read in this process and take turns batch by batch, so that
@@ -101,8 +126,14 @@ def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
 
     def module(aligned: bool) -> GeoDINODataModule:
         dm = GeoDINODataModule(
-            MultiBandGeoTIFF(root), chip_size=chip, batch_size=batch, num_workers=workers,
-            seed=0, statistics=None, statistics_chips=1, block_aligned=aligned,
+            MultiBandGeoTIFF(root),
+            chip_size=chip,
+            batch_size=batch,
+            num_workers=workers,
+            seed=0,
+            statistics=None,
+            statistics_chips=1,
+            block_aligned=aligned,
         )
         dm.setup_draws()
         return dm
@@ -112,8 +143,9 @@ def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
     queries = [naive.train_draw.sampler.sample(i) for i in range(chips)]
     windows = [[queries, RasterioReader(root, chip)]]
     if block_aligned:
-        windows.append([[dm.train_draw.sampler.sample(i) for i in range(chips)],
-                        RasterioReader(root, chip)])
+        windows.append(
+            [[dm.train_draw.sampler.sample(i) for i in range(chips)], RasterioReader(root, chip)]
+        )
     if cached:  # decode every chip once on all sides: the timed reads then hit the cache
         for position in range(chips):
             dm.train_draw(position)
@@ -132,14 +164,14 @@ def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
             next(loader)
             geodino += time.perf_counter() - start
             for k, (qs, reader) in enumerate(windows):
-                seconds[k] += reader.read(qs[i * batch:(i + 1) * batch])
+                seconds[k] += reader.read(qs[i * batch : (i + 1) * batch])
     else:
         start = time.perf_counter()
         for _ in range(n):
             next(loader)
         geodino = time.perf_counter() - start
         for k, (qs, reader) in enumerate(windows):
-            seconds[k] = reader.read(qs[batch:batch * (n + 1)])
+            seconds[k] = reader.read(qs[batch : batch * (n + 1)])
     rates = [n * batch / s for s in seconds]
     return n * batch / geodino, rates[0], rates[1] if block_aligned else None
 
@@ -147,9 +179,13 @@ def measure(root: Path, chips: int, chip: int, workers: int, batch: int,
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chips", type=int, default=None,
-                        help="chips per run (default 512; 2048 with --cached, whose reads "
-                        "take well under a second otherwise)")
+    parser.add_argument(
+        "--chips",
+        type=int,
+        default=None,
+        help="chips per run (default 512; 2048 with --cached, whose reads "
+        "take well under a second otherwise)",
+    )
     parser.add_argument("--chip", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--bands", type=int, default=13)
@@ -157,13 +193,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--mixed-crs", action="store_true")
-    parser.add_argument("--layout", choices=["tiled", "striped", "cog"], default="tiled",
-                        help="256-px tiles, strips (one row per block) or a COG")
-    parser.add_argument("--cached", action="store_true",
-                        help="pixels already in GDAL's cache (1 GB, every chip read once first)")
-    parser.add_argument("--block-aligned", action="store_true",
-                        help="the data module aligns chips with the files' tiling; the "
-                        "baseline reads the unaligned random windows")
+    parser.add_argument(
+        "--layout",
+        choices=["tiled", "striped", "cog"],
+        default="tiled",
+        help="256-px tiles, strips (one row per block) or a COG",
+    )
+    parser.add_argument(
+        "--cached",
+        action="store_true",
+        help="pixels already in GDAL's cache (1 GB, every chip read once first)",
+    )
+    parser.add_argument(
+        "--block-aligned",
+        action="store_true",
+        help="the data module aligns chips with the files' tiling; the "
+        "baseline reads the unaligned random windows",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.chips is None:
@@ -171,29 +217,54 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_catalog(root, args.files, args.size, args.bands, args.mixed_crs,
-                      args.layout != "striped", args.layout == "cog")
+        write_catalog(
+            root,
+            args.files,
+            args.size,
+            args.bands,
+            args.mixed_crs,
+            args.layout != "striped",
+            args.layout == "cog",
+        )
         for workers in args.workers:
-            rate, base, same = measure(root, args.chips, args.chip, workers, args.batch,
-                                       args.cached, args.block_aligned)
-            row = {"workers": workers, "geodino_chips_per_s": rate,
-                   "rasterio_chips_per_s": base, "ratio": rate / base}
+            rate, base, same = measure(
+                root, args.chips, args.chip, workers, args.batch, args.cached, args.block_aligned
+            )
+            row = {
+                "workers": workers,
+                "geodino_chips_per_s": rate,
+                "rasterio_chips_per_s": base,
+                "ratio": rate / base,
+            }
             if same is not None:
                 row |= {"rasterio_aligned_chips_per_s": same, "ratio_aligned": rate / same}
             rows.append(row)
-    layout = ("mixed-CRS" if args.mixed_crs else "same-CRS") + f", {args.layout}" + (
-        ", cached" if args.cached else "") + (", block-aligned" if args.block_aligned else "")
-    print(f"data pipeline: {args.bands} bands, {args.chip} px chips, {layout}, "
-          f"GDAL_CACHEMAX={os.environ['GDAL_CACHEMAX']} MB, {os.cpu_count()} cores")
-    extra = (f" {'rasterio aligned':>17} {'ratio':>7}" if args.block_aligned else "")
+    layout = (
+        ("mixed-CRS" if args.mixed_crs else "same-CRS")
+        + f", {args.layout}"
+        + (", cached" if args.cached else "")
+        + (", block-aligned" if args.block_aligned else "")
+    )
+    print(
+        f"data pipeline: {args.bands} bands, {args.chip} px chips, {layout}, "
+        f"GDAL_CACHEMAX={os.environ['GDAL_CACHEMAX']} MB, {os.cpu_count()} cores"
+    )
+    extra = f" {'rasterio aligned':>17} {'ratio':>7}" if args.block_aligned else ""
     print(f"{'workers':>8} {'geodino chips/s':>16} {'rasterio chips/s':>17} {'ratio':>7}{extra}")
     for r in rows:
-        extra = (f" {r['rasterio_aligned_chips_per_s']:>17.1f} {r['ratio_aligned']:>7.2f}"
-                 if args.block_aligned else "")
-        print(f"{r['workers']:>8} {r['geodino_chips_per_s']:>16.1f} "
-              f"{r['rasterio_chips_per_s']:>17.1f} {r['ratio']:>7.2f}{extra}")
+        extra = (
+            f" {r['rasterio_aligned_chips_per_s']:>17.1f} {r['ratio_aligned']:>7.2f}"
+            if args.block_aligned
+            else ""
+        )
+        print(
+            f"{r['workers']:>8} {r['geodino_chips_per_s']:>16.1f} "
+            f"{r['rasterio_chips_per_s']:>17.1f} {r['ratio']:>7.2f}{extra}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "s1s2_fusion.yaml"
 RUNS = ("s2", "s1", "early", "linear", "xattn")
 #: Bands of each run among the 15 of the pairs (13 S2, then VV, VH).
-BANDS = {"s2": slice(0, 13), "s1": slice(13, 15), "early": slice(0, 15),
-         "linear": slice(0, 15), "xattn": slice(0, 15)}
+BANDS = {
+    "s2": slice(0, 13),
+    "s1": slice(13, 15),
+    "early": slice(0, 15),
+    "linear": slice(0, 15),
+    "xattn": slice(0, 15),
+}
 
 
 class ModalitySubset(nn.Module):
@@ -63,8 +68,13 @@ def datasets(root: Path, run: str) -> Any:
 class ChipPool(torch.utils.data.Dataset):
     """Training chips held in memory, with the band metadata the data modules read."""
 
-    def __init__(self, images: Tensor, band_names: list[str], band_kinds: list[str],
-                 band_groups: dict[str, int] | None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        band_names: list[str],
+        band_kinds: list[str],
+        band_groups: dict[str, int] | None,
+    ) -> None:
         self.images = images
         self.band_names = band_names
         self.band_kinds = band_kinds
@@ -85,10 +95,14 @@ def read_pool(catalog: Any, config: dict[str, Any], chips: int) -> tuple[Tensor,
 
     data_args = dict(config["data"]["init_args"])
     pairs = datasets(catalog.root, "early")
-    module = GeoDINODataModule(pairs, aoi=str(catalog.aoi), aoi_query=data_args["aoi_query"],
-                               chip_size=data_args["chip_size"],
-                               min_coverage=data_args["min_coverage"],
-                               max_nodata=data_args["max_nodata"])
+    module = GeoDINODataModule(
+        pairs,
+        aoi=str(catalog.aoi),
+        aoi_query=data_args["aoi_query"],
+        chip_size=data_args["chip_size"],
+        min_coverage=data_args["min_coverage"],
+        max_nodata=data_args["max_nodata"],
+    )
     module.setup_draws()
     return torch.stack([module.train_draw(i)["image"] for i in range(chips)]), pairs
 
@@ -104,7 +118,9 @@ def train(run: str, pool: Tensor, pairs: Any, args: argparse.Namespace) -> tuple
     model_args = dict(config["model"]["init_args"])
     data_args = dict(config["data"]["init_args"])
     model_args["model_kwargs"] = {
-        **model_args["model_kwargs"], "embed_dim": args.embed_dim, "depth": args.depth,
+        **model_args["model_kwargs"],
+        "embed_dim": args.embed_dim,
+        "depth": args.depth,
         "num_heads": args.heads,
     }
     model_args["checkpoint_every_n_steps"] = 10**9
@@ -123,14 +139,24 @@ def train(run: str, pool: Tensor, pairs: Any, args: argparse.Namespace) -> tuple
         groups = pairs.band_groups
     seed_everything(0, workers=True)
     datamodule = FolderDINODataModule(
-        ChipPool(pool[:, bands], names, kinds, groups), batch_size=args.batch_size, seed=0,
-        statistics_chips=args.statistics_chips, multicrop=multicrop,
+        ChipPool(pool[:, bands], names, kinds, groups),
+        batch_size=args.batch_size,
+        seed=0,
+        statistics_chips=args.statistics_chips,
+        multicrop=multicrop,
     )
     datamodule.setup("fit")  # band statistics, outside the timed steps
     task = DINOv2Task(**model_args)
-    trainer = Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=str(args.out / run))
+    trainer = Trainer(
+        max_steps=args.steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(args.out / run),
+    )
     start = time.perf_counter()
     trainer.fit(task, datamodule)
     return task, datamodule, time.perf_counter() - start
@@ -146,14 +172,25 @@ def labelled_chips(catalog: Any, chip_size: int) -> dict[str, tuple[Tensor, Tens
     labels = DemoLandCover(catalog.labels, crs=pairs.crs, res=pairs.res)
     out = {}
     for split in ("train", "val"):
-        sampler = AOISampler(pairs, catalog.aoi, chip_size, stride=chip_size // 2,
-                             min_coverage=0.9, query=f"split == '{split}'")
+        sampler = AOISampler(
+            pairs,
+            catalog.aoi,
+            chip_size,
+            stride=chip_size // 2,
+            min_coverage=0.9,
+            query=f"split == '{split}'",
+        )
         out[split] = read_labelled_chips(pairs, labels, sampler, LABEL_NODATA, 0.6)
     return out
 
 
-def knn(model: nn.Module, chips: dict[str, tuple[Tensor, Tensor]], run: str,
-        datamodule: Any, k: int = 20) -> float:
+def knn(
+    model: nn.Module,
+    chips: dict[str, tuple[Tensor, Tensor]],
+    run: str,
+    datamodule: Any,
+    k: int = 20,
+) -> float:
     """k-NN accuracy of a backbone's CLS features on the held-out chips (DINO protocol)."""
     from geodino.evaluation import extract_features, knn_accuracy
     from geodino.transforms.normalize import Normalize
@@ -165,10 +202,11 @@ def knn(model: nn.Module, chips: dict[str, tuple[Tensor, Tensor]], run: str,
     def transform(x: Tensor) -> Tensor:
         return normalize(normalize.fill_nodata(x))
 
-    features = {split: extract_features(model, images[:, bands], transform)
-                for split, (images, _) in chips.items()}
-    return knn_accuracy(features["train"], chips["train"][1], features["val"], chips["val"][1],
-                        k=k)
+    features = {
+        split: extract_features(model, images[:, bands], transform)
+        for split, (images, _) in chips.items()
+    }
+    return knn_accuracy(features["train"], chips["train"][1], features["val"], chips["val"][1], k=k)
 
 
 def main() -> None:
@@ -181,14 +219,17 @@ def main() -> None:
     parser.add_argument("--local-crops", type=int, default=4)
     parser.add_argument("--head-out-dim", type=int, default=2048)
     parser.add_argument("--statistics-chips", type=int, default=128)
-    parser.add_argument("--pool", type=int, default=512,
-                        help="training chips read once and shared by every run")
+    parser.add_argument(
+        "--pool", type=int, default=512, help="training chips read once and shared by every run"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chip-size", type=int, default=56,
-                        help="side of the k-NN chips (the global crop size)")
+    parser.add_argument(
+        "--chip-size", type=int, default=56, help="side of the k-NN chips (the global crop size)"
+    )
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
-    parser.add_argument("--data", type=Path, default=None,
-                        help="demo catalog (default: written to OUT/data)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="demo catalog (default: written to OUT/data)"
+    )
     parser.add_argument("--out", type=Path, default=Path("fusion_knn"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -197,34 +238,51 @@ def main() -> None:
     from geodino.models import FusionViT, build_backbone
 
     args.out.mkdir(parents=True, exist_ok=True)
-    catalog = (DemoCatalog.load(args.data) if args.data
-               else write_demo_catalog(args.out / "data", seed=0))
+    catalog = (
+        DemoCatalog.load(args.data) if args.data else write_demo_catalog(args.out / "data", seed=0)
+    )
     start = time.perf_counter()
     chips = labelled_chips(catalog, args.chip_size)
     pool, pairs = read_pool(catalog, yaml.safe_load(CONFIG.read_text()), args.pool)
-    print(f"read {args.pool} training chips and {sum(len(c[1]) for c in chips.values())} "
-          f"labelled chips in {time.perf_counter() - start:.0f} s", flush=True)
-    result: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v
-                                           for k, v in vars(args).items()}, "runs": {}}
+    print(
+        f"read {args.pool} training chips and {sum(len(c[1]) for c in chips.values())} "
+        f"labelled chips in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    result: dict[str, Any] = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "runs": {},
+    }
     path = args.out / "fusion_knn.json"
     for run in args.runs:
         task, datamodule, seconds = train(run, pool, pairs, args)
         hp = task.hparams
         torch.manual_seed(0)
         if hp.get("modalities"):
-            random_init = FusionViT(hp["model"], hp["modalities"], hp["fusion"],
-                                    **(hp["fusion_kwargs"] or {}), **hp["model_kwargs"])
+            random_init = FusionViT(
+                hp["model"],
+                hp["modalities"],
+                hp["fusion"],
+                **(hp["fusion_kwargs"] or {}),
+                **hp["model_kwargs"],
+            )
         else:
             random_init = build_backbone(hp["model"], hp["in_chans"], **hp["model_kwargs"])
-        entry = {"train_seconds": round(seconds, 1), "steps": args.steps,
-                 "seconds_per_step": round(seconds / max(args.steps, 1), 2),
-                 "final_loss": float(task.trainer.callback_metrics.get("train_loss", float("nan"))),
-                 "train_chips": len(chips["train"][1]), "test_chips": len(chips["val"][1])}
+        entry = {
+            "train_seconds": round(seconds, 1),
+            "steps": args.steps,
+            "seconds_per_step": round(seconds / max(args.steps, 1), 2),
+            "final_loss": float(task.trainer.callback_metrics.get("train_loss", float("nan"))),
+            "train_chips": len(chips["train"][1]),
+            "test_chips": len(chips["val"][1]),
+        }
         evaluated = {"": (task.model, random_init)}
         if hp.get("modalities"):
             for keep in ("s2", "s1"):
-                evaluated[f"_{keep}_only"] = (ModalitySubset(task.model, [keep]),
-                                              ModalitySubset(random_init, [keep]))
+                evaluated[f"_{keep}_only"] = (
+                    ModalitySubset(task.model, [keep]),
+                    ModalitySubset(random_init, [keep]),
+                )
         for suffix, (pretrained, random_model) in evaluated.items():
             for name, model in (("pretrained", pretrained), ("random_init", random_model)):
                 entry[f"knn_accuracy_{name}{suffix}"] = knn(model, chips, run, datamodule)
@@ -234,17 +292,23 @@ def main() -> None:
 
     print(f"\nk-NN accuracy on held-out chips after {args.steps} steps (random init beside it)")
     for run, entry in result["runs"].items():
-        line = (f"  {run:7s} pretrained {entry['knn_accuracy_pretrained']:.3f}  random init "
-                f"{entry['knn_accuracy_random_init']:.3f}  ({entry['train_seconds']:.0f} s)")
+        line = (
+            f"  {run:7s} pretrained {entry['knn_accuracy_pretrained']:.3f}  random init "
+            f"{entry['knn_accuracy_random_init']:.3f}  ({entry['train_seconds']:.0f} s)"
+        )
         if "knn_accuracy_pretrained_s2_only" in entry:
-            line += (f"  S2 only {entry['knn_accuracy_pretrained_s2_only']:.3f}  S1 only "
-                     f"{entry['knn_accuracy_pretrained_s1_only']:.3f}")
+            line += (
+                f"  S2 only {entry['knn_accuracy_pretrained_s2_only']:.3f}  S1 only "
+                f"{entry['knn_accuracy_pretrained_s1_only']:.3f}"
+            )
         print(line)
     runs = result["runs"]
     for single in ("s2", "s1"):
         for mode in ("early", "linear", "xattn"):
             if single in runs and mode in runs:
-                gain = runs[mode]["knn_accuracy_pretrained"] - runs[single]["knn_accuracy_pretrained"]
+                gain = (
+                    runs[mode]["knn_accuracy_pretrained"] - runs[single]["knn_accuracy_pretrained"]
+                )
                 print(f"  {mode} - {single} alone: {gain:+.3f}")
     print(f"wrote {path}")
 

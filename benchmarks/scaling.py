@@ -32,10 +32,17 @@ def write_catalog(root: Path, files: int, size: int = 64) -> None:
         row, col = divmod(i, side)
         data = rng.integers(1, 4000, size=(4, size, size), dtype=np.uint16)
         profile = {
-            "driver": "GTiff", "height": size, "width": size, "count": 4, "dtype": "uint16",
-            "crs": "EPSG:32631", "nodata": 0, "compress": "deflate",
-            "transform": from_origin(300000 + col * (size + 1) * 10,
-                                     5000000 - row * (size + 1) * 10, 10, 10),
+            "driver": "GTiff",
+            "height": size,
+            "width": size,
+            "count": 4,
+            "dtype": "uint16",
+            "crs": "EPSG:32631",
+            "nodata": 0,
+            "compress": "deflate",
+            "transform": from_origin(
+                300000 + col * (size + 1) * 10, 5000000 - row * (size + 1) * 10, 10, 10
+            ),
         }
         with rasterio.open(root / f"scene_{i:04d}.tif", "w", **profile) as dst:
             dst.write(data)
@@ -62,8 +69,13 @@ def measure(root: Path, chips: int, chip: int) -> dict[str, float]:
     for i in range(chips):
         dataset[sampler.sample(i)]
     draw = chips / (time.perf_counter() - start)
-    return {"index_s": index_s, "sampler_s": sampler_s, "sampler_mb": sampler_mb,
-            "sampler_pickle_mb": pickled_mb, "chips_per_s": draw}
+    return {
+        "index_s": index_s,
+        "sampler_s": sampler_s,
+        "sampler_mb": sampler_mb,
+        "sampler_pickle_mb": pickled_mb,
+        "chips_per_s": draw,
+    }
 
 
 def main() -> None:
@@ -81,23 +93,37 @@ def main() -> None:
             write_catalog(root, files)
             rows.append({"files": files, **measure(root, args.chips, args.chip)})
     first = rows[0]
-    print(f"scaling: 4-band 64 x 64 px DEFLATE scenes, {args.chip} px chips, {args.chips} "
-          "chips drawn per catalog")
-    print(f"{'files':>6} {'index s':>8} {'ms/file':>8} {'sampler s':>10} {'sampler MB':>11} "
-          f"{'KB/file':>8} {'pickle MB':>10} {'chips/s':>8} {'per-file vs first':>18}")
+    print(
+        f"scaling: 4-band 64 x 64 px DEFLATE scenes, {args.chip} px chips, {args.chips} "
+        "chips drawn per catalog"
+    )
+    print(
+        f"{'files':>6} {'index s':>8} {'ms/file':>8} {'sampler s':>10} {'sampler MB':>11} "
+        f"{'KB/file':>8} {'pickle MB':>10} {'chips/s':>8} {'per-file vs first':>18}"
+    )
     for r in rows:
         per_file = r["index_s"] / r["files"]
         r["index_ms_per_file"] = 1e3 * per_file
         r["sampler_kb_per_file"] = 1024 * r["sampler_mb"] / r["files"]
         r["index_per_file_vs_first"] = per_file / (first["index_s"] / first["files"])
-        print(f"{r['files']:>6} {r['index_s']:>8.2f} {r['index_ms_per_file']:>8.2f} "
-              f"{r['sampler_s']:>10.3f} {r['sampler_mb']:>11.2f} {r['sampler_kb_per_file']:>8.2f} "
-              f"{r['sampler_pickle_mb']:>10.3f} {r['chips_per_s']:>8.1f} "
-              f"{r['index_per_file_vs_first']:>17.2f}x")
+        print(
+            f"{r['files']:>6} {r['index_s']:>8.2f} {r['index_ms_per_file']:>8.2f} "
+            f"{r['sampler_s']:>10.3f} {r['sampler_mb']:>11.2f} {r['sampler_kb_per_file']:>8.2f} "
+            f"{r['sampler_pickle_mb']:>10.3f} {r['chips_per_s']:>8.1f} "
+            f"{r['index_per_file_vs_first']:>17.2f}x"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"config": {k: (str(v) if isinstance(v, Path) else v)
-                                                    for k, v in vars(args).items()},
-                                         "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "config": {
+                        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    },
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -67,17 +67,32 @@ def dinov2_step(args: argparse.Namespace) -> dict[str, float]:
 
     data = InMemoryChips(max(64, args.batch * 4), args.bands, args.chip)
     dm = FolderDINODataModule(
-        data, batch_size=args.batch, statistics_chips=16,
-        multicrop={"global_crops_size": args.global_size, "local_crops_size": args.local_size,
-                   "local_crops_number": args.local_crops},
+        data,
+        batch_size=args.batch,
+        statistics_chips=16,
+        multicrop={
+            "global_crops_size": args.global_size,
+            "local_crops_size": args.local_size,
+            "local_crops_number": args.local_crops,
+        },
     )
-    task = DINOv2Task(model=args.model, in_chans=args.bands, head_out_dim=args.head_out_dim,
-                      model_kwargs={"img_size": args.global_size})
+    task = DINOv2Task(
+        model=args.model,
+        in_chans=args.bands,
+        head_out_dim=args.head_out_dim,
+        model_kwargs={"img_size": args.global_size},
+    )
     timer = StepTimer(args.warmup)
     trainer = Trainer(
-        max_steps=args.warmup + args.steps, accelerator="gpu" if args.device.startswith("cuda") else "cpu",
-        devices=1, precision=args.precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        max_steps=args.warmup + args.steps,
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -85,7 +100,10 @@ def dinov2_step(args: argparse.Namespace) -> dict[str, float]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - timer.start
-    return {"images_per_s": timer.steps * args.batch / elapsed, "peak_mb": peak_memory_mb(args.device)}
+    return {
+        "images_per_s": timer.steps * args.batch / elapsed,
+        "peak_mb": peak_memory_mb(args.device),
+    }
 
 
 def plain_step(args: argparse.Namespace) -> dict[str, float]:
@@ -116,8 +134,10 @@ def plain_step(args: argparse.Namespace) -> dict[str, float]:
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"images_per_s": args.steps * args.batch / (time.perf_counter() - start),
-            "peak_mb": peak_memory_mb(args.device)}
+    return {
+        "images_per_s": args.steps * args.batch / (time.perf_counter() - start),
+        "peak_mb": peak_memory_mb(args.device),
+    }
 
 
 def main() -> None:
@@ -139,15 +159,25 @@ def main() -> None:
     args = parser.parse_args()
     plain = plain_step(args)
     dino = dinov2_step(args)
-    print(f"train step: {args.model}, {args.bands} bands, batch {args.batch}, {args.device}, "
-          f"{args.precision}, crops 2x{args.global_size} + {args.local_crops}x{args.local_size}")
+    print(
+        f"train step: {args.model}, {args.bands} bands, batch {args.batch}, {args.device}, "
+        f"{args.precision}, crops 2x{args.global_size} + {args.local_crops}x{args.local_size}"
+    )
     print(f"{'step':<28} {'images/s':>9} {'peak MB':>9}")
     print(f"{'plain timm (1 crop)':<28} {plain['images_per_s']:>9.2f} {plain['peak_mb']:>9.0f}")
     print(f"{'DINOv2Task (multi-crop)':<28} {dino['images_per_s']:>9.2f} {dino['peak_mb']:>9.0f}")
     print(f"ratio DINOv2Task / plain: {dino['images_per_s'] / plain['images_per_s']:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"plain": plain, "dinov2": dino, "args": {
-            k: str(v) for k, v in vars(args).items()}}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "plain": plain,
+                    "dinov2": dino,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

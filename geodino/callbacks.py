@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 
 class _HistoryCallback(Callback):
     """A callback that records rows of values, keeps them across resumes and writes them at
-    the end of fitting into the run folder."""
+    the end of fitting into the run folder.
+    """
 
     def __init__(self) -> None:
         """Start with an empty history."""
@@ -55,8 +56,12 @@ class TrainingSummary(_HistoryCallback):
         self.every_n_steps = max(1, every_n_steps)
 
     def on_train_batch_end(
-        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
-        batch: Any, batch_idx: int,
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Record this step's training metrics."""
         if trainer.global_step % self.every_n_steps:
@@ -128,8 +133,11 @@ class KNNMonitor(_HistoryCallback):
         self.every_n_steps = max(1, every_n_steps)
         self.k, self.temperature = k, temperature
         self.source_kwargs = {
-            "rasters": rasters, "label_column": label_column, "group_column": group_column,
-            "split_column": split_column, "band_names": band_names,
+            "rasters": rasters,
+            "label_column": label_column,
+            "group_column": group_column,
+            "split_column": split_column,
+            "band_names": band_names,
         }
         self.chip_size = chip_size
         self.test_fraction, self.seed = test_fraction, seed
@@ -146,8 +154,7 @@ class KNNMonitor(_HistoryCallback):
         from geodino.evaluation.sources import read_labelled_source
 
         kwargs = dict(self.source_kwargs)
-        size = ((getattr(pl_module, "hparams", {}).get("model_kwargs") or {}).get("img_size")
-                or 224)
+        size = (getattr(pl_module, "hparams", {}).get("model_kwargs") or {}).get("img_size") or 224
         data = read_labelled_source(self.source, chip_size=self.chip_size or size, **kwargs)
         index = torch.arange(len(data), dtype=torch.float32)[:, None]
         train, _, test, _ = split_features(data, index, self.test_fraction, self.seed)
@@ -155,8 +162,12 @@ class KNNMonitor(_HistoryCallback):
         self._split = (train[:, 0].long(), test[:, 0].long())
 
     def on_train_batch_end(
-        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
-        batch: Any, batch_idx: int,
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Evaluate every ``every_n_steps`` optimiser steps."""
         step = trainer.global_step
@@ -200,16 +211,27 @@ class KNNMonitor(_HistoryCallback):
         def transform(x: "Any") -> "Any":
             return normalize(normalize.fill_nodata(x))
 
-        features = extract_features(pl_module.model, data.images, transform,
-                                    device=pl_module.device)
-        return knn_accuracy(features[train], data.labels[train], features[test],
-                            data.labels[test], k=self.k, temperature=self.temperature)
+        features = extract_features(
+            pl_module.model, data.images, transform, device=pl_module.device
+        )
+        return knn_accuracy(
+            features[train],
+            data.labels[train],
+            features[test],
+            data.labels[test],
+            k=self.k,
+            temperature=self.temperature,
+        )
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Write ``knn_monitor.json`` (rank zero only)."""
         folder = self._output_folder(trainer)
         if folder is None:
             return
-        report = {"source": str(self.source), "k": self.k, "temperature": self.temperature,
-                  "history": self.history}
+        report = {
+            "source": str(self.source),
+            "k": self.k,
+            "temperature": self.temperature,
+            "history": self.history,
+        }
         (folder / "knn_monitor.json").write_text(json.dumps(report, indent=1))

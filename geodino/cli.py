@@ -20,8 +20,12 @@ LIGHTNING_COMMANDS = {
 }
 
 
-def demo_data(out: Path = Path("geodino_demo/data"), seed: int = 0, scene_size: int = 512,
-              overwrite: bool = False) -> None:
+def demo_data(
+    out: Path = Path("geodino_demo/data"),
+    seed: int = 0,
+    scene_size: int = 512,
+    overwrite: bool = False,
+) -> None:
     """Write the synthetic demo catalog (13-band S2-like scenes in two UTM zones, S1 VV/VH,
     land-cover labels and an AOI GeoPackage).
 
@@ -61,8 +65,12 @@ def stats(config: Path, out: Path = Path("band_stats.yaml"), chips: int = 512) -
     rows = [
         f"  {b:>8}  mean {m:10.4g}  std {s:10.4g}  p2 {lo:10.4g}  p98 {hi:10.4g}"
         for b, m, s, lo, hi in zip(
-            statistics.band_names, statistics.mean, statistics.std, statistics.p2,
-            statistics.p98, strict=True,
+            statistics.band_names,
+            statistics.mean,
+            statistics.std,
+            statistics.p2,
+            statistics.p98,
+            strict=True,
         )
     ]
     _say("\n".join([f"band statistics of {statistics.pixels} valid pixels -> {path}", *rows]))
@@ -126,8 +134,16 @@ def embed(
     """
     from geodino.inference import embed as run_embed
 
-    paths = run_embed(weights, rasters, out, aoi=aoi, pca=pca, chip_size=chip_size,
-                      batch_size=batch_size, overwrite=overwrite)
+    paths = run_embed(
+        weights,
+        rasters,
+        out,
+        aoi=aoi,
+        pca=pca,
+        chip_size=chip_size,
+        batch_size=batch_size,
+        overwrite=overwrite,
+    )
     _say("\n".join(f"embeddings  {path}" for path in paths))
 
 
@@ -177,9 +193,19 @@ def knn(
     from geodino.evaluation.protocols import run_knn, summary
 
     report = run_knn(
-        weights, source, out, ks=ks, temperature=temperature, test_fraction=test_fraction,
-        seed=seed, rasters=rasters, chip_size=chip_size, label_column=label_column,
-        group_column=group_column, split_column=split_column, band_names=band_names,
+        weights,
+        source,
+        out,
+        ks=ks,
+        temperature=temperature,
+        test_fraction=test_fraction,
+        seed=seed,
+        rasters=rasters,
+        chip_size=chip_size,
+        label_column=label_column,
+        group_column=group_column,
+        split_column=split_column,
+        band_names=band_names,
     )
     _say(summary(report, out))
 
@@ -230,9 +256,19 @@ def probe(
     from geodino.evaluation.protocols import run_probe, summary
 
     report = run_probe(
-        weights, source, out, cs=cs, folds=folds, test_fraction=test_fraction, seed=seed,
-        rasters=rasters, chip_size=chip_size, label_column=label_column,
-        group_column=group_column, split_column=split_column, band_names=band_names,
+        weights,
+        source,
+        out,
+        cs=cs,
+        folds=folds,
+        test_fraction=test_fraction,
+        seed=seed,
+        rasters=rasters,
+        chip_size=chip_size,
+        label_column=label_column,
+        group_column=group_column,
+        split_column=split_column,
+        band_names=band_names,
     )
     _say(summary(report, out))
 
@@ -268,8 +304,16 @@ def maps(
     from geodino.inference import write_maps
 
     point = (x, y) if x is not None and y is not None else None
-    paths = write_maps(weights, raster, out, aoi=aoi, point=point, crs=crs,
-                       chip_size=chip_size, batch_size=batch_size)
+    paths = write_maps(
+        weights,
+        raster,
+        out,
+        aoi=aoi,
+        point=point,
+        crs=crs,
+        chip_size=chip_size,
+        batch_size=batch_size,
+    )
     _say("\n".join(f"{kind:>14}  {path}" for kind, path in paths.items()))
 
 
@@ -304,8 +348,9 @@ def similar(
     if (x is None) != (y is None):
         raise DataError("give both --x and --y for a query point.")
     point = (x, y) if x is not None and y is not None else None
-    heatmap, matches = similarity_search(embeddings, out, point=point, bbox=bbox, crs=crs,
-                                         top_k=top_k)
+    heatmap, matches = similarity_search(
+        embeddings, out, point=point, bbox=bbox, crs=crs, top_k=top_k
+    )
     _say(f"similarity  {heatmap}\n   matches  {matches}")
 
 
@@ -352,7 +397,7 @@ def _run_tool(name: str, args: list[str]) -> int:
             if value.startswith("-"):
                 break
             values.append(value)
-        args = [*args[:fixed], json.dumps(values), *args[fixed + len(values):]]
+        args = [*args[:fixed], json.dumps(values), *args[fixed + len(values) :]]
     bare = [a for a in args[: len(positional) + 1] if not a.startswith("-")]
     # `geodino demo-data OUT`: a leading bare value fills the first optional folder argument
     if not variadic and optional and len(bare) == len(positional) + 1 and len(args) >= len(bare):

@@ -19,7 +19,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
-
 from torchgeo.datasets import GeoDataset
 
 from geodino.errors import ConfigError, DataError
@@ -64,7 +63,8 @@ def collate(samples: list[Sample]) -> Sample:
 
 def _empty_batch(size: int, like: Tensor) -> Tensor:
     """An uninitialised batch of ``size`` tensors like ``like``; in a loader worker, in
-    shared memory (as PyTorch's collate allocates it), so handing it over copies nothing."""
+    shared memory (as PyTorch's collate allocates it), so handing it over copies nothing.
+    """
     shape = (size, *like.shape)
     if get_worker_info() is None:
         return torch.empty(shape, dtype=like.dtype)
@@ -283,8 +283,11 @@ class GeoChipDraw:
         nodata = self.nodata
         if array.dtype.kind in "iu":
             info = np.iinfo(array.dtype)
-            if (nodata is None or not float(nodata).is_integer()
-                    or not info.min <= nodata <= info.max):
+            if (
+                nodata is None
+                or not float(nodata).is_integer()
+                or not info.min <= nodata <= info.max
+            ):
                 return 0.0
             # one min (or max) pass is ~3x faster than comparing and rules most chips out
             if array.min() > nodata or array.max() < nodata:
@@ -307,7 +310,7 @@ class GeoChipDraw:
         """The files of the dataset's index under a query's footprint, for messages."""
         x, y, _ = query
         try:
-            hits = self.dataset.index.cx[x.start:x.stop, y.start:y.stop]
+            hits = self.dataset.index.cx[x.start : x.stop, y.start : y.stop]
             return sorted(set(hits["filepath"]))
         except (AttributeError, KeyError):  # a combined dataset indexes no single files
             return [f"the files of {type(self.dataset).__name__}"]
@@ -427,7 +430,8 @@ class DINODataModule(LightningDataModule):
     def band_kinds(self) -> list[str]:
         """``"optical"`` or ``"sar"`` for each band, for the augmentations: the dataset's
         ``band_kinds`` (per band, e.g. a :class:`~geodino.datasets.PairedDataset`) or
-        ``band_kind`` (all bands), else optical."""
+        ``band_kind`` (all bands), else optical.
+        """
         dataset = getattr(self, "dataset", None)
         kinds = getattr(dataset, "band_kinds", None)
         if kinds is not None:
@@ -490,9 +494,7 @@ class DINODataModule(LightningDataModule):
             args = dict(self.multicrop_args)
             preset = args.pop("preset", None)
             args.setdefault("band_kinds", self.band_kinds)
-            self.multicrop = (
-                MultiCrop.from_preset(preset, **args) if preset else MultiCrop(**args)
-            )
+            self.multicrop = MultiCrop.from_preset(preset, **args) if preset else MultiCrop(**args)
 
     def measure_statistics(self, chips: int) -> BandStatistics:
         """Per-band statistics of the first chips of the training stream.
@@ -576,8 +578,9 @@ class DINODataModule(LightningDataModule):
         """
         if state_dict.get("seed", self.seed) != self.seed:
             log.warning(
-                "resuming with data seed %s but the checkpoint used %s: the chip stream "
-                "changes", self.seed, state_dict["seed"],
+                "resuming with data seed %s but the checkpoint used %s: the chip stream changes",
+                self.seed,
+                state_dict["seed"],
             )
         self._start = int(state_dict["samples_seen"])
 
@@ -742,9 +745,7 @@ class GeoDINODataModule(DINODataModule):
         )
 
     def _draw(self, sampler: Any) -> GeoChipDraw:
-        return GeoChipDraw(
-            self.dataset, sampler, self.nodata, self.max_nodata, self.max_redraws
-        )
+        return GeoChipDraw(self.dataset, sampler, self.nodata, self.max_nodata, self.max_redraws)
 
     def setup_draws(self) -> None:
         """Build the training (and validation) samplers over the dataset."""
@@ -823,4 +824,3 @@ class FolderDINODataModule(DINODataModule):
             the statistics.
         """
         return super().measure_statistics(min(chips, len(self.dataset)))
-

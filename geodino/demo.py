@@ -43,8 +43,8 @@ def evaluate_knn(
     Returns:
         accuracies and chip counts.
     """
-    from geodino.datasets.synthetic import LABEL_NODATA, DemoCatalog, DemoLandCover
     from geodino.datasets import Sentinel2
+    from geodino.datasets.synthetic import LABEL_NODATA, DemoCatalog, DemoLandCover
     from geodino.evaluation import extract_features, knn_accuracy, read_labelled_chips
     from geodino.samplers import AOISampler
     from geodino.transforms.normalize import Normalize
@@ -61,7 +61,11 @@ def evaluate_knn(
     splits = {}
     for split in ("train", "val"):
         sampler = AOISampler(
-            images, catalog.aoi, chip_size, stride=chip_size // 2, min_coverage=0.9,
+            images,
+            catalog.aoi,
+            chip_size,
+            stride=chip_size // 2,
+            min_coverage=0.9,
             query=f"split == '{split}'",
         )
         splits[split] = read_labelled_chips(images, labels, sampler, LABEL_NODATA, 0.6)
@@ -106,7 +110,8 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     catalog = write_demo_catalog(data, seed=seed)
     args = [
         "fit",
-        "--config", str(DEMO_CONFIG),
+        "--config",
+        str(DEMO_CONFIG),
         f"--seed_everything={seed}",
         f"--trainer.default_root_dir={out / 'runs'}",
         f"--data.init_args.dataset.init_args.paths={data}",
@@ -128,7 +133,10 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     torch.manual_seed(seed)
     random_backbone = build_backbone(hp["model"], hp["in_chans"], **(hp["model_kwargs"] or {}))
     knn = evaluate_knn(
-        task.model, random_backbone, data, datamodule.statistics,
+        task.model,
+        random_backbone,
+        data,
+        datamodule.statistics,
         datamodule.multicrop.global_crops_size,
     )
     metrics_path = run_dir / "metrics.json"
@@ -161,8 +169,9 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     )
 
 
-def downstream(checkpoint: str | Path, scenes: Path, run_dir: Path,
-               chip_size: int) -> dict[str, Path]:
+def downstream(
+    checkpoint: str | Path, scenes: Path, run_dir: Path, chip_size: int
+) -> dict[str, Path]:
     """Export the backbone, embed one demo scene and draw its maps.
 
     Args:

@@ -25,8 +25,15 @@ log = logging.getLogger(__name__)
 #: beyond the position embedding (which export resamples), or only regularise training:
 #: neither is part of the exported architecture.
 _SIZE_KWARGS = {
-    "img_size", "dynamic_img_size", "dynamic_img_pad", "drop_rate", "drop_path_rate",
-    "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "patch_drop_rate",
+    "img_size",
+    "dynamic_img_size",
+    "dynamic_img_pad",
+    "drop_rate",
+    "drop_path_rate",
+    "attn_drop_rate",
+    "proj_drop_rate",
+    "pos_drop_rate",
+    "patch_drop_rate",
 }
 
 
@@ -45,7 +52,8 @@ def backbone_state_dict(checkpoint: dict[str, Any], which: str = "teacher") -> d
     """
     prefix = f"{which}.backbone."
     state = {
-        k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items()
+        k[len(prefix) :]: v
+        for k, v in checkpoint.get("state_dict", {}).items()
         if k.startswith(prefix)
     }
     if not state:
@@ -81,7 +89,8 @@ def resample_to_default(state: dict[str, Tensor], model: Any) -> dict[str, Tenso
         )
     bad = [
         f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}"
-        for k, v in out.items() if k in target and v.shape != target[k].shape
+        for k, v in out.items()
+        if k in target and v.shape != target[k].shape
     ]
     missing = sorted(set(target) - set(out) - {"head.weight", "head.bias"})
     if bad or missing:
@@ -126,8 +135,10 @@ def export_backbone(
     model_kwargs = dict(hp.get("model_kwargs") or {})
     if hp.get("modalities"):  # a FusionViT: its modalities and fusion are its architecture
         model_kwargs = {
-            "modalities": dict(hp["modalities"]), "fusion": hp.get("fusion", "early"),
-            **dict(hp.get("fusion_kwargs") or {}), **model_kwargs,
+            "modalities": dict(hp["modalities"]),
+            "fusion": hp.get("fusion", "early"),
+            **dict(hp.get("fusion_kwargs") or {}),
+            **model_kwargs,
         }
     statistics = (ckpt.get(_datamodule_key(ckpt)) or {}).get("statistics")
     return write_export(
@@ -184,7 +195,9 @@ def write_export(
         log.warning(
             "%s was trained with architecture overrides %s: timm's and TorchGeo's default "
             "build of it will not match; load it with geodino (load_backbone, build_backbone "
-            "or geodino.tasks).", model, arch_kwargs,
+            "or geodino.tasks).",
+            model,
+            arch_kwargs,
         )
     if "modalities" in arch_kwargs:
         from geodino.models.fusion import FusionViT
@@ -380,7 +393,10 @@ def load_backbone(
                 "it with geodino.tasks.Segmentation(weights=...), which builds fusion exports."
             )
         model = build_backbone(
-            name, in_chans, weights=path, band_names=bands or None,
+            name,
+            in_chans,
+            weights=path,
+            band_names=bands or None,
             **dict(meta.get("model_kwargs") or {}),
         )
         stats = meta.get("statistics")

@@ -73,7 +73,8 @@ class RasterRegion:
     @property
     def out_transform(self) -> Affine:
         """Transform of the embedding grid: the raster's, moved to the region, scaled by the
-        patch size."""
+        patch size.
+        """
         return self.transform @ Affine.translation(self.col, self.row) @ Affine.scale(self.patch)
 
     def windows(self, chip: int) -> list[tuple[int, int, int, int]]:
@@ -117,9 +118,7 @@ class RasterRegion:
         return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
-def plan_region(
-    path: Path, patch: int, aoi: "GeoDataFrame | None" = None
-) -> RasterRegion | None:
+def plan_region(path: Path, patch: int, aoi: "GeoDataFrame | None" = None) -> RasterRegion | None:
     """The region of a raster to embed: all of it, or the AOI's bounds snapped to patches.
 
     Args:
@@ -147,13 +146,13 @@ def plan_region(
         )
     if transform.b != 0 or transform.d != 0:
         raise DataError(
-            f"raster {path} has a rotated grid ({transform}); warp it north-up first "
-            "(gdalwarp)."
+            f"raster {path} has a rotated grid ({transform}); warp it north-up first (gdalwarp)."
         )
     rows, cols = math.ceil(height / patch), math.ceil(width / patch)
     if aoi is None:
-        return RasterRegion(path, crs, transform, 0, 0, rows, cols, patch,
-                            np.ones((rows, cols), dtype=bool))
+        return RasterRegion(
+            path, crs, transform, 0, 0, rows, cols, patch, np.ones((rows, cols), dtype=bool)
+        )
     import shapely
     from shapely.geometry import box
 
@@ -171,10 +170,22 @@ def plan_region(
     c0 = max(0, math.floor(min(cs) / patch + _SNAP))
     r1 = min(rows, math.ceil(max(rs) / patch - _SNAP))
     c1 = min(cols, math.ceil(max(cs) / patch - _SNAP))
-    region = RasterRegion(path, crs, transform, r0 * patch, c0 * patch, r1 - r0, c1 - c0, patch,
-                          np.ones((r1 - r0, c1 - c0), dtype=bool))
+    region = RasterRegion(
+        path,
+        crs,
+        transform,
+        r0 * patch,
+        c0 * patch,
+        r1 - r0,
+        c1 - c0,
+        patch,
+        np.ones((r1 - r0, c1 - c0), dtype=bool),
+    )
     region.mask = geometry_mask(
-        [inside], (region.height, region.width), region.out_transform, all_touched=True,
+        [inside],
+        (region.height, region.width),
+        region.out_transform,
+        all_touched=True,
         invert=True,
     )
     return region
@@ -399,8 +410,14 @@ def _output_paths(out: Path, regions: Sequence[RasterRegion]) -> list[Path]:
     return [out.with_name(f"{out.stem}_{s}{out.suffix}") for s in stems]
 
 
-def write_cog(path: Path, data: np.ndarray, crs: Any, transform: Affine,
-              names: Sequence[str], tags: dict[str, Any]) -> Path:
+def write_cog(
+    path: Path,
+    data: np.ndarray,
+    crs: Any,
+    transform: Affine,
+    names: Sequence[str],
+    tags: dict[str, Any],
+) -> Path:
     """Write a float32 Cloud-Optimised GeoTIFF (DEFLATE, overviews, NaN as nodata).
 
     Args:
@@ -418,17 +435,31 @@ def write_cog(path: Path, data: np.ndarray, crs: Any, transform: Affine,
 
     tmp = path.with_name(path.name + ".tmp.tif")
     profile = {
-        "driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
-        "count": len(data), "dtype": "float32", "crs": crs,
-        "transform": transform, "nodata": float("nan"),
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": len(data),
+        "dtype": "float32",
+        "crs": crs,
+        "transform": transform,
+        "nodata": float("nan"),
     }
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data.astype(np.float32))
         dst.descriptions = tuple(names)
-        dst.update_tags(**{k: json.dumps(v) if not isinstance(v, str) else v
-                           for k, v in tags.items()})
-    copy_raster(tmp, path, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=256,
-                OVERVIEWS="AUTO", RESAMPLING="AVERAGE")
+        dst.update_tags(
+            **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in tags.items()}
+        )
+    copy_raster(
+        tmp,
+        path,
+        driver="COG",
+        COMPRESS="DEFLATE",
+        PREDICTOR="YES",
+        BLOCKSIZE=256,
+        OVERVIEWS="AUTO",
+        RESAMPLING="AVERAGE",
+    )
     tmp.unlink()
     return path
 
@@ -483,8 +514,9 @@ def embed(
     as_raster = suffix in RASTER_SUFFIXES
     backbone = load_backbone(weights)
     if pca is not None and not 1 <= pca <= backbone.embed_dim:
-        raise DataError(f"--pca {pca} must lie between 1 and the embedding size "
-                        f"{backbone.embed_dim}.")
+        raise DataError(
+            f"--pca {pca} must lie between 1 and the embedding size {backbone.embed_dim}."
+        )
     chip = _chip_pixels(backbone, chip_size)
     regions = plan_regions(backbone, rasters, aoi)
     targets = _output_paths(out, regions) if as_raster else [out]
@@ -494,12 +526,17 @@ def embed(
 
     parts = out.with_name(out.name + ".parts")
     key = _fingerprint(
-        weights=str(Path(weights).resolve()), rasters=[str(r.path.resolve()) for r in regions],
-        aoi=str(aoi), chip=chip, batch_size=batch_size, raster=as_raster,
+        weights=str(Path(weights).resolve()),
+        rasters=[str(r.path.resolve()) for r in regions],
+        aoi=str(aoi),
+        chip=chip,
+        batch_size=batch_size,
+        raster=as_raster,
     )
     manifest = parts / "manifest.json"
-    if parts.exists() and (overwrite or not manifest.is_file()
-                           or json.loads(manifest.read_text()).get("key") != key):
+    if parts.exists() and (
+        overwrite or not manifest.is_file() or json.loads(manifest.read_text()).get("key") != key
+    ):
         if not overwrite and manifest.is_file():
             raise DataError(
                 f"{parts} holds the saved work of an embedding run with other arguments; "
@@ -510,13 +547,15 @@ def embed(
     manifest.write_text(json.dumps({"key": key}))
 
     total = sum(math.ceil(len(r.windows(chip // r.patch)) / batch_size) for r in regions)
-    bar = tqdm(total=total, desc=f"embedding {len(regions)} raster(s)", unit="batch",
-               disable=not progress)
+    bar = tqdm(
+        total=total, desc=f"embedding {len(regions)} raster(s)", unit="batch", disable=not progress
+    )
     for i, region in enumerate(regions):
         done = {int(p.stem.split("_")[1]) for p in parts.glob(f"{i:03d}_*.npz")}
         bar.update(len(done))
-        for index, windows, cls, patches in embed_batches(backbone, region, chip, batch_size,
-                                                          skip=done):
+        for index, windows, cls, patches in embed_batches(
+            backbone, region, chip, batch_size, skip=done
+        ):
             arrays = {"windows": np.asarray(windows), "cls": cls}
             if as_raster:
                 arrays["patches"] = patches
@@ -528,8 +567,10 @@ def embed(
         return [np.load(p) for p in sorted(parts.glob(f"{i:03d}_*.npz"))]
 
     tags = {
-        "geodino_weights": str(weights), "geodino_model": backbone.meta.get("model", ""),
-        "patch_size": backbone.patch_size, "chip_size": chip,
+        "geodino_weights": str(weights),
+        "geodino_model": backbone.meta.get("model", ""),
+        "patch_size": backbone.patch_size,
+        "chip_size": chip,
     }
     if as_raster:
         grids = []
@@ -544,21 +585,33 @@ def embed(
         if pca:
             flat = np.concatenate([g.reshape(len(g), -1).T for g in grids])
             mean, components = fit_pca(flat[np.isfinite(flat).all(1)], pca)
-            grids = [project(g.transpose(1, 2, 0), mean, components).transpose(2, 0, 1)
-                     for g in grids]
+            grids = [
+                project(g.transpose(1, 2, 0), mean, components).transpose(2, 0, 1) for g in grids
+            ]
             names = [f"pc{j + 1}" for j in range(pca)]
             tags["pca_components"] = pca
         for target, region, grid in zip(targets, regions, grids, strict=True):
-            write_cog(target, grid, region.crs, region.out_transform, names,
-                      {**tags, "source_raster": str(region.path)})
+            write_cog(
+                target,
+                grid,
+                region.crs,
+                region.out_transform,
+                names,
+                {**tags, "source_raster": str(region.path)},
+            )
     else:
         _write_table(out, regions, [load(i) for i in range(len(regions))], pca, tags)
     shutil.rmtree(parts)
     return targets
 
 
-def _write_table(out: Path, regions: Sequence[RasterRegion], parts: Sequence[Sequence[Any]],
-                 pca: int | None, tags: dict[str, Any]) -> None:
+def _write_table(
+    out: Path,
+    regions: Sequence[RasterRegion],
+    parts: Sequence[Sequence[Any]],
+    pca: int | None,
+    tags: dict[str, Any],
+) -> None:
     import geopandas as gpd
     import pandas as pd
 
@@ -638,7 +691,7 @@ def similarity_search(
     rows, cols = np.mgrid[0:h, 0:w]
     if point is not None:
         x, y = _point_in(grid_crs, *point, crs)
-        col, row = (~transform @ (x, y))
+        col, row = ~transform @ (x, y)
         query = np.zeros((h, w), dtype=bool)
         if 0 <= row < h and 0 <= col < w:
             query[int(row), int(col)] = True
@@ -647,8 +700,9 @@ def similarity_search(
         x0, y0 = _point_in(grid_crs, bbox[0], bbox[1], crs)
         x1, y1 = _point_in(grid_crs, bbox[2], bbox[3], crs)
         cx, cy = transform @ (cols + 0.5, rows + 0.5)
-        query = ((cx >= min(x0, x1)) & (cx <= max(x0, x1)) & (cy >= min(y0, y1))
-                 & (cy <= max(y0, y1)))
+        query = (
+            (cx >= min(x0, x1)) & (cx <= max(x0, x1)) & (cy >= min(y0, y1)) & (cy <= max(y0, y1))
+        )
         where = f"box {list(bbox)}"
     vectors = grid[:, query & np.isfinite(grid).all(0)]
     if not vectors.size:
@@ -660,16 +714,29 @@ def similarity_search(
     target = vectors.mean(1)
     norms = np.linalg.norm(grid, axis=0) * np.linalg.norm(target)
     similarity = np.einsum("dhw,d->hw", grid, target) / np.maximum(norms, 1e-12)
-    write_cog(out, similarity[None], grid_crs, transform, ["cosine_similarity"],
-              {"query": where, "source_embeddings": str(embeddings)})
+    write_cog(
+        out,
+        similarity[None],
+        grid_crs,
+        transform,
+        ["cosine_similarity"],
+        {"query": where, "source_embeddings": str(embeddings)},
+    )
     ranked = np.where(query | ~np.isfinite(similarity), -np.inf, similarity).ravel()
     best = [i for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
     cells = []
     for rank, index in enumerate(best, 1):
         r, c = divmod(int(index), w)
         (ax, ay), (bx, by) = transform @ (c, r), transform @ (c + 1, r + 1)
-        cells.append({"rank": rank, "similarity": float(ranked[index]), "row": r, "col": c,
-                      "geometry": box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))})
+        cells.append(
+            {
+                "rank": rank,
+                "similarity": float(ranked[index]),
+                "row": r,
+                "col": c,
+                "geometry": box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)),
+            }
+        )
     matches = out.with_name(f"{out.stem}_matches.geojson")
     gpd.GeoDataFrame(cells, geometry="geometry", crs=grid_crs).to_file(matches)
     return out, matches
@@ -706,7 +773,7 @@ def write_maps(
         the written files by kind.
     """
     from geodino.export import load_backbone
-    from geodino.plotting import plot_feature_maps, plot_pca_map, pca_rgb, rgb_bands, to_rgb
+    from geodino.plotting import pca_rgb, plot_feature_maps, plot_pca_map, rgb_bands, to_rgb
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -733,8 +800,13 @@ def write_maps(
         scale = max(1, math.ceil(max(region.height, region.width) * p / 512))
         window = Window(region.col, region.row, region.width * p, region.height * p)
         shape = (max(1, window.height // scale), max(1, window.width // scale))
-        preview = src.read([b + 1 for b in bands or [0]], window=window, boundless=True,
-                           out_shape=(len(bands or [0]), *shape), out_dtype="float32")
+        preview = src.read(
+            [b + 1 for b in bands or [0]],
+            window=window,
+            boundless=True,
+            out_shape=(len(bands or [0]), *shape),
+            out_dtype="float32",
+        )
         if src.nodata is not None:
             preview[preview == np.float32(src.nodata)] = np.nan
         x, y = _point_in(region.crs, *point, crs) if point else (None, None)
@@ -748,21 +820,41 @@ def write_maps(
         # the chip centred on the point, on the patch grid, inside the raster where possible
         r0 = int(np.clip(round((row - chip / 2) / p), 0, max(0, src.height // p - chip // p)))
         c0 = int(np.clip(round((col - chip / 2) / p), 0, max(0, src.width // p - chip // p)))
-        chip_region = RasterRegion(region.path, region.crs, region.transform, r0 * p, c0 * p,
-                                   chip // p, chip // p, p, np.ones((chip // p,) * 2, bool))
+        chip_region = RasterRegion(
+            region.path,
+            region.crs,
+            region.transform,
+            r0 * p,
+            c0 * p,
+            chip // p,
+            chip // p,
+            p,
+            np.ones((chip // p,) * 2, bool),
+        )
         image = read_window(src, chip_region, (0, 0, chip // p, chip // p))
     rgb = to_rgb(torch.from_numpy(np.nan_to_num(preview)), [0, 1, 2] if bands else [0, 0, 0])
     paths = {
         "pca_png": plot_pca_map(grid, out / "pca_map.png", f"{region.path.name}", rgb),
         "attention_png": plot_feature_maps(
-            backbone, torch.from_numpy(image), out / "attention.png",
+            backbone,
+            torch.from_numpy(image),
+            out / "attention.png",
             f"{region.path.name}, chip at row {r0 * p}, col {c0 * p}",
         ),
     }
     colours = (pca_rgb(grid) * 255).round().astype(np.uint8).transpose(2, 0, 1)
-    with rasterio.open(out / "pca_map.tif", "w", driver="GTiff", width=region.width,
-                       height=region.height, count=3, dtype="uint8", crs=region.crs,
-                       transform=region.out_transform, photometric="RGB") as dst:
+    with rasterio.open(
+        out / "pca_map.tif",
+        "w",
+        driver="GTiff",
+        width=region.width,
+        height=region.height,
+        count=3,
+        dtype="uint8",
+        crs=region.crs,
+        transform=region.out_transform,
+        photometric="RGB",
+    ) as dst:
         dst.write(colours)
     paths["pca_tif"] = out / "pca_map.tif"
     return paths

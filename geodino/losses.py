@@ -76,7 +76,9 @@ class DINOLoss(nn.Module):
         center_momentum: EMA momentum of the centre used by softmax centring.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(
+        self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9
+    ) -> None:
         """Start with a zero centre."""
         super().__init__()
         self.student_temp = student_temp
@@ -158,7 +160,7 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
-class iBOTPatchLoss(nn.Module):  # noqa: N801 - the official name
+class iBOTPatchLoss(nn.Module):
     """Masked-patch cross-entropy between teacher targets and student predictions.
 
     Args:
@@ -209,7 +211,9 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 - the official name
         Returns:
             (M, K) targets.
         """
-        total = _all_reduce(n_masked_patches_tensor.detach().clone().float().to(teacher_output.device))
+        total = _all_reduce(
+            n_masked_patches_tensor.detach().clone().float().to(teacher_output.device)
+        )
         return _sinkhorn_knopp(teacher_output, teacher_temp, total.reshape(()), n_iterations)
 
     def forward_masked(

@@ -1,5 +1,6 @@
 """Figures: training curves, image chips rendered from chosen bands, PCA feature maps and
-attention maps of the class token and registers."""
+attention maps of the class token and registers.
+"""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is imported lazily and headless
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,13 +63,17 @@ def plot_training_curves(history: Sequence[dict[str, float]], out: str | Path) -
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     return save_figure(fig, out)
 
 
-def to_rgb(image: Tensor, bands: Sequence[int], low: Sequence[float] | None = None,
-           high: Sequence[float] | None = None) -> np.ndarray:
+def to_rgb(
+    image: Tensor,
+    bands: Sequence[int],
+    low: Sequence[float] | None = None,
+    high: Sequence[float] | None = None,
+) -> np.ndarray:
     """Stretch three bands of a (C, H, W) chip to an (H, W, 3) image in [0, 1].
 
     Args:
@@ -87,8 +92,13 @@ def to_rgb(image: Tensor, bands: Sequence[int], low: Sequence[float] | None = No
     return np.nan_to_num(np.clip(rgb, 0, 1)).transpose(1, 2, 0)
 
 
-def plot_chips(images: Tensor, bands: Sequence[int], out: str | Path,
-               titles: Sequence[str] | None = None, columns: int = 8) -> Path:
+def plot_chips(
+    images: Tensor,
+    bands: Sequence[int],
+    out: str | Path,
+    titles: Sequence[str] | None = None,
+    columns: int = 8,
+) -> Path:
     """Plot a grid of chips as RGB composites.
 
     Args:
@@ -232,8 +242,9 @@ def plot_feature_maps(backbone: Any, image: Tensor, out: str | Path, title: str 
     return save_figure(fig, out, title=title)
 
 
-def plot_pca_map(embeddings: np.ndarray, out: str | Path, title: str = "",
-                 image: np.ndarray | None = None) -> Path:
+def plot_pca_map(
+    embeddings: np.ndarray, out: str | Path, title: str = "", image: np.ndarray | None = None
+) -> Path:
     """A raster's patch embeddings as a PCA colour map, beside its RGB if given.
 
     Args:

@@ -102,7 +102,9 @@ def read_aoi(
     if invalid.any():
         log.warning(
             "%s: repaired %d invalid geometries with shapely.make_valid (rows %s)",
-            name, int(invalid.sum()), list(gdf.index[invalid][:10]),
+            name,
+            int(invalid.sum()),
+            list(gdf.index[invalid][:10]),
         )
         gdf.loc[invalid, gdf.geometry.name] = shapely.make_valid(geometry.to_numpy()[invalid])
     gdf[gdf.geometry.name] = [_polygonal(g) for g in gdf.geometry.to_numpy()]
@@ -115,7 +117,9 @@ def read_aoi(
     if empty.any():
         log.warning(
             "%s: dropped %d empty or non-polygon geometries (rows %s)",
-            name, int(empty.sum()), list(gdf.index[empty][:10]),
+            name,
+            int(empty.sum()),
+            list(gdf.index[empty][:10]),
         )
         gdf = gdf[~empty]
     return gdf
@@ -182,8 +186,9 @@ def _triangles(geometry: Any) -> tuple[np.ndarray, np.ndarray]:
     parts = shapely.get_parts(shapely.constrained_delaunay_triangles(geometry))
     corners = shapely.get_coordinates(parts).reshape(len(parts), 4, 2)[:, :3]
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
-    areas = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1])
-                         - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]))
+    areas = 0.5 * np.abs(
+        (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+    )
     keep = areas > 0
     return corners[keep], np.cumsum(areas[keep])
 
@@ -216,14 +221,19 @@ def block_grids(dataset: GeoDataset, res: tuple[float, float]) -> np.ndarray:
     for path in dict.fromkeys(source.index.filepath):
         with rasterio.open(path) as src:
             t = src.transform
-            same_grid = (src.crs is not None and CRS.from_user_input(src.crs) == source.crs
-                         and math.isclose(t.a, res[0]) and math.isclose(-t.e, res[1]))
+            same_grid = (
+                src.crs is not None
+                and CRS.from_user_input(src.crs) == source.crs
+                and math.isclose(t.a, res[0])
+                and math.isclose(-t.e, res[1])
+            )
             if not same_grid:
                 continue
             block_h, block_w = src.block_shapes[0]
             left, bottom, right, top = src.bounds
-            rows.append((left, bottom, right, top, t.c, t.f, src.width, src.height,
-                         block_w, block_h))
+            rows.append(
+                (left, bottom, right, top, t.c, t.f, src.width, src.height, block_w, block_h)
+            )
     return np.array(rows, dtype=np.float64).reshape(-1, 10)
 
 
@@ -315,24 +325,32 @@ class AOISampler(GeoSampler):
         self.crs = dataset.index.crs
         self.blocks = block_grids(dataset, self.res) if block_aligned and stride is None else None
         if self.blocks is not None and not len(self.blocks):
-            log.warning("block_aligned: no file is read on the dataset's own grid (all are "
-                        "warped); chips are not aligned")
+            log.warning(
+                "block_aligned: no file is read on the dataset's own grid (all are "
+                "warped); chips are not aligned"
+            )
             self.blocks = None
-        self.seed = (int(generator.initial_seed()) if generator is not None
-                     else int(torch.randint(0, 2**62, (1,)).item()))
+        self.seed = (
+            int(generator.initial_seed())
+            if generator is not None
+            else int(torch.randint(0, 2**62, (1,)).item())
+        )
         self.epoch = 0
 
         footprint = shapely.union_all(dataset.index.geometry.to_numpy())
         if aoi is None:
             self.source = "the data footprint"
-            self.aoi = GeoDataFrame({"name": ["data footprint"]}, geometry=[footprint],
-                                    crs=self.crs)
+            self.aoi = GeoDataFrame(
+                {"name": ["data footprint"]}, geometry=[footprint], crs=self.crs
+            )
         else:
-            self.source = (f"AOI file {aoi}" if not isinstance(aoi, GeoDataFrame)
-                           else "the AOI GeoDataFrame")
+            self.source = (
+                f"AOI file {aoi}" if not isinstance(aoi, GeoDataFrame) else "the AOI GeoDataFrame"
+            )
             self.aoi = read_aoi(aoi, self.crs, query)
-        self.regions = [_polygonal(g) for g in shapely.intersection(
-            self.aoi.geometry.to_numpy(), footprint)]
+        self.regions = [
+            _polygonal(g) for g in shapely.intersection(self.aoi.geometry.to_numpy(), footprint)
+        ]
         outside = [i for i, r in enumerate(self.regions) if r is None]
         if len(outside) == len(self.regions):
             ab, db = self.aoi.total_bounds, footprint.bounds
@@ -343,9 +361,13 @@ class AOISampler(GeoSampler):
                 "over the rasters, or fix the AOI's CRS (QGIS: Layer > Set CRS)."
             )
         if outside:
-            log.warning("%s: %d polygons lie outside the data and get no chips: %s%s",
-                        self.source, len(outside), ", ".join(self.label(i) for i in outside[:10]),
-                        " ..." if len(outside) > 10 else "")
+            log.warning(
+                "%s: %d polygons lie outside the data and get no chips: %s%s",
+                self.source,
+                len(outside),
+                ", ".join(self.label(i) for i in outside[:10]),
+                " ..." if len(outside) > 10 else "",
+            )
         self.union = shapely.union_all([r for r in self.regions if r is not None])
         shapely.prepare(self.union)
         self.aoi = self.aoi.assign(weight=self._weights(weight_column))
@@ -417,8 +439,9 @@ class AOISampler(GeoSampler):
                 self._triangles.append(None)
                 continue
             if self.min_coverage >= 1:
-                centres = (None if eroded is None
-                           else _polygonal(shapely.intersection(region, eroded)))
+                centres = (
+                    None if eroded is None else _polygonal(shapely.intersection(region, eroded))
+                )
             else:
                 # A chip centred in the region lies in its bounds grown by half a chip, so it
                 # can cover no more of the AOI than that box holds.
@@ -435,8 +458,11 @@ class AOISampler(GeoSampler):
                 grown = shapely.buffer(centres, max(self.res) / 2, join_style="mitre")
                 self._triangles.append(_triangles(grown))
         if len(unfit) == int((weights > 0).sum()):
-            parts = [(part.area, row, part) for row in unfit
-                     for part in shapely.get_parts(self.regions[row])]
+            parts = [
+                (part.area, row, part)
+                for row in unfit
+                for part in shapely.get_parts(self.regions[row])
+            ]
             _, largest, part = max(parts, key=lambda p: p[0])
             xmin, ymin, xmax, ymax = part.bounds
             raise DataError(
@@ -450,8 +476,12 @@ class AOISampler(GeoSampler):
             log.warning(
                 "%s: %s fits in no place of %d polygons, which get no chips (weight 0): %s%s; "
                 "use a smaller chip size or a lower min_coverage (now %g) to sample them",
-                self.source, self._chip(), len(unfit), ", ".join(self.label(r) for r in unfit[:10]),
-                " ..." if len(unfit) > 10 else "", self.min_coverage,
+                self.source,
+                self._chip(),
+                len(unfit),
+                ", ".join(self.label(r) for r in unfit[:10]),
+                " ..." if len(unfit) > 10 else "",
+                self.min_coverage,
             )
             weights[unfit] = 0.0
             self.aoi["weight"] = weights
@@ -459,8 +489,10 @@ class AOISampler(GeoSampler):
 
     def _chip(self) -> str:
         h, w = self.size
-        return (f"a chip of {round(h / self.res[1])} x {round(w / self.res[0])} px "
-                f"({h:g} x {w:g} {self._unit()})")
+        return (
+            f"a chip of {round(h / self.res[1])} x {round(w / self.res[0])} px "
+            f"({h:g} x {w:g} {self._unit()})"
+        )
 
     def _unit(self) -> str:
         return f"{self.crs.axis_info[0].unit_name}s"
@@ -520,8 +552,9 @@ class AOISampler(GeoSampler):
         left, top, width, height, block_w, block_h = (b[f, k] for k in range(4, 10))
         rx, ry = self.res
 
-        def snap(first: np.ndarray, size: float, total: np.ndarray, block: np.ndarray
-                 ) -> np.ndarray:
+        def snap(
+            first: np.ndarray, size: float, total: np.ndarray, block: np.ndarray
+        ) -> np.ndarray:
             chip = round(size)
             slack = np.ceil(chip / block) * block - chip
             k = np.floor(first / block)
@@ -574,8 +607,9 @@ class AOISampler(GeoSampler):
             u = rng.random(n) * cumulative[-1]
             s, t = np.sqrt(rng.random((n, 1))), rng.random((n, 1))
             if start == 0:
-                first = self._first(corners, cumulative, float(u[0]), float(s[0, 0]),
-                                    float(t[0, 0]))
+                first = self._first(
+                    corners, cumulative, float(u[0]), float(s[0, 0]), float(t[0, 0])
+                )
                 if first is not None:
                     return row, first
             pick = np.searchsorted(cumulative, u, side="right")
@@ -605,8 +639,9 @@ class AOISampler(GeoSampler):
             "smaller chips, raise max_tries, or leave that polygon out."
         )
 
-    def _first(self, corners: np.ndarray, cumulative: np.ndarray, u: float, s: float,
-               t: float) -> Query | None:
+    def _first(
+        self, corners: np.ndarray, cumulative: np.ndarray, u: float, s: float, t: float
+    ) -> Query | None:
         """The first candidate of a draw if it is accepted, else None.
 
         Most draws keep their first candidate: placing it alone in Python floats, with the

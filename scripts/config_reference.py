@@ -1,6 +1,6 @@
 """Write docs/configuration.md from the signatures and docstrings of the configurable classes.
 
-    .venv/bin/python scripts/config_reference.py        # rewrites docs/configuration.md
+.venv/bin/python scripts/config_reference.py        # rewrites docs/configuration.md
 """
 
 import inspect
@@ -57,15 +57,32 @@ def render() -> str:
 
     sections = [
         ("model: `geodino.tasks.DINOv2Task`", DINOv2Task, "model.init_args."),
-        ("model: `geodino.tasks.Segmentation` (fine-tuning, see fine-tuning.md)", Segmentation,
-         "model.init_args."),
-        ("model: `geodino.tasks.Classification` (fine-tuning, see fine-tuning.md)",
-         Classification, "model.init_args."),
+        (
+            "model: `geodino.tasks.Segmentation` (fine-tuning, see fine-tuning.md)",
+            Segmentation,
+            "model.init_args.",
+        ),
+        (
+            "model: `geodino.tasks.Classification` (fine-tuning, see fine-tuning.md)",
+            Classification,
+            "model.init_args.",
+        ),
         ("data: `geodino.datamodules.GeoDINODataModule`", GeoDINODataModule, "data.init_args."),
-        ("data: `geodino.datamodules.FolderDINODataModule`", FolderDINODataModule, "data.init_args."),
-        ("data.init_args.multicrop: `geodino.transforms.MultiCrop`", MultiCrop, "data.init_args.multicrop."),
-        ("data.init_args.dataset: `geodino.datasets.PairedDataset` (multimodal pairs)",
-         PairedDataset, "data.init_args.dataset.init_args."),
+        (
+            "data: `geodino.datamodules.FolderDINODataModule`",
+            FolderDINODataModule,
+            "data.init_args.",
+        ),
+        (
+            "data.init_args.multicrop: `geodino.transforms.MultiCrop`",
+            MultiCrop,
+            "data.init_args.multicrop.",
+        ),
+        (
+            "data.init_args.dataset: `geodino.datasets.PairedDataset` (multimodal pairs)",
+            PairedDataset,
+            "data.init_args.dataset.init_args.",
+        ),
     ]
     parts = [HEADER]
     for title, cls, prefix in sections:

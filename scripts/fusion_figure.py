@@ -43,17 +43,31 @@ def main() -> None:
     from geodino.transforms import MultiCrop
 
     with tempfile.TemporaryDirectory() as tmp:
-        catalog = (DemoCatalog.load(args.data) if args.data
-                   else write_demo_catalog(Path(tmp) / "data", seed=0, scene_size=256))
-        pairs = PairedDataset({"s2": DemoSentinel2(catalog.root), "s1": DemoSentinel1(catalog.root)})
+        catalog = (
+            DemoCatalog.load(args.data)
+            if args.data
+            else write_demo_catalog(Path(tmp) / "data", seed=0, scene_size=256)
+        )
+        pairs = PairedDataset(
+            {"s2": DemoSentinel2(catalog.root), "s1": DemoSentinel1(catalog.root)}
+        )
         sampler = AOISampler(pairs, catalog.aoi, 64, generator=torch.Generator().manual_seed(3))
         chips = torch.stack([pairs[sampler.sample(i, 0)]["image"] for i in range(3)])
     names = pairs.band_names
     rgb = [names.index(b) for b in ("B04", "B03", "B02")]
     vv, vh = names.index("VV"), names.index("VH")
-    crop = MultiCrop(global_crops_size=56, local_crops_size=28, local_crops_number=0,
-                     band_kinds=pairs.band_kinds, brightness=0.0, contrast=0.0, blur_p=(0, 0, 0),
-                     speckle_looks=None, db_shift=0.0, per_band_jitter=0.0)
+    crop = MultiCrop(
+        global_crops_size=56,
+        local_crops_size=28,
+        local_crops_number=0,
+        band_kinds=pairs.band_kinds,
+        brightness=0.0,
+        contrast=0.0,
+        blur_p=(0, 0, 0),
+        speckle_looks=None,
+        db_shift=0.0,
+        per_band_jitter=0.0,
+    )
     view = crop(torch.nan_to_num(chips[:1]), generator=torch.Generator().manual_seed(1))
     view = view["global_crops"][0]
 
@@ -62,8 +76,11 @@ def main() -> None:
     grid = fig.add_gridspec(4, columns, width_ratios=[1, 1, 1, 1.4][:columns])
     rows = [(f"chip {i + 1}", chips[i]) for i in range(3)] + [("crop of 1", view)]
     for r, (title, image) in enumerate(rows):
-        panels = [("S2 B04/B03/B02", to_rgb(image, rgb)),
-                  ("S1 VV (dB)", image[vv].numpy()), ("S1 VH (dB)", image[vh].numpy())]
+        panels = [
+            ("S2 B04/B03/B02", to_rgb(image, rgb)),
+            ("S1 VV (dB)", image[vv].numpy()),
+            ("S1 VH (dB)", image[vh].numpy()),
+        ]
         for c, (label, data) in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(data, cmap=None if data.ndim == 3 else "gray")

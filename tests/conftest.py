@@ -59,11 +59,20 @@ def write_tiny_export(out: Path, seed: int = 0, patch: int = 14, registers: int 
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, in_chans=len(TINY_BANDS), **kwargs)
     statistics = {
-        "band_names": TINY_BANDS, "mean": [900.0, 1000.0, 1100.0, 2000.0],
-        "std": [300.0, 300.0, 350.0, 600.0], "nodata": 0.0,
+        "band_names": TINY_BANDS,
+        "mean": [900.0, 1000.0, 1100.0, 2000.0],
+        "std": [300.0, 300.0, 350.0, 600.0],
+        "nodata": 0.0,
     }
-    write_export(model.state_dict(), out, name, len(TINY_BANDS), model_kwargs=kwargs,
-                 bands=TINY_BANDS, statistics=statistics)
+    write_export(
+        model.state_dict(),
+        out,
+        name,
+        len(TINY_BANDS),
+        model_kwargs=kwargs,
+        bands=TINY_BANDS,
+        statistics=statistics,
+    )
     return out
 
 
@@ -74,6 +83,6 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_export_writer():  # noqa: ANN201 - returns write_tiny_export
+def tiny_export_writer():
     """:func:`write_tiny_export`, for tests that need other patch sizes or seeds."""
     return write_tiny_export

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
-
 from lightning.pytorch import Trainer
+from rasterio.errors import NotGeoreferencedWarning
 
 from geodino.callbacks import KNNMonitor
 from geodino.datamodules import FolderDINODataModule
@@ -36,24 +35,40 @@ class Blobs(torch.utils.data.Dataset):
 
 def task() -> DINOv2Task:
     return DINOv2Task(
-        model="vit_small_patch14_reg4_dinov2", in_chans=4,
+        model="vit_small_patch14_reg4_dinov2",
+        in_chans=4,
         model_kwargs={"img_size": 28, "embed_dim": 32, "depth": 2, "num_heads": 2},
-        head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, head_nlayers=2,
-        checkpoint_every_n_steps=2, keep_last_k=1, lr_reference_batch=8,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        head_nlayers=2,
+        checkpoint_every_n_steps=2,
+        keep_last_k=1,
+        lr_reference_batch=8,
     )
 
 
 def datamodule() -> FolderDINODataModule:
     return FolderDINODataModule(
-        Blobs(), batch_size=4, seed=0, statistics_chips=16,
+        Blobs(),
+        batch_size=4,
+        seed=0,
+        statistics_chips=16,
         multicrop={"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2},
     )
 
 
 def trainer(root: Path, max_steps: int, **overrides: object) -> Trainer:
-    return Trainer(max_steps=max_steps, accelerator="cpu", devices=1, default_root_dir=root,
-                   enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                   **overrides)
+    return Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=root,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **overrides,
+    )
 
 
 def write_class_folders(root: Path) -> Path:
@@ -65,8 +80,9 @@ def write_class_folders(root: Path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path, "w", driver="GTiff", width=28, height=28, count=4,
-                                   dtype="uint16") as dst:
+                with rasterio.open(
+                    path, "w", driver="GTiff", width=28, height=28, count=4, dtype="uint16"
+                ) as dst:
                     dst.write(data)
     (root / "labels.txt").write_text("0,dark\n1,bright\n")
     return root

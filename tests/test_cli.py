@@ -17,8 +17,9 @@ GEODINO = [sys.executable, "-m", "geodino"]
 
 
 def run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*GEODINO, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [*GEODINO, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def test_help_lists_every_command() -> None:
@@ -55,8 +56,16 @@ def test_stats_writes_a_file_the_config_can_use(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = rng.normal(1000, 100, size=(3, 128, 128)).astype("uint16")
     data[:, :10] = 0
-    profile = {"driver": "GTiff", "height": 128, "width": 128, "count": 3, "dtype": "uint16",
-               "crs": "EPSG:32631", "transform": from_origin(600000, 5000000, 10, 10), "nodata": 0}
+    profile = {
+        "driver": "GTiff",
+        "height": 128,
+        "width": 128,
+        "count": 3,
+        "dtype": "uint16",
+        "crs": "EPSG:32631",
+        "transform": from_origin(600000, 5000000, 10, 10),
+        "nodata": 0,
+    }
     (tmp_path / "tiles").mkdir()
     with rasterio.open(tmp_path / "tiles" / "a.tif", "w", **profile) as dst:
         dst.write(data)
@@ -64,8 +73,10 @@ def test_stats_writes_a_file_the_config_can_use(tmp_path: Path) -> None:
         "data": {
             "class_path": "geodino.datamodules.GeoDINODataModule",
             "init_args": {
-                "dataset": {"class_path": "geodino.datasets.MultiBandGeoTIFF",
-                            "init_args": {"paths": str(tmp_path / "tiles")}},
+                "dataset": {
+                    "class_path": "geodino.datasets.MultiBandGeoTIFF",
+                    "init_args": {"paths": str(tmp_path / "tiles")},
+                },
                 "chip_size": 32,
             },
         }
@@ -82,9 +93,17 @@ def test_stats_writes_a_file_the_config_can_use(tmp_path: Path) -> None:
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path: Path) -> None:
-    config = {"data": {"class_path": "geodino.datamodules.GeoDINODataModule", "init_args": {
-        "dataset": {"class_path": "geodino.datasets.MultiBandGeoTIFF",
-                    "init_args": {"paths": str(tmp_path / "nothing")}}}}}
+    config = {
+        "data": {
+            "class_path": "geodino.datamodules.GeoDINODataModule",
+            "init_args": {
+                "dataset": {
+                    "class_path": "geodino.datasets.MultiBandGeoTIFF",
+                    "init_args": {"paths": str(tmp_path / "nothing")},
+                }
+            },
+        }
+    }
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     out = run("stats", str(cfg))
@@ -105,12 +124,26 @@ def test_downstream_tools_document_their_inputs() -> None:
         assert f"  {command} " in listing
     knn = run("knn", "--help")
     assert knn.returncode == 0
-    for text in ("weights", "source", "labels.txt", "data_list", "--rasters", "--label_column",
-                 "--group_column", "--split_column", "--ks", "--temperature", "0.07"):
+    for text in (
+        "weights",
+        "source",
+        "labels.txt",
+        "data_list",
+        "--rasters",
+        "--label_column",
+        "--group_column",
+        "--split_column",
+        "--ks",
+        "--temperature",
+        "0.07",
+    ):
         assert text in knn.stdout, text
     probe = run("probe", "--help")
-    assert probe.returncode == 0 and "--cs" in probe.stdout and "logistic regression" in (
-        probe.stdout.lower())
+    assert (
+        probe.returncode == 0
+        and "--cs" in probe.stdout
+        and "logistic regression" in (probe.stdout.lower())
+    )
     embed = run("embed", "--help")
     assert embed.returncode == 0 and "--aoi" in embed.stdout and "--pca" in embed.stdout
 
@@ -121,13 +154,29 @@ def test_embed_takes_several_rasters_positionally(tiny_export: Path, tmp_path: P
     rasters = []
     for name in ("a", "b"):
         path = tmp_path / f"{name}.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=28, height=28, count=4,
-                           dtype="uint16", crs="EPSG:32631", nodata=0,
-                           transform=from_origin(600000, 5000000, 10, 10)) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=28,
+            height=28,
+            count=4,
+            dtype="uint16",
+            crs="EPSG:32631",
+            nodata=0,
+            transform=from_origin(600000, 5000000, 10, 10),
+        ) as dst:
             dst.write(np.full((4, 28, 28), 1000, dtype="uint16"))
         rasters.append(str(path))
-    out = run("embed", str(tiny_export), *rasters, "--out", str(tmp_path / "emb.parquet"),
-              "--chip_size", "28")
+    out = run(
+        "embed",
+        str(tiny_export),
+        *rasters,
+        "--out",
+        str(tmp_path / "emb.parquet"),
+        "--chip_size",
+        "28",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "emb.parquet" in out.stdout and "Traceback" not in out.stderr
     table = gpd.read_parquet(tmp_path / "emb.parquet")

@@ -42,14 +42,28 @@ class TensorItems(torch.utils.data.Dataset):
         return {"image": self.images[index].clone()}
 
 
-def write_raster(path: Path, data: np.ndarray, crs: str, origin: tuple[float, float],
-                 nodata: float | None = 0, res: float = 10.0) -> Path:
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    crs: str,
+    origin: tuple[float, float],
+    nodata: float | None = 0,
+    res: float = 10.0,
+) -> Path:
     """Write a (C, H, W) GeoTIFF."""
     profile = {
-        "driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
-        "count": data.shape[0], "dtype": data.dtype, "crs": crs,
-        "transform": from_origin(origin[0], origin[1], res, res), "nodata": nodata,
-        "tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "deflate",
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": crs,
+        "transform": from_origin(origin[0], origin[1], res, res),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
+        "compress": "deflate",
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
@@ -73,8 +87,9 @@ def test_folder_stream_is_seeded_and_independent_of_workers() -> None:
     data = TensorItems()
     batches = {}
     for workers in (0, 2):
-        dm = FolderDINODataModule(data, batch_size=4, num_workers=workers, seed=3,
-                                  multicrop=MULTICROP)
+        dm = FolderDINODataModule(
+            data, batch_size=4, num_workers=workers, seed=3, multicrop=MULTICROP
+        )
         dm.setup("fit")
         loader = iter(dm.train_dataloader())
         batches[workers] = [ids(next(loader)) for _ in range(15)]
@@ -109,8 +124,13 @@ def test_statistics_ignore_nodata_and_normalise_on_device(tmp_path: Path) -> Non
     stats = dm.statistics
     assert stats is not None
     valid = data.images[:, :, 4:, :]
-    flat = torch.cat([valid.permute(1, 0, 2, 3).reshape(3, -1),
-                      data.images[:, :, :4, 4:].permute(1, 0, 2, 3).reshape(3, -1)], 1)
+    flat = torch.cat(
+        [
+            valid.permute(1, 0, 2, 3).reshape(3, -1),
+            data.images[:, :, :4, 4:].permute(1, 0, 2, 3).reshape(3, -1),
+        ],
+        1,
+    )
     np.testing.assert_allclose(stats.mean, flat.double().mean(1).numpy(), rtol=1e-6)
     np.testing.assert_allclose(stats.std, flat.double().std(1, unbiased=False).numpy(), rtol=1e-5)
     path = stats.save(tmp_path / "stats.yaml")
@@ -127,8 +147,9 @@ def test_geo_chips_with_too_much_nodata_are_redrawn(tmp_path: Path) -> None:
     write_raster(tmp_path / "scene.tif", data, "EPSG:32631", (500000, 5000000))
     ds = MultiBandGeoTIFF(tmp_path)
     # ~30 % of placements qualify: 100 redraws make a failure (0.7 ** 101) impossible in practice
-    dm = GeoDINODataModule(ds, chip_size=32, batch_size=8, seed=0, max_nodata=0.1,
-                           max_redraws=100, multicrop=MULTICROP)
+    dm = GeoDINODataModule(
+        ds, chip_size=32, batch_size=8, seed=0, max_nodata=0.1, max_redraws=100, multicrop=MULTICROP
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 4, 32, 32)
@@ -139,8 +160,14 @@ def test_geo_chips_with_too_much_nodata_are_redrawn(tmp_path: Path) -> None:
 def test_geo_all_nodata_raises_naming_the_fix(tmp_path: Path) -> None:
     data = np.zeros((2, 64, 64), dtype=np.uint16)
     write_raster(tmp_path / "empty.tif", data, "EPSG:32631", (500000, 5000000))
-    dm = GeoDINODataModule(MultiBandGeoTIFF(tmp_path), chip_size=16, batch_size=2,
-                           max_redraws=3, statistics_chips=4, multicrop=MULTICROP)
+    dm = GeoDINODataModule(
+        MultiBandGeoTIFF(tmp_path),
+        chip_size=16,
+        batch_size=2,
+        max_redraws=3,
+        statistics_chips=4,
+        multicrop=MULTICROP,
+    )
     with pytest.raises(DataError, match="max_nodata"):
         dm.setup("fit")
 
@@ -165,11 +192,22 @@ def test_trainer_receives_normalised_multicrop_batches(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     data = rng.integers(100, 3000, size=(3, 128, 128), dtype=np.uint16)
     write_raster(tmp_path / "a.tif", data, "EPSG:32632", (400000, 5100000))
-    dm = GeoDINODataModule(MultiBandGeoTIFF(tmp_path), chip_size=48, batch_size=4,
-                           multicrop=MULTICROP, statistics_chips=8)
+    dm = GeoDINODataModule(
+        MultiBandGeoTIFF(tmp_path),
+        chip_size=48,
+        batch_size=4,
+        multicrop=MULTICROP,
+        statistics_chips=8,
+    )
     model = CaptureSteps()
-    trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     assert model.shapes == [((8, 3, 28, 28), (8, 3, 14, 14))] * 3
     assert dm.state_dict()["samples_seen"] == 12
@@ -179,8 +217,13 @@ def test_main_process_collate_equals_pytorch_collate() -> None:
     from torch.utils.data import default_collate
 
     g = torch.Generator().manual_seed(0)
-    samples = [{"image": torch.rand(3, 8, 8, generator=g) * 1000,
-                "bounds": torch.rand(9, generator=g, dtype=torch.float64)} for _ in range(4)]
+    samples = [
+        {
+            "image": torch.rand(3, 8, 8, generator=g) * 1000,
+            "bounds": torch.rand(9, generator=g, dtype=torch.float64),
+        }
+        for _ in range(4)
+    ]
     got, expected = collate(samples), default_collate(samples)
     assert got.keys() == expected.keys()
     for key in got:
@@ -244,8 +287,15 @@ def test_integer_nodata_fraction_equals_float_fraction(nodata: float | None, dty
 
 def test_raw_draws_equal_float_draws_with_the_same_redraws(tmp_path: Path) -> None:
     ds = uint16_catalog(tmp_path)
-    dm = GeoDINODataModule(ds, chip_size=32, batch_size=4, seed=0, max_nodata=0.05,
-                           multicrop=MULTICROP, statistics_chips=8)
+    dm = GeoDINODataModule(
+        ds,
+        chip_size=32,
+        batch_size=4,
+        seed=0,
+        max_nodata=0.05,
+        multicrop=MULTICROP,
+        statistics_chips=8,
+    )
     dm.setup_draws()
     sampler = dm.train_draw.sampler
     raw = GeoChipDraw(ds, CountingSampler(sampler), ds.nodata, 0.05)
@@ -256,8 +306,9 @@ def test_raw_draws_equal_float_draws_with_the_same_redraws(tmp_path: Path) -> No
         dtypes.add(got["image"].dtype)
         assert expected["image"].dtype == torch.float32
         for key in expected:
-            torch.testing.assert_close(got[key].to(expected[key].dtype), expected[key],
-                                       rtol=0, atol=0, msg=key)
+            torch.testing.assert_close(
+                got[key].to(expected[key].dtype), expected[key], rtol=0, atol=0, msg=key
+            )
     assert raw.sampler.calls == old.sampler.calls
     assert any(attempt > 0 for _, attempt in old.sampler.calls)  # some chips were redrawn
     assert dtypes == {torch.uint16, torch.float32}  # native reads and mosaics
@@ -266,11 +317,20 @@ def test_raw_draws_equal_float_draws_with_the_same_redraws(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_loader_batches_cast_on_the_device_equal_float_batches(tmp_path: Path,
-                                                               workers: int) -> None:
+def test_loader_batches_cast_on_the_device_equal_float_batches(
+    tmp_path: Path, workers: int
+) -> None:
     ds = uint16_catalog(tmp_path)
-    dm = GeoDINODataModule(ds, chip_size=32, batch_size=4, seed=0, max_nodata=0.3,
-                           num_workers=workers, multicrop=MULTICROP, statistics_chips=8)
+    dm = GeoDINODataModule(
+        ds,
+        chip_size=32,
+        batch_size=4,
+        seed=0,
+        max_nodata=0.3,
+        num_workers=workers,
+        multicrop=MULTICROP,
+        statistics_chips=8,
+    )
     dm.setup("fit")
     old = GeoChipDraw(FloatReads(ds), dm.train_draw.sampler, ds.nodata, 0.3)
     loader = iter(dm.train_dataloader())
@@ -318,8 +378,11 @@ def test_stream_batches_promote_mixed_image_dtypes(workers: int) -> None:
 
 def test_stream_refuses_images_of_different_sizes() -> None:
     stream = SampleStream(MixedDraw([torch.uint16] * 3, [4, 4, 5]), batch_size=3, start=0)
-    with pytest.raises(DataError, match=r"stream position 2 has an image of shape \(2, 5, 5\)"
-                                        r".*\(2, 4, 4\).*one size"):
+    with pytest.raises(
+        DataError,
+        match=r"stream position 2 has an image of shape \(2, 5, 5\)"
+        r".*\(2, 4, 4\).*one size",
+    ):
         next(iter(stream))
     masks = SampleStream(lambda p: {"mask": torch.zeros(4, 4)}, batch_size=2)
     with pytest.raises(DataError, match=r"position 0 has no image tensor \(keys \['mask'\]\)"):
@@ -328,9 +391,17 @@ def test_stream_refuses_images_of_different_sizes() -> None:
 
 def test_block_aligned_reaches_the_samplers(tmp_path: Path) -> None:
     ds = uint16_catalog(tmp_path)
-    dm = GeoDINODataModule(ds, chip_size=32, batch_size=4, seed=0, max_nodata=0.3,
-                           val_length=4, block_aligned=True, multicrop=MULTICROP,
-                           statistics_chips=4)
+    dm = GeoDINODataModule(
+        ds,
+        chip_size=32,
+        batch_size=4,
+        seed=0,
+        max_nodata=0.3,
+        val_length=4,
+        block_aligned=True,
+        multicrop=MULTICROP,
+        statistics_chips=4,
+    )
     dm.setup("fit")
     for draw in (dm.train_draw, dm.val_draw):
         assert draw.sampler.blocks is not None and len(draw.sampler.blocks) == 2

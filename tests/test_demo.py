@@ -16,7 +16,9 @@ def test_demo_writes_the_whole_story(tmp_path: Path) -> None:
     for name in ("embeddings.tif", "embeddings.parquet", "maps/pca_map.tif", "metrics.json"):
         assert (run / name).is_file() and str(run / name) in summary, name
     scene = sorted((tmp_path / "demo" / "data" / "s2").glob("*.tif"))[0]
-    width = yaml.safe_load(DEMO_CONFIG.read_text())["model"]["init_args"]["model_kwargs"]["embed_dim"]
+    width = yaml.safe_load(DEMO_CONFIG.read_text())["model"]["init_args"]["model_kwargs"][
+        "embed_dim"
+    ]
     with rasterio.open(run / "embeddings.tif") as emb, rasterio.open(scene) as src:
         assert emb.crs == src.crs and emb.count == width
         assert emb.transform == src.transform @ src.transform.scale(14)

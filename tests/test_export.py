@@ -47,9 +47,16 @@ class Blobs(torch.utils.data.Dataset):
 def dinov2_task(model: str, **model_kwargs: Any) -> DINOv2Task:
     """A DINOv2Task with tiny heads."""
     return DINOv2Task(
-        model=model, in_chans=4, band_names=BANDS, model_kwargs=model_kwargs,
-        head_out_dim=32, head_hidden_dim=32, head_bottleneck_dim=16, head_nlayers=2,
-        lr_reference_batch=4, checkpoint_every_n_steps=2,
+        model=model,
+        in_chans=4,
+        band_names=BANDS,
+        model_kwargs=model_kwargs,
+        head_out_dim=32,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        head_nlayers=2,
+        lr_reference_batch=4,
+        checkpoint_every_n_steps=2,
     )
 
 
@@ -58,13 +65,25 @@ def pretrain(root: Path, model: str, crop: int, steps: int = 2, **model_kwargs: 
     torch.manual_seed(0)
     task = dinov2_task(model, img_size=crop, **model_kwargs)
     data = FolderDINODataModule(
-        Blobs(size=crop), batch_size=2, seed=0, statistics_chips=8,
-        multicrop={"global_crops_size": crop, "local_crops_size": crop // 2,
-                   "local_crops_number": 1},
+        Blobs(size=crop),
+        batch_size=2,
+        seed=0,
+        statistics_chips=8,
+        multicrop={
+            "global_crops_size": crop,
+            "local_crops_size": crop // 2,
+            "local_crops_number": 1,
+        },
     )
     Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, default_root_dir=root, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
     ).fit(task, data)
     return root / "checkpoints" / "last.ckpt"
 
@@ -82,18 +101,30 @@ def task_checkpoint(root: Path, model: str) -> Path:
         for p in task.student.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     path = root / "task.ckpt"
-    torch.save({
-        "hyper_parameters": dict(task.hparams), "state_dict": task.state_dict(),
-        "global_step": 0, "FolderDINODataModule": {
-            "samples_seen": 0, "seed": 0, "statistics": {
-                "band_names": BANDS, "mean": [1.0, 2.0, 3.0, 4.0], "std": [0.5, 1.0, 1.5, 2.0]}},
-    }, path)
+    torch.save(
+        {
+            "hyper_parameters": dict(task.hparams),
+            "state_dict": task.state_dict(),
+            "global_step": 0,
+            "FolderDINODataModule": {
+                "samples_seen": 0,
+                "seed": 0,
+                "statistics": {
+                    "band_names": BANDS,
+                    "mean": [1.0, 2.0, 3.0, 4.0],
+                    "std": [0.5, 1.0, 1.5, 2.0],
+                },
+            },
+        },
+        path,
+    )
     return path
 
 
 @pytest.fixture(scope="module", params=sorted(TIMM_MODELS), ids=lambda p: f"patch{p}")
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> tuple[str, Path, Path]:
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Path]:
     """(timm name, task checkpoint, export folder) of a timm ViT as TorchGeo builds it."""
     name = TIMM_MODELS[request.param]
     root = tmp_path_factory.mktemp(f"patch{request.param}")
@@ -119,7 +150,7 @@ def teacher_backbone(ckpt: Path) -> torch.nn.Module:
     model = build_backbone(hp["model"], hp["in_chans"], **(hp["model_kwargs"] or {}))
     prefix = "teacher.backbone."
     model.load_state_dict(
-        {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+        {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     )
     return model.eval()
 
@@ -134,8 +165,9 @@ def features(model: torch.nn.Module, size: int, seed: int = 1) -> torch.Tensor:
 def test_torchgeo_classification_loads_every_tensor(exported: tuple[str, Path, Path]) -> None:
     name, ckpt, out = exported
     saved = load_file(str(out / "backbone.safetensors"))
-    task = Classification(model=name, weights=str(out / "backbone.ckpt"), in_channels=4,
-                          num_classes=3)
+    task = Classification(
+        model=name, weights=str(out / "backbone.ckpt"), in_channels=4, num_classes=3
+    )
     built = task.model.state_dict()
     assert set(built) - set(saved) == {"head.weight", "head.bias"}
     assert set(saved) <= set(built)
@@ -202,12 +234,12 @@ def test_trained_backbone_is_resampled_to_the_default_grid(trained: tuple[Path, 
     # at timm's default size both grids resample the same way: the trained teacher's features
     backbone = load_backbone(out)
     assert len(backbone.model.blocks) == 2 and backbone.embed_dim == 32
-    torch.testing.assert_close(features(backbone.model, 518),
-                               features(teacher_backbone(ckpt), 518))
+    torch.testing.assert_close(features(backbone.model, 518), features(teacher_backbone(ckpt), 518))
     # TorchGeo refuses its checkpoint rather than loading part of it; geodino reads it
     with pytest.raises(ValueError, match="Unknown checkpoint task"):
-        Classification(model=TIMM_MODELS[14], in_channels=4, num_classes=2,
-                       weights=str(out / "backbone.ckpt"))
+        Classification(
+            model=TIMM_MODELS[14], in_channels=4, num_classes=2, weights=str(out / "backbone.ckpt")
+        )
     from_ckpt = build_backbone(TIMM_MODELS[14], 4, weights=out / "backbone.ckpt", **TINY)
     assert all(torch.equal(v, saved[k]) for k, v in from_ckpt.state_dict().items())
 
@@ -219,8 +251,12 @@ def test_shallower_backbone_is_not_half_loaded_by_torchgeo(tmp_path: Path) -> No
     write_export(vit.state_dict(), tmp_path, "vit_tiny_patch16_224", 3, model_kwargs={"depth": 2})
     assert json.loads((tmp_path / "backbone.json").read_text())["torchgeo_compatible"] is False
     with pytest.raises(ValueError, match="Unknown checkpoint task"):
-        Classification(model="vit_tiny_patch16_224", in_channels=3, num_classes=2,
-                       weights=str(tmp_path / "backbone.ckpt"))
+        Classification(
+            model="vit_tiny_patch16_224",
+            in_channels=3,
+            num_classes=2,
+            weights=str(tmp_path / "backbone.ckpt"),
+        )
 
 
 def test_student_export_differs_from_teacher(trained: tuple[Path, Path], tmp_path: Path) -> None:
@@ -233,12 +269,16 @@ def test_student_export_differs_from_teacher(trained: tuple[Path, Path], tmp_pat
     assert json.loads((tmp_path / "backbone.json").read_text())["which"] == "student"
 
 
-def test_cli_export_writes_the_three_files(trained: tuple[Path, Path], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_writes_the_three_files(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, out = trained
     assert main(["export", str(ckpt), str(tmp_path / "cli")]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
-        "backbone.ckpt", "backbone.json", "backbone.safetensors"]
+        "backbone.ckpt",
+        "backbone.json",
+        "backbone.safetensors",
+    ]
     assert "backbone.safetensors" in capsys.readouterr().out
     a = load_file(str(tmp_path / "cli" / "backbone.safetensors"))
     b = load_file(str(out / "backbone.safetensors"))
@@ -249,14 +289,23 @@ def test_cli_export_writes_the_three_files(trained: tuple[Path, Path], tmp_path:
 def test_checkpoint_of_another_task_is_refused(tmp_path: Path) -> None:
     other = Classification(model="resnet18", in_channels=4, num_classes=2)
     path = tmp_path / "resnet.ckpt"
-    torch.save({"hyper_parameters": dict(other.hparams),
-                "state_dict": {f"model.{k}": v for k, v in other.model.state_dict().items()}},
-               path)
+    torch.save(
+        {
+            "hyper_parameters": dict(other.hparams),
+            "state_dict": {f"model.{k}": v for k, v in other.model.state_dict().items()},
+        },
+        path,
+    )
     with pytest.raises(WeightsError, match="geodino hyper-parameters"):
         export_backbone(path, tmp_path / "out")
     # a geodino-looking checkpoint without the backbone
-    torch.save({"hyper_parameters": {"model": "vit_small_patch14_dinov2", "in_chans": 4},
-                "state_dict": {"student.dino_head.last_layer.weight": torch.zeros(2, 2)}}, path)
+    torch.save(
+        {
+            "hyper_parameters": {"model": "vit_small_patch14_dinov2", "in_chans": 4},
+            "state_dict": {"student.dino_head.last_layer.weight": torch.zeros(2, 2)},
+        },
+        path,
+    )
     with pytest.raises(WeightsError, match="no 'teacher.backbone"):
         export_backbone(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -272,8 +321,11 @@ class Payload:
 def test_pickled_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as handle:
-        pickle.dump({"hyper_parameters": {"model": "x", "in_chans": 4}, "payload": Payload()},
-                    handle, protocol=2)
+        pickle.dump(
+            {"hyper_parameters": {"model": "x", "in_chans": 4}, "payload": Payload()},
+            handle,
+            protocol=2,
+        )
     torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "evil_torch.ckpt")
     for file in (path, tmp_path / "evil_torch.ckpt"):
         with pytest.raises(WeightsError, match="would run code"):
@@ -289,8 +341,9 @@ def test_missing_and_empty_checkpoints(tmp_path: Path) -> None:
         export_backbone(tmp_path / "empty.ckpt", tmp_path / "out")
 
 
-def test_cli_bad_checkpoint_exits_with_a_message(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_checkpoint_exits_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err

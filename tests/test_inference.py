@@ -21,14 +21,31 @@ CRS = "EPSG:32633"
 ORIGIN = (500_000.0, 5_200_000.0)
 
 
-def write_raster(path: Path, height: int, width: int, count: int = 4, seed: int = 0,
-                 descriptions: list[str] | None = None, nodata_rows: int = 0) -> Path:
+def write_raster(
+    path: Path,
+    height: int,
+    width: int,
+    count: int = 4,
+    seed: int = 0,
+    descriptions: list[str] | None = None,
+    nodata_rows: int = 0,
+) -> Path:
     rng = np.random.default_rng(seed)
     data = rng.integers(300, 3000, size=(count, height, width)).astype("uint16")
     data[:, :nodata_rows] = 0
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
-               "dtype": "uint16", "crs": CRS, "transform": from_origin(*ORIGIN, 10.0, 10.0),
-               "nodata": 0, "tiled": True, "blockxsize": 64, "blockysize": 64}
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": "uint16",
+        "crs": CRS,
+        "transform": from_origin(*ORIGIN, 10.0, 10.0),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if descriptions:
@@ -53,11 +70,26 @@ def direct_patches(export: Path, raster: Path, row: int, col: int, size: int) ->
 def test_cog_on_the_raster_grid_equals_a_direct_forward_pass(
     tiny_export: Path, tmp_path: Path
 ) -> None:
-    raster = write_raster(tmp_path / "scene.tif", 84, 112, descriptions=["B02", "B03", "B04",
-                                                                         "B08"])
+    raster = write_raster(
+        tmp_path / "scene.tif", 84, 112, descriptions=["B02", "B03", "B04", "B08"]
+    )
     out = tmp_path / "emb.tif"
-    assert main(["embed", str(tiny_export), str(raster), "--out", str(out),
-                 "--chip_size", "28", "--batch_size", "1"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(tiny_export),
+                str(raster),
+                "--out",
+                str(out),
+                "--chip_size",
+                "28",
+                "--batch_size",
+                "1",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(raster) as src, rasterio.open(out) as dst:
         assert dst.crs == src.crs
         assert dst.transform == src.transform @ src.transform.scale(14)
@@ -127,14 +159,18 @@ def test_geoparquet_of_chip_polygons_with_cls(tiny_export: Path, tmp_path: Path)
     backbone = load_backbone(tiny_export)
     first = table.iloc[0]
     with rasterio.open(raster) as src:
-        pixels = src.read(window=((first["row"], first["row"] + 28),
-                                  (first["col"], first["col"] + 28))).astype("float32")
+        pixels = src.read(
+            window=((first["row"], first["row"] + 28), (first["col"], first["col"] + 28))
+        ).astype("float32")
     cls = backbone.tokens(torch.from_numpy(pixels)[None])[0, 0].numpy()
     np.testing.assert_allclose(emb[0], cls, rtol=1e-5, atol=1e-5)
     reduced = tmp_path / "pca.parquet"
     embed(tiny_export, [raster], reduced, chip_size=28, pca=3, progress=False)
     assert [c for c in gpd.read_parquet(reduced).columns if c.startswith("pc")] == [
-        "pc1", "pc2", "pc3"]
+        "pc1",
+        "pc2",
+        "pc3",
+    ]
 
 
 def test_pca_bands_and_resume(
@@ -142,8 +178,15 @@ def test_pca_bands_and_resume(
 ) -> None:
     raster = write_raster(tmp_path / "scene.tif", 56, 56)
     out = tmp_path / "pca.tif"
-    embed(tiny_export, [raster], tmp_path / "reference.tif", chip_size=28, batch_size=2,
-          pca=3, progress=False)
+    embed(
+        tiny_export,
+        [raster],
+        tmp_path / "reference.tif",
+        chip_size=28,
+        batch_size=2,
+        pca=3,
+        progress=False,
+    )
     with rasterio.open(tmp_path / "reference.tif") as dst:
         assert dst.count == 3 and dst.descriptions == ("pc1", "pc2", "pc3")
         reference = dst.read()
@@ -162,8 +205,11 @@ def test_pca_bands_and_resume(
     parts = tmp_path / "pca.tif.parts"
     assert [p.name for p in parts.glob("*.npz")] == [saved[0].name] and not out.exists()
     # the rerun computes only the other batch, then writes the same raster
-    monkeypatch.setattr(inference, "_save_part",
-                        lambda path, **arrays: (saved.append(path), save_part(path, **arrays)))
+    monkeypatch.setattr(
+        inference,
+        "_save_part",
+        lambda path, **arrays: (saved.append(path), save_part(path, **arrays)),
+    )
     embed(tiny_export, [raster], out, chip_size=28, batch_size=2, pca=3, progress=False)
     assert len(saved) == 2 and saved[1] != saved[0] and not parts.exists()
     with rasterio.open(out) as dst:
@@ -180,8 +226,7 @@ def test_bad_input_is_refused(tiny_export: Path, tmp_path: Path, capsys) -> None
     three = write_raster(tmp_path / "three.tif", 56, 56, count=3)
     with pytest.raises(DataError, match="has 3 bands but the backbone"):
         embed(tiny_export, [three], tmp_path / "x.tif", progress=False)
-    named = write_raster(tmp_path / "named.tif", 56, 56, descriptions=["B02", "B03", "B04",
-                                                                       "B05"])
+    named = write_raster(tmp_path / "named.tif", 56, 56, descriptions=["B02", "B03", "B04", "B05"])
     with pytest.raises(DataError, match="was trained on"):
         embed(tiny_export, [named], tmp_path / "x.tif", progress=False)
     raster = write_raster(tmp_path / "scene.tif", 56, 56)
@@ -230,8 +275,9 @@ def test_qgis_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_patch16_backbone_with_registers(tmp_path: Path, tiny_export_writer) -> None:
     export = tiny_export_writer(tmp_path / "p16", patch=16)
     raster = write_raster(tmp_path / "scene.tif", 64, 96)
-    (out,) = embed(export, [raster], tmp_path / "emb.tif", chip_size=32, batch_size=1,
-                   progress=False)
+    (out,) = embed(
+        export, [raster], tmp_path / "emb.tif", chip_size=32, batch_size=1, progress=False
+    )
     with rasterio.open(out) as dst, rasterio.open(raster) as src:
         assert dst.transform == src.transform @ src.transform.scale(16)
         assert (dst.height, dst.width, dst.count) == (4, 6, 32)

@@ -28,7 +28,9 @@ def test_dino_centre_softmax_and_sinkhorn(ref: dict) -> None:
     loss.update_center(d["teacher_logits"])
     torch.testing.assert_close(loss.center, d["center_after_one_update"], **TOL)
     torch.testing.assert_close(
-        loss.softmax_center_teacher(d["teacher_logits"], d["teacher_temp"]), d["centered_softmax"], **TOL
+        loss.softmax_center_teacher(d["teacher_logits"], d["teacher_temp"]),
+        d["centered_softmax"],
+        **TOL,
     )
 
 
@@ -40,8 +42,9 @@ def test_dino_global_and_local_losses(ref: dict) -> None:
     # The reference's `global_loss_crossed_views` equals the sum over all four
     # (student view, teacher view) pairs, i.e. forward() on the two chunked views;
     # the README's wording describes only the crossed pairs, whose sum is smaller.
-    torch.testing.assert_close(loss(students, teacher),
-                               torch.tensor(d["global_loss_crossed_views"]), **TOL)
+    torch.testing.assert_close(
+        loss(students, teacher), torch.tensor(d["global_loss_crossed_views"]), **TOL
+    )
     crossed = loss([students[0]], [teacher[1]]) + loss([students[1]], [teacher[0]])
     assert crossed < d["global_loss_crossed_views"]
     local = loss(list(d["student_local"].chunk(4)), teacher)
@@ -54,15 +57,19 @@ def test_ibot_sinkhorn_softmax_and_masked_loss(ref: dict) -> None:
     n = i["masks"].sum().reshape(1)
     targets = loss.sinkhorn_knopp_teacher(i["teacher_patch_logits"], i["teacher_temp"], n)
     torch.testing.assert_close(targets, i["sinkhorn_knopp_3iter"], **TOL)
-    torch.testing.assert_close(loss.softmax_center_teacher(i["teacher_patch_logits"], 0.07),
-                               i["centered_softmax_zero_center"], **TOL)
+    torch.testing.assert_close(
+        loss.softmax_center_teacher(i["teacher_patch_logits"], 0.07),
+        i["centered_softmax_zero_center"],
+        **TOL,
+    )
     value = loss.forward_masked(i["student_patch_logits"], i["sinkhorn_knopp_3iter"], i["masks"])
     torch.testing.assert_close(value, torch.tensor(i["loss_masked"]), **TOL)
 
 
 def test_koleo(ref: dict) -> None:
-    torch.testing.assert_close(KoLeoLoss()(ref["koleo"]["features"]),
-                               torch.tensor(ref["koleo"]["loss"]), **TOL)
+    torch.testing.assert_close(
+        KoLeoLoss()(ref["koleo"]["features"]), torch.tensor(ref["koleo"]["loss"]), **TOL
+    )
     with pytest.raises(ConfigError, match="KoLeo needs >= 2 samples"):
         KoLeoLoss()(torch.randn(1, 8))
 
@@ -78,8 +85,10 @@ def test_koleo_runs_in_float32_under_autocast(ref: dict) -> None:
 
 def test_sinkhorn_stays_finite_on_large_logits() -> None:
     logits = torch.randn(32, 64) * 50
-    for targets in (DINOLoss(64).sinkhorn_knopp_teacher(logits, 0.04),
-                    iBOTPatchLoss(64).sinkhorn_knopp_teacher(logits, 0.04, torch.tensor([32.0]))):
+    for targets in (
+        DINOLoss(64).sinkhorn_knopp_teacher(logits, 0.04),
+        iBOTPatchLoss(64).sinkhorn_knopp_teacher(logits, 0.04, torch.tensor([32.0])),
+    ):
         assert torch.isfinite(targets).all()
         torch.testing.assert_close(targets.sum(1), torch.ones(32), rtol=1e-4, atol=1e-4)
 
@@ -102,20 +111,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, logits: torch.Tensor, patches: torch.Tensor,
-            rows: list[int], counts: list[int], out: dict) -> None:
+def _worker(
+    rank: int,
+    world: int,
+    port: int,
+    logits: torch.Tensor,
+    patches: torch.Tensor,
+    rows: list[int],
+    counts: list[int],
+    out: dict,
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        mine = logits[sum(rows[:rank]):sum(rows[:rank + 1])]
+        mine = logits[sum(rows[:rank]) : sum(rows[: rank + 1])]
         dino = DINOLoss(logits.shape[1])
         targets = dino.sinkhorn_knopp_teacher(mine, 0.07)
         dino.update_center(mine)
         results = [targets, dino.center.clone()]
         for split in (counts, [patches.shape[0], 0]):  # a process may have no masked patch
-            mine_p = patches[sum(split[:rank]):sum(split[:rank + 1])]
+            mine_p = patches[sum(split[:rank]) : sum(split[: rank + 1])]
             ibot = iBOTPatchLoss(patches.shape[1])
-            results.append(ibot.sinkhorn_knopp_teacher(mine_p, 0.07, torch.tensor([float(split[rank])])))
+            results.append(
+                ibot.sinkhorn_knopp_teacher(mine_p, 0.07, torch.tensor([float(split[rank])]))
+            )
             ibot.update_center(mine_p)
             results.append(ibot.center.clone())
         out[rank] = results
@@ -130,7 +149,9 @@ def test_two_processes_equal_one_on_the_concatenated_batch() -> None:
     rows, counts = [7, 5], [9, 6]  # unequal batches and masked-patch counts per process
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), logits, patches, rows, counts, out), nprocs=2, join=True)
+    mp.spawn(
+        _worker, args=(2, _free_port(), logits, patches, rows, counts, out), nprocs=2, join=True
+    )
     single = DINOLoss(32)
     expected = single.sinkhorn_knopp_teacher(logits, 0.07)
     single.update_center(logits)

@@ -24,9 +24,18 @@ def write_two_halves(path: Path, size: int = 56) -> Path:
     data = np.empty((4, size, size))
     data[:, :, : size // 2] = 600 + rng.normal(0, 20, (4, size, size // 2))
     data[:, :, size // 2 :] = 2500 + rng.normal(0, 600, (4, size, size // 2))
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=4,
-                       dtype="uint16", crs=CRS, transform=from_origin(400_000, 5_000_000, 10, 10),
-                       nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint16",
+        crs=CRS,
+        transform=from_origin(400_000, 5_000_000, 10, 10),
+        nodata=0,
+    ) as dst:
         dst.write(data.clip(1, 60000).astype("uint16"))
     return path
 
@@ -67,12 +76,29 @@ def test_pca_rgb_colours_clusters_apart_and_leaves_gaps_white() -> None:
     assert rgb_bands(["VV", "VH"]) is None
 
 
-def test_maps_command_writes_pngs_and_a_georeferenced_pca(tiny_export: Path,
-                                                          tmp_path: Path) -> None:
+def test_maps_command_writes_pngs_and_a_georeferenced_pca(
+    tiny_export: Path, tmp_path: Path
+) -> None:
     raster = write_two_halves(tmp_path / "scene.tif")
     out = tmp_path / "maps"
-    assert main(["maps", str(tiny_export), str(raster), "--out", str(out), "--chip_size", "28",
-                 "--x", "400100", "--y", "4999900"]) == 0
+    assert (
+        main(
+            [
+                "maps",
+                str(tiny_export),
+                str(raster),
+                "--out",
+                str(out),
+                "--chip_size",
+                "28",
+                "--x",
+                "400100",
+                "--y",
+                "4999900",
+            ]
+        )
+        == 0
+    )
     for name in ("pca_map.png", "attention.png"):
         assert (out / name).stat().st_size > 2000
     with rasterio.open(out / "pca_map.tif") as dst, rasterio.open(raster) as src:
@@ -81,8 +107,10 @@ def test_maps_command_writes_pngs_and_a_georeferenced_pca(tiny_export: Path,
         colours = dst.read().astype(int)
     # the two halves of the scene get different colours
     assert np.abs(colours[:, :, :2].mean((1, 2)) - colours[:, :, 2:].mean((1, 2))).max() > 60
-    assert main(["maps", str(tiny_export), str(raster), "--out", str(out),
-                 "--x", "0", "--y", "0"]) == 2
+    assert (
+        main(["maps", str(tiny_export), str(raster), "--out", str(out), "--x", "0", "--y", "0"])
+        == 2
+    )
 
 
 def test_similarity_search_finds_the_query_half(tiny_export: Path, tmp_path: Path) -> None:
@@ -94,15 +122,36 @@ def test_similarity_search_finds_the_query_half(tiny_export: Path, tmp_path: Pat
     query = gpd.GeoSeries(gpd.points_from_xy([x], [y]), crs=CRS).to_crs("EPSG:4326")
     lon, lat = query.iloc[0].coords[0]
     out = tmp_path / "sim.tif"
-    assert main(["similar", str(emb), "--x", str(lon), "--y", str(lat), "--crs", "EPSG:4326",
-                 "--out", str(out), "--top_k", "5"]) == 0
+    assert (
+        main(
+            [
+                "similar",
+                str(emb),
+                "--x",
+                str(lon),
+                "--y",
+                str(lat),
+                "--crs",
+                "EPSG:4326",
+                "--out",
+                str(out),
+                "--top_k",
+                "5",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(out) as dst, rasterio.open(emb) as src:
         assert dst.count == 1 and dst.crs == src.crs and dst.transform == src.transform
         similarity = dst.read(1)
         grid = src.read()
     assert similarity[0, 0] == pytest.approx(1.0, abs=1e-5)
-    expected = grid[:, 1, 3] @ grid[:, 0, 0] / np.linalg.norm(grid[:, 1, 3]) / np.linalg.norm(
-        grid[:, 0, 0])
+    expected = (
+        grid[:, 1, 3]
+        @ grid[:, 0, 0]
+        / np.linalg.norm(grid[:, 1, 3])
+        / np.linalg.norm(grid[:, 0, 0])
+    )
     assert similarity[1, 3] == pytest.approx(expected, abs=1e-5)
     assert similarity[:, :2].mean() > similarity[:, 2:].mean()
     matches = gpd.read_file(tmp_path / "sim_matches.geojson")

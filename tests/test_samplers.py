@@ -38,12 +38,24 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two 5 km scenes in UTM 31N and one in UTM 32N, around 6 deg E (a.tif sets the CRS)."""
     root = tmp_path_factory.mktemp("utm")
     rng = np.random.default_rng(0)
-    for name, epsg, x0, y0 in (("a", 32631, 716000, 4990000), ("b", 32631, 716000, 4985000),
-                               ("c", 32632, 276000, 4990000)):
+    for name, epsg, x0, y0 in (
+        ("a", 32631, 716000, 4990000),
+        ("b", 32631, 716000, 4985000),
+        ("c", 32632, 276000, 4990000),
+    ):
         data = rng.integers(1, 500, (2, 500, 500)).astype("uint16")
-        with rasterio.open(root / f"{name}.tif", "w", driver="GTiff", height=500, width=500,
-                           count=2, dtype="uint16", crs=f"EPSG:{epsg}", nodata=0,
-                           transform=from_origin(x0, y0, RES, RES)) as dst:
+        with rasterio.open(
+            root / f"{name}.tif",
+            "w",
+            driver="GTiff",
+            height=500,
+            width=500,
+            count=2,
+            dtype="uint16",
+            crs=f"EPSG:{epsg}",
+            nodata=0,
+            transform=from_origin(x0, y0, RES, RES),
+        ) as dst:
             dst.write(data)
     return root
 
@@ -71,9 +83,13 @@ def aoi_frame(ds: RasterDataset) -> gpd.GeoDataFrame:
     island = shapely.box(*a.buffer(-2100).bounds)
     ring = shapely.box(*a.buffer(-400).bounds).difference(island.buffer(400, join_style="mitre"))
     return gpd.GeoDataFrame(
-        {"name": ["two_zones", "ring", "island"], "split": ["train", "train", "val"],
-         "w": [1.0, 3.0, 1.0]},
-        geometry=[shapely.MultiPolygon([triangle, east]), ring, island], crs=ds.crs,
+        {
+            "name": ["two_zones", "ring", "island"],
+            "split": ["train", "train", "val"],
+            "w": [1.0, 3.0, 1.0],
+        },
+        geometry=[shapely.MultiPolygon([triangle, east]), ring, island],
+        crs=ds.crs,
     )
 
 
@@ -114,18 +130,21 @@ def test_1000_chips_lie_inside_the_aoi_and_follow_the_areas(ds: Tiles, tmp_path:
 def test_partial_coverage_allows_chips_over_the_border(ds: Tiles, tmp_path: Path) -> None:
     path = write_aoi(ds, tmp_path / "aoi.geojson", driver="GeoJSON")
     union = shapely.union_all(truth(ds, path))
-    sampler = AOISampler(ds, path, 48, min_coverage=0.6, length=300,
-                         generator=torch.Generator().manual_seed(2))
-    covered = [shapely.area(shapely.intersection(box_of(q), union)) / box_of(q).area
-               for q in sampler]
+    sampler = AOISampler(
+        ds, path, 48, min_coverage=0.6, length=300, generator=torch.Generator().manual_seed(2)
+    )
+    covered = [
+        shapely.area(shapely.intersection(box_of(q), union)) / box_of(q).area for q in sampler
+    ]
     assert min(covered) >= 0.6 - 1e-9
     assert sum(c < 1 - 1e-9 for c in covered) > 10
 
 
 def test_weight_column_sets_the_proportions(ds: Tiles, tmp_path: Path) -> None:
     path = write_aoi(ds, tmp_path / "aoi.shp", driver="ESRI Shapefile")
-    sampler = AOISampler(ds, path, 16, weight_column="w",
-                         generator=torch.Generator().manual_seed(1))
+    sampler = AOISampler(
+        ds, path, 16, weight_column="w", generator=torch.Generator().manual_seed(1)
+    )
     counts = np.bincount([sampler.polygon_of(i) for i in range(1000)], minlength=3)
     assert chisquare(counts, 1000 * np.array([1, 3, 1]) / 5).pvalue > 0.001
     areas = np.array([r.area for r in truth(ds, path)])
@@ -135,8 +154,9 @@ def test_weight_column_sets_the_proportions(ds: Tiles, tmp_path: Path) -> None:
 
 def test_query_selects_rows(ds: Tiles, tmp_path: Path) -> None:
     path = write_aoi(ds, tmp_path / "aoi.gpkg")
-    sampler = AOISampler(ds, path, 16, length=50, query="split == 'val'",
-                         generator=torch.Generator().manual_seed(0))
+    sampler = AOISampler(
+        ds, path, 16, length=50, query="split == 'val'", generator=torch.Generator().manual_seed(0)
+    )
     assert list(sampler.aoi["name"]) == ["island"]
     island = truth(ds, path)[2]
     assert all(island.buffer(2 * TOL * RES).contains(box_of(q)) for q in sampler)
@@ -166,7 +186,8 @@ def test_chips_are_reproducible_per_index(ds: Tiles, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("options", [{}, {"min_coverage": 0.5}, {"block_aligned": True}])
 def test_first_candidate_shortcut_draws_the_chips_of_the_full_batch(
-        ds: Tiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
+    ds: Tiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict
+) -> None:
     path = write_aoi(ds, tmp_path / "aoi.gpkg")
     g = torch.Generator().manual_seed(5)
     sampler = AOISampler(ds, path, 24, generator=g, **options)
@@ -193,8 +214,9 @@ def test_chips_are_pixel_aligned_and_read_at_size(
 
 
 def test_sizes_in_crs_units_are_whole_pixels(ds: Tiles) -> None:
-    sampler = AOISampler(ds, None, 323.0, units=Units.CRS, length=4,
-                         generator=torch.Generator().manual_seed(0))
+    sampler = AOISampler(
+        ds, None, 323.0, units=Units.CRS, length=4, generator=torch.Generator().manual_seed(0)
+    )
     x, y, _ = sampler.sample(0)
     assert (x.stop - x.start, y.stop - y.start) == (320.0, 320.0)
     assert ds[sampler.sample(1)]["image"].shape == (2, 32, 32)
@@ -228,8 +250,9 @@ def test_torchgeo_random_sampler_leaks_outside_the_polygon(ds: Tiles, tmp_path: 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        stock = RandomGeoSampler(ds, 32, length=300, roi=union,
-                                 generator=torch.Generator().manual_seed(0))
+        stock = RandomGeoSampler(
+            ds, 32, length=300, roi=union, generator=torch.Generator().manual_seed(0)
+        )
         inside = sum(union.buffer(2 * TOL * RES).contains(box_of(q)) for q in stock)
     assert inside < 0.8 * 300  # the hole: TorchGeo only clips the file index to the AOI
     ours = AOISampler(ds, path, 32, length=300, generator=torch.Generator().manual_seed(0))
@@ -277,8 +300,11 @@ def test_chips_that_fit_no_polygon(
     ds: Tiles, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_aoi(ds, tmp_path / "aoi.gpkg")
-    with pytest.raises(DataError, match=r"chip of 400 x 400 px .* larger than every polygon.*"
-                       r"the largest, in row 0 \(name 'two_zones'\), spans 39\d\d x 39\d\d metres"):
+    with pytest.raises(
+        DataError,
+        match=r"chip of 400 x 400 px .* larger than every polygon.*"
+        r"the largest, in row 0 \(name 'two_zones'\), spans 39\d\d x 39\d\d metres",
+    ):
         AOISampler(ds, path, 400)
     with pytest.raises(DataError, match=r"larger than every polygon .*min_coverage 0.5"):
         AOISampler(ds, path, 1000, min_coverage=0.5)
@@ -295,10 +321,14 @@ def test_chips_that_fit_no_polygon(
     caplog.clear()
     # a thin diagonal strip: large enough in area, yet no chip is 90 % inside
     x0, y0, x1, y1 = scene(ds, "a").buffer(-300).bounds
-    strip = gpd.GeoDataFrame({"name": ["strip"]}, crs=ds.crs,
-                             geometry=[shapely.LineString([(x0, y0), (x1, y1)]).buffer(30)])
-    sampler = AOISampler(ds, strip, 20, min_coverage=0.9, max_tries=30,
-                         generator=torch.Generator().manual_seed(0))
+    strip = gpd.GeoDataFrame(
+        {"name": ["strip"]},
+        crs=ds.crs,
+        geometry=[shapely.LineString([(x0, y0), (x1, y1)]).buffer(30)],
+    )
+    sampler = AOISampler(
+        ds, strip, 20, min_coverage=0.9, max_tries=30, generator=torch.Generator().manual_seed(0)
+    )
     with pytest.raises(DataError, match=r"row 0 \(name 'strip'\) .* after 30 tries.*min_coverage"):
         sampler.sample(0)
     far = gpd.GeoDataFrame({"name": ["far"]}, geometry=[shapely.box(0, 0, 1e3, 1e3)], crs=ds.crs)
@@ -344,8 +374,11 @@ def test_invalid_and_empty_geometries_are_repaired_or_dropped(
     x0, y0, x1, y1 = scene(ds, "a").buffer(-500).bounds
     bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])
     assert not bowtie.is_valid
-    frame = gpd.GeoDataFrame({"name": ["bowtie", "empty", "point"]}, crs=ds.crs,
-                             geometry=[bowtie, shapely.Polygon(), shapely.Point(x0, y0)])
+    frame = gpd.GeoDataFrame(
+        {"name": ["bowtie", "empty", "point"]},
+        crs=ds.crs,
+        geometry=[bowtie, shapely.Polygon(), shapely.Point(x0, y0)],
+    )
     frame.to_crs(4326).to_file(tmp_path / "bowtie.gpkg")
     with caplog.at_level(logging.WARNING, logger="geodino.samplers"):
         aoi = read_aoi(tmp_path / "bowtie.gpkg", crs=ds.crs)
@@ -354,8 +387,9 @@ def test_invalid_and_empty_geometries_are_repaired_or_dropped(
     assert list(aoi["name"]) == ["bowtie"] and aoi.geometry.iloc[0].is_valid
     repaired = shapely.make_valid(bowtie)
     assert aoi.geometry.iloc[0].area == pytest.approx(repaired.area, rel=1e-3)
-    sampler = AOISampler(ds, tmp_path / "bowtie.gpkg", 16, length=100,
-                         generator=torch.Generator().manual_seed(0))
+    sampler = AOISampler(
+        ds, tmp_path / "bowtie.gpkg", 16, length=100, generator=torch.Generator().manual_seed(0)
+    )
     assert all(sampler.coverage(q) >= 1 - TOL for q in sampler)
     assert all(repaired.buffer(RES).contains(box_of(q)) for q in sampler)
 
@@ -370,22 +404,37 @@ def test_the_aoi_guide_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def write_tiled(path: Path, size: int, block: int, crs: str, origin: tuple[float, float]) -> None:
     data = np.random.default_rng(1).integers(1, 500, (2, size, size)).astype("uint16")
-    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=2,
-                       dtype="uint16", crs=crs, nodata=0, tiled=True, blockxsize=block,
-                       blockysize=block, compress="deflate",
-                       transform=from_origin(*origin, RES, RES)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=size,
+        width=size,
+        count=2,
+        dtype="uint16",
+        crs=crs,
+        nodata=0,
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+        transform=from_origin(*origin, RES, RES),
+    ) as dst:
         dst.write(data)
 
 
-def blocks_spanned(query: tuple[slice, slice, slice], origin: tuple[float, float],
-                   block: int) -> tuple[int, int]:
+def blocks_spanned(
+    query: tuple[slice, slice, slice], origin: tuple[float, float], block: int
+) -> tuple[int, int]:
     """Blocks a chip spans across and down the tiling of a file at ``origin``."""
     x, y, _ = query
     col, row = (x.start - origin[0]) / RES, (origin[1] - y.stop) / RES
     cols, rows = round((x.stop - x.start) / RES), round((y.stop - y.start) / RES)
     assert col == round(col) and row == round(row)  # on the file's pixel grid
-    return (int((col + cols - 1) // block - col // block + 1),
-            int((row + rows - 1) // block - row // block + 1))
+    return (
+        int((col + cols - 1) // block - col // block + 1),
+        int((row + rows - 1) // block - row // block + 1),
+    )
 
 
 def test_block_aligned_chips_span_the_fewest_blocks(tmp_path: Path) -> None:
@@ -395,10 +444,13 @@ def test_block_aligned_chips_span_the_fewest_blocks(tmp_path: Path) -> None:
     write_tiled(tmp_path / "b.tif", 320, 64, "EPSG:32632", (-100000.0, 5000000.0))
     ds = MultiBandGeoTIFF(tmp_path / "a.tif")
     for chip, fewest in ((48, 1), (80, 2), (64, 1)):
-        plain = [AOISampler(ds, None, chip, generator=torch.Generator().manual_seed(0)).sample(i)
-                 for i in range(200)]
-        sampler = AOISampler(ds, None, chip, block_aligned=True,
-                             generator=torch.Generator().manual_seed(0))
+        plain = [
+            AOISampler(ds, None, chip, generator=torch.Generator().manual_seed(0)).sample(i)
+            for i in range(200)
+        ]
+        sampler = AOISampler(
+            ds, None, chip, block_aligned=True, generator=torch.Generator().manual_seed(0)
+        )
         aligned = [sampler.sample(i) for i in range(200)]
         assert {blocks_spanned(q, origin, 64) for q in aligned} == {(fewest, fewest)}, chip
         assert max(max(blocks_spanned(q, origin, 64)) for q in plain) > fewest
@@ -410,21 +462,22 @@ def test_block_aligned_chips_span_the_fewest_blocks(tmp_path: Path) -> None:
         slack = -(-chip // 64) * 64 - chip
         assert offsets <= set(range(slack + 1))
         assert len(offsets) > slack // 2  # offsets within the slack are still drawn
-        again = AOISampler(ds, None, chip, block_aligned=True,
-                           generator=torch.Generator().manual_seed(0))
+        again = AOISampler(
+            ds, None, chip, block_aligned=True, generator=torch.Generator().manual_seed(0)
+        )
         assert [again.sample(i) for i in range(200)] == aligned  # a pure function of the seed
         assert pickle.loads(pickle.dumps(sampler)).sample(7) == aligned[7]
     both = MultiBandGeoTIFF(tmp_path)
-    sampler = AOISampler(both, None, 48, length=300, block_aligned=True,
-                         generator=torch.Generator().manual_seed(0))
+    sampler = AOISampler(
+        both, None, 48, length=300, block_aligned=True, generator=torch.Generator().manual_seed(0)
+    )
     assert len(sampler.blocks) == 1  # only a.tif is read on the dataset's grid
     a = scene(both, "a")
     inside = [q for q in sampler if a.contains(box_of(q))]
     assert inside and {blocks_spanned(q, origin, 64) for q in inside} == {(1, 1)}
 
 
-def test_block_aligned_chips_respect_the_aoi_and_fall_back_where_none_fits(
-        tmp_path: Path) -> None:
+def test_block_aligned_chips_respect_the_aoi_and_fall_back_where_none_fits(tmp_path: Path) -> None:
     origin = (500000.0, 5000000.0)
     write_tiled(tmp_path / "a.tif", 320, 64, "EPSG:32631", origin)
     ds = MultiBandGeoTIFF(tmp_path)
@@ -433,8 +486,15 @@ def test_block_aligned_chips_respect_the_aoi_and_fall_back_where_none_fits(
     narrow = shapely.box(x0 + 44 * RES, y1 - 300 * RES, x0 + 84 * RES, y1 - 10 * RES)
     wide = shapely.box(x0 + 130 * RES, y1 - 300 * RES, x0 + 310 * RES, y1 - 120 * RES)
     aoi = gpd.GeoDataFrame({"name": ["narrow", "wide"]}, geometry=[narrow, wide], crs=ds.crs)
-    sampler = AOISampler(ds, aoi, 32, length=300, block_aligned=True,
-                         weight_column=None, generator=torch.Generator().manual_seed(2))
+    sampler = AOISampler(
+        ds,
+        aoi,
+        32,
+        length=300,
+        block_aligned=True,
+        weight_column=None,
+        generator=torch.Generator().manual_seed(2),
+    )
     chips = list(sampler)
     for q in chips:
         assert narrow.buffer(TOL).contains(box_of(q)) or wide.buffer(TOL).contains(box_of(q))

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
 from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
 from torchgeo.datasets import NonGeoDataset
 
 from geodino.errors import DataError
@@ -83,8 +83,11 @@ def _warn_ignored(ignored: Sequence[Path], where: Path) -> None:
         log.warning(
             "%d file(s) under %s are not images in class folders and are not used: %s%s "
             "(images must be %s inside a class folder)",
-            len(ignored), where, ", ".join(map(str, ignored[:5])),
-            " ..." if len(ignored) > 5 else "", "/".join(IMAGE_SUFFIXES),
+            len(ignored),
+            where,
+            ", ".join(map(str, ignored[:5])),
+            " ..." if len(ignored) > 5 else "",
+            "/".join(IMAGE_SUFFIXES),
         )
 
 
@@ -114,8 +117,11 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
         with path.open("rb") as handle:
             version = np.lib.format.read_magic(handle)
             # format 3.0 differs from 2.0 only in allowing utf-8 field names
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read(handle)
     except Exception as error:
         raise DataError(
@@ -182,7 +188,11 @@ class NpyFolder(NonGeoDataset):
             log.warning(
                 "%s has shape %s: read as H=%d, W=%d, C=%d. If its channels come first, save "
                 "it as array.transpose(1, 2, 0) instead.",
-                self.files[0], shapes[0], height, width, channels,
+                self.files[0],
+                shapes[0],
+                height,
+                width,
+                channels,
             )
         self.band_names = _band_names(band_names, channels, self.files[0])
 
@@ -264,7 +274,9 @@ class ImageFolder(NonGeoDataset):
                     ignored.append(path)
         _warn_ignored(ignored, self.root)
         if not self.samples:
-            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {root}.")
+            raise DataError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {root}."
+            )
         self.targets = [label for _, label in self.samples]
         self.transforms = transforms
         first = read_image(self.samples[0][0])
@@ -373,8 +385,10 @@ class AnnotatedImages(NonGeoDataset):
             ) from None
         if not isinstance(entries, list):
             raise DataError(f"{self.ann_file}: 'data_list' must be a list of image entries.")
-        if not self.classes or not all(isinstance(c, str) for c in self.classes) or isinstance(
-            data["metainfo"]["classes"], str
+        if (
+            not self.classes
+            or not all(isinstance(c, str) for c in self.classes)
+            or isinstance(data["metainfo"]["classes"], str)
         ):
             raise DataError(
                 f"{self.ann_file}: metainfo.classes must be a non-empty list of class names, "

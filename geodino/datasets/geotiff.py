@@ -148,9 +148,14 @@ def inspect_raster(path: str) -> RasterInfo:
             if len(dtypes) > 1:
                 raise DataError(f"{path} mixes band dtypes {sorted(dtypes)}; rewrite it with one.")
             return RasterInfo(
-                path, src.count, src.dtypes[0], src.nodata,
-                tuple(src.descriptions), (abs(t.a), abs(t.e)),
-                None if src.crs is None else src.crs.to_string(), tuple(src.bounds),
+                path,
+                src.count,
+                src.dtypes[0],
+                src.nodata,
+                tuple(src.descriptions),
+                (abs(t.a), abs(t.e)),
+                None if src.crs is None else src.crs.to_string(),
+                tuple(src.bounds),
             )
     except DataError:
         raise
@@ -358,14 +363,19 @@ class MultiBandGeoTIFF(RasterDataset):
                 )
         self.effective_nodata, self._nodata_override = nodata.value, nodata.override
         super().__init__(
-            paths=[i.path for i in infos], crs=crs, res=res,
-            bands=list(bands) if bands else None, transforms=transforms, cache=cache,
+            paths=[i.path for i in infos],
+            crs=crs,
+            res=res,
+            bands=list(bands) if bands else None,
+            transforms=transforms,
+            cache=cache,
         )
 
     @property
     def resampling(self) -> Resampling:
         """Nearest neighbour: chips on the files' own grid read exactly, and nodata pixels
-        never blend into their neighbours (TorchGeo's bilinear default does both)."""
+        never blend into their neighbours (TorchGeo's bilinear default does both).
+        """
         return Resampling.nearest
 
     @property
@@ -419,8 +429,12 @@ class MultiBandGeoTIFF(RasterDataset):
         Returns:
             the sample (``image``, ``bounds``, ``transform``).
         """
-        if (self.is_image and self.transforms is None and self.dtype == torch.float32
-                and type(self).__getitem__ is MultiBandGeoTIFF.__getitem__):
+        if (
+            self.is_image
+            and self.transforms is None
+            and self.dtype == torch.float32
+            and type(self).__getitem__ is MultiBandGeoTIFF.__getitem__
+        ):
             sample = self._read_native(index, raw=True, out=out)
             if sample is not None:
                 return sample
@@ -434,15 +448,17 @@ class MultiBandGeoTIFF(RasterDataset):
         cached = self.__dict__.get("_boxes")
         if cached is None:
             times = self.index.index
-            uniform = bool((times.left == times.left[0]).all() and
-                           (times.right == times.right[0]).all())
+            uniform = bool(
+                (times.left == times.left[0]).all() and (times.right == times.right[0]).all()
+            )
             boxes = np.asarray(self.index.geometry.bounds, dtype=np.float64)
             cached = (boxes, list(self.index.filepath)) if uniform else ()
             self.__dict__["_boxes"] = cached
         return cached or None
 
-    def _read_native(self, index: Any, raw: bool = False,
-                     out: np.ndarray | None = None) -> dict[str, Any] | None:
+    def _read_native(
+        self, index: Any, raw: bool = False, out: np.ndarray | None = None
+    ) -> dict[str, Any] | None:
         """One read for a chip inside one file (a window of the file on its own grid, or of
         TorchGeo's warped view of it), else None.
 
@@ -452,17 +468,23 @@ class MultiBandGeoTIFF(RasterDataset):
         """
         if self.separate_files or self.time_series or not self.cache:
             return None
-        if not (isinstance(index, tuple) and len(index) == 3 and all(
-            isinstance(s, slice) and None not in (s.start, s.stop, s.step) for s in index
-        )):
+        if not (
+            isinstance(index, tuple)
+            and len(index) == 3
+            and all(isinstance(s, slice) and None not in (s.start, s.stop, s.step) for s in index)
+        ):
             return None
         files = self._file_boxes()
         if files is None:
             return None
         x, y, t = index
         boxes, paths = files
-        hits = np.flatnonzero((boxes[:, 0] < x.stop) & (boxes[:, 2] > x.start)
-                              & (boxes[:, 1] < y.stop) & (boxes[:, 3] > y.start))
+        hits = np.flatnonzero(
+            (boxes[:, 0] < x.stop)
+            & (boxes[:, 2] > x.start)
+            & (boxes[:, 1] < y.stop)
+            & (boxes[:, 3] > y.start)
+        )
         if len(hits) != 1:
             return None  # a mosaic: merge decides which file wins where
         grid = self._open_file(paths[hits[0]])
@@ -480,11 +502,24 @@ class MultiBandGeoTIFF(RasterDataset):
         else:
             image = array_to_tensor(data).to(self.dtype)
         sample: dict[str, Any] = {
-            "bounds": torch.tensor([x.start, x.stop, x.step, y.start, y.stop, y.step,
-                                    t.start.timestamp(), t.stop.timestamp(), t.step]),
+            "bounds": torch.tensor(
+                [
+                    x.start,
+                    x.stop,
+                    x.step,
+                    y.start,
+                    y.stop,
+                    y.step,
+                    t.start.timestamp(),
+                    t.stop.timestamp(),
+                    t.step,
+                ]
+            ),
             # torch.tensor(from_origin(x.start, y.stop, x.step, y.step)), a fifth of the cost
-            "transform": torch.tensor([x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0],
-                                      dtype=torch.get_default_dtype()),
+            "transform": torch.tensor(
+                [x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0],
+                dtype=torch.get_default_dtype(),
+            ),
         }
         if self.is_image:
             sample["image"] = image
@@ -494,27 +529,33 @@ class MultiBandGeoTIFF(RasterDataset):
             return sample
         return self.transforms(sample)
 
-    def _read_window(self, grid: "_OpenFile", x: slice, y: slice,
-                     out: np.ndarray | None) -> np.ndarray | None:
+    def _read_window(
+        self, grid: "_OpenFile", x: slice, y: slice, out: np.ndarray | None
+    ) -> np.ndarray | None:
         """A chip on the file's own grid: one integer window, no resampling; None if the
-        chip is off that grid, at another resolution or crosses the file's edge."""
+        chip is off that grid, at another resolution or crosses the file's edge.
+        """
         col = (x.start - grid.left) / grid.xres
         row = (grid.top - y.stop) / grid.yres
         width, height = (x.stop - x.start) / x.step, (y.stop - y.start) / y.step
-        if (abs(grid.xres - x.step) > 1e-9 * x.step or abs(grid.yres - y.step) > 1e-9 * y.step
-                or max(abs(v - round(v)) for v in (col, row, width, height)) > 1e-6):
+        if (
+            abs(grid.xres - x.step) > 1e-9 * x.step
+            or abs(grid.yres - y.step) > 1e-9 * y.step
+            or max(abs(v - round(v)) for v in (col, row, width, height)) > 1e-6
+        ):
             return None  # another resolution, or off the file's pixel grid: resample
         col, row, width, height = round(col), round(row), round(width), round(height)
         if col < 0 or row < 0 or col + width > grid.width or row + height > grid.height:
             return None  # crosses the file's edge: merge fills the outside with nodata
-        return grid.read(self.band_indexes, Window(col, row, width, height), (height, width),
-                         out)
+        return grid.read(self.band_indexes, Window(col, row, width, height), (height, width), out)
 
-    def _read_warped(self, grid: "_OpenFile", x: slice, y: slice,
-                     out: np.ndarray | None) -> np.ndarray | None:
+    def _read_warped(
+        self, grid: "_OpenFile", x: slice, y: slice, out: np.ndarray | None
+    ) -> np.ndarray | None:
         """A chip inside one warped file: the read ``rasterio.merge.merge`` makes for it,
         without the masked read (a second warp, as long as the first) whose mask is the
-        nodata value merge fills in anyway; None if the chip crosses the file's edge."""
+        nodata value merge fills in anyway; None if the chip crosses the file's edge.
+        """
         width = int(round((x.stop - x.start) / x.step))
         height = int(round((y.stop - y.start) / y.step))
         # the chip's bounds as merge derives them from its output grid
@@ -522,8 +563,9 @@ class MultiBandGeoTIFF(RasterDataset):
             Window(0, 0, width, height),
             Affine.translation(x.start, y.stop) @ Affine.scale(x.step, -y.step),
         )
-        if not (grid.left <= left and right <= grid.right and grid.bottom <= bottom
-                and top <= grid.top):
+        if not (
+            grid.left <= left and right <= grid.right and grid.bottom <= bottom and top <= grid.top
+        ):
             return None  # merge reads the part inside the file and fills the rest
         window = windows.from_bounds(left, bottom, right, top, grid.reader.transform)
         return grid.read(self.band_indexes, window, (height, width), out, self.resampling)
@@ -593,18 +635,35 @@ class _OpenFile(NamedTuple):
         """
         warped = not isinstance(src, DatasetReader)
         bands = list(range(1, src.count + 1)) if band_indexes is None else list(band_indexes)
-        if any(set(src.mask_flag_enums[b - 1]) - {MaskFlags.nodata, MaskFlags.all_valid}
-               for b in bands):
+        if any(
+            set(src.mask_flag_enums[b - 1]) - {MaskFlags.nodata, MaskFlags.all_valid} for b in bands
+        ):
             return None
         t, bounds = src.transform, src.bounds
         dtypes = set(src.dtypes)
-        return cls(src, warped, bounds.left, bounds.bottom, bounds.right, bounds.top, t.a, -t.e,
-                   src.width, src.height, len(bands),
-                   np.dtype(dtypes.pop()) if len(dtypes) == 1 else None)
+        return cls(
+            src,
+            warped,
+            bounds.left,
+            bounds.bottom,
+            bounds.right,
+            bounds.top,
+            t.a,
+            -t.e,
+            src.width,
+            src.height,
+            len(bands),
+            np.dtype(dtypes.pop()) if len(dtypes) == 1 else None,
+        )
 
-    def read(self, band_indexes: Sequence[int] | None, window: Window,
-             size: tuple[int, int], out: np.ndarray | None = None,
-             resampling: Resampling = Resampling.nearest) -> np.ndarray:
+    def read(
+        self,
+        band_indexes: Sequence[int] | None,
+        window: Window,
+        size: tuple[int, int],
+        out: np.ndarray | None = None,
+        resampling: Resampling = Resampling.nearest,
+    ) -> np.ndarray:
         """The bands in a window at ``size`` (height, width), into ``out`` where it fits.
 
         Args:
@@ -621,8 +680,7 @@ class _OpenFile(NamedTuple):
         shape = (self.bands, *size)
         if out is not None and out.dtype == self.dtype and out.shape == shape:
             return self.reader.read(band_indexes, window=window, out=out, resampling=resampling)
-        return self.reader.read(band_indexes, window=window, out_shape=shape,
-                                resampling=resampling)
+        return self.reader.read(band_indexes, window=window, out_shape=shape, resampling=resampling)
 
 
 def _same(a: float | None, b: float | None) -> bool:

@@ -59,8 +59,10 @@ class PairedDataset(IntersectionDataset):
             )
         for name, dataset in datasets.items():
             if not isinstance(dataset, GeoDataset):
-                raise DataError(f"modality {name!r} is a {type(dataset).__name__}, not a "
-                                "TorchGeo GeoDataset (e.g. geodino.datasets.Sentinel1).")
+                raise DataError(
+                    f"modality {name!r} is a {type(dataset).__name__}, not a "
+                    "TorchGeo GeoDataset (e.g. geodino.datasets.Sentinel1)."
+                )
             if isinstance(dataset, TimeSeries) or getattr(dataset, "time_series", False):
                 # one stacked (C, H, W) image cannot hold a (T, C, H, W) series
                 raise DataError(
@@ -70,8 +72,10 @@ class PairedDataset(IntersectionDataset):
                     f"{name!r} and '{name}_doy' (docs/fusion.md, Time series)."
                 )
         if max_gap_days is not None and not max_gap_days >= 0:
-            raise DataError(f"max_gap_days={max_gap_days} must be >= 0 (or null for a spatial "
-                            "intersection only).")
+            raise DataError(
+                f"max_gap_days={max_gap_days} must be >= 0 (or null for a spatial "
+                "intersection only)."
+            )
         self.modalities: dict[str, GeoDataset] = dict(datasets)
         self.max_gap_days = max_gap_days
         names = self.band_names
@@ -87,15 +91,18 @@ class PairedDataset(IntersectionDataset):
         items = list(datasets.items())
         left: GeoDataset = items[0][1]
         for i in range(1, len(items) - 1):
-            left = _intersect(left, items[i][1], self._describe(items[: i + 1], extents),
-                              max_gap_days)
+            left = _intersect(
+                left, items[i][1], self._describe(items[: i + 1], extents), max_gap_days
+            )
         self._check_overlap(items, extents)
         super().__init__(left, items[-1][1], spatial_only=True, transforms=transforms)
         overlay = _overlay(self)
         # the files of each pair, for messages naming where a chip was read
         files = [c for c in overlay.columns if c.startswith("filepath")]
-        self.index["filepath"] = [" & ".join(str(v) for v in row if isinstance(v, str))
-                                  for row in overlay[files].itertuples(index=False)]
+        self.index["filepath"] = [
+            " & ".join(str(v) for v in row if isinstance(v, str))
+            for row in overlay[files].itertuples(index=False)
+        ]
         if max_gap_days is not None:
             _keep_within(self, max_gap_days, self._describe(items, extents), overlay)
 
@@ -133,8 +140,9 @@ class PairedDataset(IntersectionDataset):
     @property
     def band_kinds(self) -> list[str]:
         """``optical`` or ``sar`` per stacked band, from each modality's dataset."""
-        return [getattr(d, "band_kind", "optical") for d in self.modalities.values()
-                for _ in _bands(d)]
+        return [
+            getattr(d, "band_kind", "optical") for d in self.modalities.values() for _ in _bands(d)
+        ]
 
     @property
     def nodata(self) -> float:
@@ -164,8 +172,10 @@ class PairedDataset(IntersectionDataset):
                 sample = {k: v for k, v in part.items() if k != "image"}
         shapes = {n: tuple(i.shape[-2:]) for n, i in zip(self.modalities, images, strict=True)}
         if len(set(shapes.values())) > 1:
-            raise DataError(f"modalities read onto different grids {shapes} for query "
-                            f"{query}; this is a bug in the datasets' resampling.")
+            raise DataError(
+                f"modalities read onto different grids {shapes} for query "
+                f"{query}; this is a bug in the datasets' resampling."
+            )
         sample["image"] = torch.cat(images, dim=0)
         if self.transforms is not None:
             sample = self.transforms(sample)
@@ -175,8 +185,10 @@ class PairedDataset(IntersectionDataset):
 def _bands(dataset: GeoDataset) -> list[str]:
     names = getattr(dataset, "band_names", None) or getattr(dataset, "bands", None)
     if not names:
-        raise DataError(f"{type(dataset).__name__} does not name its bands; use a geodino "
-                        "dataset (Sentinel2, Sentinel1, MultiBandGeoTIFF) per modality.")
+        raise DataError(
+            f"{type(dataset).__name__} does not name its bands; use a geodino "
+            "dataset (Sentinel2, Sentinel1, MultiBandGeoTIFF) per modality."
+        )
     return list(names)
 
 
@@ -185,13 +197,16 @@ def _extent(dataset: GeoDataset, crs: Any) -> str:
     return f"x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f}"
 
 
-def _intersect(left: GeoDataset, right: GeoDataset, described: str,
-               max_gap_days: float | None) -> IntersectionDataset:
+def _intersect(
+    left: GeoDataset, right: GeoDataset, described: str, max_gap_days: float | None
+) -> IntersectionDataset:
     try:
         pair = IntersectionDataset(left, right, spatial_only=True)
     except RuntimeError:
-        raise DataError(f"the modalities do not overlap in space: {described}. Point every "
-                        "modality at scenes of the same area.") from None
+        raise DataError(
+            f"the modalities do not overlap in space: {described}. Point every "
+            "modality at scenes of the same area."
+        ) from None
     if max_gap_days is not None:
         _keep_within(pair, max_gap_days, described, _overlay(pair))
     return pair
@@ -199,6 +214,7 @@ def _intersect(left: GeoDataset, right: GeoDataset, described: str,
 
 def _gap_days(a: pd.IntervalIndex, b: pd.IntervalIndex) -> np.ndarray:
     """Days between two acquisition intervals, 0 where they overlap."""
+
     def days(values: Any) -> np.ndarray:
         # float days: open-ended intervals (pandas' min/max timestamps) overflow in int64 ns
         return np.asarray(values, dtype="datetime64[ns]").astype(np.int64) / 86400e9
@@ -210,13 +226,15 @@ def _gap_days(a: pd.IntervalIndex, b: pd.IntervalIndex) -> np.ndarray:
 
 def _overlay(pair: IntersectionDataset) -> gpd.GeoDataFrame:
     """The intersection of the pair's two indexes, row for row as TorchGeo computes it, with
-    both sides' columns (``datetime_1``, ``datetime_2``, file paths)."""
+    both sides' columns (``datetime_1``, ``datetime_2``, file paths).
+    """
     first, second = (d.index.reset_index() for d in pair.datasets)
     return gpd.overlay(first, second, how="intersection", keep_geom_type=True)
 
 
-def _keep_within(pair: IntersectionDataset, max_gap_days: float, described: str,
-                 overlay: gpd.GeoDataFrame) -> None:
+def _keep_within(
+    pair: IntersectionDataset, max_gap_days: float, described: str, overlay: gpd.GeoDataFrame
+) -> None:
     """Drop the spatial pairs of ``pair`` acquired more than ``max_gap_days`` apart.
 
     The kept pairs are indexed over the span of both acquisitions, so that a query of the
@@ -234,12 +252,17 @@ def _keep_within(pair: IntersectionDataset, max_gap_days: float, described: str,
         )
     dropped = int((~keep).sum())
     if dropped:
-        log.info("dropped %d of %d spatial pairs acquired more than %s days apart", dropped,
-                 len(keep), max_gap_days)
+        log.info(
+            "dropped %d of %d spatial pairs acquired more than %s days apart",
+            dropped,
+            len(keep),
+            max_gap_days,
+        )
     index = pair.index.iloc[np.flatnonzero(keep)].copy()
     index.index = pd.IntervalIndex.from_arrays(
         np.minimum(a.left.values, b.left.values)[keep],
         np.maximum(a.right.values, b.right.values)[keep],
-        closed="both", name="datetime",
+        closed="both",
+        name="datetime",
     )
     pair.index = index

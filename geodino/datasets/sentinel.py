@@ -27,7 +27,19 @@ log = logging.getLogger(__name__)
 
 #: Sentinel-2 MSI bands in product order (B8A after B08).
 S2_BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
 )
 #: Bands of a 12-band L2A stack (no cirrus band B10).
 S2_L2A_BANDS: tuple[str, ...] = tuple(b for b in S2_BANDS if b != "B10")
@@ -67,8 +79,9 @@ def _scene_and_band(
 class _PerBandFiles:
     """One file per band: scenes keyed by folder and file stem without the band token."""
 
-    def __init__(self, files: Sequence[str], token: re.Pattern[str],
-                 canonical: Callable[[str], str]) -> None:
+    def __init__(
+        self, files: Sequence[str], token: re.Pattern[str], canonical: Callable[[str], str]
+    ) -> None:
         self.scenes: dict[str, dict[str, str]] = {}
         self._scene_of: dict[str, str] = {}
         for path in files:
@@ -200,8 +213,11 @@ class _BandFileDataset(MultiBandGeoTIFF):
                 damaged[_scene_and_band(path, self.token, self.canonical)[0]] = path
         for key, path in damaged.items():
             log.warning("skipping scene %s*: its band file %s cannot be read", key, path)
-        kept = [i for i in infos
-                if _scene_and_band(i.path, self.token, self.canonical)[0] not in damaged]
+        kept = [
+            i
+            for i in infos
+            if _scene_and_band(i.path, self.token, self.canonical)[0] not in damaged
+        ]
         if not kept:
             raise DataError(
                 f"every scene has an unreadable band file ({self.unreadable[:3]}...); see the "
@@ -251,8 +267,12 @@ def check_scene_grids(infos: Sequence[RasterInfo], groups: _PerBandFiles) -> Non
             # up to one pixel of the coarser file: exports differ in pixel-corner/centre
             # conventions (SSL4EO's 60 m bands sit 0.4 px off the 10 m ones)
             tolerance = max(info.res + first.res)
-            if info.bounds is not None and first.bounds is not None and any(
-                abs(a - b) > tolerance for a, b in zip(info.bounds, first.bounds, strict=True)
+            if (
+                info.bounds is not None
+                and first.bounds is not None
+                and any(
+                    abs(a - b) > tolerance for a, b in zip(info.bounds, first.bounds, strict=True)
+                )
             ):
                 raise DataError(
                     f"band files of scene {key}* cover different areas: {info.path} spans "
@@ -429,7 +449,8 @@ class Sentinel1(_BandFileDataset):
                 invalid |= image == raw
             fill = self.effective_nodata
             sample["image"] = torch.where(
-                invalid, torch.tensor(fill, dtype=image.dtype),
+                invalid,
+                torch.tensor(fill, dtype=image.dtype),
                 10 * torch.log10(image.clamp_min(1e-10)),
             )
         return sample

@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 #: Land-cover classes; the index is the label value.
 CLASSES: tuple[str, ...] = (
-    "water", "forest", "meadow", "row_crops", "bare_soil", "street_grid", "urban",
+    "water",
+    "forest",
+    "meadow",
+    "row_crops",
+    "bare_soil",
+    "street_grid",
+    "urban",
 )
 #: Label value outside the S2 data.
 LABEL_NODATA: int = 255
@@ -61,8 +67,13 @@ MIN_SCENE_SIZE, MAX_SCENE_SIZE = 64, 2048
 TRAIN_END, SPLIT_ROW, VAL_START = 0.55, 0.575, 0.60
 #: RGBA colours of the classes in the label rasters' colour table.
 CLASS_COLORS: tuple[tuple[int, int, int, int], ...] = (
-    (31, 120, 180, 255), (20, 90, 40, 255), (150, 200, 90, 255), (230, 200, 60, 255),
-    (170, 120, 80, 255), (120, 120, 120, 255), (220, 50, 50, 255),
+    (31, 120, 180, 255),
+    (20, 90, 40, 255),
+    (150, 200, 90, 255),
+    (230, 200, 60, 255),
+    (170, 120, 80, 255),
+    (120, 120, 120, 255),
+    (220, 50, 50, 255),
 )
 
 
@@ -84,22 +95,38 @@ class Material:
 
 MATERIALS: tuple[Material, ...] = (
     # low everywhere, NIR and SWIR absorbed; specular: very low backscatter
-    Material("water", (620, 560, 520, 330, 260, 190, 160, 130, 110, 40, 8, 60, 40),
-             (0.003, 0.0004)),
+    Material(
+        "water", (620, 560, 520, 330, 260, 190, 160, 130, 110, 40, 8, 60, 40), (0.003, 0.0004)
+    ),
     # green peak, red absorption, red-edge rise, NIR plateau, SWIR water dip
-    Material("vegetation", (420, 380, 720, 330, 1150, 2900, 3550, 3800, 3950, 1350, 15, 2050, 1000),
-             (0.055, 0.012)),
-    Material("forest", (300, 240, 450, 220, 680, 1950, 2500, 2700, 2850, 950, 12, 1300, 560),
-             (0.085, 0.022)),
+    Material(
+        "vegetation",
+        (420, 380, 720, 330, 1150, 2900, 3550, 3800, 3950, 1350, 15, 2050, 1000),
+        (0.055, 0.012),
+    ),
+    Material(
+        "forest",
+        (300, 240, 450, 220, 680, 1950, 2500, 2700, 2850, 950, 12, 1300, 560),
+        (0.085, 0.022),
+    ),
     # rises steadily from blue to SWIR
-    Material("soil", (980, 1100, 1420, 1780, 1990, 2150, 2280, 2380, 2500, 880, 20, 3250, 2750),
-             (0.030, 0.005)),
+    Material(
+        "soil",
+        (980, 1100, 1420, 1780, 1990, 2150, 2280, 2380, 2500, 880, 20, 3250, 2750),
+        (0.030, 0.005),
+    ),
     # dark and flat; smooth: low backscatter
-    Material("asphalt", (820, 800, 830, 850, 870, 890, 910, 930, 950, 330, 14, 1000, 960),
-             (0.005, 0.0008)),
+    Material(
+        "asphalt",
+        (820, 800, 830, 850, 870, 890, 910, 930, 950, 330, 14, 1000, 960),
+        (0.005, 0.0008),
+    ),
     # bright and flat; walls and ground make a dihedral: strong double-bounce VV
-    Material("roof", (1300, 1400, 1480, 1560, 1600, 1620, 1640, 1660, 1680, 590, 18, 1750, 1600),
-             (0.45, 0.035)),
+    Material(
+        "roof",
+        (1300, 1400, 1480, 1560, 1600, 1620, 1640, 1660, 1680, 590, 18, 1750, 1600),
+        (0.45, 0.035),
+    ),
 )
 _M = {m.name: i for i, m in enumerate(MATERIALS)}
 _C = {c: i for i, c in enumerate(CLASSES)}
@@ -199,7 +226,8 @@ class DemoCatalog:
         """Every raster file of the catalog (s2, s1, labels), existing or not."""
         return [
             folder / f"{name}.tif"
-            for folder in (self.s2, self.s1, self.labels) for name in SCENE_NAMES
+            for folder in (self.s2, self.s1, self.labels)
+            for name in SCENE_NAMES
         ]
 
     def missing(self) -> list[str]:
@@ -255,8 +283,12 @@ class DemoCatalog:
         catalog = cls.at(root)
         missing = catalog.missing()
         if missing:
-            what = "missing" if not catalog.root.is_dir() else (
-                f"incomplete (no {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})"
+            what = (
+                "missing"
+                if not catalog.root.is_dir()
+                else (
+                    f"incomplete (no {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})"
+                )
             )
             raise DataError(
                 f"the demo catalog {catalog.root} is {what}; run `geodino demo-data --out "
@@ -300,8 +332,13 @@ def _stripes(u: np.ndarray, period: np.ndarray, duty: np.ndarray) -> np.ndarray:
     return integral(u + 0.5) - integral(u - 0.5)
 
 
-def _rotated(rng: np.random.Generator, n: int, parcel: np.ndarray, max_angle: float,
-             period: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rotated(
+    rng: np.random.Generator,
+    n: int,
+    parcel: np.ndarray,
+    max_angle: float,
+    period: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pixel: coordinates along and across a parcel-specific direction, and a period."""
     angle = rng.uniform(0, max_angle, n)[parcel]
     p = rng.uniform(*period, n)[parcel]
@@ -342,8 +379,9 @@ def _unit_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray
     return field / field.std()
 
 
-def _materials(rng: np.random.Generator, labels: np.ndarray, parcel: np.ndarray,
-               n: int) -> np.ndarray:
+def _materials(
+    rng: np.random.Generator, labels: np.ndarray, parcel: np.ndarray, n: int
+) -> np.ndarray:
     """Share of each material in each pixel, (materials, H, W); shares sum to 1."""
     size = labels.shape[0]
     weights = np.zeros((len(MATERIALS), size, size), dtype=np.float64)
@@ -383,8 +421,9 @@ def _materials(rng: np.random.Generator, labels: np.ndarray, parcel: np.ndarray,
     return weights
 
 
-def _stratified(rng: np.random.Generator, parcel_class: np.ndarray, low: float,
-                high: float) -> np.ndarray:
+def _stratified(
+    rng: np.random.Generator, parcel_class: np.ndarray, low: float, high: float
+) -> np.ndarray:
     """A factor per parcel, stratified within each class over [low, high).
 
     Every class gets the same spread of factors, so the members of a matched pair do not
@@ -441,16 +480,29 @@ def _nodata_mask(size: int, kind: int) -> np.ndarray:
 # Writing
 
 
-def _write_raster(path: Path, data: np.ndarray, grid: SceneGrid, nodata: float,
-                  descriptions: tuple[str, ...],
-                  colormap: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+def _write_raster(
+    path: Path,
+    data: np.ndarray,
+    grid: SceneGrid,
+    nodata: float,
+    descriptions: tuple[str, ...],
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+) -> None:
     """A DEFLATE GeoTIFF with 256-px tiles, written beside ``path`` then moved onto it."""
     profile = {
-        "driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
-        "count": data.shape[0], "dtype": data.dtype, "crs": CRS.from_epsg(grid.epsg).to_wkt(),
-        "transform": from_origin(grid.west, grid.north, RES, RES), "nodata": nodata,
-        "compress": "deflate", "predictor": 3 if data.dtype.kind == "f" else 2,
-        "tiled": True, "blockxsize": 256, "blockysize": 256,
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": CRS.from_epsg(grid.epsg).to_wkt(),
+        "transform": from_origin(grid.west, grid.north, RES, RES),
+        "nodata": nodata,
+        "compress": "deflate",
+        "predictor": 3 if data.dtype.kind == "f" else 2,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
     }
     partial = path.with_name(f".{path.name}.partial")
     with rasterio.open(partial, "w", **profile) as dst:
@@ -491,18 +543,34 @@ def _aoi(grids: tuple[SceneGrid, ...], size: int) -> gpd.GeoDataFrame:
     sticking_out = shapely.affinity.scale(east, xfact=1.3, yfact=1.0, origin=(east.bounds[0], 0))
     rows = [
         ("west_fields", "train", 1.0, parts["zone31_north_train"]),
-        ("cross_zone", "train", 2.0,
-         shapely.MultiPolygon([parts["zone31_south_train"], parts["zone32_south_train"]])),
+        (
+            "cross_zone",
+            "train",
+            2.0,
+            shapely.MultiPolygon([parts["zone31_south_train"], parts["zone32_south_train"]]),
+        ),
         ("east_fields", "train", 1.0, sticking_out),
-        ("val_west", "val", 1.0,
-         shapely.MultiPolygon([parts["zone31_north_val"], parts["zone31_south_val"]])),
-        ("val_east", "val", 1.0,
-         shapely.MultiPolygon([parts["zone32_north_val"], parts["zone32_south_val"]])),
+        (
+            "val_west",
+            "val",
+            1.0,
+            shapely.MultiPolygon([parts["zone31_north_val"], parts["zone31_south_val"]]),
+        ),
+        (
+            "val_east",
+            "val",
+            1.0,
+            shapely.MultiPolygon([parts["zone32_north_val"], parts["zone32_south_val"]]),
+        ),
     ]
     return gpd.GeoDataFrame(
-        {"name": [r[0] for r in rows], "split": [r[1] for r in rows],
-         "weight": [r[2] for r in rows]},
-        geometry=[r[3] for r in rows], crs="EPSG:4326",
+        {
+            "name": [r[0] for r in rows],
+            "split": [r[1] for r in rows],
+            "weight": [r[2] for r in rows],
+        },
+        geometry=[r[3] for r in rows],
+        crs="EPSG:4326",
     )
 
 
@@ -528,8 +596,11 @@ def _check_arguments(seed: int, scene_size: int) -> None:
         raise ConfigError(
             f"seed={seed!r}: the demo catalog needs a non-negative integer seed; use e.g. 0."
         )
-    if (isinstance(scene_size, bool) or not isinstance(scene_size, int | np.integer)
-            or not MIN_SCENE_SIZE <= scene_size <= MAX_SCENE_SIZE):
+    if (
+        isinstance(scene_size, bool)
+        or not isinstance(scene_size, int | np.integer)
+        or not MIN_SCENE_SIZE <= scene_size <= MAX_SCENE_SIZE
+    ):
         raise ConfigError(
             f"scene_size={scene_size!r}: demo scenes are {MIN_SCENE_SIZE} to {MAX_SCENE_SIZE} "
             "px (smaller leaves too few parcels per class, larger needs GBs of memory); "
@@ -585,8 +656,12 @@ def write_demo_catalog(
     _refuse_foreign_files(catalog)
     if catalog.complete() and not overwrite:
         meta = catalog.metadata()
-        wanted = {"format_version": FORMAT_VERSION, "seed": seed, "scene_size": scene_size,
-                  "classes": list(CLASSES)}
+        wanted = {
+            "format_version": FORMAT_VERSION,
+            "seed": seed,
+            "scene_size": scene_size,
+            "classes": list(CLASSES),
+        }
         if all(meta.get(k) == v for k, v in wanted.items()):
             log.info("demo catalog %s already written with seed %d; kept", catalog.root, seed)
             return catalog
@@ -614,8 +689,14 @@ def write_demo_catalog(
         labels[missing] = LABEL_NODATA
         _write_raster(catalog.s2 / f"{grid.name}.tif", s2, grid, 0, S2_BANDS)
         _write_raster(catalog.s1 / f"{grid.name}.tif", s1, grid, 0, S1_BANDS)
-        _write_raster(catalog.labels / f"{grid.name}.tif", labels[None], grid, LABEL_NODATA,
-                      ("land_cover",), colormap)
+        _write_raster(
+            catalog.labels / f"{grid.name}.tif",
+            labels[None],
+            grid,
+            LABEL_NODATA,
+            ("land_cover",),
+            colormap,
+        )
 
     partial = catalog.root / ".aoi.partial.gpkg"
     partial.unlink(missing_ok=True)
@@ -625,13 +706,21 @@ def write_demo_catalog(
     (catalog.root / "README.md").write_text(_readme(seed, scene_size))
     extent = scene_size * RES
     meta = {
-        "format_version": FORMAT_VERSION, "classes": list(CLASSES), "label_nodata": LABEL_NODATA,
-        "matched_pairs": [list(p) for p in MATCHED_PAIRS], "seed": seed,
-        "scene_size": scene_size, "resolution": RES, "s2_bands": list(S2_BANDS),
+        "format_version": FORMAT_VERSION,
+        "classes": list(CLASSES),
+        "label_nodata": LABEL_NODATA,
+        "matched_pairs": [list(p) for p in MATCHED_PAIRS],
+        "seed": seed,
+        "scene_size": scene_size,
+        "resolution": RES,
+        "s2_bands": list(S2_BANDS),
         "s1_bands": list(S1_BANDS),
         "scenes": [
-            {"name": g.name, "crs": f"EPSG:{g.epsg}",
-             "bounds": [g.west, g.north - extent, g.west + extent, g.north]}
+            {
+                "name": g.name,
+                "crs": f"EPSG:{g.epsg}",
+                "bounds": [g.west, g.north - extent, g.west + extent, g.north],
+            }
             for g in grids
         ],
     }

@@ -52,8 +52,10 @@ class TimeSeries(GeoDataset):
     ) -> None:
         """Check the dataset's dates and share its index."""
         if length is not None and (isinstance(length, bool) or length < 1):
-            raise ConfigError(f"TimeSeries length={length} must be a whole number >= 1 (or "
-                              "null for as many steps as the query finds).")
+            raise ConfigError(
+                f"TimeSeries length={length} must be a whole number >= 1 (or "
+                "null for as many steps as the query finds)."
+            )
         times = dataset.index.index
         if (times.left == pd.Timestamp.min).any() or (times.right == pd.Timestamp.max).any():
             undated = list(dataset.index.filepath[(times.left == pd.Timestamp.min)])[:3]
@@ -90,7 +92,7 @@ class TimeSeries(GeoDataset):
         x, y, t = self._disambiguate_slice(query)
         index = self.index
         index = index.iloc[index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))]
-        index = index.cx[x.start:x.stop, y.start:y.stop]
+        index = index.cx[x.start : x.stop, y.start : y.stop]
         spans = sorted(set(index.index), key=lambda i: (i.left, i.right))
         if self.length is not None and len(spans) > self.length:
             keep = np.linspace(0, len(spans) - 1, self.length).round().astype(int)
@@ -112,8 +114,10 @@ class TimeSeries(GeoDataset):
         x, y, t = self._disambiguate_slice(query)
         spans = self.dates(query)
         if not spans:
-            raise DataError(f"no acquisition of {type(self.dataset).__name__} overlaps the "
-                            f"query {query}; query inside the dataset's bounds {self.bounds}.")
+            raise DataError(
+                f"no acquisition of {type(self.dataset).__name__} overlaps the "
+                f"query {query}; query inside the dataset's bounds {self.bounds}."
+            )
         nodata = getattr(self.dataset, "nodata", None)
         images, doys, sample = [], [], {}
         for span in spans:

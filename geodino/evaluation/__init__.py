@@ -24,8 +24,8 @@ __all__ = [
     "majority_labels",
     "plot_confusion_matrix",
     "plot_per_class_scores",
-    "read_labelled_source",
     "read_labelled_chips",
+    "read_labelled_source",
     "run_knn",
     "run_probe",
 ]

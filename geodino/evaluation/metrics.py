@@ -53,7 +53,7 @@ def classification_report(
         },
         "confusion_matrix": multiclass_confusion_matrix(preds, target, **args).tolist(),
         "class_names": list(class_names),
-        "samples": int(len(target)),
+        "samples": len(target),
     }
 
 
@@ -84,10 +84,18 @@ def plot_confusion_matrix(report: dict[str, Any], out: str | Path, title: str = 
     for i in range(len(names)):
         for j in range(len(names)):
             if matrix[i, j]:
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title or f"accuracy {report['accuracy']:.3f}, macro F1 {report['f1_macro']:.3f}",
-                 fontsize=9)
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    ax.set_title(
+        title or f"accuracy {report['accuracy']:.3f}, macro F1 {report['f1_macro']:.3f}", fontsize=9
+    )
     fig.colorbar(image, ax=ax, fraction=0.046)
     return save_figure(fig, out)
 
@@ -112,9 +120,11 @@ def plot_per_class_scores(report: dict[str, Any], out: str | Path, title: str = 
     for i, key in enumerate(("precision", "recall", "f1")):
         values = [report["per_class"][name][key] for name in names]
         ax.bar([j + (i - 1) * width for j in range(len(names))], values, width, label=key)
-    ax.set_xticks(range(len(names)), [
-        f"{name}\n(n={report['per_class'][name]['support']})" for name in names
-    ], fontsize=7)
+    ax.set_xticks(
+        range(len(names)),
+        [f"{name}\n(n={report['per_class'][name]['support']})" for name in names],
+        fontsize=7,
+    )
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.set_title(title or f"per-class scores, macro F1 {report['f1_macro']:.3f}", fontsize=9)

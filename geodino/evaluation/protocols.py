@@ -1,5 +1,6 @@
 """The evaluation protocols behind ``geodino knn`` and ``geodino probe``: frozen features of a
-labelled source, a (group-aware) split, a classifier, metrics as JSON and PNG."""
+labelled source, a (group-aware) split, a classifier, metrics as JSON and PNG.
+"""
 
 import json
 import logging
@@ -60,9 +61,10 @@ def split_features(
     else:
         if len(data) < 4:
             raise DataError(f"{data.source} has {len(data)} samples; evaluation needs more.")
-        train_idx, test_idx = map(torch.as_tensor, group_split(
-            len(data), data.groups, test_fraction, seed, labels=data.labels.tolist()
-        ))
+        train_idx, test_idx = map(
+            torch.as_tensor,
+            group_split(len(data), data.groups, test_fraction, seed, labels=data.labels.tolist()),
+        )
     if data.groups is not None:
         shared = {data.groups[i] for i in train_idx} & {data.groups[i] for i in test_idx}
         if shared:
@@ -71,8 +73,7 @@ def split_features(
                 "and the test split; give each group one split value."
             )
     check_labels(data.labels[train_idx], data.labels[test_idx], data.class_names)
-    return (features[train_idx], data.labels[train_idx], features[test_idx],
-            data.labels[test_idx])
+    return (features[train_idx], data.labels[train_idx], features[test_idx], data.labels[test_idx])
 
 
 def labelled_features(
@@ -107,8 +108,13 @@ def labelled_features(
 
     backbone = load_backbone(weights)
     data = read_labelled_source(
-        source, rasters, chip_size or backbone.chip_size, label_column, group_column,
-        split_column, band_names,
+        source,
+        rasters,
+        chip_size or backbone.chip_size,
+        label_column,
+        group_column,
+        split_column,
+        band_names,
     )
     backbone.check_bands(data.band_names, data.images.shape[1], str(data.source))
     features = extract_features(backbone.model, data.images, backbone.normalize, batch_size)
@@ -170,8 +176,12 @@ def run_knn(
     x_train, y_train, x_test, y_test = split_features(data, features, test_fraction, seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"protocol": "knn", "temperature": temperature,
-              **_header(data, weights, y_train, y_test), "results": {}}
+    report = {
+        "protocol": "knn",
+        "temperature": temperature,
+        **_header(data, weights, y_train, y_test),
+        "results": {},
+    }
     n = len(data.class_names)
     for k in ks:
         scores = knn_scores(x_train, y_train, x_test, n, k=k, temperature=temperature)
@@ -225,11 +235,17 @@ def run_probe(
     x_train, y_train, x_test, y_test = split_features(data, features, test_fraction, seed)
     preds, sweep = logistic_regression(x_train, y_train, x_test, cs=cs, folds=folds, seed=seed)
     result = classification_report(preds, y_test, data.class_names)
-    report = {"protocol": "logistic_regression", **_header(data, weights, y_train, y_test),
-              "sweep": sweep, **result}
+    report = {
+        "protocol": "logistic_regression",
+        **_header(data, weights, y_train, y_test),
+        "sweep": sweep,
+        **result,
+    }
     out = Path(out)
-    title = (f"probe (C={sweep['best_C']:g}): accuracy {result['accuracy']:.3f}, "
-             f"macro F1 {result['f1_macro']:.3f}")
+    title = (
+        f"probe (C={sweep['best_C']:g}): accuracy {result['accuracy']:.3f}, "
+        f"macro F1 {result['f1_macro']:.3f}"
+    )
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion_matrix(result, out / "probe_confusion.png", title)
     plot_per_class_scores(result, out / "probe_per_class.png", title)
@@ -247,13 +263,20 @@ def summary(report: dict[str, Any], out: str | Path) -> str:
     Returns:
         the text.
     """
-    lines = [f"{report['protocol']} on {report['source']}: {report['train_samples']} train / "
-             f"{report['test_samples']} test samples, {len(report['classes'])} classes"]
-    rows = (report["results"].items() if report["protocol"] == "knn"
-            else [(f"C={report['sweep']['best_C']:g}", report)])
+    lines = [
+        f"{report['protocol']} on {report['source']}: {report['train_samples']} train / "
+        f"{report['test_samples']} test samples, {len(report['classes'])} classes"
+    ]
+    rows = (
+        report["results"].items()
+        if report["protocol"] == "knn"
+        else [(f"C={report['sweep']['best_C']:g}", report)]
+    )
     for key, r in rows:
         label = f"k={key}" if report["protocol"] == "knn" else key
-        lines.append(f"  {label:<10} accuracy {r['accuracy']:.3f}  balanced "
-                     f"{r['balanced_accuracy']:.3f}  macro F1 {r['f1_macro']:.3f}")
+        lines.append(
+            f"  {label:<10} accuracy {r['accuracy']:.3f}  balanced "
+            f"{r['balanced_accuracy']:.3f}  macro F1 {r['f1_macro']:.3f}"
+        )
     lines.append(f"  reports in {Path(out)}")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Labelled images to evaluate a backbone on: class folders, JSON annotations, or labelled
-points/polygons over rasters."""
+points/polygons over rasters.
+"""
 
 import logging
 from collections.abc import Sequence
@@ -130,8 +131,11 @@ def read_vector_source(
         if not Path(source).is_file():
             raise DataError(f"{name} does not exist; check the path.")
         try:
-            gdf = (gpd.read_parquet(source) if Path(source).suffix == ".parquet"
-                   else gpd.read_file(source))
+            gdf = (
+                gpd.read_parquet(source)
+                if Path(source).suffix == ".parquet"
+                else gpd.read_file(source)
+            )
         except Exception as error:
             raise DataError(f"{name} cannot be read as vector data ({error}).") from None
     if gdf.crs is None:
@@ -156,8 +160,11 @@ def read_vector_source(
         x0 = bounds[0].start + round((point.x - half_w - bounds[0].start) / xres) * xres
         y0 = bounds[1].start + round((point.y - half_h - bounds[1].start) / yres) * yres
         x1, y1 = x0 + chip_size * xres, y0 + chip_size * yres
-        if x0 < bounds[0].start or y0 < bounds[1].start or x1 > bounds[0].stop or (
-            y1 > bounds[1].stop
+        if (
+            x0 < bounds[0].start
+            or y0 < bounds[1].start
+            or x1 > bounds[0].stop
+            or (y1 > bounds[1].stop)
         ):
             outside.append(row)
             continue
@@ -171,7 +178,9 @@ def read_vector_source(
     if outside:
         log.warning(
             "%s: %d feature(s) too close to or outside the rasters' edge are not used (rows %s)",
-            name, len(outside), outside[:10],
+            name,
+            len(outside),
+            outside[:10],
         )
     used = gdf.loc[keep]
     values = used[label_column].to_numpy()
@@ -182,7 +191,7 @@ def read_vector_source(
     else:
         class_names = sorted({str(v) for v in values})
         labels = [class_names.index(str(v)) for v in values]
-    groups = ([str(g) for g in used[group_column]] if group_column in used.columns else None)
+    groups = [str(g) for g in used[group_column]] if group_column in used.columns else None
     split = None
     if split_column:
         split = ["train" if str(v) == "train" else "test" for v in used[split_column]]
@@ -225,8 +234,9 @@ def read_labelled_source(
     import geopandas as gpd
 
     if isinstance(source, gpd.GeoDataFrame):
-        return read_vector_source(source, rasters or [], chip_size, label_column, group_column,
-                                  split_column)
+        return read_vector_source(
+            source, rasters or [], chip_size, label_column, group_column, split_column
+        )
     path = Path(source)
     if path.is_dir():
         return read_folder_source(path, band_names)
@@ -235,8 +245,9 @@ def read_labelled_source(
     if path.suffix == ".json" and not rasters:
         return read_folder_source(path, band_names)
     if path.suffix.lower() in VECTOR_SUFFIXES:
-        return read_vector_source(path, rasters or [], chip_size, label_column, group_column,
-                                  split_column)
+        return read_vector_source(
+            path, rasters or [], chip_size, label_column, group_column, split_column
+        )
     raise DataError(
         f"labelled source {path} is neither a class folder (with labels.txt), a JSON "
         f"annotation file, nor a vector file ({', '.join(VECTOR_SUFFIXES)})."

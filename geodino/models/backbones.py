@@ -33,12 +33,26 @@ log = logging.getLogger(__name__)
 RGB_BANDS = ("red", "green", "blue")
 #: Common names that mean the same Sentinel-2 band.
 _SYNONYMS = {
-    "red": "B04", "r": "B04", "green": "B03", "g": "B03", "blue": "B02", "b": "B02",
-    "nir": "B08", "coastal": "B01", "swir1": "B11", "swir2": "B12", "b8a": "B8A",
+    "red": "B04",
+    "r": "B04",
+    "green": "B03",
+    "g": "B03",
+    "blue": "B02",
+    "b": "B02",
+    "nir": "B08",
+    "coastal": "B01",
+    "swir1": "B11",
+    "swir2": "B12",
+    "b8a": "B8A",
 }
 #: Prefixes under which checkpoints nest the backbone, most wanted first.
 _PREFIXES = (
-    "teacher.backbone.", "backbone.", "model.", "module.backbone.", "module.", "encoder.",
+    "teacher.backbone.",
+    "backbone.",
+    "model.",
+    "module.backbone.",
+    "module.",
+    "encoder.",
     "student.backbone.",
 )
 _PATCH = "patch_embed.proj.weight"
@@ -90,7 +104,7 @@ def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
         return any(k.startswith(("blocks.", "patch_embed.")) for k in keys)
 
     for prefix in _PREFIXES:
-        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if is_backbone(picked):
             return picked
     if not is_backbone(state):
@@ -276,8 +290,10 @@ def match_position_prefix(state: dict[str, Tensor], model: VisionTransformer) ->
 
 
 def _is_official(state: Mapping[str, Tensor]) -> bool:
-    return "mask_token" in state or "register_tokens" in state or any(
-        re.match(r"blocks\.\d+\.\d+\.", k) or ".mlp.w12." in k for k in state
+    return (
+        "mask_token" in state
+        or "register_tokens" in state
+        or any(re.match(r"blocks\.\d+\.\d+\.", k) or ".mlp.w12." in k for k in state)
     )
 
 
@@ -402,7 +418,8 @@ def fit_state_dict(
     if _PATCH in state:
         weight, bands = state[_PATCH], list(band_names or [])
         reorder = (
-            source_bands is not None and len(source_bands) == len(bands) == weight.shape[1]
+            source_bands is not None
+            and len(source_bands) == len(bands) == weight.shape[1]
             and [_band_key(b) for b in source_bands] != [_band_key(b) for b in bands]
         )
         if weight.shape[1] != target[_PATCH].shape[1] or reorder:
@@ -417,8 +434,11 @@ def fit_state_dict(
         # bicubic with anti-aliasing on a square grid, to the grid's size: the official
         # interpolate_pos_encoding (interpolate_offset 0) does the same interpolation
         state["pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix,
-            interpolation="bicubic", antialias=True,
+            pos,
+            new_size=list(model.patch_embed.grid_size),
+            num_prefix_tokens=prefix,
+            interpolation="bicubic",
+            antialias=True,
         )
 
     missing = sorted(set(target) - set(state) - {"head.weight", "head.bias"})
@@ -590,7 +610,9 @@ def forward_tokens(
     return model.norm(x)
 
 
-def split_tokens(model: "VisionTransformer | FusionViT", tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def split_tokens(
+    model: "VisionTransformer | FusionViT", tokens: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Split tokens into class token, registers and patch tokens.
 
     Args:

@@ -73,16 +73,21 @@ def check_modalities(modalities: Mapping[str, int]) -> dict[str, int]:
         ConfigError: if it is empty, a name cannot key a submodule or a count is not >= 1.
     """
     if not modalities:
-        raise ConfigError("modalities is empty; declare each modality's band count, e.g. "
-                          "{'s1': 2, 's2': 13}.")
+        raise ConfigError(
+            "modalities is empty; declare each modality's band count, e.g. {'s1': 2, 's2': 13}."
+        )
     out = {}
     for name, bands in modalities.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise ConfigError(f"modality name {name!r} must be an identifier such as 's1' or "
-                              "'s2' (it names the modality's submodules).")
+            raise ConfigError(
+                f"modality name {name!r} must be an identifier such as 's1' or "
+                "'s2' (it names the modality's submodules)."
+            )
         if isinstance(bands, bool) or not isinstance(bands, int) or bands < 1:
-            raise ConfigError(f"modality {name!r} has band count {bands!r}; give a whole number "
-                              ">= 1 (e.g. 2 for Sentinel-1 VV/VH, 13 for Sentinel-2 L1C).")
+            raise ConfigError(
+                f"modality {name!r} has band count {bands!r}; give a whole number "
+                ">= 1 (e.g. 2 for Sentinel-1 VV/VH, 13 for Sentinel-2 L1C)."
+            )
         out[name] = bands
     return out
 
@@ -177,7 +182,9 @@ class CrossAttentionBlock(nn.Module):
         dropout: dropout of the attention weights and the MLP.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0
+    ) -> None:
         """Build the norms, attention and MLP."""
         super().__init__()
         self.norm_q = nn.LayerNorm(dim, eps=1e-6)
@@ -211,8 +218,12 @@ class CrossAttentionBlock(nn.Module):
         """
         q = self.norm_q(x)
         kv = self.norm_kv(context)
-        out = x + self.attn(q + pos, kv + context_pos, kv, key_padding_mask=padding,
-                            need_weights=False)[0]
+        out = (
+            x
+            + self.attn(
+                q + pos, kv + context_pos, kv, key_padding_mask=padding, need_weights=False
+            )[0]
+        )
         out = out + self.mlp(self.norm_mlp(out))
         if gate is not None:
             # the block is the identity for a sample with nothing to read, as when the
@@ -268,26 +279,35 @@ class FusionViT(nn.Module):
 
         super().__init__()
         if fusion not in FUSION_MODES:
-            raise ConfigError(f"fusion mode {fusion!r} does not exist; choose one of "
-                              f"{list(FUSION_MODES)}.")
+            raise ConfigError(
+                f"fusion mode {fusion!r} does not exist; choose one of {list(FUSION_MODES)}."
+            )
         if doy_embedding not in DOY_EMBEDDINGS:
-            raise ConfigError(f"doy_embedding {doy_embedding!r} does not exist; choose one of "
-                              f"{list(DOY_EMBEDDINGS)}.")
+            raise ConfigError(
+                f"doy_embedding {doy_embedding!r} does not exist; choose one of "
+                f"{list(DOY_EMBEDDINGS)}."
+            )
         if temporal_pool not in TEMPORAL_POOLS:
-            raise ConfigError(f"temporal_pool {temporal_pool!r} does not exist; choose one of "
-                              f"{list(TEMPORAL_POOLS)}.")
-        self.modalities = check_modalities(
-            DEFAULT_MODALITIES if modalities is None else modalities
-        )
+            raise ConfigError(
+                f"temporal_pool {temporal_pool!r} does not exist; choose one of "
+                f"{list(TEMPORAL_POOLS)}."
+            )
+        self.modalities = check_modalities(DEFAULT_MODALITIES if modalities is None else modalities)
         if fusion == "xattn" and (isinstance(xattn_layers, bool) or xattn_layers < 1):
-            raise ConfigError(f"xattn_layers={xattn_layers}: cross-attention fusion needs at "
-                              "least 1 layer.")
+            raise ConfigError(
+                f"xattn_layers={xattn_layers}: cross-attention fusion needs at least 1 layer."
+            )
         if not 0.0 <= xattn_dropout < 1.0:
             raise ConfigError(f"xattn_dropout={xattn_dropout} must lie in [0, 1).")
         self.fusion = fusion
         self.xattn_layers = xattn_layers if fusion == "xattn" else 0
-        vit = build_backbone(arch, sum(self.modalities.values()), weights=weights,
-                             band_names=band_names, **timm_kwargs)
+        vit = build_backbone(
+            arch,
+            sum(self.modalities.values()),
+            weights=weights,
+            band_names=band_names,
+            **timm_kwargs,
+        )
         self.arch = arch
         self.embed_dim = dim = vit.embed_dim
         self.num_features = vit.num_features
@@ -307,7 +327,7 @@ class FusionViT(nn.Module):
             embed = _rechannel(vit.patch_embed, bands)
             if weights is not None:
                 with torch.no_grad():
-                    embed.proj.weight.copy_(weight[:, start:start + bands])
+                    embed.proj.weight.copy_(weight[:, start : start + bands])
                     if bias is not None and embed.proj.bias is not None:
                         # early fusion sums the embeddings: the stacked bias is shared out
                         share = len(self.modalities) if fusion == "early" else 1
@@ -329,15 +349,18 @@ class FusionViT(nn.Module):
         elif fusion == "xattn":
             heads = xattn_heads or vit.blocks[0].attn.num_heads
             if dim % heads:
-                raise ConfigError(f"xattn_heads={heads} does not divide the width {dim}; pick "
-                                  "a divisor.")
-            self.xattn = nn.ModuleDict({
-                name: nn.ModuleList(
-                    CrossAttentionBlock(dim, heads, dropout=xattn_dropout)
-                    for _ in range(xattn_layers)
+                raise ConfigError(
+                    f"xattn_heads={heads} does not divide the width {dim}; pick a divisor."
                 )
-                for name in self.modalities
-            })
+            self.xattn = nn.ModuleDict(
+                {
+                    name: nn.ModuleList(
+                        CrossAttentionBlock(dim, heads, dropout=xattn_dropout)
+                        for _ in range(xattn_layers)
+                    )
+                    for name in self.modalities
+                }
+            )
 
         # time series: parameters only where configured, so single-date models keep their
         # state dicts
@@ -372,8 +395,10 @@ class FusionViT(nn.Module):
             )
         unknown = sorted(set(batch) - set(self.modalities))
         if unknown:
-            raise DataError(f"modalities {unknown} are not among the model's "
-                            f"{list(self.modalities)}; drop them or train a model with them.")
+            raise DataError(
+                f"modalities {unknown} are not among the model's "
+                f"{list(self.modalities)}; drop them or train a model with them."
+            )
         shape = None
         for name, image in batch.items():
             if image.ndim not in (4, 5) or image.shape[-3] != self.modalities[name]:
@@ -392,15 +417,22 @@ class FusionViT(nn.Module):
         # the declared order, whatever the caller's
         return {name: batch[name] for name in self.modalities if name in batch}
 
-    def _dates(self, batch: ModalityBatch | Tensor) -> tuple[ModalityBatch | Tensor,
-                                                             dict[str, Tensor]]:
+    def _dates(
+        self, batch: ModalityBatch | Tensor
+    ) -> tuple[ModalityBatch | Tensor, dict[str, Tensor]]:
         """The batch without its ``<modality>_doy`` entries, and those days of year."""
         if not isinstance(batch, Mapping):
             return batch, {}
-        doys = {k[: -len(DOY_SUFFIX)]: v for k, v in batch.items()
-                if k.endswith(DOY_SUFFIX) and k not in self.modalities}
-        images = {k: v for k, v in batch.items()
-                  if not (k.endswith(DOY_SUFFIX) and k not in self.modalities)}
+        doys = {
+            k[: -len(DOY_SUFFIX)]: v
+            for k, v in batch.items()
+            if k.endswith(DOY_SUFFIX) and k not in self.modalities
+        }
+        images = {
+            k: v
+            for k, v in batch.items()
+            if not (k.endswith(DOY_SUFFIX) and k not in self.modalities)
+        }
         for name, doy in doys.items():
             image = images.get(name)
             if image is None or image.ndim != 5:
@@ -426,7 +458,8 @@ class FusionViT(nn.Module):
 
     def _embed_series(self, name: str, series: Tensor, doy: Tensor) -> tuple[Tensor, Tensor]:
         """(B, h, w, D) tokens of a (B, T, C, H, W) time series pooled over its acquisitions,
-        and (B,) which samples have any valid acquisition."""
+        and (B,) which samples have any valid acquisition.
+        """
         b, t = series.shape[:2]
         x = self._embed(name, series.flatten(0, 1))
         x = x.reshape(b, t, *x.shape[1:])
@@ -461,8 +494,9 @@ class FusionViT(nn.Module):
         prefix = 0 if self.no_embed_class else self.num_prefix_tokens
         pos = self.pos_embed
         if self.dynamic_img_size and tuple(grid) != self.grid_size:
-            pos = resample_abs_pos_embed(pos, new_size=grid, old_size=self.grid_size,
-                                         num_prefix_tokens=prefix)
+            pos = resample_abs_pos_embed(
+                pos, new_size=grid, old_size=self.grid_size, num_prefix_tokens=prefix
+            )
         return pos[:, prefix:]
 
     def _pos_embed(self, x: Tensor) -> Tensor:
@@ -479,7 +513,9 @@ class FusionViT(nn.Module):
         pos = self.pos_embed
         if self.dynamic_img_size:
             pos = resample_abs_pos_embed(
-                pos, new_size=(h, w), old_size=self.grid_size,
+                pos,
+                new_size=(h, w),
+                old_size=self.grid_size,
                 num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
             )
         if self.no_embed_class:
@@ -489,8 +525,13 @@ class FusionViT(nn.Module):
         return self.pos_drop(x)
 
     # --- fusion ------------------------------------------------------------------------
-    def _fuse(self, tokens: dict[str, Tensor], weights: dict[str, Tensor],
-              masks: Tensor | None, token: Tensor | None) -> Tensor:
+    def _fuse(
+        self,
+        tokens: dict[str, Tensor],
+        weights: dict[str, Tensor],
+        masks: Tensor | None,
+        token: Tensor | None,
+    ) -> Tensor:
         """One (B, h, w, D) token per patch from the modalities' tokens."""
         if self.fusion == "early":
             return sum(weights[m] * x for m, x in tokens.items())  # type: ignore[return-value]
@@ -503,8 +544,10 @@ class FusionViT(nn.Module):
         if masks is not None and token is not None:
             # masked patches are hidden from the cross-attention too, or their content would
             # reach the fused tokens of unmasked patches
-            streams = {m: torch.where(masks.unsqueeze(-1), token + self.modality_embeds[m], x)
-                       for m, x in streams.items()}
+            streams = {
+                m: torch.where(masks.unsqueeze(-1), token + self.modality_embeds[m], x)
+                for m, x in streams.items()
+            }
         present = {m: weights[m].reshape(b) > 0 for m in streams}
         for layer in range(self.xattn_layers):
             updated = {}
@@ -516,14 +559,16 @@ class FusionViT(nn.Module):
                 context = torch.cat([streams[o] for o in others], dim=1)
                 context_pos = pos.repeat(1, len(others), 1)
                 any_other = torch.stack([present[o] for o in others]).any(0)
-                absent = torch.cat([(~present[o]).unsqueeze(1).expand(b, h * w)
-                                    for o in others], dim=1)
+                absent = torch.cat(
+                    [(~present[o]).unsqueeze(1).expand(b, h * w) for o in others], dim=1
+                )
                 # a sample with no other modality attends to everything (no all-masked rows,
                 # whose softmax is NaN) and the block is gated off for it
                 padding = absent & any_other.unsqueeze(1)
                 gate = any_other.to(x.dtype).reshape(b, 1, 1)
-                updated[m] = self.xattn[m][layer](x, pos, context, context_pos,
-                                                  padding if padding.any() else None, gate)
+                updated[m] = self.xattn[m][layer](
+                    x, pos, context, context_pos, padding if padding.any() else None, gate
+                )
             streams = updated
         total = sum(weights[m].reshape(b, 1, 1) * x for m, x in streams.items())
         count = sum(weights[m].reshape(b, 1, 1) for m in streams)
@@ -570,20 +615,24 @@ class FusionViT(nn.Module):
         ones = next(iter(tokens.values())).new_ones(b, 1, 1, 1)
         weights = {m: ones for m in tokens}
         if present is not None:
-            weights = {m: present[m].to(ones).reshape(b, 1, 1, 1) if m in present else ones
-                       for m in tokens}
+            weights = {
+                m: present[m].to(ones).reshape(b, 1, 1, 1) if m in present else ones for m in tokens
+            }
         for m, seen in observed.items():
             weights[m] = weights[m] * seen.to(ones).reshape(b, 1, 1, 1)
         if present is not None or observed:
             if not (sum(weights.values()) > 0).all():  # type: ignore[union-attr]
-                raise DataError("a sample has no modality left (modality dropout, or no valid "
-                                "acquisition in its time series: every day of year 0); keep "
-                                "at least one per sample.")
+                raise DataError(
+                    "a sample has no modality left (modality dropout, or no valid "
+                    "acquisition in its time series: every day of year 0); keep "
+                    "at least one per sample."
+                )
         token = None
         if masks is not None:
             if mask_token is None:
-                raise ConfigError("FusionViT got masks but no mask_token; pass the iBOT mask "
-                                  "token.")
+                raise ConfigError(
+                    "FusionViT got masks but no mask_token; pass the iBOT mask token."
+                )
             if masks.shape != (b, h * w):
                 raise ConfigError(
                     f"masks have shape {tuple(masks.shape)} but the images give {b} x {h * w} "
@@ -591,8 +640,9 @@ class FusionViT(nn.Module):
                 )
             token = mask_token.reshape(-1).to(next(iter(tokens.values())).dtype)
             if token.numel() != d:
-                raise ConfigError(f"mask_token has {token.numel()} values but the model's "
-                                  f"width is {d}.")
+                raise ConfigError(
+                    f"mask_token has {token.numel()} values but the model's width is {d}."
+                )
             masks = masks.to(torch.bool)
         x = self._fuse(tokens, weights, masks, token)
         if masks is not None:
@@ -628,21 +678,36 @@ class FusionViT(nn.Module):
 
     def extra_repr(self) -> str:
         """Architecture, modalities and fusion mode, for printed models."""
-        return (f"arch={self.arch}, modalities={self.modalities}, fusion={self.fusion}, "
-                f"doy_embedding={self.doy_embedding}, temporal_pool={self.temporal_pool}")
+        return (
+            f"arch={self.arch}, modalities={self.modalities}, fusion={self.fusion}, "
+            f"doy_embedding={self.doy_embedding}, temporal_pool={self.temporal_pool}"
+        )
 
 
 def _rechannel(embed: nn.Module, bands: int) -> nn.Module:
     """A copy of a timm patch embedding that reads ``bands`` bands, freshly initialised."""
     proj = embed.proj
     out = copy.deepcopy(embed)
-    out.proj = nn.Conv2d(bands, proj.out_channels, kernel_size=proj.kernel_size,
-                         stride=proj.stride, bias=proj.bias is not None)
+    out.proj = nn.Conv2d(
+        bands,
+        proj.out_channels,
+        kernel_size=proj.kernel_size,
+        stride=proj.stride,
+        bias=proj.bias is not None,
+    )
     return out
 
 
 __all__ = [
-    "CrossAttentionBlock", "DEFAULT_MODALITIES", "DOY_EMBEDDINGS", "DOY_SUFFIX", "FUSION_MODES",
-    "FusionViT", "TEMPORAL_POOLS", "check_modalities", "draw_modality_dropout",
-    "sinusoidal_doy_embedding", "split_modalities",
+    "DEFAULT_MODALITIES",
+    "DOY_EMBEDDINGS",
+    "DOY_SUFFIX",
+    "FUSION_MODES",
+    "TEMPORAL_POOLS",
+    "CrossAttentionBlock",
+    "FusionViT",
+    "check_modalities",
+    "draw_modality_dropout",
+    "sinusoidal_doy_embedding",
+    "split_modalities",
 ]

@@ -1,10 +1,10 @@
 """The DINO projection head (also used for iBOT), as in DINOv2."""
 
 import torch
-
-from geodino.errors import ConfigError
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+
+from geodino.errors import ConfigError
 
 
 class DINOHead(nn.Module):

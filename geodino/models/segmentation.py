@@ -45,15 +45,19 @@ class FeaturePyramid(nn.Module):
     def __init__(self, dim: int) -> None:
         """Build the four rescaling branches."""
         super().__init__()
-        self.levels = nn.ModuleList([
-            nn.Sequential(
-                nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.GELU(),
+        self.levels = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                    nn.BatchNorm2d(dim),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                ),
                 nn.ConvTranspose2d(dim, dim, 2, stride=2),
-            ),
-            nn.ConvTranspose2d(dim, dim, 2, stride=2),
-            nn.Identity(),
-            nn.MaxPool2d(2, ceil_mode=True),
-        ])
+                nn.Identity(),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
+        )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Rescale each level.
@@ -209,7 +213,8 @@ class ViTSegmentationModel(nn.Module):
 
     def _block_outputs(self, images: Tensor, blocks: list[int]) -> list[Tensor]:
         """Final-norm patch maps of ``blocks`` for encoders without ``forward_intermediates``
-        (e.g. :class:`~geodino.models.FusionViT`): read from the blocks as the encoder runs."""
+        (e.g. :class:`~geodino.models.FusionViT`): read from the blocks as the encoder runs.
+        """
         outputs: dict[int, Tensor] = {}
         handles = [
             self.encoder.blocks[i].register_forward_hook(

@@ -88,8 +88,12 @@ class Classification(TorchGeoClassification):
         """The ViT (from the export) with a classifier head; linear-probe freezing."""
         hp = self.hparams
         self.model = build_encoder(
-            self.weights, hp["model"], hp["in_channels"], hp["model_kwargs"],
-            img_size=hp["img_size"], num_classes=hp["num_classes"] or hp["num_labels"] or 1,
+            self.weights,
+            hp["model"],
+            hp["in_channels"],
+            hp["model_kwargs"],
+            img_size=hp["img_size"],
+            num_classes=hp["num_classes"] or hp["num_labels"] or 1,
         )
         if hp["freeze_backbone"]:
             self.model.requires_grad_(False)

@@ -151,8 +151,9 @@ class DINOv2Task(BaseTask):
         if not 0.0 <= modality_dropout < 1.0:
             raise ConfigError(f"modality_dropout={modality_dropout} must lie in [0, 1).")
         if modality_dropout > 0 and (modalities is None or len(modalities) < 2):
-            raise ConfigError("modality_dropout needs two or more modalities "
-                              "(model.init_args.modalities).")
+            raise ConfigError(
+                "modality_dropout needs two or more modalities (model.init_args.modalities)."
+            )
         self.weights = weights
         super().__init__()
 
@@ -244,9 +245,7 @@ class DINOv2Task(BaseTask):
             "lr": CosineSchedule(lr, hp["min_lr"], total, warmup),
             "last_layer_lr": CosineSchedule(lr, hp["min_lr"], total, warmup, freeze_steps=freeze),
             "wd": CosineSchedule(hp["weight_decay"], hp["weight_decay_end"], total),
-            "momentum": CosineSchedule(
-                hp["momentum_teacher"], hp["final_momentum_teacher"], total
-            ),
+            "momentum": CosineSchedule(hp["momentum_teacher"], hp["final_momentum_teacher"], total),
             "teacher_temp": CosineSchedule(
                 hp["teacher_temp"],
                 hp["teacher_temp"],
@@ -365,7 +364,9 @@ class DINOv2Task(BaseTask):
         elif gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:  # type: ignore[override]
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:  # type: ignore[override]
         """Set this step's lr and weight decay, step, then update the EMA teacher.
 
         Args:
@@ -412,8 +413,13 @@ class DINOv2Task(BaseTask):
         if which == "student" and p > 0:
             # seeded by step, rank and crop size (global and local crops draw apart)
             generator = torch.Generator().manual_seed(
-                ((self.hparams["mask_seed"] * 1_000_003 + self.global_step) * 4099
-                 + self.global_rank) * 8191 + images.shape[-1] + 1
+                (
+                    (self.hparams["mask_seed"] * 1_000_003 + self.global_step) * 4099
+                    + self.global_rank
+                )
+                * 8191
+                + images.shape[-1]
+                + 1
             )
             present = draw_modality_dropout(images.shape[0], list(inputs), p, generator)
             present = {m: v.to(images.device) for m, v in present.items()}
@@ -421,7 +427,9 @@ class DINOv2Task(BaseTask):
             inputs, masks, self.mask_token if masks is not None else None, present
         )
 
-    def _center(self, loss: nn.Module, logits: Tensor, temp: float, n_masked: Tensor | None = None) -> Tensor:
+    def _center(
+        self, loss: nn.Module, logits: Tensor, temp: float, n_masked: Tensor | None = None
+    ) -> Tensor:
         if self.hparams["centering"] == "sinkhorn_knopp":
             if n_masked is None:
                 return loss.sinkhorn_knopp_teacher(logits, temp)
@@ -440,9 +448,7 @@ class DINOv2Task(BaseTask):
         size = global_crops.shape[-1] // self.patch_size
         grid = (global_crops.shape[-2] // self.patch_size, size)
         use_ibot = hp["ibot_loss_weight"] > 0
-        masks = (
-            self._masks(global_crops.shape[0], grid, global_crops.device) if use_ibot else None
-        )
+        masks = self._masks(global_crops.shape[0], grid, global_crops.device) if use_ibot else None
         teacher_temp = self._schedule["teacher_temp"](self.global_step)
         dino_head = self.student["dino_head"]
         ibot_head = self.student["ibot_head"] if "ibot_head" in self.student else dino_head
@@ -472,9 +478,7 @@ class DINOv2Task(BaseTask):
         t_views = t_dino.chunk(n_global)
         s_views = s_global_logits.chunk(n_global)
         # t_views are already crossed: view i of the student meets the other teacher view.
-        dino_global = sum(
-            self.dino_loss([s], [t]) for s, t in zip(s_views, t_views, strict=True)
-        )
+        dino_global = sum(self.dino_loss([s], [t]) for s, t in zip(s_views, t_views, strict=True))
         dino_local = s_global_logits.new_zeros(())
         if n_local > 0:
             s_local_tokens = self._tokens("student", local_crops)
@@ -556,7 +560,8 @@ class DINOv2Task(BaseTask):
     def configure_callbacks(self) -> list[Callback]:
         """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept (unless
         the trainer disables checkpointing), and ``metrics.json`` plus ``training_curves.png``
-        in the run folder at the end."""
+        in the run folder at the end.
+        """
         callbacks: list[Callback] = [TrainingSummary()]
         if self._trainer is None or self._trainer.checkpoint_callback is not None:
             callbacks.append(
@@ -598,10 +603,19 @@ class DINOv2Task(BaseTask):
 def _layer_id(name: str, depth: int) -> int:
     """Layer index for layer-wise lr decay: embeddings 0, block i i+1, the rest depth+1."""
     if name.startswith("backbone."):
-        rest = name[len("backbone."):]
+        rest = name[len("backbone.") :]
         # fusion backbones: patch_embeds, modality embeddings and fusion layers come first
-        if rest.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed",
-                            "modality_embeds", "fuse", "xattn")):
+        if rest.startswith(
+            (
+                "cls_token",
+                "reg_token",
+                "pos_embed",
+                "patch_embed",
+                "modality_embeds",
+                "fuse",
+                "xattn",
+            )
+        ):
             return 0
         if rest.startswith("blocks."):
             return int(rest.split(".")[1]) + 1

@@ -15,9 +15,23 @@ if TYPE_CHECKING:
     from geodino.models.fusion import FusionViT
 
 #: Arguments an export's architecture may not be overridden with (they would not fit it).
-_ARCHITECTURE = {"embed_dim", "depth", "num_heads", "patch_size", "reg_tokens", "class_token",
-                 "no_embed_class", "mlp_ratio", "init_values", "qkv_bias", "in_chans",
-                 "modalities", "fusion", "xattn_layers", "xattn_heads"}
+_ARCHITECTURE = {
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "patch_size",
+    "reg_tokens",
+    "class_token",
+    "no_embed_class",
+    "mlp_ratio",
+    "init_values",
+    "qkv_bias",
+    "in_chans",
+    "modalities",
+    "fusion",
+    "xattn_layers",
+    "xattn_heads",
+}
 
 
 @dataclass(frozen=True)
@@ -198,8 +212,11 @@ def _build_fusion(
     if pos is not None and target is not None and pos.shape != target.shape:
         prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
         state["pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=list(encoder.grid_size), num_prefix_tokens=prefix,
-            interpolation="bicubic", antialias=True,
+            pos,
+            new_size=list(encoder.grid_size),
+            num_prefix_tokens=prefix,
+            interpolation="bicubic",
+            antialias=True,
         )
     try:
         encoder.load_state_dict(state)

@@ -101,7 +101,10 @@ class Segmentation(SemanticSegmentation):
         """The ViT encoder (from the export), the decoder and the classifier; freezing."""
         hp = self.hparams
         encoder = build_encoder(
-            self.weights, hp["backbone"], hp["in_channels"], hp["backbone_kwargs"],
+            self.weights,
+            hp["backbone"],
+            hp["in_channels"],
+            hp["backbone_kwargs"],
             img_size=hp["img_size"],
         )
         self.model = ViTSegmentationModel(

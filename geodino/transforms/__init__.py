@@ -7,8 +7,10 @@ from geodino.transforms.multicrop import MultiCrop
 
 __all__ = ["BandStatistics", "MaskingGenerator", "MultiCrop", "Normalize", "sample_ibot_masks"]
 
-_LAZY = {"BandStatistics": "geodino.transforms.normalize",
-         "Normalize": "geodino.transforms.normalize"}
+_LAZY = {
+    "BandStatistics": "geodino.transforms.normalize",
+    "Normalize": "geodino.transforms.normalize",
+}
 
 
 def __getattr__(name: str) -> Any:

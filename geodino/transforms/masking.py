@@ -70,16 +70,22 @@ class MaskingGenerator:
         """Check and store the grid and block limits."""
         height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
         if height < 1 or width < 1:
-            raise ConfigError(f"mask grid {input_size} is empty; give the patch grid of the global "
-                              "crops, crop size // patch size per side (e.g. 16 for 224 / 14).")
+            raise ConfigError(
+                f"mask grid {input_size} is empty; give the patch grid of the global "
+                "crops, crop size // patch size per side (e.g. 16 for 224 / 14)."
+            )
         if min_num_patches < 1 or (max_num_patches is not None and max_num_patches < 1):
-            raise ConfigError(f"mask blocks need min_num_patches >= 1 and max_num_patches >= 1, "
-                              f"got {min_num_patches} and {max_num_patches}.")
+            raise ConfigError(
+                f"mask blocks need min_num_patches >= 1 and max_num_patches >= 1, "
+                f"got {min_num_patches} and {max_num_patches}."
+            )
         if min_aspect > 0:
             max_aspect = max_aspect or 1 / min_aspect
         if not min_aspect > 0 or max_aspect is None or not max_aspect >= min_aspect:
-            raise ConfigError(f"mask block aspect ratios need 0 < min_aspect <= max_aspect, got "
-                              f"{min_aspect} and {max_aspect}; DINOv2 uses 0.3 and 1 / 0.3.")
+            raise ConfigError(
+                f"mask block aspect ratios need 0 < min_aspect <= max_aspect, got "
+                f"{min_aspect} and {max_aspect}; DINOv2 uses 0.3 and 1 / 0.3."
+            )
         self.height, self.width = int(height), int(width)
         self.num_patches = self.height * self.width
         self.min_num_patches = min_num_patches
@@ -90,8 +96,10 @@ class MaskingGenerator:
 
     def __repr__(self) -> str:
         """Grid and block limits."""
-        return (f"MaskingGenerator({self.height}x{self.width}, blocks {self.min_num_patches}-"
-                f"{self.max_num_patches} patches, log aspect {self.log_aspect_ratio})")
+        return (
+            f"MaskingGenerator({self.height}x{self.width}, blocks {self.min_num_patches}-"
+            f"{self.max_num_patches} patches, log aspect {self.log_aspect_ratio})"
+        )
 
     def _add_block(self, mask: np.ndarray, max_mask_patches: float, draws: _Uniforms) -> int:
         delta = 0
@@ -123,8 +131,9 @@ class MaskingGenerator:
             count += delta
         return torch.from_numpy(mask)
 
-    def __call__(self, num_masking_patches: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, num_masking_patches: int = 0, generator: torch.Generator | None = None
+    ) -> Tensor:
         """A mask with at most ``num_masking_patches`` patches set (usually exactly that many).
 
         Args:
@@ -168,11 +177,15 @@ def sample_ibot_masks(
     if n_images < 0:
         raise ConfigError(f"n_images={n_images}: the number of global crops cannot be negative.")
     if not 0 <= mask_probability <= 1:
-        raise ConfigError(f"mask_probability={mask_probability} is not a probability; set a value "
-                          "in [0, 1] (DINOv2: 0.5).")
+        raise ConfigError(
+            f"mask_probability={mask_probability} is not a probability; set a value "
+            "in [0, 1] (DINOv2: 0.5)."
+        )
     if len(mask_ratio) != 2 or not 0 <= mask_ratio[0] <= mask_ratio[1] <= 1:
-        raise ConfigError(f"mask_ratio={tuple(mask_ratio)}: give (min, max) fractions with "
-                          "0 <= min <= max <= 1 (DINOv2: (0.1, 0.5)).")
+        raise ConfigError(
+            f"mask_ratio={tuple(mask_ratio)}: give (min, max) fractions with "
+            "0 <= min <= max <= 1 (DINOv2: (0.1, 0.5))."
+        )
     n_tokens = grid[0] * grid[1]
     masker = MaskingGenerator(tuple(grid), max_num_patches=int(0.5 * n_tokens) or 1)
     draws = _Uniforms(generator)

@@ -39,9 +39,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sar": {"brightness": 0.0, "contrast": 0.0, "per_band_jitter": 0.0, "blur_p": (0.0, 0.0, 0.0)},
     "s1s2": {},
     "dinov2_rgb": {
-        "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1, "jitter_p": 0.8,
-        "grayscale_p": 0.2, "solarize_p": 0.2, "blur_p": (0.0, 0.9, 0.5), "rotate90": False,
-        "per_band_jitter": 0.0, "max_value": 255.0, "interpolation": "bicubic",
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "saturation": 0.2,
+        "hue": 0.1,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "solarize_p": 0.2,
+        "blur_p": (0.0, 0.9, 0.5),
+        "rotate90": False,
+        "per_band_jitter": 0.0,
+        "max_value": 255.0,
+        "interpolation": "bicubic",
     },
 }
 
@@ -168,60 +177,97 @@ class MultiCrop(nn.Module):
     ) -> None:
         """Check and store the recipe."""
         super().__init__()
-        for name, size in (("global_crops_size", global_crops_size),
-                           ("local_crops_size", local_crops_size)):
+        for name, size in (
+            ("global_crops_size", global_crops_size),
+            ("local_crops_size", local_crops_size),
+        ):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ConfigError(f"{name}={size!r}: crop sizes are whole pixels >= 1; set a "
-                                  "positive integer such as 224 (global) or 98 (local).")
-        if isinstance(local_crops_number, bool) or not isinstance(local_crops_number, int) \
-                or local_crops_number < 0:
-            raise ConfigError(f"local_crops_number={local_crops_number!r}: set a whole number "
-                              ">= 0 (0 turns local crops off).")
-        for name, scale in (("global_crops_scale", global_crops_scale),
-                            ("local_crops_scale", local_crops_scale)):
+                raise ConfigError(
+                    f"{name}={size!r}: crop sizes are whole pixels >= 1; set a "
+                    "positive integer such as 224 (global) or 98 (local)."
+                )
+        if (
+            isinstance(local_crops_number, bool)
+            or not isinstance(local_crops_number, int)
+            or local_crops_number < 0
+        ):
+            raise ConfigError(
+                f"local_crops_number={local_crops_number!r}: set a whole number "
+                ">= 0 (0 turns local crops off)."
+            )
+        for name, scale in (
+            ("global_crops_scale", global_crops_scale),
+            ("local_crops_scale", local_crops_scale),
+        ):
             if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-                raise ConfigError(f"{name}={tuple(scale)}: give (min, max) area fractions with "
-                                  "0 < min <= max <= 1, e.g. (0.32, 1.0).")
+                raise ConfigError(
+                    f"{name}={tuple(scale)}: give (min, max) area fractions with "
+                    "0 < min <= max <= 1, e.g. (0.32, 1.0)."
+                )
         if band_kinds is not None:
             if isinstance(band_kinds, str):
-                raise ConfigError(f"band_kinds={band_kinds!r}: give a list with one kind per band,"
-                                  f" e.g. [{band_kinds!r}, {band_kinds!r}].")
+                raise ConfigError(
+                    f"band_kinds={band_kinds!r}: give a list with one kind per band,"
+                    f" e.g. [{band_kinds!r}, {band_kinds!r}]."
+                )
             unknown = sorted(set(band_kinds) - set(BAND_KINDS))
             if unknown:
-                raise ConfigError(f"band_kinds {unknown} unknown; use {list(BAND_KINDS)} for each "
-                                  "band.")
+                raise ConfigError(
+                    f"band_kinds {unknown} unknown; use {list(BAND_KINDS)} for each band."
+                )
         if len(blur_p) != 3:
-            raise ConfigError(f"blur_p={tuple(blur_p)}: give 3 probabilities (global 1, global 2,"
-                              " local), e.g. (1.0, 0.1, 0.5).")
-        probabilities = {"flip_p": flip_p, "jitter_p": jitter_p, "speckle_p": speckle_p,
-                         "grayscale_p": grayscale_p, "solarize_p": solarize_p,
-                         **{f"blur_p[{i}]": p for i, p in enumerate(blur_p)}}
+            raise ConfigError(
+                f"blur_p={tuple(blur_p)}: give 3 probabilities (global 1, global 2,"
+                " local), e.g. (1.0, 0.1, 0.5)."
+            )
+        probabilities = {
+            "flip_p": flip_p,
+            "jitter_p": jitter_p,
+            "speckle_p": speckle_p,
+            "grayscale_p": grayscale_p,
+            "solarize_p": solarize_p,
+            **{f"blur_p[{i}]": p for i, p in enumerate(blur_p)},
+        }
         for name, p in probabilities.items():
             if not 0 <= p <= 1:
                 raise ConfigError(f"{name}={p} is not a probability; set a value in [0, 1].")
-        ranges = {"brightness": brightness, "contrast": contrast, "saturation": saturation,
-                  "db_shift": db_shift}
+        ranges = {
+            "brightness": brightness,
+            "contrast": contrast,
+            "saturation": saturation,
+            "db_shift": db_shift,
+        }
         for name, value in ranges.items():
             if value < 0:
                 raise ConfigError(f"{name}={value} is negative; set a range >= 0 (0 turns it off).")
         if not 0 <= per_band_jitter < 1:
-            raise ConfigError(f"per_band_jitter={per_band_jitter}: set a value in [0, 1) such as "
-                              "0.05.")
+            raise ConfigError(
+                f"per_band_jitter={per_band_jitter}: set a value in [0, 1) such as 0.05."
+            )
         if not 0 <= hue <= 0.5:
-            raise ConfigError(f"hue={hue}: set a hue jitter in [0, 0.5] (fraction of the colour "
-                              "circle), e.g. 0.1.")
+            raise ConfigError(
+                f"hue={hue}: set a hue jitter in [0, 0.5] (fraction of the colour "
+                "circle), e.g. 0.1."
+            )
         if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
-            raise ConfigError(f"blur_sigma={tuple(blur_sigma)}: give (min, max) sigmas in pixels "
-                              "with 0 < min <= max, e.g. (0.1, 2.0).")
+            raise ConfigError(
+                f"blur_sigma={tuple(blur_sigma)}: give (min, max) sigmas in pixels "
+                "with 0 < min <= max, e.g. (0.1, 2.0)."
+            )
         if speckle_looks is not None and not speckle_looks > 0:
-            raise ConfigError(f"speckle_looks={speckle_looks}: set a number of looks > 0 (e.g. 4)"
-                              " or null to turn speckle off.")
+            raise ConfigError(
+                f"speckle_looks={speckle_looks}: set a number of looks > 0 (e.g. 4)"
+                " or null to turn speckle off."
+            )
         if not max_value > 0:
-            raise ConfigError(f"max_value={max_value}: set the value of full intensity (> 0), "
-                              "e.g. 255 for 8-bit images or 1.0.")
+            raise ConfigError(
+                f"max_value={max_value}: set the value of full intensity (> 0), "
+                "e.g. 255 for 8-bit images or 1.0."
+            )
         if interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"interpolation={interpolation!r} unknown; use one of "
-                              f"{list(INTERPOLATIONS)}.")
+            raise ConfigError(
+                f"interpolation={interpolation!r} unknown; use one of {list(INTERPOLATIONS)}."
+            )
         self.global_crops_size = global_crops_size
         self.local_crops_size = local_crops_size
         self.local_crops_number = local_crops_number
@@ -280,9 +326,11 @@ class MultiCrop(nn.Module):
         if name not in PRESETS:
             raise ConfigError(f"unknown multi-crop preset {name!r}; choose from {sorted(PRESETS)}.")
         if name == "s1s2" and overrides.get("band_kinds") is None:
-            raise ConfigError("multi-crop preset 's1s2' needs band_kinds, one 'sar' or 'optical' "
-                              "per band (e.g. ['sar', 'sar', 'optical', ...]); the data module "
-                              "passes them from its datasets.")
+            raise ConfigError(
+                "multi-crop preset 's1s2' needs band_kinds, one 'sar' or 'optical' "
+                "per band (e.g. ['sar', 'sar', 'optical', ...]); the data module "
+                "passes them from its datasets."
+            )
         crop = cls(**{**PRESETS[name], **overrides})
         crop.default_kind = _PRESET_KIND.get(name, "optical")
         return crop
@@ -294,8 +342,10 @@ class MultiCrop(nn.Module):
 
     def extra_repr(self) -> str:
         """Sizes and counts, for printed models."""
-        return (f"global={self.global_crops_size}x2, local={self.local_crops_size}"
-                f"x{self.local_crops_number}, interpolation={self.interpolation}")
+        return (
+            f"global={self.global_crops_size}x2, local={self.local_crops_size}"
+            f"x{self.local_crops_number}, interpolation={self.interpolation}"
+        )
 
     # --- random choices ----------------------------------------------------------------
     def _kinds(self, channels: int) -> list[str]:
@@ -313,8 +363,16 @@ class MultiCrop(nn.Module):
             )
         return kinds
 
-    def _plan(self, views: Sequence[int], height: int, width: int, batch: int, channels: int,
-              scale: tuple[float, float], generator: torch.Generator | None) -> _Plan:
+    def _plan(
+        self,
+        views: Sequence[int],
+        height: int,
+        width: int,
+        batch: int,
+        channels: int,
+        scale: tuple[float, float],
+        generator: torch.Generator | None,
+    ) -> _Plan:
         """Draw every choice of ``len(views) * batch`` crops, view-major, in a fixed order."""
         n = len(views) * batch
         u = torch.rand(n, 40 + channels, generator=generator, dtype=torch.float64)
@@ -339,10 +397,16 @@ class MultiCrop(nn.Module):
         found = fits.any(1)
         w = torch.where(found, w, fw)
         h = torch.where(found, h, fh)
-        top = torch.where(found, (u[:, 20] * (height - h + 1)).floor().minimum(height - h),
-                          ((height - h) / 2).floor())
-        left = torch.where(found, (u[:, 21] * (width - w + 1)).floor().minimum(width - w),
-                           ((width - w) / 2).floor())
+        top = torch.where(
+            found,
+            (u[:, 20] * (height - h + 1)).floor().minimum(height - h),
+            ((height - h) / 2).floor(),
+        )
+        left = torch.where(
+            found,
+            (u[:, 21] * (width - w + 1)).floor().minimum(width - w),
+            ((width - w) / 2).floor(),
+        )
         box = torch.stack([top, left, h, w], 1)
 
         flip = u[:, 22] < self.flip_p
@@ -369,10 +433,26 @@ class MultiCrop(nn.Module):
         blur = u[:, 37] < blur_p
         sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[:, 38]
         solarize = (u[:, 39] < self.solarize_p) & (view == 1)
-        return _Plan(image=image, view=view, box=box, flip=flip, turns=turns, jitter=jitter,
-                     brightness=brightness, gain=gain, contrast=contrast, saturation=saturation,
-                     hue=hue, order=order, gray=gray, shift=shift, speckle=speckle, blur=blur,
-                     sigma=sigma, solarize=solarize)
+        return _Plan(
+            image=image,
+            view=view,
+            box=box,
+            flip=flip,
+            turns=turns,
+            jitter=jitter,
+            brightness=brightness,
+            gain=gain,
+            contrast=contrast,
+            saturation=saturation,
+            hue=hue,
+            order=order,
+            gray=gray,
+            shift=shift,
+            speckle=speckle,
+            blur=blur,
+            sigma=sigma,
+            solarize=solarize,
+        )
 
     # --- geometry ----------------------------------------------------------------------
     @staticmethod
@@ -432,8 +512,15 @@ class MultiCrop(nn.Module):
                 # bilinear anti-aliasing only changes shrinking crops (it is bilinear when
                 # enlarging) and costs 2.4x; bicubic's anti-aliased kernel is PIL's (a = -0.5)
                 antialias = self.interpolation == "bicubic" or h > size or w > size
-                crops.append(F.interpolate(crop, size=(size, size), mode=self.interpolation,
-                                           antialias=antialias, align_corners=False))
+                crops.append(
+                    F.interpolate(
+                        crop,
+                        size=(size, size),
+                        mode=self.interpolation,
+                        antialias=antialias,
+                        align_corners=False,
+                    )
+                )
             return torch.cat(crops), False
         top, left, h, w = plan.box.unbind(1)
         if self.interpolation == "bilinear":
@@ -441,8 +528,14 @@ class MultiCrop(nn.Module):
             # aligned=True puts pixel centres at +0.5 as interpolate(align_corners=False), and
             # sampling_ratio=0 averages ceil(box / size) samples per axis: a box filter against
             # aliasing when a crop shrinks.
-            x = roi_align(images, rois.to(images.device, images.dtype), (size, size),
-                          spatial_scale=1.0, sampling_ratio=0, aligned=True)
+            x = roi_align(
+                images,
+                rois.to(images.device, images.dtype),
+                (size, size),
+                spatial_scale=1.0,
+                sampling_ratio=0,
+                aligned=True,
+            )
             return x, False
         height, width = images.shape[-2:]
         theta = self._theta(plan, height, width).to(images.device, images.dtype)
@@ -456,22 +549,29 @@ class MultiCrop(nn.Module):
             rows = (groups == group).nonzero().flatten()
             ku, kv = divmod(group, _MAX_SUPERSAMPLE + 1)
             source = images.index_select(0, plan.image[rows].to(images.device))
-            grid = F.affine_grid(theta[rows.to(images.device)],
-                                 [len(rows), images.shape[1], size * kv, size * ku],
-                                 align_corners=False)
-            part = F.grid_sample(source, grid, mode="bicubic", padding_mode="border",
-                                 align_corners=False)
+            grid = F.affine_grid(
+                theta[rows.to(images.device)],
+                [len(rows), images.shape[1], size * kv, size * ku],
+                align_corners=False,
+            )
+            part = F.grid_sample(
+                source, grid, mode="bicubic", padding_mode="border", align_corners=False
+            )
             if ku > 1 or kv > 1:
                 part = F.avg_pool2d(part, (kv, ku))
             x[rows.to(images.device)] = part
         return x, True
 
     # --- photometry --------------------------------------------------------------------
-    def _spectral_jitter(self, x: Tensor, plan: _Plan, device_plan: _Plan, optical: Tensor,
-                         sar: Tensor) -> Tensor:
+    def _spectral_jitter(
+        self, x: Tensor, plan: _Plan, device_plan: _Plan, optical: Tensor, sar: Tensor
+    ) -> Tensor:
         """Optical brightness/contrast and the SAR dB offset as one multiply-add."""
-        optical_on = bool(optical.any()) and bool(plan.jitter.any()) and bool(
-            self.brightness or self.contrast or self.per_band_jitter)
+        optical_on = (
+            bool(optical.any())
+            and bool(plan.jitter.any())
+            and bool(self.brightness or self.contrast or self.per_band_jitter)
+        )
         sar_on = bool(sar.any()) and bool((plan.shift != 0).any())
         if not (optical_on or sar_on):
             return x
@@ -493,14 +593,16 @@ class MultiCrop(nn.Module):
         return torch.addcmul(b[..., None, None], x, a[..., None, None])
 
     def _rgb_jitter(self, x: Tensor, plan: _Plan, device_plan: _Plan) -> Tensor:
-        """torchvision's ColorJitter and RandomGrayscale on RGB crops in [0, max_value]."""
+        """Torchvision's ColorJitter and RandomGrayscale on RGB crops in [0, max_value]."""
         top = self.max_value
         x = x.clamp(0, top)
         luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        factors = {_BRIGHTNESS: (self.brightness, device_plan.brightness),
-                   _CONTRAST: (self.contrast, device_plan.contrast),
-                   _SATURATION: (self.saturation, device_plan.saturation),
-                   _HUE: (self.hue, device_plan.hue)}
+        factors = {
+            _BRIGHTNESS: (self.brightness, device_plan.brightness),
+            _CONTRAST: (self.contrast, device_plan.contrast),
+            _SATURATION: (self.saturation, device_plan.saturation),
+            _HUE: (self.hue, device_plan.hue),
+        }
         for step in range(4):
             for op, (strength, factor) in factors.items():
                 rows = (plan.jitter & (plan.order[:, step] == op)).nonzero().flatten()
@@ -525,8 +627,9 @@ class MultiCrop(nn.Module):
             x[d_rows] = (x[d_rows] * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
         return x
 
-    def _speckle(self, x: Tensor, plan: _Plan, sar_bands: Tensor,
-                 generator: torch.Generator) -> Tensor:
+    def _speckle(
+        self, x: Tensor, plan: _Plan, sar_bands: Tensor, generator: torch.Generator
+    ) -> Tensor:
         """Add 10 log10 of Gamma(L, 1/L) speckle to the SAR bands of the chosen crops."""
         rows = plan.speckle.nonzero().flatten()
         if not len(rows) or not len(sar_bands) or self.speckle_looks is None:
@@ -570,8 +673,14 @@ class MultiCrop(nn.Module):
         x[d_rows] = torch.where(part >= self.max_value * 128 / 255, self.max_value - part, part)
         return x
 
-    def _render(self, images: Tensor, plan: _Plan, size: int, kinds: list[str],
-                noise: torch.Generator | None) -> Tensor:
+    def _render(
+        self,
+        images: Tensor,
+        plan: _Plan,
+        size: int,
+        kinds: list[str],
+        noise: torch.Generator | None,
+    ) -> Tensor:
         """All crops of a plan, rendered chunk by chunk."""
         n, channels = len(plan.image), images.shape[1]
         out = images.new_empty(n, channels, size, size)
@@ -602,8 +711,9 @@ class MultiCrop(nn.Module):
                 self._place(out, rows, x, part.flip, part.turns)
         return out
 
-    def forward(self, images: Tensor,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """Crops of a batch, view-major as DINOv2 stacks them.
 
         Args:
@@ -622,19 +732,31 @@ class MultiCrop(nn.Module):
                 meet non-RGB images, or the generator is not a CPU generator.
         """
         if images.ndim != 4 or min(images.shape[-2:]) < 1:
-            raise DataError(f"multi-crop needs images of shape (B, C, H, W), got "
-                            f"{tuple(images.shape)}; batch the chips before cropping.")
+            raise DataError(
+                f"multi-crop needs images of shape (B, C, H, W), got "
+                f"{tuple(images.shape)}; batch the chips before cropping."
+            )
         if generator is not None and generator.device.type != "cpu":
-            raise ConfigError(f"multi-crop draws its choices on the CPU but got a generator on "
-                              f"{generator.device}; pass torch.Generator() (CPU).")
+            raise ConfigError(
+                f"multi-crop draws its choices on the CPU but got a generator on "
+                f"{generator.device}; pass torch.Generator() (CPU)."
+            )
         if images.dtype != torch.float32:
             images = images.float()
         batch, channels, height, width = images.shape
         kinds = self._kinds(channels)
-        global_plan = self._plan((0, 1), height, width, batch, channels,
-                                 self.global_crops_scale, generator)
-        local_plan = self._plan(range(2, 2 + self.local_crops_number), height, width, batch,
-                                channels, self.local_crops_scale, generator)
+        global_plan = self._plan(
+            (0, 1), height, width, batch, channels, self.global_crops_scale, generator
+        )
+        local_plan = self._plan(
+            range(2, 2 + self.local_crops_number),
+            height,
+            width,
+            batch,
+            channels,
+            self.local_crops_scale,
+            generator,
+        )
         noise = None
         if self.speckle_looks is not None and "sar" in kinds:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -654,8 +776,9 @@ def _batched(device: torch.device) -> bool:
     return device.type != "cpu" or _FORCE_BATCHED
 
 
-def _chunks(plan: _Plan, channels: int, size: int, budget: int,
-            supersampled: bool) -> Iterator[slice]:
+def _chunks(
+    plan: _Plan, channels: int, size: int, budget: int, supersampled: bool
+) -> Iterator[slice]:
     """Consecutive crops whose rendering fits ``budget`` elements (at least one crop each)."""
     n = len(plan.image)
     elements = channels * size * size
@@ -697,8 +820,9 @@ def _separable_blur(x: Tensor, weights: Tensor) -> Tensor:
     return out
 
 
-def _standard_gamma(n: int, shape: float, generator: torch.Generator,
-                    device: torch.device) -> Tensor:
+def _standard_gamma(
+    n: int, shape: float, generator: torch.Generator, device: torch.device
+) -> Tensor:
     """``n`` draws of Gamma(shape, 1) from ``generator`` (Marsaglia and Tsang, 2000).
 
     ``torch.distributions.Gamma`` cannot take a generator, which exact resumes need.

@@ -48,9 +48,15 @@ class GeoTIFFWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         tiled = data.shape[1] >= 32 and data.shape[2] >= 32
         profile = {
-            "driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
-            "count": data.shape[0], "dtype": data.dtype, "crs": crs, "nodata": nodata,
-            "transform": transform or from_origin(*origin, res, res), "compress": "deflate",
+            "driver": "GTiff",
+            "height": data.shape[1],
+            "width": data.shape[2],
+            "count": data.shape[0],
+            "dtype": data.dtype,
+            "crs": crs,
+            "nodata": nodata,
+            "transform": transform or from_origin(*origin, res, res),
+            "compress": "deflate",
         }
         if tiled:
             profile |= {"tiled": True, "blockxsize": 32, "blockysize": 32}

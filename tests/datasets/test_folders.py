@@ -22,7 +22,9 @@ def png(path: Path, value: int, size: int = 8, mode: str = "RGB") -> Path:
     """A flat 8-bit image of one value."""
     path.parent.mkdir(parents=True, exist_ok=True)
     channels = {"RGB": 3, "L": 1}[mode]
-    array = np.full((size, size, channels), value, dtype="uint8").squeeze(-1 if channels == 1 else ())
+    array = np.full((size, size, channels), value, dtype="uint8").squeeze(
+        -1 if channels == 1 else ()
+    )
     Image.fromarray(array).save(path)
     return path
 
@@ -32,8 +34,15 @@ def plain_tiff(path: Path, data: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
-                           count=data.shape[0], dtype=data.dtype) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            height=data.shape[1],
+            width=data.shape[2],
+            count=data.shape[0],
+            dtype=data.dtype,
+        ) as dst:
             dst.write(data)
     return path
 
@@ -60,7 +69,9 @@ def test_npy_wrong_rank_channels_and_empty(tmp_path: Path) -> None:
         NpyFolder(tmp_path)
     np.save(tmp_path / "a.npy", np.zeros((4, 4, 3)))
     np.save(tmp_path / "flat.npy", np.zeros((4, 4)))
-    with pytest.raises(DataError, match=r"flat\.npy has shape \(4, 4\); geodino expects \(H, W, C\)"):
+    with pytest.raises(
+        DataError, match=r"flat\.npy has shape \(4, 4\); geodino expects \(H, W, C\)"
+    ):
         NpyFolder(tmp_path)
     np.save(tmp_path / "flat.npy", np.zeros((4, 4, 5)))
     with pytest.raises(DataError, match=r"flat\.npy has 5 channels .* but .*a\.npy has 3"):
@@ -87,9 +98,12 @@ def test_npy_pickles_are_refused_without_running_them(tmp_path: Path) -> None:
             return (Path.touch, (marker,))
 
     with open(tmp_path / "evil.npy", "wb") as handle:
-        np.lib.format.write_array(handle, np.array([[[Payload()]]], dtype=object),
-                                  allow_pickle=True)
-    with pytest.raises(DataError, match=r"evil\.npy holds pickled Python objects.*allow_pickle=False"):
+        np.lib.format.write_array(
+            handle, np.array([[[Payload()]]], dtype=object), allow_pickle=True
+        )
+    with pytest.raises(
+        DataError, match=r"evil\.npy holds pickled Python objects.*allow_pickle=False"
+    ):
         NpyFolder(tmp_path)
     assert not marker.exists()
 
@@ -130,10 +144,15 @@ def test_image_folder_multiband_tiff(tmp_path: Path) -> None:
 def test_image_folder_bad_labels(tmp_path: Path) -> None:
     png(tmp_path / "water" / "x.png", 10)
     png(tmp_path / "crop" / "x.png", 200)
-    with pytest.raises(DataError, match=r"labels\.txt is missing; write one line 'class_id,class_name'"):
+    with pytest.raises(
+        DataError, match=r"labels\.txt is missing; write one line 'class_id,class_name'"
+    ):
         ImageFolder(tmp_path)
     (tmp_path / "labels.txt").write_text("0,water\n")
-    with pytest.raises(DataError, match=r"class folder .*crop is not listed in .*labels\.txt; add a line '<id>,crop'"):
+    with pytest.raises(
+        DataError,
+        match=r"class folder .*crop is not listed in .*labels\.txt; add a line '<id>,crop'",
+    ):
         ImageFolder(tmp_path)
     (tmp_path / "labels.txt").write_text("0,water\n0,crop\n")
     with pytest.raises(DataError, match=r"line 2: '0,crop' repeats a class id"):
@@ -149,15 +168,18 @@ def test_image_folder_bad_labels(tmp_path: Path) -> None:
 
 def annotated(tmp_path: Path, entries: list[dict], classes: list[str] | None = None) -> Path:
     path = tmp_path / f"ann{len(list(tmp_path.glob('ann*.json')))}.json"
-    path.write_text(json.dumps({"metainfo": {"classes": classes or ["a", "b"]},
-                                "data_list": entries}))
+    path.write_text(
+        json.dumps({"metainfo": {"classes": classes or ["a", "b"]}, "data_list": entries})
+    )
     return path
 
 
 def test_annotated_images(tmp_path: Path) -> None:
     for i in range(3):
         png(tmp_path / "img" / f"{i}.png", 10 * i)
-    entries = [{"img_path": f"img/{i}.png", "gt_label": i % 2, "group_id": i // 2} for i in range(3)]
+    entries = [
+        {"img_path": f"img/{i}.png", "gt_label": i % 2, "group_id": i // 2} for i in range(3)
+    ]
     ds = AnnotatedImages(annotated(tmp_path, entries))
     assert ds.classes == ["a", "b"] and ds.targets == [0, 1, 0] and ds.groups == ["0", "0", "1"]
     sample = ds[1]
@@ -168,21 +190,39 @@ def test_annotated_images(tmp_path: Path) -> None:
     elsewhere.mkdir()
     moved = annotated(elsewhere, entries)
     assert len(AnnotatedImages(moved, root=tmp_path)) == 3
-    ungrouped = AnnotatedImages(annotated(tmp_path, [{"img_path": "img/0.png", "gt_label": 0},
-                                                     {"img_path": "img/1.png", "gt_label": 1}]))
+    ungrouped = AnnotatedImages(
+        annotated(
+            tmp_path,
+            [{"img_path": "img/0.png", "gt_label": 0}, {"img_path": "img/1.png", "gt_label": 1}],
+        )
+    )
     assert ungrouped.groups == ["0", "1"], "without group ids each image is its own group"
 
 
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
-        ([{"img_path": "../../etc/passwd", "gt_label": 0}], r"'\.\./\.\./etc/passwd' points outside the image root"),
+        (
+            [{"img_path": "../../etc/passwd", "gt_label": 0}],
+            r"'\.\./\.\./etc/passwd' points outside the image root",
+        ),
         ([{"img_path": "/etc/passwd", "gt_label": 0}], r"points outside the image root"),
         ([{"gt_label": 0}], r"data_list\[0\] lacks keys \['img_path'\]"),
-        ([{"img_path": "img/0.png", "gt_label": 0, "group_id": "g"}, {"img_path": "img/0.png", "gt_label": 0}],
-         r"data_list\[1\] lacks keys \['group_id'\]"),
-        ([{"img_path": "img/0.png", "gt_label": 7}], r"gt_label 7 is outside the 2 classes \['a', 'b'\]"),
-        ([{"img_path": "img/0.png", "gt_label": "b"}], r"gt_label 'b' is not an integer class index"),
+        (
+            [
+                {"img_path": "img/0.png", "gt_label": 0, "group_id": "g"},
+                {"img_path": "img/0.png", "gt_label": 0},
+            ],
+            r"data_list\[1\] lacks keys \['group_id'\]",
+        ),
+        (
+            [{"img_path": "img/0.png", "gt_label": 7}],
+            r"gt_label 7 is outside the 2 classes \['a', 'b'\]",
+        ),
+        (
+            [{"img_path": "img/0.png", "gt_label": "b"}],
+            r"gt_label 'b' is not an integer class index",
+        ),
         ([{"img_path": "img/9.png", "gt_label": 0}], r"image .*img/9\.png does not exist"),
         ([], r"lists no images"),
     ],

@@ -29,16 +29,26 @@ if TYPE_CHECKING:
 def query(ds: MultiBandGeoTIFF, x0: float, y_top: float, size: int) -> tuple[slice, slice, slice]:
     """A TorchGeo 0.10 query for a ``size`` x ``size`` chip with upper-left corner (x0, y_top)."""
     xres, yres = ds.res
-    return (slice(x0, x0 + size * xres, xres), slice(y_top - size * yres, y_top, yres), ds.bounds[2])
+    return (
+        slice(x0, x0 + size * xres, xres),
+        slice(y_top - size * yres, y_top, yres),
+        ds.bounds[2],
+    )
 
 
-def test_reads_pixels_back_with_band_names_from_descriptions(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_reads_pixels_back_with_band_names_from_descriptions(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(), descriptions=("red", "green", "nir"))
     ds = MultiBandGeoTIFF(tmp_path)
     assert ds.band_names == ["red", "green", "nir"] == ds.all_bands and ds.nodata == 0
     assert ds.band_kind == "optical" and ds.unreadable == [] and ds.crs.to_epsg() == 32631
     sample = ds[query(ds, 699000 + 5 * 10, 5000000 - 2 * 10, 8)]
-    assert sample["image"].dtype == torch.float32 and set(sample) >= {"image", "bounds", "transform"}
+    assert sample["image"].dtype == torch.float32 and set(sample) >= {
+        "image",
+        "bounds",
+        "transform",
+    }
     np.testing.assert_array_equal(sample["image"].numpy(), geotiff.ramp()[:, 2:10, 5:13])
     sub = MultiBandGeoTIFF(tmp_path, bands=["nir", "red"])
     assert sub.band_names == ["nir", "red"] and sub.all_bands == ["red", "green", "nir"]
@@ -47,7 +57,9 @@ def test_reads_pixels_back_with_band_names_from_descriptions(tmp_path: Path, geo
     )
 
 
-def test_default_names_user_names_and_any_case_suffix(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_default_names_user_names_and_any_case_suffix(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     geotiff.write(tmp_path / "a.TIFF", geotiff.ramp(bands=8))
     geotiff.write(tmp_path / "sub" / "b.Tif", geotiff.ramp(bands=8), origin=(699640, 5000000))
     ds = MultiBandGeoTIFF(tmp_path)
@@ -59,7 +71,9 @@ def test_default_names_user_names_and_any_case_suffix(tmp_path: Path, geotiff: "
     np.testing.assert_array_equal(image.numpy(), geotiff.ramp(bands=8)[[6, 0], :4, :4])
 
 
-def test_chip_straddling_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_chip_straddling_two_utm_zones_with_nodata_margins(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     # EPSG:32631 at its east edge and EPSG:32632 at its west edge meet near 6 deg E.
     west = np.full((2, 100, 100), 100.0, dtype="float32")
     west[1] = 150.0
@@ -78,7 +92,9 @@ def test_chip_straddling_two_utm_zones_with_nodata_margins(tmp_path: Path, geoti
     left, right = image[:, :, :14], image[:, :, 19:]
     assert (left[0] == 100).all() and (left[1] == 150).all(), "west side reads zone 31 as written"
     # the east file is warped (nearest): its values arrive unchanged, the seam is nodata
-    assert ((right[0] == 200) | (right[0] == -9999)).all() and (right[0] == 200).float().mean() > 0.9
+    assert ((right[0] == 200) | (right[0] == -9999)).all() and (
+        right[0] == 200
+    ).float().mean() > 0.9
     assert ((right[1] == 250) | (right[1] == -9999)).all()
     assert set(image.unique().tolist()) <= {100, 150, 200, 250, -9999}, "no blending, never 0"
     # the west file's own nodata margin stays nodata
@@ -97,7 +113,9 @@ def test_outside_pixels_carry_the_nodata_value(tmp_path: Path, geotiff: "GeoTIFF
     assert (image[:, :, :4] == -9999).all() and (image[:, :, 4:] > 0).all()
 
 
-def test_nodata_argument_marks_the_files_and_fills_outside(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_nodata_argument_marks_the_files_and_fills_outside(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     data = geotiff.ramp(bands=1)
     data[0, 0, :4] = 7  # the files' undeclared nodata value
     geotiff.write(tmp_path / "a.tif", data, nodata=None)
@@ -112,8 +130,9 @@ def test_nodata_argument_marks_the_files_and_fills_outside(tmp_path: Path, geoti
 
 def test_files_disagreeing_on_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp().astype("float32"), nodata=-9999.0)
-    geotiff.write(tmp_path / "b.tif", geotiff.ramp().astype("float32"), nodata=0,
-                  origin=(699640, 5000000))
+    geotiff.write(
+        tmp_path / "b.tif", geotiff.ramp().astype("float32"), nodata=0, origin=(699640, 5000000)
+    )
     with pytest.raises(DataError, match=r"b\.tif declares nodata 0.* but .*a\.tif declares -9999"):
         MultiBandGeoTIFF(tmp_path)
     # a file without a nodata tag follows the catalog's value
@@ -139,8 +158,9 @@ def test_nan_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
 
 
 @pytest.mark.parametrize("content", ["zero-byte", "not a raster", "truncated"])
-def test_unreadable_files_raise_or_are_counted(tmp_path: Path, content: str, geotiff: "GeoTIFFWriter",
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_files_raise_or_are_counted(
+    tmp_path: Path, content: str, geotiff: "GeoTIFFWriter", caplog: pytest.LogCaptureFixture
+) -> None:
     geotiff.write(tmp_path / "good.tif", geotiff.ramp())
     bad = tmp_path / "bad.tif"
     if content == "truncated":
@@ -212,7 +232,9 @@ def test_band_count_mismatches(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None
 def test_mixed_dtypes(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp())
     geotiff.write(tmp_path / "b.tif", geotiff.ramp(dtype="float32"), origin=(700000, 5000000))
-    with pytest.raises(DataError, match=r"mixed dtypes: .*b\.tif is float32 but .*a\.tif is uint16"):
+    with pytest.raises(
+        DataError, match=r"mixed dtypes: .*b\.tif is float32 but .*a\.tif is uint16"
+    ):
         MultiBandGeoTIFF(tmp_path)
 
 
@@ -239,8 +261,12 @@ def test_native_window_reads_equal_torchgeo_merge(tmp_path: Path, geotiff: "GeoT
     # b overlaps a by 32 px: chips there are mosaics that merge must resolve
     geotiff.write(tmp_path / "b.tif", geotiff.ramp(bands=3, size=96), origin=(699640.0, 5000000.0))
     # c lies in another zone: read through a warped view
-    geotiff.write(tmp_path / "c.tif", geotiff.ramp(bands=3, size=64), crs="EPSG:32632",
-                  origin=(280000.0, 5000000.0))
+    geotiff.write(
+        tmp_path / "c.tif",
+        geotiff.ramp(bands=3, size=64),
+        crs="EPSG:32632",
+        origin=(280000.0, 5000000.0),
+    )
     ds = MultiBandGeoTIFF(tmp_path, bands=["B3", "B1"])
     native = 0
     for x0 in np.arange(698900, 700700, 70.0):
@@ -271,13 +297,16 @@ def test_native_window_reads_equal_torchgeo_merge(tmp_path: Path, geotiff: "GeoT
     assert native > 10  # the one-file chips took the direct read, the rest went through merge
     off_grid = (slice(699005.0, 699165.0, 10.0), slice(4999600.0, 4999760.0, 10.0), ds.bounds[2])
     assert ds._read_native(off_grid) is None
-    torch.testing.assert_close(ds[off_grid]["image"],
-                               RasterDataset.__getitem__(ds, off_grid)["image"])
+    torch.testing.assert_close(
+        ds[off_grid]["image"], RasterDataset.__getitem__(ds, off_grid)["image"]
+    )
 
 
 def test_unknown_band_lists_the_available(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(), descriptions=("red", "green", "nir"))
-    with pytest.raises(DataError, match=r"unknown bands \['swir'\].*available: \['red', 'green', 'nir'\]"):
+    with pytest.raises(
+        DataError, match=r"unknown bands \['swir'\].*available: \['red', 'green', 'nir'\]"
+    ):
         MultiBandGeoTIFF(tmp_path, bands=["swir"])
 
 
@@ -315,7 +344,8 @@ def test_docs_page_runs(run_doc_page: Callable[[str], dict]) -> None:
 
 @pytest.mark.parametrize(("nodata", "res"), [(0, 10.0), (None, 20.0)])
 def test_warped_chips_are_read_directly_and_equal_torchgeo_merge(
-        tmp_path: Path, geotiff: "GeoTIFFWriter", nodata: float | None, res: float) -> None:
+    tmp_path: Path, geotiff: "GeoTIFFWriter", nodata: float | None, res: float
+) -> None:
     from torchgeo.datasets import RasterDataset
 
     geotiff.write(tmp_path / "a.tif", geotiff.ramp(bands=3, size=64), nodata=nodata)
@@ -323,8 +353,14 @@ def test_warped_chips_are_read_directly_and_equal_torchgeo_merge(
     noise[:, :20, :30] = 0  # nodata inside the file (or plain zeros without a nodata value)
     # a scene in the next UTM zone: TorchGeo reads it through a warped view, resampled
     # (bilinear) to the dataset's 10 m
-    geotiff.write(tmp_path / "c.tif", noise, crs="EPSG:32632", origin=(280000.0, 5000000.0),
-                  nodata=nodata, res=res)
+    geotiff.write(
+        tmp_path / "c.tif",
+        noise,
+        crs="EPSG:32632",
+        origin=(280000.0, 5000000.0),
+        nodata=nodata,
+        res=res,
+    )
     ds = MultiBandGeoTIFF(tmp_path)
     xmin, ymin, xmax, ymax = ds.index[ds.index.filepath.str.endswith("c.tif")].total_bounds
     direct = fallback = 0
@@ -348,7 +384,8 @@ def test_warped_chips_are_read_directly_and_equal_torchgeo_merge(
 
 
 def test_files_with_an_internal_mask_are_read_as_torchgeo_merges_them(
-        tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     from torchgeo.datasets import RasterDataset
 
     path = geotiff.write(tmp_path / "a.tif", geotiff.ramp(bands=2, size=64), nodata=None)

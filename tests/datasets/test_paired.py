@@ -71,8 +71,10 @@ def test_bigearthnet_per_band_s2_at_10_20_60_m_pairs_with_s1(shared_data: Path) 
         # each block of factor x factor fine pixels averages back to about its coarse pixel
         pooled = torch.nn.functional.avg_pool2d(fine[None, None], factor)[0, 0]
         inner = (slice(1, -1), slice(1, -1))
-        assert torch.corrcoef(torch.stack([pooled[inner].flatten(),
-                                           coarse[inner].flatten()]))[0, 1] > 0.95
+        assert (
+            torch.corrcoef(torch.stack([pooled[inner].flatten(), coarse[inner].flatten()]))[0, 1]
+            > 0.95
+        )
     # a sub-window: same footprint in both modalities
     sub = pairs[window_query(pairs, b02, 30, 50, 56)]["image"]
     torch.testing.assert_close(sub[names.index("VV")], read(vv, 30, 50, 56)[0])
@@ -81,8 +83,12 @@ def test_bigearthnet_per_band_s2_at_10_20_60_m_pairs_with_s1(shared_data: Path) 
 
 def test_bigearthnet_patches_in_three_utm_zones_pair_on_the_first_grid(shared_data: Path) -> None:
     root = shared_data / "bigearthnet"
-    pairs = PairedDataset({"s2": Sentinel2(root / "BigEarthNet-S2-Example"),
-                           "s1": Sentinel1(root / "BigEarthNet-S1-Example")})
+    pairs = PairedDataset(
+        {
+            "s2": Sentinel2(root / "BigEarthNet-S2-Example"),
+            "s1": Sentinel1(root / "BigEarthNet-S1-Example"),
+        }
+    )
     # six patches, each S2 footprint paired with its own S1 footprint only
     assert len(pairs.index) == 6
     x, y, t = pairs.bounds
@@ -113,10 +119,12 @@ def test_max_gap_days_pairs_only_acquisitions_close_in_time(shared_data: Path) -
     root = shared_data / "bigearthnet"
     # S2 at 10:10, S1 at 16:50 the same day: 0.28 days apart
     with pytest.raises(DataError, match=r"within max_gap_days=0.1 \(the closest pair is 0.3 days"):
-        PairedDataset({"s2": DatedS2(root / BEN_S2), "s1": DatedS1(root / BEN_S1)},
-                      max_gap_days=0.1)
-    pairs = PairedDataset({"s2": DatedS2(root / BEN_S2), "s1": DatedS1(root / BEN_S1)},
-                          max_gap_days=0.5)
+        PairedDataset(
+            {"s2": DatedS2(root / BEN_S2), "s1": DatedS1(root / BEN_S1)}, max_gap_days=0.1
+        )
+    pairs = PairedDataset(
+        {"s2": DatedS2(root / BEN_S2), "s1": DatedS1(root / BEN_S1)}, max_gap_days=0.5
+    )
     assert len(pairs.index) == 1
     interval = pairs.index.index[0]
     assert interval.left.hour == 10 and interval.right.hour == 16
@@ -126,11 +134,18 @@ def test_max_gap_days_pairs_only_acquisitions_close_in_time(shared_data: Path) -
 
 def test_modalities_that_do_not_overlap_are_refused(geotiff, tmp_path: Path) -> None:
     geotiff.write(tmp_path / "s2" / "a.tif", geotiff.ramp(13, 64), origin=(600000.0, 5000000.0))
-    geotiff.write(tmp_path / "s1" / "b.tif", geotiff.ramp(2, 64, "float32"),
-                  origin=(610000.0, 5000000.0), nodata=None)
+    geotiff.write(
+        tmp_path / "s1" / "b.tif",
+        geotiff.ramp(2, 64, "float32"),
+        origin=(610000.0, 5000000.0),
+        nodata=None,
+    )
     s2, s1 = Sentinel2(tmp_path / "s2"), Sentinel1(tmp_path / "s1")
-    with pytest.raises(DataError, match=r"do not overlap in space: s2 \(Sentinel2\) covers x "
-                                        r"600000..600640.*s1 \(Sentinel1\) covers x 610000"):
+    with pytest.raises(
+        DataError,
+        match=r"do not overlap in space: s2 \(Sentinel2\) covers x "
+        r"600000..600640.*s1 \(Sentinel1\) covers x 610000",
+    ):
         PairedDataset({"s2": s2, "s1": s1})
 
 
@@ -159,10 +174,12 @@ def test_s1_on_a_coarser_grid_in_another_crs_is_resampled_onto_the_s2_grid(
     x, y = to32.transform(699000.0 - 320, 5000000.0 + 320)
     s1 = np.full((2, 96, 96), 0.05, dtype=np.float32)
     s1[1] = 0.01
-    geotiff.write(tmp_path / "s1" / "b.tif", s1, crs="EPSG:32632", origin=(x, y), res=20.0,
-                  nodata=None)
-    pairs = PairedDataset({"s2": Sentinel2(tmp_path / "s2"),
-                           "s1": Sentinel1(tmp_path / "s1", to_db=True)})
+    geotiff.write(
+        tmp_path / "s1" / "b.tif", s1, crs="EPSG:32632", origin=(x, y), res=20.0, nodata=None
+    )
+    pairs = PairedDataset(
+        {"s2": Sentinel2(tmp_path / "s2"), "s1": Sentinel1(tmp_path / "s1", to_db=True)}
+    )
     assert pairs.crs.to_epsg() == 32631 and pairs.res == (10.0, 10.0)
     sample = pairs[window_query(pairs, tmp_path / "s2" / "a.tif", 32, 32, 64)]
     image = sample["image"]
@@ -172,7 +189,7 @@ def test_s1_on_a_coarser_grid_in_another_crs_is_resampled_onto_the_s2_grid(
     torch.testing.assert_close(image[14], torch.full((64, 64), -20.0))
 
 
-def test_fusion_guide_runs(run_doc_page) -> None:  # noqa: ANN001 - fixture
+def test_fusion_guide_runs(run_doc_page) -> None:
     namespace = run_doc_page("fusion.md")
     assert namespace["tokens"].shape == (4, 21, 64)
     assert namespace["batch"]["image"].shape == (4, 15, 56, 56)

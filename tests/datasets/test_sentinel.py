@@ -19,13 +19,26 @@ from geodino.errors import DataError
 if TYPE_CHECKING:
     from tests.datasets.conftest import GeoTIFFWriter
 
-RES = {b: 10 if b in ("B02", "B03", "B04", "B08") else
-       20 if b in ("B05", "B06", "B07", "B8A", "B11", "B12") else 60 for b in S2_BANDS}
+RES = {
+    b: 10
+    if b in ("B02", "B03", "B04", "B08")
+    else 20
+    if b in ("B05", "B06", "B07", "B8A", "B11", "B12")
+    else 60
+    for b in S2_BANDS
+}
 
 
-def per_band_scene(geotiff: "GeoTIFFWriter", root: Path, name: str, skip: str | None = None,
-                   crs: str = "EPSG:32633", origin: tuple[float, float] = (400000, 5500000),
-                   style: str = "distributed", offset: int = 0) -> None:
+def per_band_scene(
+    geotiff: "GeoTIFFWriter",
+    root: Path,
+    name: str,
+    skip: str | None = None,
+    crs: str = "EPSG:32633",
+    origin: tuple[float, float] = (400000, 5500000),
+    style: str = "distributed",
+    offset: int = 0,
+) -> None:
     """A 600 m scene, one file per band; band i holds 100 (i + 1) + offset everywhere."""
     for i, band in enumerate(S2_BANDS):
         if band == skip:
@@ -33,13 +46,17 @@ def per_band_scene(geotiff: "GeoTIFFWriter", root: Path, name: str, skip: str | 
         size = 600 // RES[band]
         data = np.full((1, size, size), 100 * (i + 1) + offset, dtype="uint16")
         short = f"B{int(band[1:])}" if band != "B8A" else band
-        path = (root / name / f"{name}_{band}.tif" if style == "distributed"
-                else root / name / f"{short}.tif")
+        path = (
+            root / name / f"{name}_{band}.tif"
+            if style == "distributed"
+            else root / name / f"{short}.tif"
+        )
         geotiff.write(path, data, crs=crs, origin=origin, res=RES[band], nodata=None)
 
 
-def query(ds: Sentinel1 | Sentinel2, size: int = 30, x0: float | None = None,
-          y_top: float | None = None) -> tuple[slice, slice, slice]:
+def query(
+    ds: Sentinel1 | Sentinel2, size: int = 30, x0: float | None = None, y_top: float | None = None
+) -> tuple[slice, slice, slice]:
     """A TorchGeo 0.10 query of ``size`` pixels from (x0, y_top), default the bounds' corner."""
     xres, yres = ds.res
     x, y, t = ds.bounds
@@ -59,16 +76,28 @@ def test_s2_per_band_files_at_three_resolutions(tmp_path: Path, geotiff: "GeoTIF
     torch.testing.assert_close(image[:, 10, 10], expected)
     sub = Sentinel2(tmp_path, bands=["B4", "B03", "b2", "b8a"])
     assert sub.band_names == ["B04", "B03", "B02", "B8A"]
-    torch.testing.assert_close(sub[query(sub)]["image"][:, 0, 0], torch.tensor([400.0, 300, 200, 900]))
+    torch.testing.assert_close(
+        sub[query(sub)]["image"][:, 0, 0], torch.tensor([400.0, 300, 200, 900])
+    )
 
 
-def test_s2_coarse_bands_are_interpolated_onto_the_10m_grid(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_s2_coarse_bands_are_interpolated_onto_the_10m_grid(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     geotiff.write(tmp_path / "s_B02.tif", np.full((1, 60, 60), 1000, "uint16"), origin=(0, 600))
     column = np.arange(30)
-    geotiff.write(tmp_path / "s_B05.tif", np.broadcast_to(100 * (column + 1), (1, 30, 30))
-                  .astype("uint16"), origin=(0, 600), res=20)
-    geotiff.write(tmp_path / "s_B01.tif", np.broadcast_to(600 * (np.arange(10) + 1), (1, 10, 10))
-                  .astype("uint16"), origin=(0, 600), res=60)
+    geotiff.write(
+        tmp_path / "s_B05.tif",
+        np.broadcast_to(100 * (column + 1), (1, 30, 30)).astype("uint16"),
+        origin=(0, 600),
+        res=20,
+    )
+    geotiff.write(
+        tmp_path / "s_B01.tif",
+        np.broadcast_to(600 * (np.arange(10) + 1), (1, 10, 10)).astype("uint16"),
+        origin=(0, 600),
+        res=60,
+    )
     ds = Sentinel2(tmp_path)
     assert ds.band_names == ["B01", "B02", "B05"] and ds.res == (10.0, 10.0)
     image = ds[query(ds, 60)]["image"]
@@ -79,12 +108,13 @@ def test_s2_coarse_bands_are_interpolated_onto_the_10m_grid(tmp_path: Path, geot
     assert (image[1] == 1000).all()
 
 
-def test_s2_scenes_in_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_s2_scenes_in_two_utm_zones_with_nodata_margins(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     west_origin = (724400.0, 4990000.0)  # zone 31, its NE corner touches zone 32 at ~6 deg E
     per_band_scene(geotiff, tmp_path, "A_T31", crs="EPSG:32631", origin=west_origin)
     x_east, y_east = Transformer.from_crs(32631, 32632, always_xy=True).transform(725000, 4990000)
-    per_band_scene(geotiff, tmp_path, "B_T32", crs="EPSG:32632", origin=(x_east, y_east),
-                   offset=5)
+    per_band_scene(geotiff, tmp_path, "B_T32", crs="EPSG:32632", origin=(x_east, y_east), offset=5)
     # a nodata (0) margin on the west scene's west side, in every band
     for path in (tmp_path / "A_T31").glob("*.tif"):
         with rasterio.open(path, "r+") as dst:
@@ -115,8 +145,9 @@ def test_s2_scenes_in_two_utm_zones_with_nodata_margins(tmp_path: Path, geotiff:
 
 def test_ssl4eo_layout_with_unpadded_names(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path / "000000", "S2A_T24KVE", style="ssl4eo")
-    per_band_scene(geotiff, tmp_path / "000001", "S2A_T24KUF", style="ssl4eo",
-                   origin=(401000, 5500000))
+    per_band_scene(
+        geotiff, tmp_path / "000001", "S2A_T24KUF", style="ssl4eo", origin=(401000, 5500000)
+    )
     ds = Sentinel2(tmp_path, bands=["B8A", "B1", "B10"])
     assert ds.band_names == ["B8A", "B01", "B10"] and len(ds.index) == 2
     torch.testing.assert_close(ds[query(ds)]["image"][:, 3, 3], torch.tensor([900.0, 100, 1100]))
@@ -125,7 +156,9 @@ def test_ssl4eo_layout_with_unpadded_names(tmp_path: Path, geotiff: "GeoTIFFWrit
 def test_s2_scene_missing_a_band(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path, "sceneA")
     per_band_scene(geotiff, tmp_path, "sceneB", skip="B8A", origin=(401000, 5500000))
-    with pytest.raises(DataError, match=r"scene .*sceneB_\* lacks band file\(s\) \['B8A'\] that .*sceneA_\* has"):
+    with pytest.raises(
+        DataError, match=r"scene .*sceneB_\* lacks band file\(s\) \['B8A'\] that .*sceneA_\* has"
+    ):
         Sentinel2(tmp_path)
     with pytest.raises(DataError, match=r"sceneB_\* lacks band file\(s\) \['B8A'\]"):
         Sentinel2(tmp_path, bands=["B02", "B8A"])
@@ -137,29 +170,46 @@ def test_s2_scene_missing_a_band(tmp_path: Path, geotiff: "GeoTIFFWriter") -> No
 
 def test_s2_per_band_bad_files(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
     per_band_scene(geotiff, tmp_path / "dup", "s")
-    geotiff.write(tmp_path / "dup" / "s" / "s_B2.tif", np.ones((1, 60, 60), "uint16"),
-                  crs="EPSG:32633", origin=(400000, 5500000))
+    geotiff.write(
+        tmp_path / "dup" / "s" / "s_B2.tif",
+        np.ones((1, 60, 60), "uint16"),
+        crs="EPSG:32633",
+        origin=(400000, 5500000),
+    )
     with pytest.raises(DataError, match="two files for band B02"):
         Sentinel2(tmp_path / "dup")
     per_band_scene(geotiff, tmp_path / "stack", "s")
-    geotiff.write(tmp_path / "stack" / "s" / "s_B03.tif", np.ones((3, 60, 60), "uint16"),
-                  crs="EPSG:32633", origin=(400000, 5500000))
+    geotiff.write(
+        tmp_path / "stack" / "s" / "s_B03.tif",
+        np.ones((3, 60, 60), "uint16"),
+        crs="EPSG:32633",
+        origin=(400000, 5500000),
+    )
     with pytest.raises(DataError, match=r"s_B03\.tif is named for one band but holds 3 bands"):
         Sentinel2(tmp_path / "stack")
     per_band_scene(geotiff, tmp_path / "stray", "s")
-    geotiff.write(tmp_path / "stray" / "s" / "preview.tif", np.ones((1, 60, 60), "uint16"),
-                  crs="EPSG:32633", origin=(400000, 5500000))
+    geotiff.write(
+        tmp_path / "stray" / "s" / "preview.tif",
+        np.ones((1, 60, 60), "uint16"),
+        crs="EPSG:32633",
+        origin=(400000, 5500000),
+    )
     with pytest.raises(DataError, match=r"preview\.tif carries no band name"):
         Sentinel2(tmp_path / "stray")
     per_band_scene(geotiff, tmp_path / "dtype", "s")
-    geotiff.write(tmp_path / "dtype" / "s" / "s_B04.tif", np.ones((1, 60, 60), "float32"),
-                  crs="EPSG:32633", origin=(400000, 5500000))
+    geotiff.write(
+        tmp_path / "dtype" / "s" / "s_B04.tif",
+        np.ones((1, 60, 60), "float32"),
+        crs="EPSG:32633",
+        origin=(400000, 5500000),
+    )
     with pytest.raises(DataError, match=r"mixed dtypes: .*s_B04\.tif is float32 but .* is uint16"):
         Sentinel2(tmp_path / "dtype")
 
 
-def test_s2_damaged_band_file_drops_its_scene_with_warn(tmp_path: Path, geotiff: "GeoTIFFWriter",
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_s2_damaged_band_file_drops_its_scene_with_warn(
+    tmp_path: Path, geotiff: "GeoTIFFWriter", caplog: pytest.LogCaptureFixture
+) -> None:
     per_band_scene(geotiff, tmp_path, "good")
     per_band_scene(geotiff, tmp_path, "bad", origin=(401000, 5500000))
     damaged = tmp_path / "bad" / "bad_B11.tif"
@@ -173,7 +223,9 @@ def test_s2_damaged_band_file_drops_its_scene_with_warn(tmp_path: Path, geotiff:
     assert ds[query(ds)]["image"][10, 0, 0] == 1100
 
 
-def test_s2_stacks_12_and_13_bands_and_descriptions(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
+def test_s2_stacks_12_and_13_bands_and_descriptions(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
     geotiff.write(tmp_path / "l2a" / "s.tif", np.ones((12, 20, 20), dtype="uint16"))
     assert Sentinel2(tmp_path / "l2a").band_names == [b for b in S2_BANDS if b != "B10"]
     l1c = np.arange(1, 14, dtype="uint16")[:, None, None] * np.ones((13, 20, 20), "uint16")
@@ -192,9 +244,12 @@ def test_s2_stacks_12_and_13_bands_and_descriptions(tmp_path: Path, geotiff: "Ge
         Sentinel2(tmp_path / "l1c", bands=["B13"])
 
 
-def test_s2_default_nodata_is_zero_and_fills_outside(tmp_path: Path, geotiff: "GeoTIFFWriter") -> None:
-    geotiff.write(tmp_path / "s.tif", np.full((13, 20, 20), 7, "uint16"), nodata=None,
-                  origin=(0, 200))
+def test_s2_default_nodata_is_zero_and_fills_outside(
+    tmp_path: Path, geotiff: "GeoTIFFWriter"
+) -> None:
+    geotiff.write(
+        tmp_path / "s.tif", np.full((13, 20, 20), 7, "uint16"), nodata=None, origin=(0, 200)
+    )
     ds = Sentinel2(tmp_path)
     assert ds.nodata == 0
     image = ds[query(ds, 8, x0=-40, y_top=200)]["image"]
@@ -214,7 +269,9 @@ def test_s1_stack_to_db_and_nodata(tmp_path: Path, geotiff: "GeoTIFFWriter") -> 
     assert torch.isnan(image[:, :2]).all() and torch.isnan(image[0, 5, 5])
     assert torch.isfinite(image[:, 2:]).sum() == 2 * 18 * 20 - 1
     linear = Sentinel1(tmp_path)
-    assert linear.nodata == 0 and linear[query(linear, 20)]["image"][0, 10, 10] == pytest.approx(0.01)
+    assert linear.nodata == 0 and linear[query(linear, 20)]["image"][0, 10, 10] == pytest.approx(
+        0.01
+    )
     vh = Sentinel1(tmp_path, bands=["VH"], to_db=True)
     assert vh.band_names == ["VH"] and vh[query(vh, 20)]["image"][0, 10, 10] == pytest.approx(-30)
 

@@ -30,14 +30,22 @@ class DatedScenes(MultiBandGeoTIFF):
     date_format = "%Y%m%d"
 
 
-def write_scene(path: Path, seed: int, size: int = 64, origin: tuple[float, float] = ORIGIN,
-                nodata: int = 0) -> np.ndarray:
+def write_scene(
+    path: Path, seed: int, size: int = 64, origin: tuple[float, float] = ORIGIN, nodata: int = 0
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     data = rng.integers(1, 10_000, (3, size, size), dtype=np.uint16)
     data[:, :4, :4] = nodata
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16",
-                   crs=CRS.from_epsg(32633), transform=from_origin(*origin, RES, RES),
-                   nodata=nodata)
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint16",
+        crs=CRS.from_epsg(32633),
+        transform=from_origin(*origin, RES, RES),
+        nodata=nodata,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return data
@@ -45,15 +53,19 @@ def write_scene(path: Path, seed: int, size: int = 64, origin: tuple[float, floa
 
 def query(col: int, row: int, size: int, dataset: TimeSeries) -> tuple[slice, slice, slice]:
     left, top = ORIGIN[0] + col * RES, ORIGIN[1] - row * RES
-    return (slice(left, left + size * RES, RES), slice(top - size * RES, top, RES),
-            dataset.bounds[2])
+    return (
+        slice(left, left + size * RES, RES),
+        slice(top - size * RES, top, RES),
+        dataset.bounds[2],
+    )
 
 
 @pytest.fixture()
 def catalog(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     # written out of date order: the series must come back sorted by date
-    return tmp_path, {d: write_scene(tmp_path / f"scene_{d}.tif", seed=i)
-                      for i, d in enumerate(reversed(DATES))}
+    return tmp_path, {
+        d: write_scene(tmp_path / f"scene_{d}.tif", seed=i) for i, d in enumerate(reversed(DATES))
+    }
 
 
 def doy(stamp: str) -> int:
@@ -96,8 +108,7 @@ def test_length_pads_and_thins_and_batches_collate(catalog) -> None:
     assert thinned[query(0, 0, 28, thinned)]["doy"].tolist() == [10, 244]
     # a TorchGeo sampler and collate give (B, T, C, H, W) batches
     sampler = GriddedPatchSampler(padded, size=28, stride=28)
-    batch = next(iter(DataLoader(padded, sampler=sampler, batch_size=2,
-                                 collate_fn=stack_samples)))
+    batch = next(iter(DataLoader(padded, sampler=sampler, batch_size=2, collate_fn=stack_samples)))
     assert batch["image"].shape == (2, 5, 3, 28, 28)
     assert batch["doy"].tolist() == [[10, 105, 244, 0, 0]] * 2
 

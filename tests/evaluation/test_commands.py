@@ -20,16 +20,26 @@ from geodino.evaluation.protocols import split_features
 from geodino.evaluation.sources import read_labelled_source
 
 #: Mean reflectance of each class in the four bands (B02, B03, B04, B08).
-CLASS_MEANS = {"water": [600, 500, 300, 200], "crop": [500, 800, 400, 3500],
-               "urban": [1500, 1500, 1600, 1800]}
+CLASS_MEANS = {
+    "water": [600, 500, 300, 200],
+    "crop": [500, 800, 400, 3500],
+    "urban": [1500, 1500, 1600, 1800],
+}
 
 
 def write_tif(path: Path, data: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                           count=data.shape[0], dtype="uint16") as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=data.shape[2],
+            height=data.shape[1],
+            count=data.shape[0],
+            dtype="uint16",
+        ) as dst:
             dst.write(data)
 
 
@@ -49,8 +59,9 @@ def class_folders(tmp_path: Path) -> Path:
     return root
 
 
-def test_knn_and_probe_on_class_folders(tiny_export: Path, class_folders: Path,
-                                        tmp_path: Path, capsys) -> None:
+def test_knn_and_probe_on_class_folders(
+    tiny_export: Path, class_folders: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "knn"
     assert main(["knn", str(tiny_export), str(class_folders), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -62,8 +73,7 @@ def test_knn_and_probe_on_class_folders(tiny_export: Path, class_folders: Path,
     for result in report["results"].values():
         assert all(v["support"] > 0 for v in result["per_class"].values())
         assert sum(map(sum, result["confusion_matrix"])) == report["test_samples"]
-        for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro",
-                    "f1_macro"):
+        for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro"):
             assert 0 <= result[key] <= 1
     # k=100 is capped at the 21 training samples
     assert report["results"]["100"]["k_used"] == report["train_samples"]
@@ -75,12 +85,18 @@ def test_knn_and_probe_on_class_folders(tiny_export: Path, class_folders: Path,
     assert "k=10" in printed and "accuracy" in printed
 
     out = tmp_path / "probe"
-    assert main(["probe", str(tiny_export), str(class_folders), "--out", str(out),
-                 "--cs", "[0.1, 1.0]"]) == 0
+    assert (
+        main(
+            ["probe", str(tiny_export), str(class_folders), "--out", str(out), "--cs", "[0.1, 1.0]"]
+        )
+        == 0
+    )
     report = json.loads((out / "probe.json").read_text())
     assert report["protocol"] == "logistic_regression"
     assert report["sweep"]["best_C"] in (0.1, 1.0) and set(report["sweep"]["cv_accuracy"]) == {
-        "0.1", "1.0"}
+        "0.1",
+        "1.0",
+    }
     assert report["accuracy"] > 0.8 and len(report["per_class"]) == 3
     assert (out / "probe_confusion.png").is_file() and (out / "probe_per_class.png").is_file()
 
@@ -94,9 +110,18 @@ def write_labelled_scene(tmp_path: Path) -> tuple[Path, gpd.GeoDataFrame]:
     for j, name in enumerate(names):
         data[:, :, j * 56 : (j + 1) * 56] = chip(rng, name, size)[:, :, :56]
     path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=4,
-                       dtype="uint16", crs="EPSG:32631", nodata=0,
-                       transform=from_origin(600_000, 4_500_000, 10, 10)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32631",
+        nodata=0,
+        transform=from_origin(600_000, 4_500_000, 10, 10),
+    ) as dst:
         dst.write(data.clip(1, None).astype("uint16"))
         dst.descriptions = ("B02", "B03", "B04", "B08")
     rows = []
@@ -117,29 +142,47 @@ def test_knn_on_labelled_points_keeps_groups_apart(tiny_export: Path, tmp_path: 
     labels = tmp_path / "points.gpkg"
     gdf.to_file(labels)
     out = tmp_path / "knn"
-    assert main(["knn", str(tiny_export), str(labels), "--rasters", f"[{raster}]",
-                 "--out", str(out), "--chip_size", "28", "--test_fraction", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "knn",
+                str(tiny_export),
+                str(labels),
+                "--rasters",
+                f"[{raster}]",
+                "--out",
+                str(out),
+                "--chip_size",
+                "28",
+                "--test_fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "knn.json").read_text())
     assert report["grouped"] and report["train_samples"] + report["test_samples"] == 24
     assert report["classes"] == ["crop", "urban", "water"]
 
     data = read_labelled_source(labels, [raster], 28)
-    assert data.images.shape == (24, 4, 28, 28) and data.band_names == ["B02", "B03", "B04",
-                                                                        "B08"]
+    assert data.images.shape == (24, 4, 28, 28) and data.band_names == ["B02", "B03", "B04", "B08"]
     features = torch.randn(len(data), 8)
     train_x, train_y, test_x, _ = split_features(data, features, test_fraction=0.5)
     train_rows = {tuple(r) for r in train_x.tolist()}
-    train_groups = {g for g, f in zip(data.groups, features.tolist(), strict=True)
-                    if tuple(f) in train_rows}
-    test_groups = {g for g, f in zip(data.groups, features.tolist(), strict=True)
-                   if tuple(f) not in train_rows}
+    train_groups = {
+        g for g, f in zip(data.groups, features.tolist(), strict=True) if tuple(f) in train_rows
+    }
+    test_groups = {
+        g for g, f in zip(data.groups, features.tolist(), strict=True) if tuple(f) not in train_rows
+    }
     assert train_groups and test_groups and not train_groups & test_groups
     # each class keeps one field on each side
     assert len(set(train_y.tolist())) == 3
 
 
-def test_bad_labels_are_refused(tiny_export: Path, tmp_path: Path, class_folders: Path,
-                                capsys) -> None:
+def test_bad_labels_are_refused(
+    tiny_export: Path, tmp_path: Path, class_folders: Path, capsys
+) -> None:
     # one class only
     rng = np.random.default_rng(2)
     single = tmp_path / "single"
@@ -151,14 +194,31 @@ def test_bad_labels_are_refused(tiny_export: Path, tmp_path: Path, class_folders
 
     # a class that only the test split has (the split is fixed by a column)
     raster, gdf = write_labelled_scene(tmp_path)
-    gdf["split"] = ["test" if label == "urban" or field.endswith("1") else "train"
-                    for label, field in zip(gdf["label"], gdf["group_id"], strict=True)]
+    gdf["split"] = [
+        "test" if label == "urban" or field.endswith("1") else "train"
+        for label, field in zip(gdf["label"], gdf["group_id"], strict=True)
+    ]
     labels = tmp_path / "split.geojson"
     gdf.to_file(labels)
-    assert main(["probe", str(tiny_export), str(labels), "--rasters", f"[{raster}]",
-                 "--split_column", "split", "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(
+            [
+                "probe",
+                str(tiny_export),
+                str(labels),
+                "--rasters",
+                f"[{raster}]",
+                "--split_column",
+                "split",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 2
+    )
     assert "classes ['urban'] occur in the test split but never in training" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
     with pytest.raises(DataError, match="has no column 'landcover'"):
         read_labelled_source(labels, [raster], 28, label_column="landcover")

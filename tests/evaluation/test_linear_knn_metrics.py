@@ -30,7 +30,9 @@ def test_knn_vote_is_temperature_weighted() -> None:
     labels = torch.tensor([0, 1, 1])
     query = torch.tensor([[1.0, 0.2]])
     scores = knn_scores(train, labels, query, 2, k=3, temperature=0.07)
-    cos = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
+    cos = (
+        torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
+    )
     expected0 = (cos[0, 0] / 0.07).exp()
     torch.testing.assert_close(scores[0, 0], expected0)
     assert scores[0].argmax() == 0  # one close neighbour outvotes two far ones
@@ -41,7 +43,13 @@ def test_classifiers_separate_clusters() -> None:
     x, y = clusters()
     assert knn_accuracy(x[:200], y[:200], x[200:], y[200:], k=10) > 0.95
     preds, sweep = logistic_regression(x[:200], y[:200], x[200:])
-    assert (preds == y[200:]).float().mean() > 0.95 and sweep["best_C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    assert (preds == y[200:]).float().mean() > 0.95 and sweep["best_C"] in (
+        0.01,
+        0.1,
+        1.0,
+        10.0,
+        100.0,
+    )
     assert (linear_probe(x[:200], y[:200], x[200:], 3) == y[200:]).float().mean() > 0.95
     shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
     assert knn_accuracy(x[:200], shuffled[:200], x[200:], shuffled[200:]) < 0.6

@@ -37,11 +37,19 @@ def test_official_training_format_reproduces_the_reference(ref: dict, tmp_path: 
     model = build_backbone(REG4, 13, weights=path, depth=2)
     assert model.patch_embed.grid_size == (37, 37)  # the weights' own grid, resampled per input
     _check(model, ref)
-    torch.testing.assert_close(load_mask_token(path), ref["state_dict"]["mask_token"].reshape(1, -1))
+    torch.testing.assert_close(
+        load_mask_token(path), ref["state_dict"]["mask_token"].reshape(1, -1)
+    )
     # the whole official training checkpoint (student and teacher of SSLMetaArch)
     full = tmp_path / "model_final.pth"
-    torch.save({"model": {f"teacher.backbone.{k}": v for k, v in ref["state_dict"].items()}
-                | {"student.backbone.norm.weight": torch.zeros(384)}, "iteration": 9}, full)
+    torch.save(
+        {
+            "model": {f"teacher.backbone.{k}": v for k, v in ref["state_dict"].items()}
+            | {"student.backbone.norm.weight": torch.zeros(384)},
+            "iteration": 9,
+        },
+        full,
+    )
     _check(build_backbone(REG4, 13, weights=full, depth=2), ref)
 
 
@@ -52,8 +60,9 @@ def test_resampling_at_load_matches_the_official_interpolation(ref: dict, tmp_pa
     assert model.pos_embed.shape == (1, 256, 384)
     _check(model, ref)
     # a timm model whose position embedding covers the class and register tokens
-    with_prefix = build_backbone("vit_small_patch14_dinov2", 13, weights=path, depth=2,
-                                 reg_tokens=4, img_size=224)
+    with_prefix = build_backbone(
+        "vit_small_patch14_dinov2", 13, weights=path, depth=2, reg_tokens=4, img_size=224
+    )
     assert with_prefix.pos_embed.shape == (1, 5 + 256, 384)
     _check(with_prefix, ref)
 
@@ -119,8 +128,21 @@ def test_rgb_weights_map_onto_sentinel2_bands(tmp_path: Path) -> None:
     rgb = build_backbone(REG4, 3, **TINY)
     path = tmp_path / "rgb.pth"
     torch.save(rgb.state_dict(), path)
-    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
-             "B11", "B12"]
+    bands = [
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B10",
+        "B11",
+        "B12",
+    ]
     model = build_backbone(REG4, 13, weights=path, band_names=bands, **TINY)
     w, src = model.patch_embed.proj.weight.detach(), rgb.patch_embed.proj.weight.detach()
     assert torch.equal(w[:, 3], src[:, 0])  # B04 <- red
@@ -142,27 +164,39 @@ def test_geodino_export_bands_are_reordered_by_name(tmp_path: Path) -> None:
     save_file(state, str(tmp_path / "backbone.safetensors"))
     (tmp_path / "backbone.json").write_text(json.dumps({"bands": ["B2", "B3", "B4", "B8"]}))
     data_bands = ["B08", "B04", "B03", "B02"]
-    model = build_backbone(REG4, 4, weights=tmp_path / "backbone.safetensors",
-                           band_names=data_bands, **TINY)
+    model = build_backbone(
+        REG4, 4, weights=tmp_path / "backbone.safetensors", band_names=data_bands, **TINY
+    )
     w, src = model.patch_embed.proj.weight, source.patch_embed.proj.weight
     torch.testing.assert_close(w, src[:, [3, 2, 1, 0]])
     # the export's Lightning-style file: `model.` keys, metadata inside
-    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
-                "geodino": {"bands": ["B2", "B3", "B4", "B8"]}}, tmp_path / "export.ckpt")
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "geodino": {"bands": ["B2", "B3", "B4", "B8"]},
+        },
+        tmp_path / "export.ckpt",
+    )
     model = build_backbone(REG4, 4, weights=tmp_path / "export.ckpt", band_names=data_bands, **TINY)
     torch.testing.assert_close(model.patch_embed.proj.weight, src[:, [3, 2, 1, 0]])
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     # a `geodino fit` checkpoint: the EMA teacher is taken, bands from the hyper-parameters
     student = {f"student.backbone.{k}": torch.zeros_like(v) for k, v in state.items()}
-    torch.save({"state_dict": student | {f"teacher.backbone.{k}": v for k, v in state.items()},
-                "hyper_parameters": {"band_names": ["B02", "B03", "B04", "B08"]}},
-               tmp_path / "last.ckpt")
+    torch.save(
+        {
+            "state_dict": student | {f"teacher.backbone.{k}": v for k, v in state.items()},
+            "hyper_parameters": {"band_names": ["B02", "B03", "B04", "B08"]},
+        },
+        tmp_path / "last.ckpt",
+    )
     model = build_backbone(REG4, 4, weights=tmp_path / "last.ckpt", band_names=data_bands, **TINY)
     torch.testing.assert_close(model.patch_embed.proj.weight, src[:, [3, 2, 1, 0]])
     torch.testing.assert_close(model.norm.weight, source.norm.weight)
 
 
-def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchgeo_enum_from_the_local_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torchgeo.models import ViTSmall14_DINOv2_Weights
 
     enum = ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON
@@ -179,14 +213,19 @@ def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.
     assert model.patch_embed.img_size == (224, 224)
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
-    by_name = build_backbone("vit_small_patch14_dinov2", 13, **TINY,
-                             weights="ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON")
+    by_name = build_backbone(
+        "vit_small_patch14_dinov2",
+        13,
+        **TINY,
+        weights="ViTSmall14_DINOv2_Weights.SENTINEL2_ALL_SOFTCON",
+    )
     torch.testing.assert_close(by_name.pos_embed, source.pos_embed)
     with pytest.raises(WeightsError, match="neither a file nor a TorchGeo weights enum"):
         build_backbone("vit_small_patch14_dinov2", 13, weights="Nope_Weights.X", **TINY)
     # the enum's band names (B1 ... B8a ... B12) map onto the data's
-    subset = build_backbone("vit_small_patch14_dinov2", 3, weights=enum,
-                            band_names=["B08", "B8A", "B04"], **TINY)
+    subset = build_backbone(
+        "vit_small_patch14_dinov2", 3, weights=enum, band_names=["B08", "B8A", "B04"], **TINY
+    )
     src = source.patch_embed.proj.weight
     torch.testing.assert_close(subset.patch_embed.proj.weight, src[:, [7, 8, 3]])
 
@@ -194,7 +233,9 @@ def test_torchgeo_enum_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.
 def test_wrong_architecture(tmp_path: Path) -> None:
     wider = build_backbone(REG4, 3, embed_dim=64, depth=1, num_heads=2)
     torch.save(wider.state_dict(), tmp_path / "wider.pth")
-    with pytest.raises(WeightsError, match=r"wider.pth: '.*' has shape .*64.* but the model expects"):
+    with pytest.raises(
+        WeightsError, match=r"wider.pth: '.*' has shape .*64.* but the model expects"
+    ):
         build_backbone(REG4, 3, weights=tmp_path / "wider.pth", **TINY)
     deeper = build_backbone(REG4, 3, embed_dim=32, depth=2, num_heads=2)
     torch.save(deeper.state_dict(), tmp_path / "deeper.pth")
@@ -204,7 +245,9 @@ def test_wrong_architecture(tmp_path: Path) -> None:
         build_backbone("vit_small_patch14_dinov2", 3, weights=tmp_path / "deeper.pth", **TINY)
     patch16 = build_backbone("vit_small_patch16_224", 3, **TINY)
     torch.save(patch16.state_dict(), tmp_path / "p16.pth")
-    with pytest.raises(WeightsError, match=r"patch_embed.proj.weight.*\(32, 3, 16, 16\).*patch size"):
+    with pytest.raises(
+        WeightsError, match=r"patch_embed.proj.weight.*\(32, 3, 16, 16\).*patch size"
+    ):
         build_backbone("vit_small_patch14_dinov2", 3, weights=tmp_path / "p16.pth", **TINY)
     with pytest.raises(ConfigError, match="timm cannot build 'vit_nonexistent'"):
         build_backbone("vit_nonexistent", 3)

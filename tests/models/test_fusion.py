@@ -19,8 +19,10 @@ def tiny(fusion: str, modalities: dict[str, int] | None = None, **kwargs: object
 
 def pair(batch: int = 3, size: int = 28) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {"s1": torch.randn(batch, 2, size, size, generator=g),
-            "s2": torch.randn(batch, 13, size, size, generator=g)}
+    return {
+        "s1": torch.randn(batch, 2, size, size, generator=g),
+        "s2": torch.randn(batch, 13, size, size, generator=g),
+    }
 
 
 @pytest.mark.parametrize("fusion", MODES)
@@ -57,11 +59,15 @@ def test_early_fusion_of_one_modality_is_the_timm_vit() -> None:
     """Early fusion is channel stacking: with one modality it is timm's ViT exactly."""
     model = tiny("early", {"s2": 13})
     vit = build_backbone(ARCH, 13, **TINY).eval()
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.startswith(("patch_embeds.", "modality_embeds."))}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("patch_embeds.", "modality_embeds."))
+    }
     state["patch_embed.proj.weight"] = model.patch_embeds["s2"].proj.weight
-    state["patch_embed.proj.bias"] = (model.patch_embeds["s2"].proj.bias
-                                      + model.modality_embeds["s2"].reshape(-1))
+    state["patch_embed.proj.bias"] = model.patch_embeds["s2"].proj.bias + model.modality_embeds[
+        "s2"
+    ].reshape(-1)
     assert not vit.load_state_dict(state, strict=True).missing_keys
     x = torch.randn(2, 13, 42, 56)
     torch.testing.assert_close(model.forward_features({"s2": x}), vit.forward_features(x))
@@ -99,12 +105,19 @@ def test_dropped_modality_equals_inference_without_it(fusion: str) -> None:
     images = pair()
     present = {"s1": torch.tensor([True, False, True]), "s2": torch.tensor([True, True, False])}
     dropped = model.forward_features(images, present=present)
-    torch.testing.assert_close(dropped[0:1], model.forward_features({k: v[0:1] for k, v in images.items()}))
+    torch.testing.assert_close(
+        dropped[0:1], model.forward_features({k: v[0:1] for k, v in images.items()})
+    )
     torch.testing.assert_close(dropped[1:2], model.forward_features({"s2": images["s2"][1:2]}))
     torch.testing.assert_close(dropped[2:3], model.forward_features({"s1": images["s1"][2:3]}))
     with pytest.raises(DataError, match="no modality"):
-        model.forward_features(images, present={"s1": torch.zeros(3, dtype=torch.bool),
-                                                "s2": torch.tensor([True, True, False])})
+        model.forward_features(
+            images,
+            present={
+                "s1": torch.zeros(3, dtype=torch.bool),
+                "s2": torch.tensor([True, True, False]),
+            },
+        )
 
 
 def test_modality_dropout_draws_never_drop_everything() -> None:
@@ -146,7 +159,9 @@ def test_gradients_reach_every_modality_and_fusion_parameter() -> None:
         model = tiny(fusion).train()
         tokens = model.forward_features(pair())
         # a random readout: the plain sum of LayerNorm outputs has no gradient
-        (tokens * torch.randn(tokens.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+        (
+            tokens * torch.randn(tokens.shape, generator=torch.Generator().manual_seed(2))
+        ).sum().backward()
         silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
         assert not silent, (fusion, silent)
 
@@ -162,7 +177,9 @@ def test_bad_fusion_mode_modalities_and_band_counts_are_refused() -> None:
         FusionViT(ARCH, {}, "early", **TINY)
     model = tiny("linear")
     images = pair()
-    with pytest.raises(DataError, match=r"modality 's2' has shape \(3, 12, 28, 28\).*\(B, 13, H, W\)"):
+    with pytest.raises(
+        DataError, match=r"modality 's2' has shape \(3, 12, 28, 28\).*\(B, 13, H, W\)"
+    ):
         model.forward_features({"s1": images["s1"], "s2": images["s2"][:, :12]})
     with pytest.raises(DataError, match=r"\['s3'\] are not among"):
         model.forward_features({"s3": images["s1"]})
@@ -194,9 +211,11 @@ BANDS = {"s1": 2, "s2": 4}
 def series(batch: int = 2, steps: int = 3, size: int = 28) -> dict[str, torch.Tensor]:
     """S2 as a time series of ``steps`` acquisitions (days 40, 160, ...), S1 single-date."""
     g = torch.Generator().manual_seed(2)
-    return {"s1": torch.randn(batch, 2, size, size, generator=g),
-            "s2": torch.randn(batch, steps, 4, size, size, generator=g),
-            "s2_doy": torch.arange(steps).repeat(batch, 1) * 120 + 40}
+    return {
+        "s1": torch.randn(batch, 2, size, size, generator=g),
+        "s2": torch.randn(batch, steps, 4, size, size, generator=g),
+        "s2_doy": torch.arange(steps).repeat(batch, 1) * 120 + 40,
+    }
 
 
 @pytest.mark.parametrize("fusion", MODES)
@@ -229,8 +248,11 @@ def test_padded_acquisitions_are_ignored(pool: str) -> None:
             model.temporal_query.normal_(0, 3.0)
     batch = series(steps=2)
     # two padding steps: NaN images (TimeSeries' padding), day of year 0
-    padded = dict(batch, s2=torch.cat([batch["s2"], torch.full_like(batch["s2"], torch.nan)], 1),
-                  s2_doy=torch.cat([batch["s2_doy"], torch.zeros_like(batch["s2_doy"])], 1))
+    padded = dict(
+        batch,
+        s2=torch.cat([batch["s2"], torch.full_like(batch["s2"], torch.nan)], 1),
+        s2_doy=torch.cat([batch["s2_doy"], torch.zeros_like(batch["s2_doy"])], 1),
+    )
     expected = model.forward_features(batch)
     torch.testing.assert_close(model.forward_features(padded), expected)
     # a sample with every acquisition missing lacks S2: it gets the S1-alone tokens
@@ -259,11 +281,14 @@ def test_single_date_series_equals_the_single_date_image() -> None:
     the sinusoidal one, repeating an acquisition on its own date changes nothing."""
     model = tiny("linear", BANDS, doy_embedding="learned", temporal_pool="attention")
     batch = series(steps=1)
-    torch.testing.assert_close(model.forward_features(batch),
-                               model.forward_features({"s1": batch["s1"], "s2": batch["s2"][:, 0]}))
+    torch.testing.assert_close(
+        model.forward_features(batch),
+        model.forward_features({"s1": batch["s1"], "s2": batch["s2"][:, 0]}),
+    )
     model = tiny("linear", BANDS)
-    repeated = dict(batch, s2=batch["s2"].repeat(1, 3, 1, 1, 1),
-                    s2_doy=batch["s2_doy"].repeat(1, 3))
+    repeated = dict(
+        batch, s2=batch["s2"].repeat(1, 3, 1, 1, 1), s2_doy=batch["s2_doy"].repeat(1, 3)
+    )
     torch.testing.assert_close(model.forward_features(repeated), model.forward_features(batch))
 
 
@@ -272,8 +297,12 @@ def test_temporal_parameters_exist_only_where_configured_and_learn() -> None:
     assert not any(k.startswith(("doy_embed", "temporal_")) for k in plain)
     model = tiny("early", BANDS, doy_embedding="learned", temporal_pool="attention").train()
     extra = set(model.state_dict()) - plain
-    assert extra == {"doy_embed.weight", "temporal_query", "temporal_norm.weight",
-                     "temporal_norm.bias"}
+    assert extra == {
+        "doy_embed.weight",
+        "temporal_query",
+        "temporal_norm.weight",
+        "temporal_norm.bias",
+    }
     with torch.no_grad():
         model.temporal_query.normal_()
     model(series()).square().sum().backward()

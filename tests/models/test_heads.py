@@ -11,7 +11,15 @@ from geodino.models import DINOHead
 def test_layout_matches_the_official_head() -> None:
     head = DINOHead(16, 10, use_bn=True, nlayers=3, hidden_dim=24, bottleneck_dim=8)
     kinds = [type(m) for m in head.mlp]
-    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Linear, nn.BatchNorm1d, nn.GELU, nn.Linear]
+    assert kinds == [
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.GELU,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.GELU,
+        nn.Linear,
+    ]
     assert [head.mlp[i].out_features for i in (0, 3, 6)] == [24, 24, 8]
     plain = DINOHead(16, 10, nlayers=2, hidden_dim=24, bottleneck_dim=8, mlp_bias=False)
     assert [type(m) for m in plain.mlp] == [nn.Linear, nn.GELU, nn.Linear]

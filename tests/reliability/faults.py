@@ -29,8 +29,9 @@ class KillMidStep(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
-                                 optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Any
+    ) -> None:
         """Die in the middle of the step."""
         if trainer.global_step == self.step:
             _die()
@@ -66,8 +67,9 @@ class TornWriteCheckpointIO(SafeCheckpointIO):
         super().__init__()
         self.step = step
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
-                        storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         """Save normally, except at ``step``: write half the bytes and die."""
         if checkpoint.get("global_step") != self.step:
             return super().save_checkpoint(checkpoint, path, storage_options)

@@ -63,12 +63,26 @@ class Case:
 
 
 # --- input makers ---------------------------------------------------------------------------
-def tif(path: Path, data: np.ndarray, crs: str | None = "EPSG:32631",
-        transform: Affine | None = None, nodata: float | None = 0, **extra: object) -> Path:
+def tif(
+    path: Path,
+    data: np.ndarray,
+    crs: str | None = "EPSG:32631",
+    transform: Affine | None = None,
+    nodata: float | None = 0,
+    **extra: object,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"driver": "GTiff", "height": data.shape[1], "width": data.shape[2],
-               "count": data.shape[0], "dtype": data.dtype, "crs": crs, "nodata": nodata,
-               "transform": transform or from_origin(500000, 5000000, 10, 10), **extra}
+    profile = {
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": crs,
+        "nodata": nodata,
+        "transform": transform or from_origin(500000, 5000000, 10, 10),
+        **extra,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
@@ -129,10 +143,22 @@ def wrong_magic(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
 def huge_header(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
     good(tmp)
     bad = tmp / "bad.tif"
-    with rasterio.open(bad, "w", driver="GTiff", width=100_000, height=100_000, count=1,
-                       dtype="uint16", crs="EPSG:32631", tiled=True, blockxsize=512,
-                       blockysize=512, compress="deflate", sparse_ok=True,
-                       transform=from_origin(700000, 5000000, 10, 10)):
+    with rasterio.open(
+        bad,
+        "w",
+        driver="GTiff",
+        width=100_000,
+        height=100_000,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32631",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        sparse_ok=True,
+        transform=from_origin(700000, 5000000, 10, 10),
+    ):
         pass
     bad.write_bytes(bad.read_bytes()[:4096])  # the header survives, the tile index does not
     return read_catalog(tmp, caplog)
@@ -187,8 +213,9 @@ def band_crss(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
 
 
 def datamodule(folder: Path, **kwargs: object) -> GeoDINODataModule:
-    dm = GeoDINODataModule(MultiBandGeoTIFF(folder), batch_size=2, statistics_chips=2,
-                           **{"chip_size": 16, **kwargs})
+    dm = GeoDINODataModule(
+        MultiBandGeoTIFF(folder), batch_size=2, statistics_chips=2, **{"chip_size": 16, **kwargs}
+    )
     dm.setup_draws()
     return dm
 
@@ -218,8 +245,9 @@ def nan_pixels(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
 
 def all_nodata(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
     tif(tmp / "bad.tif", np.zeros((2, 64, 64), "uint16"))
-    dm = GeoDINODataModule(MultiBandGeoTIFF(tmp), chip_size=16, batch_size=2,
-                           statistics_chips=2, max_redraws=5)
+    dm = GeoDINODataModule(
+        MultiBandGeoTIFF(tmp), chip_size=16, batch_size=2, statistics_chips=2, max_redraws=5
+    )
     dm.setup_draws()
     return catch(lambda: dm.train_draw(0))
 
@@ -235,18 +263,27 @@ def aoi_self_intersecting(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcom
     bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])
     gpd.GeoDataFrame(geometry=[bowtie], crs=ds.crs).to_file(tmp / "bad.gpkg")
     caplog.clear()
-    sampler = AOISampler(ds, tmp / "bad.gpkg", 16, length=50,
-                         generator=torch.Generator().manual_seed(0))
+    sampler = AOISampler(
+        ds, tmp / "bad.gpkg", 16, length=50, generator=torch.Generator().manual_seed(0)
+    )
     repaired = shapely.make_valid(bowtie).buffer(10)
-    assert all(repaired.contains(shapely.box(q[0].start, q[1].start, q[0].stop, q[1].stop))
-               for q in sampler)
+    assert all(
+        repaired.contains(shapely.box(q[0].start, q[1].start, q[0].stop, q[1].stop))
+        for q in sampler
+    )
     return Outcome(skipped=0, log=caplog.text)
 
 
 def aoi_empty_geometries(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
     ds = aoi_tiles(tmp)
-    frame = gpd.GeoDataFrame(geometry=[shapely.box(500100, 4998900, 501100, 4999900),
-                                       shapely.Polygon(), shapely.Polygon()], crs=ds.crs)
+    frame = gpd.GeoDataFrame(
+        geometry=[
+            shapely.box(500100, 4998900, 501100, 4999900),
+            shapely.Polygon(),
+            shapely.Polygon(),
+        ],
+        crs=ds.crs,
+    )
     frame.to_file(tmp / "bad.gpkg")
     caplog.clear()
     aoi = read_aoi(tmp / "bad.gpkg", crs=ds.crs)
@@ -311,8 +348,9 @@ def annotations(tmp: Path, entries: list[dict]) -> Path:
     (tmp / "img").mkdir()
     tif(tmp / "img" / "a.tif", ramp(bands=3, size=32))
     path = tmp / "bad.json"
-    path.write_text(json.dumps({"metainfo": {"classes": ["water", "forest"]},
-                                "data_list": entries}))
+    path.write_text(
+        json.dumps({"metainfo": {"classes": ["water", "forest"]}, "data_list": entries})
+    )
     return path
 
 
@@ -340,76 +378,271 @@ def json_invalid(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
 
 GEO = "tests/datasets/test_geotiff.py"
 CASES = [
-    Case("zero-byte", "zero-byte `.tif` beside a good file", "MultiBandGeoTIFF", "error",
-         "DataError naming the file; with `on_unreadable=\"warn\"` skipped, logged and listed "
-         "in `dataset.unreadable`", "bad.tif", zero_byte, GEO),
-    Case("truncated", "GeoTIFF cut in half", "MultiBandGeoTIFF", "error",
-         "as zero-byte (the last block is read at indexing)", "bad.tif", truncated, GEO),
-    Case("wrong-magic", "PNG bytes named `.tif`", "MultiBandGeoTIFF", "error",
-         "as zero-byte", "bad.tif", wrong_magic, GEO),
-    Case("huge-header", "header of a 100,000 x 100,000 px raster in a 4 KB file",
-         "MultiBandGeoTIFF", "error", "as zero-byte, at once (no allocation of the claimed "
-         "size)", "bad.tif", huge_header),
-    Case("no-crs", "raster without CRS", "MultiBandGeoTIFF", "error",
-         "DataError naming the file and how to assign a CRS; skippable with warn",
-         "bad.tif", no_crs, GEO),
-    Case("rotated", "rotated geotransform", "MultiBandGeoTIFF", "error",
-         "DataError naming the file, `gdalwarp` to north-up", "bad.tif", rotated, GEO),
-    Case("sheared", "sheared geotransform", "MultiBandGeoTIFF", "error",
-         "as rotated", "bad.tif", sheared),
-    Case("mixed-dtypes", "uint16 and float32 files in one catalog", "MultiBandGeoTIFF",
-         "error", "DataError naming both files", "bad.tif", mixed_dtypes, GEO),
-    Case("mixed-bands", "2-band and 3-band files in one catalog", "MultiBandGeoTIFF",
-         "error", "DataError naming both files", "bad.tif", mixed_band_counts, GEO),
-    Case("mixed-nodata", "files declaring nodata 0 and 65535", "MultiBandGeoTIFF", "error",
-         "DataError naming both files and values", "bad.tif", mixed_nodata, GEO),
-    Case("band-grids", "band files of one scene on different footprints", "Sentinel2",
-         "error", "DataError naming both band files (more than a coarse pixel apart)",
-         "T31_B04.tif", band_grids),
-    Case("band-crs", "band files of one scene in different CRSs", "Sentinel2", "error",
-         "DataError naming both band files and CRSs", "T31_B04.tif", band_crss),
-    Case("inf-pixels", "float raster with +inf pixels", "GeoDINODataModule", "error",
-         "DataError naming the bands, the chip and the file", "bad.tif", inf_pixels,
-         "tests/tasks/test_dinov2.py"),
-    Case("nan-pixels", "float raster with NaN pixels", "GeoDINODataModule", "nodata",
-         "NaN is always nodata: chips over `max_nodata` are redrawn, the rest filled before "
-         "normalisation; no NaN reaches the model", "", nan_pixels, GEO),
-    Case("all-nodata", "scene that is nodata everywhere", "GeoDINODataModule", "error",
-         "DataError after `max_redraws` naming the chip, the file and the nodata value",
-         "bad.tif", all_nodata, "tests/test_datamodules.py"),
-    Case("aoi-self-intersecting", "self-intersecting (bow-tie) AOI polygon",
-         "AOISampler", "skip", "repaired with `make_valid`, the repair logged with its "
-         "count; every chip inside the repaired polygon", "repaired 1 invalid",
-         aoi_self_intersecting, "tests/test_samplers.py"),
-    Case("aoi-empty-geometries", "AOI with two empty geometries beside a polygon",
-         "read_aoi", "skip", "empty geometries dropped, logged with their count",
-         "dropped 2 empty", aoi_empty_geometries, "tests/test_samplers.py"),
-    Case("aoi-only-empty", "AOI whose only geometry is empty", "AOISampler", "error",
-         "DataError naming the file", "bad.gpkg", aoi_only_empty),
-    Case("aoi-no-features", "AOI file with no features", "AOISampler", "error",
-         "DataError naming the file", "bad.gpkg", aoi_no_features),
-    Case("aoi-no-crs", "Shapefile AOI without `.prj`", "AOISampler", "error",
-         "DataError naming the file and how to set the CRS", "bad.shp", aoi_no_crs,
-         "tests/test_samplers.py"),
-    Case("aoi-outside", "AOI far from the data", "AOISampler", "error",
-         "DataError with the data's bounds and CRS", "does not intersect the data",
-         aoi_outside, "tests/test_samplers.py"),
-    Case("npy-pickle", "`.npy` object array whose unpickling would run code", "NpyFolder",
-         "error", "DataError naming the file, read from the header with "
-         "`allow_pickle=False`; the payload never runs", "bad.npy", npy_pickle,
-         "tests/datasets/test_folders.py"),
-    Case("npy-truncated", "`.npy` cut after its header", "NpyFolder", "error",
-         "DataError naming the file", "bad.npy", npy_truncated),
-    Case("json-missing-key", "annotation entry without `gt_label`", "AnnotatedImages",
-         "error", "DataError naming the file, the entry and the key", "bad.json",
-         json_missing_key, "tests/datasets/test_folders.py"),
-    Case("json-escape", "`img_path` of `../secret.tif`", "AnnotatedImages", "error",
-         "DataError: paths must stay inside the root", "../secret.tif", json_escaping_root,
-         "tests/datasets/test_folders.py"),
-    Case("json-absolute", "absolute `img_path` outside the root", "AnnotatedImages", "error",
-         "as `../`", "outside the image root", json_absolute_path),
-    Case("json-invalid", "annotation file that is not valid JSON", "AnnotatedImages", "error",
-         "DataError naming the file", "bad.json", json_invalid),
+    Case(
+        "zero-byte",
+        "zero-byte `.tif` beside a good file",
+        "MultiBandGeoTIFF",
+        "error",
+        'DataError naming the file; with `on_unreadable="warn"` skipped, logged and listed '
+        "in `dataset.unreadable`",
+        "bad.tif",
+        zero_byte,
+        GEO,
+    ),
+    Case(
+        "truncated",
+        "GeoTIFF cut in half",
+        "MultiBandGeoTIFF",
+        "error",
+        "as zero-byte (the last block is read at indexing)",
+        "bad.tif",
+        truncated,
+        GEO,
+    ),
+    Case(
+        "wrong-magic",
+        "PNG bytes named `.tif`",
+        "MultiBandGeoTIFF",
+        "error",
+        "as zero-byte",
+        "bad.tif",
+        wrong_magic,
+        GEO,
+    ),
+    Case(
+        "huge-header",
+        "header of a 100,000 x 100,000 px raster in a 4 KB file",
+        "MultiBandGeoTIFF",
+        "error",
+        "as zero-byte, at once (no allocation of the claimed size)",
+        "bad.tif",
+        huge_header,
+    ),
+    Case(
+        "no-crs",
+        "raster without CRS",
+        "MultiBandGeoTIFF",
+        "error",
+        "DataError naming the file and how to assign a CRS; skippable with warn",
+        "bad.tif",
+        no_crs,
+        GEO,
+    ),
+    Case(
+        "rotated",
+        "rotated geotransform",
+        "MultiBandGeoTIFF",
+        "error",
+        "DataError naming the file, `gdalwarp` to north-up",
+        "bad.tif",
+        rotated,
+        GEO,
+    ),
+    Case(
+        "sheared",
+        "sheared geotransform",
+        "MultiBandGeoTIFF",
+        "error",
+        "as rotated",
+        "bad.tif",
+        sheared,
+    ),
+    Case(
+        "mixed-dtypes",
+        "uint16 and float32 files in one catalog",
+        "MultiBandGeoTIFF",
+        "error",
+        "DataError naming both files",
+        "bad.tif",
+        mixed_dtypes,
+        GEO,
+    ),
+    Case(
+        "mixed-bands",
+        "2-band and 3-band files in one catalog",
+        "MultiBandGeoTIFF",
+        "error",
+        "DataError naming both files",
+        "bad.tif",
+        mixed_band_counts,
+        GEO,
+    ),
+    Case(
+        "mixed-nodata",
+        "files declaring nodata 0 and 65535",
+        "MultiBandGeoTIFF",
+        "error",
+        "DataError naming both files and values",
+        "bad.tif",
+        mixed_nodata,
+        GEO,
+    ),
+    Case(
+        "band-grids",
+        "band files of one scene on different footprints",
+        "Sentinel2",
+        "error",
+        "DataError naming both band files (more than a coarse pixel apart)",
+        "T31_B04.tif",
+        band_grids,
+    ),
+    Case(
+        "band-crs",
+        "band files of one scene in different CRSs",
+        "Sentinel2",
+        "error",
+        "DataError naming both band files and CRSs",
+        "T31_B04.tif",
+        band_crss,
+    ),
+    Case(
+        "inf-pixels",
+        "float raster with +inf pixels",
+        "GeoDINODataModule",
+        "error",
+        "DataError naming the bands, the chip and the file",
+        "bad.tif",
+        inf_pixels,
+        "tests/tasks/test_dinov2.py",
+    ),
+    Case(
+        "nan-pixels",
+        "float raster with NaN pixels",
+        "GeoDINODataModule",
+        "nodata",
+        "NaN is always nodata: chips over `max_nodata` are redrawn, the rest filled before "
+        "normalisation; no NaN reaches the model",
+        "",
+        nan_pixels,
+        GEO,
+    ),
+    Case(
+        "all-nodata",
+        "scene that is nodata everywhere",
+        "GeoDINODataModule",
+        "error",
+        "DataError after `max_redraws` naming the chip, the file and the nodata value",
+        "bad.tif",
+        all_nodata,
+        "tests/test_datamodules.py",
+    ),
+    Case(
+        "aoi-self-intersecting",
+        "self-intersecting (bow-tie) AOI polygon",
+        "AOISampler",
+        "skip",
+        "repaired with `make_valid`, the repair logged with its "
+        "count; every chip inside the repaired polygon",
+        "repaired 1 invalid",
+        aoi_self_intersecting,
+        "tests/test_samplers.py",
+    ),
+    Case(
+        "aoi-empty-geometries",
+        "AOI with two empty geometries beside a polygon",
+        "read_aoi",
+        "skip",
+        "empty geometries dropped, logged with their count",
+        "dropped 2 empty",
+        aoi_empty_geometries,
+        "tests/test_samplers.py",
+    ),
+    Case(
+        "aoi-only-empty",
+        "AOI whose only geometry is empty",
+        "AOISampler",
+        "error",
+        "DataError naming the file",
+        "bad.gpkg",
+        aoi_only_empty,
+    ),
+    Case(
+        "aoi-no-features",
+        "AOI file with no features",
+        "AOISampler",
+        "error",
+        "DataError naming the file",
+        "bad.gpkg",
+        aoi_no_features,
+    ),
+    Case(
+        "aoi-no-crs",
+        "Shapefile AOI without `.prj`",
+        "AOISampler",
+        "error",
+        "DataError naming the file and how to set the CRS",
+        "bad.shp",
+        aoi_no_crs,
+        "tests/test_samplers.py",
+    ),
+    Case(
+        "aoi-outside",
+        "AOI far from the data",
+        "AOISampler",
+        "error",
+        "DataError with the data's bounds and CRS",
+        "does not intersect the data",
+        aoi_outside,
+        "tests/test_samplers.py",
+    ),
+    Case(
+        "npy-pickle",
+        "`.npy` object array whose unpickling would run code",
+        "NpyFolder",
+        "error",
+        "DataError naming the file, read from the header with "
+        "`allow_pickle=False`; the payload never runs",
+        "bad.npy",
+        npy_pickle,
+        "tests/datasets/test_folders.py",
+    ),
+    Case(
+        "npy-truncated",
+        "`.npy` cut after its header",
+        "NpyFolder",
+        "error",
+        "DataError naming the file",
+        "bad.npy",
+        npy_truncated,
+    ),
+    Case(
+        "json-missing-key",
+        "annotation entry without `gt_label`",
+        "AnnotatedImages",
+        "error",
+        "DataError naming the file, the entry and the key",
+        "bad.json",
+        json_missing_key,
+        "tests/datasets/test_folders.py",
+    ),
+    Case(
+        "json-escape",
+        "`img_path` of `../secret.tif`",
+        "AnnotatedImages",
+        "error",
+        "DataError: paths must stay inside the root",
+        "../secret.tif",
+        json_escaping_root,
+        "tests/datasets/test_folders.py",
+    ),
+    Case(
+        "json-absolute",
+        "absolute `img_path` outside the root",
+        "AnnotatedImages",
+        "error",
+        "as `../`",
+        "outside the image root",
+        json_absolute_path,
+    ),
+    Case(
+        "json-invalid",
+        "annotation file that is not valid JSON",
+        "AnnotatedImages",
+        "error",
+        "DataError naming the file",
+        "bad.json",
+        json_invalid,
+    ),
 ]
 
 
@@ -444,8 +677,9 @@ def test_bad_input(case: Case, tmp_path: Path, caplog: pytest.LogCaptureFixture)
         assert case.names in outcome.log, outcome.log
 
 
-def test_readers_can_skip_and_count_bad_files(tmp_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_readers_can_skip_and_count_bad_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The file-level cases offer the counted skip; the good file is still read."""
     with caplog.at_level(logging.WARNING):
         outcome = zero_byte(tmp_path, caplog)

@@ -63,11 +63,16 @@ def test_sigkill_mid_step_then_in_validation_resumes_exactly(straight: tuple) ->
     tmp, expected = straight
     run = "mid_step"
     # killed after the backward pass of step 15: last.ckpt is step 12
-    kill(tmp, run, 12,
-         callbacks=[{"class_path": "faults.KillMidStep", "init_args": {"step": 15}}])
+    kill(tmp, run, 12, callbacks=[{"class_path": "faults.KillMidStep", "init_args": {"step": 15}}])
     # the resumed run is killed inside the validation after step 16: last.ckpt still 12
-    kill(tmp, run, 12, "--ckpt_path", "last",
-         callbacks=[{"class_path": "faults.KillInValidation", "init_args": {"step": 16}}])
+    kill(
+        tmp,
+        run,
+        12,
+        "--ckpt_path",
+        "last",
+        callbacks=[{"class_path": "faults.KillInValidation", "init_args": {"step": 16}}],
+    )
     resumed = geodino("fit", "--config", str(write_config(tmp, run)), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
@@ -80,10 +85,17 @@ def test_sigkill_mid_step_then_in_validation_resumes_exactly(straight: tuple) ->
 def test_sigkill_while_writing_a_checkpoint_resumes_exactly(straight: tuple) -> None:
     tmp, expected = straight
     run = "torn_write"
-    killed = geodino("fit", "--config", str(write_config(
-        tmp, run,
-        plugins=[{"class_path": "faults.TornWriteCheckpointIO", "init_args": {"step": 12}}],
-    )))
+    killed = geodino(
+        "fit",
+        "--config",
+        str(
+            write_config(
+                tmp,
+                run,
+                plugins=[{"class_path": "faults.TornWriteCheckpointIO", "init_args": {"step": 12}}],
+            )
+        ),
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     folder = checkpoints(tmp / run)
     # the kill landed inside the write: a partial temporary file, the real names intact
@@ -105,8 +117,7 @@ def test_truncated_checkpoint_gives_a_clear_error(straight: tuple) -> None:
     source = checkpoints(tmp / "straight") / "step00000006.ckpt"
     bad = tmp / "cut.ckpt"
     bad.write_bytes(source.read_bytes()[: source.stat().st_size // 3])
-    out = geodino("fit", "--config", str(write_config(tmp, "bad_resume")), "--ckpt_path",
-                  str(bad))
+    out = geodino("fit", "--config", str(write_config(tmp, "bad_resume")), "--ckpt_path", str(bad))
     assert out.returncode == 2, out.stderr[-3000:]
     assert f"checkpoint {bad} cannot be read" in out.stderr and "truncated" in out.stderr
     assert "Traceback" not in out.stderr

@@ -33,8 +33,11 @@ def evil(tmp_path: Path) -> tuple[Path, Path]:
     """A checkpoint-shaped pickle with the payload, and the marker it would create."""
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    state = {"state_dict": {"teacher.backbone.blocks.0.norm1.weight": torch.ones(4)},
-             "global_step": 3, "hyper_parameters": {"payload": Payload(marker)}}
+    state = {
+        "state_dict": {"teacher.backbone.blocks.0.norm1.weight": torch.ones(4)},
+        "global_step": 3,
+        "hyper_parameters": {"payload": Payload(marker)},
+    }
     torch.save(state, path)
     # the payload is live: a plain unpickling runs it
     torch.load(path, weights_only=False)
@@ -46,8 +49,7 @@ def evil(tmp_path: Path) -> tuple[Path, Path]:
 def test_resume_refuses_a_malicious_checkpoint(tmp_path: Path, evil: tuple[Path, Path]) -> None:
     path, marker = evil
     write_catalog(tmp_path / "tiles")
-    out = geodino("fit", "--config", str(write_config(tmp_path, "run")), "--ckpt_path",
-                  str(path))
+    out = geodino("fit", "--config", str(write_config(tmp_path, "run")), "--ckpt_path", str(path))
     assert out.returncode == 2, out.stderr[-3000:]
     assert str(path) in out.stderr and "refuses" in out.stderr
     assert not marker.exists()
@@ -56,8 +58,15 @@ def test_resume_refuses_a_malicious_checkpoint(tmp_path: Path, evil: tuple[Path,
 def test_build_backbone_refuses_a_malicious_checkpoint(evil: tuple[Path, Path]) -> None:
     path, marker = evil
     with pytest.raises(WeightsError, match="would run code"):
-        build_backbone("vit_small_patch14_reg4_dinov2", 4, weights=path, img_size=28,
-                       embed_dim=32, depth=1, num_heads=2)
+        build_backbone(
+            "vit_small_patch14_reg4_dinov2",
+            4,
+            weights=path,
+            img_size=28,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+        )
     assert not marker.exists()
 
 
@@ -72,8 +81,13 @@ def test_export_refuses_a_malicious_checkpoint(tmp_path: Path, evil: tuple[Path,
 def test_embed_refuses_a_malicious_checkpoint(tmp_path: Path, evil: tuple[Path, Path]) -> None:
     path, marker = evil
     write_catalog(tmp_path / "tiles")
-    out = geodino("embed", str(path), str(tmp_path / "tiles" / "scene0.tif"), "--out",
-                  str(tmp_path / "emb.tif"))
+    out = geodino(
+        "embed",
+        str(path),
+        str(tmp_path / "tiles" / "scene0.tif"),
+        "--out",
+        str(tmp_path / "emb.tif"),
+    )
     assert out.returncode == 2, out.stderr[-3000:]
     assert str(path) in out.stderr and "refuses" in out.stderr
     assert not marker.exists() and not (tmp_path / "emb.tif").exists()
@@ -98,8 +112,14 @@ def test_wandb_key_stays_out_of_configs_hparams_logs_and_output(
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_catalog(tmp_path / "tiles")
-    logger = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {
-        "project": "geodino-test", "save_dir": str(tmp_path / "wandb"), "offline": True}}
+    logger = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {
+            "project": "geodino-test",
+            "save_dir": str(tmp_path / "wandb"),
+            "offline": True,
+        },
+    }
     cfg = write_config(tmp_path, "run", logger=logger, max_steps=6, log_every_n_steps=1)
     out = geodino("fit", "--config", str(cfg))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -110,7 +130,7 @@ def test_wandb_key_stays_out_of_configs_hparams_logs_and_output(
     assert any(p.suffix == ".wandb" for p in written)
     for path in written:
         assert secret.encode() not in path.read_bytes(), path
-    hparams = torch.load(next(p for p in written if p.name == "last.ckpt"),
-                         weights_only=True)["hyper_parameters"]
+    hparams = torch.load(next(p for p in written if p.name == "last.ckpt"), weights_only=True)[
+        "hyper_parameters"
+    ]
     assert secret not in repr(hparams)
-

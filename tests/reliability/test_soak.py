@@ -57,44 +57,67 @@ class Probe(Callback):
             return
         me = os.getpid()
         workers = children(me)
-        self.rows.append({
-            "step": step, "seconds": time.perf_counter() - self.start,
-            "rss_mb": rss_mb(me), "workers_rss_mb": sum(rss_mb(w) for w in workers),
-            "fds": fds(me), "worker_fds": [fds(w) for w in workers],
-        })
+        self.rows.append(
+            {
+                "step": step,
+                "seconds": time.perf_counter() - self.start,
+                "rss_mb": rss_mb(me),
+                "workers_rss_mb": sum(rss_mb(w) for w in workers),
+                "fds": fds(me),
+                "worker_fds": [fds(w) for w in workers],
+            }
+        )
 
 
 @pytest.mark.soak
 def test_soak_memory_and_file_handles_stay_flat(tmp_path: Path) -> None:
     write_catalog(tmp_path / "tiles")
     model = DINOv2Task(
-        model="vit_small_patch14_reg4_dinov2", in_chans=4,
+        model="vit_small_patch14_reg4_dinov2",
+        in_chans=4,
         model_kwargs={"img_size": 28, "embed_dim": 32, "depth": 2, "num_heads": 2},
-        head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16,
-        checkpoint_every_n_steps=500, keep_last_k=2, lr_reference_batch=8,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        checkpoint_every_n_steps=500,
+        keep_last_k=2,
+        lr_reference_batch=8,
     )
     data = GeoDINODataModule(
-        MultiBandGeoTIFF(tmp_path / "tiles"), chip_size=28, batch_size=4, num_workers=2,
+        MultiBandGeoTIFF(tmp_path / "tiles"),
+        chip_size=28,
+        batch_size=4,
+        num_workers=2,
         statistics_chips=8,
         multicrop={"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2},
     )
     probe = Probe()
-    trainer = Trainer(max_steps=STEPS, accelerator="cpu", devices=1,
-                      default_root_dir=tmp_path / "run", logger=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[probe])
+    trainer = Trainer(
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path / "run",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
+    )
     trainer.fit(model, data)
     assert trainer.global_step == STEPS
     rows = probe.rows
     warm = next(r for r in rows if r["step"] >= WARMUP)
     after = [r for r in rows if r["step"] >= WARMUP]
     summary = {
-        "steps": STEPS, "seconds": rows[-1]["seconds"], "warmup_step": warm["step"],
-        "rss_mb_at_warmup": warm["rss_mb"], "rss_mb_max_after": max(r["rss_mb"] for r in after),
+        "steps": STEPS,
+        "seconds": rows[-1]["seconds"],
+        "warmup_step": warm["step"],
+        "rss_mb_at_warmup": warm["rss_mb"],
+        "rss_mb_max_after": max(r["rss_mb"] for r in after),
         "rss_mb_last": rows[-1]["rss_mb"],
         "workers_rss_mb_at_warmup": warm["workers_rss_mb"],
         "workers_rss_mb_max_after": max(r["workers_rss_mb"] for r in after),
-        "fds_at_warmup": warm["fds"], "fds_max_after": max(r["fds"] for r in after),
+        "fds_at_warmup": warm["fds"],
+        "fds_max_after": max(r["fds"] for r in after),
         "worker_fds_at_warmup": warm["worker_fds"],
         "worker_fds_max_after": max(max(r["worker_fds"], default=0) for r in after),
         "rows": rows,

@@ -18,23 +18,32 @@ BANDS = ["B02", "B03", "B04", "B08", "B11"]
 def _export(root: Path, patch: int) -> tuple[Path, DINOv2Task]:
     torch.manual_seed(patch)
     task = DINOv2Task(
-        model=ARCHITECTURES[patch], in_chans=len(BANDS), band_names=BANDS, model_kwargs=TINY,
-        head_out_dim=16, head_hidden_dim=16, head_bottleneck_dim=8, head_nlayers=2,
+        model=ARCHITECTURES[patch],
+        in_chans=len(BANDS),
+        band_names=BANDS,
+        model_kwargs=TINY,
+        head_out_dim=16,
+        head_hidden_dim=16,
+        head_bottleneck_dim=8,
+        head_nlayers=2,
     )
     with torch.no_grad():  # a teacher unlike timm's initialisation, with non-zero registers
         for p in task.teacher.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     root.mkdir(parents=True, exist_ok=True)
     ckpt = root / "task.ckpt"
-    torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict(),
-                "global_step": 0}, ckpt)
+    torch.save(
+        {"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict(), "global_step": 0},
+        ckpt,
+    )
     export_backbone(ckpt, root / "export")
     return root / "export", task.eval()
 
 
 @pytest.fixture(scope="session")
-def geodino_export(tmp_path_factory: pytest.TempPathFactory
-                   ) -> Callable[[int], tuple[Path, DINOv2Task]]:
+def geodino_export(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int], tuple[Path, DINOv2Task]]:
     """Factory: patch size -> (export folder, the DINOv2Task whose teacher was exported)."""
     cache: dict[int, tuple[Path, DINOv2Task]] = {}
 

@@ -63,16 +63,23 @@ class Bright(Dataset[dict[str, torch.Tensor]]):
         return {"image": self.images[index], "label": self.labels[index]}
 
 
-def test_linear_probe_trains_the_head_only_and_reloads(geodino_export: Export,
-                                                       tmp_path: Path) -> None:
+def test_linear_probe_trains_the_head_only_and_reloads(
+    geodino_export: Export, tmp_path: Path
+) -> None:
     export, _ = geodino_export(14)
     task = Classification(weights=export, num_classes=2, freeze_backbone=True, img_size=28)
     trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     data = DataLoader(Bright(8), batch_size=4)
-    trainer = Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, data, data)
     after = task.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

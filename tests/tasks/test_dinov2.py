@@ -37,9 +37,16 @@ class Blobs(torch.utils.data.Dataset):
 
 def task(**overrides: Any) -> DINOv2Task:
     args: dict[str, Any] = dict(
-        model="vit_small_patch14_reg4_dinov2", in_chans=4, model_kwargs=TINY,
-        head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, head_nlayers=2,
-        checkpoint_every_n_steps=5, keep_last_k=2, lr_reference_batch=8,
+        model="vit_small_patch14_reg4_dinov2",
+        in_chans=4,
+        model_kwargs=TINY,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        head_nlayers=2,
+        checkpoint_every_n_steps=5,
+        keep_last_k=2,
+        lr_reference_batch=8,
     )
     args.update(overrides)
     return DINOv2Task(**args)
@@ -53,8 +60,13 @@ def datamodule(**overrides: Any) -> FolderDINODataModule:
 
 def trainer(root: Path, max_steps: int, **overrides: Any) -> Trainer:
     args: dict[str, Any] = dict(
-        max_steps=max_steps, accelerator="cpu", devices=1, default_root_dir=root,
-        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=root,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
         log_every_n_steps=1,
     )
     args.update(overrides)
@@ -82,8 +94,14 @@ def test_fit_trains_teacher_and_writes_summary(tmp_path: Path) -> None:
     t = dict(model.teacher.named_parameters())
     assert any(not torch.equal(s[k], t[k]) for k in s)
     metrics = fit.callback_metrics
-    for key in ("train_loss", "train/dino_loss", "train/ibot_loss", "train/koleo_loss",
-                "train/teacher_entropy", "train/teacher_feature_std"):
+    for key in (
+        "train_loss",
+        "train/dino_loss",
+        "train/ibot_loss",
+        "train/koleo_loss",
+        "train/teacher_entropy",
+        "train/teacher_feature_std",
+    ):
         assert torch.isfinite(metrics[key]), key
     run = Path(fit.log_dir)
     summary = json.loads((run / "metrics.json").read_text())
@@ -166,8 +184,13 @@ def test_non_finite_loss_names_the_step(tmp_path: Path) -> None:
 
 
 def test_max_steps_required(tmp_path: Path) -> None:
-    fit = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                  default_root_dir=tmp_path)
+    fit = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(ConfigError, match="max_steps"):
         fit.fit(task(), datamodule())
 
@@ -175,15 +198,20 @@ def test_max_steps_required(tmp_path: Path) -> None:
 def test_inf_in_a_batch_names_the_band(tmp_path: Path) -> None:
     data = Blobs()
     data.images[3, 2, 5, 5] = float("inf")
-    dm = FolderDINODataModule(data, batch_size=4, seed=0, multicrop=MULTICROP,
-                              statistics=BandStatistics(Blobs.band_names, [0.0] * 4, [1.0] * 4)
-                              .save(tmp_path / "s.yaml"))
+    dm = FolderDINODataModule(
+        data,
+        batch_size=4,
+        seed=0,
+        multicrop=MULTICROP,
+        statistics=BandStatistics(Blobs.band_names, [0.0] * 4, [1.0] * 4).save(tmp_path / "s.yaml"),
+    )
     with pytest.raises(Exception, match=r"inf values in bands \['b3'\]"):
         trainer(tmp_path, 20, logger=False, enable_checkpointing=False).fit(task(), dm)
 
 
-def test_wandb_offline_run_keeps_the_key_out_of_files(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_offline_run_keeps_the_key_out_of_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     secret = "0123456789abcdef0123456789abcdef01234567"

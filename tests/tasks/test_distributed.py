@@ -17,9 +17,16 @@ def write_catalog(root: Path) -> None:
     for i, crs in enumerate(("EPSG:32631", "EPSG:32631")):
         base = rng.integers(100, 3000, size=(4, 12, 12)).astype("uint16")
         data = base.repeat(8, 1).repeat(8, 2)
-        profile = {"driver": "GTiff", "height": 96, "width": 96, "count": 4, "dtype": "uint16",
-                   "crs": crs, "nodata": 0,
-                   "transform": from_origin(500000 + i * 2000, 5000000, 10, 10)}
+        profile = {
+            "driver": "GTiff",
+            "height": 96,
+            "width": 96,
+            "count": 4,
+            "dtype": "uint16",
+            "crs": crs,
+            "nodata": 0,
+            "transform": from_origin(500000 + i * 2000, 5000000, 10, 10),
+        }
         with rasterio.open(root / f"scene{i}.tif", "w", **profile) as dst:
             dst.write(data)
 
@@ -28,22 +35,43 @@ def config(tmp_path: Path) -> Path:
     cfg = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "max_steps": 6, "default_root_dir": str(tmp_path / "run"),
-            "enable_progress_bar": False, "enable_model_summary": False, "logger": False,
+            "accelerator": "cpu",
+            "max_steps": 6,
+            "default_root_dir": str(tmp_path / "run"),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
         },
-        "model": {"class_path": "geodino.tasks.DINOv2Task", "init_args": {
-            "in_chans": 4, "model_kwargs": {"img_size": 28, "embed_dim": 32, "depth": 1,
-                                            "num_heads": 2},
-            "head_out_dim": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16,
-            "checkpoint_every_n_steps": 3, "keep_last_k": 3, "lr_reference_batch": 8,
-        }},
-        "data": {"class_path": "geodino.datamodules.GeoDINODataModule", "init_args": {
-            "dataset": {"class_path": "geodino.datasets.MultiBandGeoTIFF",
-                        "init_args": {"paths": str(tmp_path / "tiles")}},
-            "chip_size": 32, "batch_size": 4, "statistics_chips": 8,
-            "multicrop": {"global_crops_size": 28, "local_crops_size": 14,
-                          "local_crops_number": 2},
-        }},
+        "model": {
+            "class_path": "geodino.tasks.DINOv2Task",
+            "init_args": {
+                "in_chans": 4,
+                "model_kwargs": {"img_size": 28, "embed_dim": 32, "depth": 1, "num_heads": 2},
+                "head_out_dim": 64,
+                "head_hidden_dim": 32,
+                "head_bottleneck_dim": 16,
+                "checkpoint_every_n_steps": 3,
+                "keep_last_k": 3,
+                "lr_reference_batch": 8,
+            },
+        },
+        "data": {
+            "class_path": "geodino.datamodules.GeoDINODataModule",
+            "init_args": {
+                "dataset": {
+                    "class_path": "geodino.datasets.MultiBandGeoTIFF",
+                    "init_args": {"paths": str(tmp_path / "tiles")},
+                },
+                "chip_size": 32,
+                "batch_size": 4,
+                "statistics_chips": 8,
+                "multicrop": {
+                    "global_crops_size": 28,
+                    "local_crops_size": 14,
+                    "local_crops_number": 2,
+                },
+            },
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -51,8 +79,9 @@ def config(tmp_path: Path) -> Path:
 
 
 def geodino(*args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "geodino", *args], capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "geodino", *args], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -70,12 +99,19 @@ def test_ddp_two_processes_then_resume_on_one(tmp_path: Path) -> None:
     assert final["GeoDINODataModule"]["samples_seen"] == 48
 
     # the DDP checkpoint resumes on one process and continues the stream where it stopped
-    geodino("fit", "--config", str(cfg), "--trainer.devices=1",
-            f"--trainer.default_root_dir={tmp_path / 'resumed'}",
-            f"--ckpt_path={ckpts / 'step00000003.ckpt'}")
+    geodino(
+        "fit",
+        "--config",
+        str(cfg),
+        "--trainer.devices=1",
+        f"--trainer.default_root_dir={tmp_path / 'resumed'}",
+        f"--ckpt_path={ckpts / 'step00000003.ckpt'}",
+    )
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6
     assert resumed["GeoDINODataModule"]["samples_seen"] == 24 + 3 * 4
     # the loss centres and the teacher travelled through the checkpoint intact
     teacher_keys = [k for k in at3["state_dict"] if k.startswith("teacher.")]
-    assert teacher_keys and all(torch.isfinite(resumed["state_dict"][k]).all() for k in teacher_keys)
+    assert teacher_keys and all(
+        torch.isfinite(resumed["state_dict"][k]).all() for k in teacher_keys
+    )

@@ -28,12 +28,14 @@ def chips(n: int, bands: int, size: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("patch", [14, 16])
 @pytest.mark.parametrize("decoder", ["upernet", "linear"])
-def test_encoder_is_the_export_and_features_match(geodino_export: Export, patch: int,
-                                                   decoder: str) -> None:
+def test_encoder_is_the_export_and_features_match(
+    geodino_export: Export, patch: int, decoder: str
+) -> None:
     export, pretrained = geodino_export(patch)
     task = Segmentation(weights=export, model=decoder, num_classes=3, decoder_channels=16)
-    assert task.hparams["in_channels"] == 5 and task.hparams["backbone"] == pretrained.hparams[
-        "model"]
+    assert (
+        task.hparams["in_channels"] == 5 and task.hparams["backbone"] == pretrained.hparams["model"]
+    )
     saved = load_file(str(export / "backbone.safetensors"))
     encoder = task.model.encoder.state_dict()
     assert set(encoder) == set(saved)
@@ -48,7 +50,8 @@ def test_encoder_is_the_export_and_features_match(geodino_export: Export, patch:
         maps = task.features(x)
         depth = len(teacher.blocks)
         expected = teacher.forward_intermediates(
-            x, indices=task.model.layers, norm=True, intermediates_only=True)
+            x, indices=task.model.layers, norm=True, intermediates_only=True
+        )
         logits = task(x)
     assert len(maps) == (4 if decoder == "upernet" else 1)
     for got, want in zip(maps, expected, strict=True):
@@ -90,14 +93,21 @@ def test_frozen_backbone_trains_decoder_and_reloads_without_the_export(
     copy = tmp_path / "export"
     shutil.copytree(export, copy)
     torch.manual_seed(0)
-    task = Segmentation(weights=copy, num_classes=2, ignore_index=-1, freeze_backbone=True,
-                        decoder_channels=16)
+    task = Segmentation(
+        weights=copy, num_classes=2, ignore_index=-1, freeze_backbone=True, decoder_channels=16
+    )
     assert not any(p.requires_grad for p in task.model.encoder.parameters())
     assert all(p.requires_grad for p in task.model.decoder.parameters())
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     data = DataLoader(RandomMasks(8, 32), batch_size=4)
-    trainer = Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, data, data)
     after = task.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
@@ -115,16 +125,21 @@ def test_frozen_backbone_trains_decoder_and_reloads_without_the_export(
 
 def test_freeze_decoder_trains_the_classifier_only(geodino_export: Export) -> None:
     export, _ = geodino_export(14)
-    task = Segmentation(weights=export, model="linear", num_classes=2, freeze_backbone=True,
-                        freeze_decoder=True)
+    task = Segmentation(
+        weights=export, model="linear", num_classes=2, freeze_backbone=True, freeze_decoder=True
+    )
     trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
     assert trainable == {"segmentation_head.weight", "segmentation_head.bias"}
 
 
 def test_random_init_without_an_export() -> None:
-    task = Segmentation(backbone="vit_small_patch16_224", in_channels=7, num_classes=4,
-                        backbone_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
-                        decoder_channels=8)
+    task = Segmentation(
+        backbone="vit_small_patch16_224",
+        in_channels=7,
+        num_classes=4,
+        backbone_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+        decoder_channels=8,
+    )
     assert task.model.layers == [0, 0, 1, 1]
     assert task(chips(2, 7, 32)).shape == (2, 4, 32, 32)
 
@@ -148,8 +163,9 @@ def test_bad_configurations_are_refused(geodino_export: Export, tmp_path: Path) 
         task(chips(1, 5, 50))
 
 
-def test_the_fine_tuning_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_fine_tuning_guide_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     page = Path(__file__).resolve().parents[2] / "docs" / "fine-tuning.md"
     text = page.read_text()
     monkeypatch.chdir(tmp_path)
@@ -178,8 +194,9 @@ def test_the_fine_tuning_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 class Tiles(Dataset[dict[str, torch.Tensor]]):
     """Square tiles cut from one scene and its label raster."""
 
-    def __init__(self, image: torch.Tensor, mask: torch.Tensor, index: list[int],
-                 size: int) -> None:
+    def __init__(
+        self, image: torch.Tensor, mask: torch.Tensor, index: list[int], size: int
+    ) -> None:
         n = image.shape[-1] // size
         grid = image[:, : n * size, : n * size].unfold(1, size, size).unfold(2, size, size)
         self.images = grid.permute(1, 2, 0, 3, 4).reshape(n * n, -1, size, size)[index]
@@ -219,25 +236,46 @@ def test_flood_fine_tuning_beats_a_frozen_random_backbone(
     torch.manual_seed(0)
     arch = {"embed_dim": 64, "depth": 2, "num_heads": 2}
     vit = timm.create_model("vit_small_patch14_reg4_dinov2", in_chans=13, num_classes=0, **arch)
-    write_export(vit.state_dict(), tmp_path / "random", "vit_small_patch14_reg4_dinov2", 13,
-                 model_kwargs=arch, bands=bands)
+    write_export(
+        vit.state_dict(),
+        tmp_path / "random",
+        "vit_small_patch14_reg4_dinov2",
+        13,
+        model_kwargs=arch,
+        bands=bands,
+    )
     water_iou = {}
     for frozen in (True, False):
         torch.manual_seed(0)
-        task = Segmentation(weights=tmp_path / "random", model="linear", num_classes=2,
-                            ignore_index=-1, lr=1e-3, freeze_backbone=frozen)
-        trainer = Trainer(max_epochs=5, accelerator="cpu", logger=False, deterministic=True,
-                          enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, num_sanity_val_steps=0)
-        loader = DataLoader(train, batch_size=8, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+        task = Segmentation(
+            weights=tmp_path / "random",
+            model="linear",
+            num_classes=2,
+            ignore_index=-1,
+            lr=1e-3,
+            freeze_backbone=frozen,
+        )
+        trainer = Trainer(
+            max_epochs=5,
+            accelerator="cpu",
+            logger=False,
+            deterministic=True,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        loader = DataLoader(
+            train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
         trainer.fit(task, loader, DataLoader(val, batch_size=32))
         scores = trainer.validate(task, DataLoader(val, batch_size=32), verbose=False)[0]
         water_iou["frozen" if frozen else "fine-tuned"] = scores["val_ClasswiseJaccardIndex_1"]
         if frozen:
             encoder = load_file(str(tmp_path / "random" / "backbone.safetensors"))
-            assert all(torch.equal(v, encoder[k]) for k, v in task.model.encoder.state_dict()
-                       .items())
+            assert all(
+                torch.equal(v, encoder[k]) for k, v in task.model.encoder.state_dict().items()
+            )
     record_property("water_iou", water_iou)
     print(f"held-out water IoU: {water_iou}")
     assert water_iou["fine-tuned"] > water_iou["frozen"] > 0.2
@@ -251,16 +289,23 @@ def test_fusion_backbone_from_its_export(tmp_path: Path, fusion: str) -> None:
 
     torch.manual_seed(0)
     pretrained = DINOv2Task(
-        model="vit_small_patch14_reg4_dinov2", in_chans=5, modalities={"s1": 2, "s2": 3},
-        fusion=fusion, model_kwargs={"img_size": 28, "embed_dim": 32, "depth": 2,
-                                     "num_heads": 2},
-        head_out_dim=16, head_hidden_dim=16, head_bottleneck_dim=8, head_nlayers=2,
+        model="vit_small_patch14_reg4_dinov2",
+        in_chans=5,
+        modalities={"s1": 2, "s2": 3},
+        fusion=fusion,
+        model_kwargs={"img_size": 28, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        head_out_dim=16,
+        head_hidden_dim=16,
+        head_bottleneck_dim=8,
+        head_nlayers=2,
     )
     with torch.no_grad():
         for p in pretrained.teacher.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    torch.save({"hyper_parameters": dict(pretrained.hparams),
-                "state_dict": pretrained.state_dict()}, tmp_path / "fusion.ckpt")
+    torch.save(
+        {"hyper_parameters": dict(pretrained.hparams), "state_dict": pretrained.state_dict()},
+        tmp_path / "fusion.ckpt",
+    )
     export_backbone(tmp_path / "fusion.ckpt", tmp_path / "export")
     meta = json.loads((tmp_path / "export" / "backbone.json").read_text())
     assert meta["model_kwargs"]["modalities"] == {"s1": 2, "s2": 3}
@@ -278,14 +323,15 @@ def test_fusion_backbone_from_its_export(tmp_path: Path, fusion: str) -> None:
     with torch.no_grad():
         tokens = teacher.forward_features(x)
         maps = task.features(x)
-    torch.testing.assert_close(maps[-1].flatten(2).transpose(1, 2),
-                               tokens[:, teacher.num_prefix_tokens:])
+    torch.testing.assert_close(
+        maps[-1].flatten(2).transpose(1, 2), tokens[:, teacher.num_prefix_tokens :]
+    )
     # chips of the training size, with the grid built for them
-    sized = Segmentation(weights=tmp_path / "export", num_classes=2, img_size=28,
-                         decoder_channels=8)
+    sized = Segmentation(
+        weights=tmp_path / "export", num_classes=2, img_size=28, decoder_channels=8
+    )
     with torch.no_grad():
-        torch.testing.assert_close(sized.features(chips(2, 5, 28)),
-                                   task.features(chips(2, 5, 28)))
+        torch.testing.assert_close(sized.features(chips(2, 5, 28)), task.features(chips(2, 5, 28)))
         assert task(chips(2, 5, 28)).shape == (2, 2, 28, 28)
     with pytest.raises(ConfigError, match="multimodal FusionViT"):
         Classification(weights=tmp_path / "export", num_classes=2)

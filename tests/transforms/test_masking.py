@@ -34,8 +34,9 @@ def test_masks_follow_dinov2_collate() -> None:
     assert 0 < int(masked[:32].sum()) < 32
 
 
-@pytest.mark.parametrize(("n_images", "probability", "expected"), [(10, 0.5, 5), (7, 0.3, 2),
-                                                                    (8, 0.0, 0), (8, 1.0, 8)])
+@pytest.mark.parametrize(
+    ("n_images", "probability", "expected"), [(10, 0.5, 5), (7, 0.3, 2), (8, 0.0, 0), (8, 1.0, 8)]
+)
 def test_fraction_of_masked_images(n_images: int, probability: float, expected: int) -> None:
     for seed in range(5):
         masks = sample_ibot_masks(n_images, (14, 14), probability, generator=gen(seed))
@@ -45,8 +46,12 @@ def test_fraction_of_masked_images(n_images: int, probability: float, expected: 
 def test_ratios_across_batches_stay_in_range() -> None:
     for grid, low, high in (((16, 16), 0.1, 0.5), ((8, 12), 0.2, 0.3)):
         n_tokens = grid[0] * grid[1]
-        ratios = torch.cat([sample_ibot_masks(32, grid, 0.5, (low, high), generator=gen(s))
-                            .float().mean(1) for s in range(10)])
+        ratios = torch.cat(
+            [
+                sample_ibot_masks(32, grid, 0.5, (low, high), generator=gen(s)).float().mean(1)
+                for s in range(10)
+            ]
+        )
         ratios = ratios[ratios > 0]
         assert len(ratios) == 160
         assert ratios.max() <= high and ratios.min() >= low - 2 / n_tokens
@@ -59,8 +64,11 @@ def test_blocks_respect_aspect_limits() -> None:
     default = MaskingGenerator((20, 20))
     shapes: dict[str, list[tuple[int, int]]] = {"square": [], "tall": [], "default": []}
     for seed in range(200):
-        for name, masker, count in (("square", square, 9), ("tall", tall, 12),
-                                    ("default", default, 12)):
+        for name, masker, count in (
+            ("square", square, 9),
+            ("tall", tall, 12),
+            ("default", default, 12),
+        ):
             mask = masker(count, gen(seed))
             assert 0 < int(mask.sum()) <= count
             h, w = boxes(mask)

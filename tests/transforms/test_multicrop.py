@@ -12,8 +12,14 @@ from geodino.transforms import MultiCrop
 
 SMALL = {"global_crops_size": 32, "local_crops_size": 16, "local_crops_number": 3}
 #: every photometric operation off: crops differ from the input by geometry only
-PLAIN = {"brightness": 0.0, "contrast": 0.0, "per_band_jitter": 0.0, "blur_p": (0.0, 0.0, 0.0),
-         "speckle_looks": None, "db_shift": 0.0}
+PLAIN = {
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "per_band_jitter": 0.0,
+    "blur_p": (0.0, 0.0, 0.0),
+    "speckle_looks": None,
+    "db_shift": 0.0,
+}
 
 
 @pytest.fixture(params=["per_crop", "batched"])
@@ -67,8 +73,14 @@ def test_geometry_is_shared_by_all_bands(interpolation: str, path: str) -> None:
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_full_image_crops_are_exact_flips_and_turns(interpolation: str, path: str) -> None:
     images = torch.rand(16, 2, 24, 24, generator=gen(5))
-    crop = MultiCrop(global_crops_size=24, local_crops_size=8, local_crops_number=0,
-                     global_crops_scale=(1.0, 1.0), interpolation=interpolation, **PLAIN)
+    crop = MultiCrop(
+        global_crops_size=24,
+        local_crops_size=8,
+        local_crops_number=0,
+        global_crops_scale=(1.0, 1.0),
+        interpolation=interpolation,
+        **PLAIN,
+    )
     out = crop(images, gen())["global_crops"]
     for i, c in enumerate(out):
         candidates = dihedral(images[i % 16])
@@ -89,8 +101,9 @@ def test_both_paths_resample_alike(monkeypatch: pytest.MonkeyPatch) -> None:
         for key in per_crop:
             # borders differ most: interpolate clamps at the box, roi_align reads beyond it
             torch.testing.assert_close(batched[key], per_crop[key], rtol=0, atol=0.05)
-            torch.testing.assert_close(batched[key][..., 2:-2, 2:-2],
-                                       per_crop[key][..., 2:-2, 2:-2], rtol=0, atol=0.01)
+            torch.testing.assert_close(
+                batched[key][..., 2:-2, 2:-2], per_crop[key][..., 2:-2, 2:-2], rtol=0, atol=0.01
+            )
 
 
 def test_crop_areas_lie_within_the_configured_ranges(path: str) -> None:
@@ -100,8 +113,10 @@ def test_crop_areas_lie_within_the_configured_ranges(path: str) -> None:
     images = torch.stack([cols, cols.T]).expand(64, 2, size, size).clone()
     crop = MultiCrop(global_crops_size=32, local_crops_size=24, local_crops_number=2, **PLAIN)
     out = crop(images, gen(11))
-    for key, (low, high), side in (("global_crops", (0.32, 1.0), 32),
-                                   ("local_crops", (0.05, 0.32), 24)):
+    for key, (low, high), side in (
+        ("global_crops", (0.32, 1.0), 32),
+        ("local_crops", (0.05, 0.32), 24),
+    ):
         crops = out[key]
         extent = (crops.amax((-2, -1)) - crops.amin((-2, -1))) * side / (side - 1)
         area = extent.prod(1) / size**2
@@ -125,12 +140,25 @@ def test_flip_and_rotation_rates() -> None:
         assert (distance.amin(1) < 1e-5).all()
         return distance.argmin(1)
 
-    crop = MultiCrop(global_crops_size=16, local_crops_size=8, local_crops_number=0,
-                     global_crops_scale=(1.0, 1.0), flip_p=0.5, **PLAIN)
+    crop = MultiCrop(
+        global_crops_size=16,
+        local_crops_size=8,
+        local_crops_number=0,
+        global_crops_scale=(1.0, 1.0),
+        flip_p=0.5,
+        **PLAIN,
+    )
     shares = torch.bincount(elements(crop, 0), minlength=8).float() / 1600
     assert ((shares - 1 / 8).abs() < 0.04).all()  # 5 sigma of a binomial share
-    crop = MultiCrop(global_crops_size=16, local_crops_size=8, local_crops_number=0,
-                     global_crops_scale=(1.0, 1.0), flip_p=0.25, rotate90=False, **PLAIN)
+    crop = MultiCrop(
+        global_crops_size=16,
+        local_crops_size=8,
+        local_crops_number=0,
+        global_crops_scale=(1.0, 1.0),
+        flip_p=0.25,
+        rotate90=False,
+        **PLAIN,
+    )
     found = elements(crop, 1)
     assert set(found.tolist()) <= {0, 4}  # no turns
     assert abs(float((found == 4).float().mean()) - 0.25) < 0.06
@@ -141,8 +169,14 @@ def test_shrinking_crops_are_anti_aliased(interpolation: str, path: str) -> None
     checker = (torch.arange(128).view(1, 128) + torch.arange(128).view(128, 1)) % 2
     images = checker.float().expand(8, 1, 128, 128).clone()
     # a box of 64 px shrunk to 16 px: without a low-pass filter the checkerboard aliases
-    crop = MultiCrop(global_crops_size=16, local_crops_size=8, local_crops_number=0,
-                     global_crops_scale=(0.25, 0.25), interpolation=interpolation, **PLAIN)
+    crop = MultiCrop(
+        global_crops_size=16,
+        local_crops_size=8,
+        local_crops_number=0,
+        global_crops_scale=(0.25, 0.25),
+        interpolation=interpolation,
+        **PLAIN,
+    )
     out = crop(images, gen())["global_crops"]
     assert abs(float(out.mean()) - 0.5) < 0.02
     assert float(out.std()) < 0.1
@@ -153,8 +187,14 @@ def test_optical_jitter_changes_optical_bands_only() -> None:
     images[:, 1] = torch.rand(32, 48, 48, generator=gen(3)) * 20 - 25  # SAR band in dB
     kinds = ["optical", "sar", "optical"]
     reference = MultiCrop(**SMALL, **PLAIN, band_kinds=kinds)(images, gen(4))
-    optical_only = {**PLAIN, "brightness": 0.4, "contrast": 0.4, "per_band_jitter": 0.05,
-                    "blur_p": (1.0, 1.0, 1.0), "jitter_p": 1.0}
+    optical_only = {
+        **PLAIN,
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "per_band_jitter": 0.05,
+        "blur_p": (1.0, 1.0, 1.0),
+        "jitter_p": 1.0,
+    }
     out = MultiCrop(**SMALL, **optical_only, band_kinds=kinds)(images, gen(4))
     for key in out:
         assert torch.equal(out[key][:, 1], reference[key][:, 1])
@@ -199,9 +239,15 @@ def test_speckle_follows_the_gamma_law_in_db(looks: float) -> None:
 
 def test_db_offset_rate_and_range() -> None:
     images = torch.full((400, 1, 16, 16), -10.0)
-    crop = MultiCrop.from_preset("sar", global_crops_size=8, local_crops_size=8,
-                                 local_crops_number=0, speckle_looks=None, db_shift=1.5,
-                                 jitter_p=0.8)
+    crop = MultiCrop.from_preset(
+        "sar",
+        global_crops_size=8,
+        local_crops_size=8,
+        local_crops_number=0,
+        speckle_looks=None,
+        db_shift=1.5,
+        jitter_p=0.8,
+    )
     out = crop(images, gen())["global_crops"]
     shift = out[:, 0] + 10.0
     # one offset per crop
@@ -247,14 +293,22 @@ def test_rgb_preset_is_the_official_recipe() -> None:
 def test_rgb_preset_applies_blur_as_the_official_code() -> None:
     # everything but blur off; sigma >= 1 so that every blurred crop visibly changes
     only_blur = {"jitter_p": 0.0, "grayscale_p": 0.0, "solarize_p": 0.0, "blur_sigma": (1.0, 2.0)}
-    crop = MultiCrop.from_preset("dinov2_rgb", global_crops_size=16, local_crops_size=16,
-                                 local_crops_number=2, **only_blur)
-    sharp = MultiCrop.from_preset("dinov2_rgb", global_crops_size=16, local_crops_size=16,
-                                  local_crops_number=2, **only_blur, blur_p=(0.0, 0.0, 0.0))
+    crop = MultiCrop.from_preset(
+        "dinov2_rgb", global_crops_size=16, local_crops_size=16, local_crops_number=2, **only_blur
+    )
+    sharp = MultiCrop.from_preset(
+        "dinov2_rgb",
+        global_crops_size=16,
+        local_crops_size=16,
+        local_crops_number=2,
+        **only_blur,
+        blur_p=(0.0, 0.0, 0.0),
+    )
     images = torch.rand(400, 3, 24, 24, generator=gen(1)) * 255
     blurred, reference = crop(images, gen(2)), sharp(images, gen(2))
-    changed = {key: (blurred[key] - reference[key]).abs().flatten(1).amax(1) > 1e-3
-               for key in blurred}
+    changed = {
+        key: (blurred[key] - reference[key]).abs().flatten(1).amax(1) > 1e-3 for key in blurred
+    }
     global1, global2 = changed["global_crops"][:400], changed["global_crops"][400:]
     assert not global1.any()
     assert abs(float(global2.float().mean()) - 0.9) < 0.05
@@ -263,22 +317,32 @@ def test_rgb_preset_applies_blur_as_the_official_code() -> None:
 
 def test_solarisation_only_on_the_second_global_crop() -> None:
     images = torch.full((200, 3, 16, 16), 200.0)
-    crop = MultiCrop.from_preset("dinov2_rgb", global_crops_size=8, local_crops_size=8,
-                                 local_crops_number=1, jitter_p=0.0, grayscale_p=0.0,
-                                 blur_p=(0.0, 0.0, 0.0), solarize_p=0.5)
+    crop = MultiCrop.from_preset(
+        "dinov2_rgb",
+        global_crops_size=8,
+        local_crops_size=8,
+        local_crops_number=1,
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(0.0, 0.0, 0.0),
+        solarize_p=0.5,
+    )
     out = crop(images, gen())
     solarized = (out["global_crops"] - 55.0).abs().flatten(1).amax(1) < 1e-3
     assert not solarized[:200].any()
-    torch.testing.assert_close(out["local_crops"], torch.full_like(out["local_crops"], 200.0),
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        out["local_crops"], torch.full_like(out["local_crops"], 200.0), rtol=1e-5, atol=0
+    )
     assert abs(float(solarized[200:].float().mean()) - 0.5) < 0.15
 
 
 def test_deterministic_for_a_generator_state(path: str) -> None:
     images = torch.rand(3, 4, 48, 48) * 1000
     images[:, 3] -= 1020
-    for crop in (MultiCrop(**SMALL, band_kinds=["optical"] * 3 + ["sar"]),
-                 MultiCrop.from_preset("dinov2_rgb", **SMALL, max_value=1000.0)):
+    for crop in (
+        MultiCrop(**SMALL, band_kinds=["optical"] * 3 + ["sar"]),
+        MultiCrop.from_preset("dinov2_rgb", **SMALL, max_value=1000.0),
+    ):
         x = images if crop.band_kinds else images[:, :3]
         g = gen(7)
         state = g.get_state()
