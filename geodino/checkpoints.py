@@ -1,16 +1,16 @@
 """Checkpoints written atomically and read without unpickling code."""
 
 import os
-from pathlib import Path
 from typing import Any
 from weakref import proxy
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from geodino.errors import WeightsError
+from geodino.weights_io import load_checkpoint
+
+__all__ = ["AtomicModelCheckpoint", "SafeCheckpointIO", "load_checkpoint"]
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -38,43 +38,6 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint or weights file without running any code it may hold.
-
-    Args:
-        path: the file.
-        map_location: where to put the tensors.
-
-    Returns:
-        the loaded object (a dict for checkpoints).
-
-    Raises:
-        WeightsError: if the file is missing, truncated, or would run code when unpickled.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist.")
-    if path.stat().st_size == 0:
-        raise WeightsError(
-            f"checkpoint {path} is empty (0 bytes): it was cut off while being written; "
-            "resume from an earlier checkpoint."
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        text = str(error)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise WeightsError(
-                f"{path} holds pickled Python objects that would run code when loaded; "
-                "geodino refuses such files. Re-save the weights as a plain state dict "
-                "(tensors only) or as safetensors."
-            ) from None
-        raise WeightsError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}: {text.splitlines()[0]}); "
-            "it is truncated or not a torch checkpoint. Resume from an earlier checkpoint."
-        ) from None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -1,8 +1,14 @@
-"""Export a pretrained backbone for TorchGeo, timm and geodino."""
+"""Export a pretrained backbone for TorchGeo, timm and geodino.
+
+This module alone reads and writes the export format (``backbone.json`` +
+``backbone.safetensors`` + ``backbone.ckpt``) and the backbone hyper-parameters of a
+``geodino fit`` checkpoint, through two typed records: :class:`BackboneSpec` (the
+architecture a backbone is built from) and :class:`ExportRecord` (the sidecar).
+"""
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -11,12 +17,11 @@ import torch
 from torch import Tensor
 
 from geodino import __version__
-from geodino.checkpoints import load_checkpoint
 from geodino.errors import DataError, WeightsError
+from geodino.weights_io import load_checkpoint
 
 if TYPE_CHECKING:
-    from timm.models import VisionTransformer
-
+    from geodino.models import EncoderModule, TimmViTEncoder
     from geodino.transforms.normalize import BandStatistics
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,228 @@ _SIZE_KWARGS = {
     "pos_drop_rate",
     "patch_drop_rate",
 }
+#: File names inside an export folder.
+WEIGHTS_FILE, SIDECAR_FILE, CHECKPOINT_FILE = (
+    "backbone.safetensors",
+    "backbone.json",
+    "backbone.ckpt",
+)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The architecture a backbone is built from.
+
+    Args:
+        model: timm architecture name (of the shared transformer, for a fusion model).
+        in_chans: number of input bands (every modality's bands stacked).
+        model_kwargs: architecture arguments; a multimodal backbone's include
+            ``modalities``, ``fusion`` and the other :class:`~geodino.models.FusionViT`
+            arguments.
+        band_names: band names in channel order (empty when unknown).
+    """
+
+    model: str
+    in_chans: int
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    band_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_hyper_parameters(cls, hp: Mapping[str, Any], source: str) -> "BackboneSpec":
+        """The backbone of a :class:`~geodino.tasks.DINOv2Task` from its hyper-parameters.
+
+        Args:
+            hp: the task's hyper-parameters (``checkpoint["hyper_parameters"]``).
+            source: the checkpoint, for messages.
+
+        Returns:
+            the spec; a fusion task's modalities and fusion arguments join ``model_kwargs``.
+
+        Raises:
+            WeightsError: if the hyper-parameters name no model or band count.
+        """
+        if "model" not in hp or "in_chans" not in hp:
+            raise WeightsError(
+                f"{source} has no geodino hyper-parameters (model, in_chans): it is not a "
+                "checkpoint that `geodino fit` writes."
+            )
+        kwargs = dict(hp.get("model_kwargs") or {})
+        if hp.get("modalities"):  # a FusionViT: its modalities and fusion are its architecture
+            kwargs = {
+                "modalities": dict(hp["modalities"]),
+                "fusion": hp.get("fusion", "early"),
+                **dict(hp.get("fusion_kwargs") or {}),
+                **kwargs,
+            }
+        return cls(
+            str(hp["model"]),
+            int(hp["in_chans"]),
+            kwargs,
+            tuple(str(b) for b in hp.get("band_names") or ()),
+        )
+
+    @property
+    def modalities(self) -> dict[str, int] | None:
+        """Band count of each modality of a multimodal backbone; None for a timm ViT."""
+        modalities = self.model_kwargs.get("modalities")
+        return dict(modalities) if modalities else None
+
+    def build(self, weights: "str | Path | None" = None, **overrides: Any) -> "EncoderModule":
+        """Build the encoder (see :func:`~geodino.models.create_encoder`).
+
+        Args:
+            weights: initial weights file, if any.
+            **overrides: more or replaced architecture arguments (e.g. ``img_size``).
+
+        Returns:
+            the encoder.
+        """
+        from geodino.models import create_encoder
+
+        return create_encoder(
+            self.model,
+            self.in_chans,
+            {**self.model_kwargs, **overrides},
+            weights=weights,
+            band_names=self.band_names or None,
+        )
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What an export's sidecar (``backbone.json``) says of its backbone.
+
+    Args:
+        model: timm architecture name.
+        in_chans: number of input bands.
+        model_kwargs: architecture arguments beyond timm's default build of ``model`` (size
+            and regularisation arguments excluded).
+        bands: band names in channel order (empty when unknown).
+        statistics: per-band statistics used in pretraining (None when unknown).
+        img_size: image size of the stored position grid.
+        train_img_size: the image size trained at (None when unknown).
+        patch_size: side of a patch in pixels.
+        num_prefix_tokens: class and register tokens.
+        embed_dim: width of the tokens.
+        extra: provenance (``which``, ``source_checkpoint``, ``global_step``...).
+        torchgeo_compatible: whether timm's default build of ``model`` takes the weights.
+        geodino_version: the geodino that wrote it.
+        weights: the ``backbone.safetensors`` beside the sidecar (None before writing).
+    """
+
+    model: str
+    in_chans: int
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    bands: tuple[str, ...] = ()
+    statistics: dict[str, Any] | None = None
+    img_size: tuple[int, int] | None = None
+    train_img_size: int | None = None
+    patch_size: int | None = None
+    num_prefix_tokens: int | None = None
+    embed_dim: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    torchgeo_compatible: bool = True
+    geodino_version: str | None = None
+    weights: Path | None = None
+
+    @property
+    def spec(self) -> BackboneSpec:
+        """The architecture to build."""
+        return BackboneSpec(self.model, self.in_chans, dict(self.model_kwargs), self.bands)
+
+    @property
+    def is_multimodal(self) -> bool:
+        """Whether the backbone is a multimodal FusionViT."""
+        return "modalities" in self.model_kwargs
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar's content, in the order it is written.
+
+        Returns:
+            a JSON-serialisable dict.
+        """
+        return {
+            "model": self.model,
+            "in_chans": self.in_chans,
+            "model_kwargs": self.model_kwargs,
+            "img_size": list(self.img_size) if self.img_size is not None else None,
+            "train_img_size": self.train_img_size,
+            "patch_size": self.patch_size,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "embed_dim": self.embed_dim,
+            "bands": list(self.bands),
+            "statistics": self.statistics,
+            **self.extra,
+            "torchgeo_compatible": self.torchgeo_compatible,
+            "geodino_version": self.geodino_version,
+        }
+
+    @classmethod
+    def from_json(cls, meta: Mapping[str, Any], weights: Path | None = None) -> "ExportRecord":
+        """Parse a sidecar.
+
+        Args:
+            meta: the sidecar's content.
+            weights: the weights file beside it.
+
+        Returns:
+            the record.
+
+        Raises:
+            KeyError, TypeError, ValueError: if required entries are missing or malformed.
+        """
+        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "weights")}
+        size = meta.get("img_size")
+        train = meta.get("train_img_size")
+        return cls(
+            model=str(meta["model"]),
+            in_chans=int(meta["in_chans"]),
+            model_kwargs=dict(meta.get("model_kwargs") or {}),
+            bands=tuple(str(b) for b in meta.get("bands") or ()),
+            statistics=meta.get("statistics"),
+            img_size=(int(size[0]), int(size[1])) if size else None,
+            train_img_size=int(train) if isinstance(train, int) else None,
+            patch_size=_optional_int(meta.get("patch_size")),
+            num_prefix_tokens=_optional_int(meta.get("num_prefix_tokens")),
+            embed_dim=_optional_int(meta.get("embed_dim")),
+            extra={k: v for k, v in meta.items() if k not in known},
+            torchgeo_compatible=bool(meta.get("torchgeo_compatible", True)),
+            geodino_version=meta.get("geodino_version"),
+            weights=weights,
+        )
+
+
+def _optional_int(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float | str) else None
+
+
+def read_export(source: str | Path) -> ExportRecord:
+    """Read an export folder (or its ``backbone.safetensors`` / ``backbone.json``).
+
+    Args:
+        source: the folder ``geodino export`` wrote, or one of its files.
+
+    Returns:
+        the sidecar's record, with the weights file.
+
+    Raises:
+        WeightsError: if the folder lacks the weights or a valid sidecar.
+    """
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    weights, sidecar = folder / WEIGHTS_FILE, folder / SIDECAR_FILE
+    if not weights.is_file() or not sidecar.is_file():
+        raise WeightsError(
+            f"{source} is not a geodino export: the folder needs {WEIGHTS_FILE} and "
+            f"{SIDECAR_FILE}; write them with `geodino export CKPT OUT_DIR` and pass the folder."
+        )
+    try:
+        return ExportRecord.from_json(json.loads(sidecar.read_text()), weights)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise WeightsError(
+            f"{sidecar} is not a valid export sidecar ({type(error).__name__}: {error}); "
+            "export the backbone again with `geodino export`."
+        ) from None
 
 
 def backbone_state_dict(checkpoint: dict[str, Any], which: str = "teacher") -> dict[str, Tensor]:
@@ -64,12 +291,12 @@ def backbone_state_dict(checkpoint: dict[str, Any], which: str = "teacher") -> d
     return state
 
 
-def resample_to_default(state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
+def resample_to_default(state: dict[str, Tensor], model: "EncoderModule") -> dict[str, Tensor]:
     """Resample the position embedding to ``model``'s grid and check every shape.
 
     Args:
         state: timm-keyed backbone weights.
-        model: the timm model the weights must fit (built at its default size).
+        model: the encoder the weights must fit (built at its default size).
 
     Returns:
         the weights, shaped as ``model``'s own.
@@ -77,15 +304,14 @@ def resample_to_default(state: dict[str, Tensor], model: Any) -> dict[str, Tenso
     Raises:
         WeightsError: if any other tensor disagrees in shape.
     """
-    from timm.layers import resample_abs_pos_embed
+    from timm.layers.pos_embed import resample_abs_pos_embed
 
     target = model.state_dict()
     out = dict(state)
     if "pos_embed" in out and out["pos_embed"].shape != target["pos_embed"].shape:
-        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-        grid = _geometry(model)[0]
+        arch = model.architecture()
         out["pos_embed"] = resample_abs_pos_embed(
-            out["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix
+            out["pos_embed"], new_size=list(arch.grid_size), num_prefix_tokens=arch.position_prefix
         )
     bad = [
         f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}"
@@ -126,28 +352,15 @@ def export_backbone(
         the written paths by kind (``ckpt``, ``safetensors``, ``json``).
     """
     ckpt = load_checkpoint(checkpoint)
-    hp = ckpt.get("hyper_parameters", {})
-    if "model" not in hp or "in_chans" not in hp:
-        raise WeightsError(
-            f"{checkpoint} has no geodino hyper-parameters (model, in_chans): export takes "
-            "the checkpoints that `geodino fit` writes."
-        )
-    model_kwargs = dict(hp.get("model_kwargs") or {})
-    if hp.get("modalities"):  # a FusionViT: its modalities and fusion are its architecture
-        model_kwargs = {
-            "modalities": dict(hp["modalities"]),
-            "fusion": hp.get("fusion", "early"),
-            **dict(hp.get("fusion_kwargs") or {}),
-            **model_kwargs,
-        }
-    statistics = (ckpt.get(_datamodule_key(ckpt)) or {}).get("statistics")
+    spec = BackboneSpec.from_hyper_parameters(ckpt.get("hyper_parameters", {}), str(checkpoint))
+    statistics = checkpoint_statistics(ckpt)
     return write_export(
         backbone_state_dict(ckpt, which),
         out_dir,
-        hp["model"],
-        int(hp["in_chans"]),
-        model_kwargs=model_kwargs,
-        bands=hp.get("band_names") or (statistics or {}).get("band_names"),
+        spec.model,
+        spec.in_chans,
+        model_kwargs=spec.model_kwargs,
+        bands=list(spec.band_names) or (statistics or {}).get("band_names"),
         statistics=statistics,
         extra={
             "which": which,
@@ -186,7 +399,6 @@ def write_export(
     Raises:
         WeightsError: if the weights do not fit the architecture.
     """
-    import timm
     from safetensors.torch import save_file
 
     model_kwargs = dict(model_kwargs or {})
@@ -199,37 +411,33 @@ def write_export(
             model,
             arch_kwargs,
         )
-    if "modalities" in arch_kwargs:
-        from geodino.models.fusion import FusionViT
-
-        reference: Any = FusionViT(model, **arch_kwargs)
-    else:
-        reference = timm.create_model(model, pretrained=False, in_chans=in_chans, **arch_kwargs)
+    reference = BackboneSpec(model, in_chans, arch_kwargs).build()
     state = {k: v.contiguous() for k, v in resample_to_default(state, reference).items()}
     train_size = model_kwargs.get("img_size")
-    grid, patch = _geometry(reference)
+    arch = reference.architecture()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "model": model,
-        "in_chans": in_chans,
-        "model_kwargs": arch_kwargs,
-        "img_size": [g * patch for g in grid],
-        "train_img_size": int(train_size) if isinstance(train_size, int) else None,
-        "patch_size": patch,
-        "num_prefix_tokens": int(reference.num_prefix_tokens),
-        "embed_dim": int(reference.embed_dim),
-        "bands": list(bands or []),
-        "statistics": statistics,
-        **(extra or {}),
-        "torchgeo_compatible": not arch_kwargs,
-        "geodino_version": __version__,
-    }
+    record = ExportRecord(
+        model=model,
+        in_chans=in_chans,
+        model_kwargs=arch_kwargs,
+        bands=tuple(bands or ()),
+        statistics=statistics,
+        img_size=arch.img_size,
+        train_img_size=int(train_size) if isinstance(train_size, int) else None,
+        patch_size=arch.patch_size,
+        num_prefix_tokens=arch.num_prefix_tokens,
+        embed_dim=arch.embed_dim,
+        extra=dict(extra or {}),
+        torchgeo_compatible=not arch_kwargs,
+        geodino_version=__version__,
+    )
+    meta = record.to_json()
     paths = {
-        "ckpt": out / "backbone.ckpt",
-        "safetensors": out / "backbone.safetensors",
-        "json": out / "backbone.json",
+        "ckpt": out / CHECKPOINT_FILE,
+        "safetensors": out / WEIGHTS_FILE,
+        "json": out / SIDECAR_FILE,
     }
     # TorchGeo builds timm's default architecture of the name and loads with strict=False: a
     # shallower backbone of the same width would load partly and silently keep random blocks.
@@ -253,14 +461,14 @@ class PretrainedBackbone:
     """A frozen backbone with what it needs to read data: bands and band statistics.
 
     Args:
-        model: the timm ViT, in eval mode.
+        model: the timm ViT encoder, in eval mode.
         band_names: the bands it was trained on, in channel order (empty if unknown).
         statistics: the band statistics it was trained with (None if unknown).
         source: the export folder or checkpoint it was read from.
         meta: the export sidecar (``backbone.json``) or what the checkpoint tells of it.
     """
 
-    model: "VisionTransformer"
+    model: "TimmViTEncoder"
     band_names: list[str]
     statistics: "BandStatistics | None"
     source: str
@@ -269,19 +477,22 @@ class PretrainedBackbone:
     @property
     def in_chans(self) -> int:
         """Number of input bands."""
-        return int(self.model.patch_embed.proj.in_channels)
+        return int(self.model.in_chans)
 
     @property
     def patch_size(self) -> int:
         """Side of a patch in pixels."""
-        from geodino.models import patch_size
-
-        return patch_size(self.model)
+        return self.model.patch_size
 
     @property
     def embed_dim(self) -> int:
         """Width of the tokens."""
         return int(self.model.embed_dim)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class and register tokens before the patch tokens."""
+        return int(self.model.num_prefix_tokens)
 
     @property
     def chip_size(self) -> int:
@@ -306,9 +517,9 @@ class PretrainedBackbone:
                 "backbone's bands, in its order."
             )
         if band_names and self.band_names:
-            from geodino.models.backbones import _band_key
+            from geodino.models.backbones import band_key
 
-            if [_band_key(b) for b in band_names] != [_band_key(b) for b in self.band_names]:
+            if [band_key(b) for b in band_names] != [band_key(b) for b in self.band_names]:
                 raise DataError(
                     f"{source} has bands {list(band_names)} but the backbone ({self.source}) "
                     f"was trained on {self.band_names}; reorder or select the data's bands "
@@ -331,7 +542,8 @@ class PretrainedBackbone:
         from geodino.transforms.normalize import Normalize
 
         normalize = Normalize.from_statistics(self.statistics).to(images.device)
-        return normalize(normalize.fill_nodata(images.float()))
+        out: Tensor = normalize(normalize.fill_nodata(images.float()))
+        return out
 
     @torch.no_grad()
     def tokens(self, images: Tensor) -> Tensor:
@@ -343,9 +555,7 @@ class PretrainedBackbone:
         Returns:
             (B, 1 + R + N, D) tokens.
         """
-        from geodino.models import forward_tokens
-
-        return forward_tokens(self.model, self.normalize(images))
+        return self.model.forward_tokens(self.normalize(images))
 
 
 def load_backbone(
@@ -362,72 +572,59 @@ def load_backbone(
         the backbone in eval mode, with its bands and statistics.
 
     Raises:
-        WeightsError: if ``source`` is neither, or its files are missing or damaged.
+        WeightsError: if ``source`` is neither, its files are missing or damaged, or it holds
+            a multimodal backbone.
     """
     from geodino.models import build_backbone
     from geodino.transforms.normalize import BandStatistics
 
     path = Path(source)
-    if path.is_dir():
-        path = path / "backbone.safetensors"
-    if path.suffix == ".safetensors":
-        sidecar = path.with_suffix(".json")
-        if not path.is_file() or not sidecar.is_file():
-            raise WeightsError(
-                f"{path.parent} is not a geodino export: it needs backbone.safetensors and "
-                "backbone.json; write them with `geodino export CKPT OUT_DIR`."
-            )
-        try:
-            meta = json.loads(sidecar.read_text())
-            name, in_chans = meta["model"], int(meta["in_chans"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise WeightsError(
-                f"{sidecar} is not a valid export sidecar ({type(error).__name__}: {error}); "
-                "export the backbone again."
-            ) from None
-        bands = list(meta.get("bands") or [])
-        if "modalities" in (meta.get("model_kwargs") or {}):
-            raise WeightsError(
-                f"{path.parent} holds a multimodal FusionViT ({meta['model_kwargs']['modalities']}"
-                "); embeddings and evaluation take single-modality backbones so far. Fine-tune "
-                "it with geodino.tasks.Segmentation(weights=...), which builds fusion exports."
-            )
-        model = build_backbone(
-            name,
-            in_chans,
-            weights=path,
-            band_names=bands or None,
-            **dict(meta.get("model_kwargs") or {}),
-        )
-        stats = meta.get("statistics")
+    if path.is_dir() or path.suffix == ".safetensors":
+        record = read_export(path)
+        spec, stats = record.spec, record.statistics
+        meta = record.to_json()
+        weights: Path | None = record.weights
     else:
         ckpt = load_checkpoint(path)
-        hp = ckpt.get("hyper_parameters", {})
-        if "model" not in hp or "in_chans" not in hp:
-            raise WeightsError(
-                f"{path} is neither a geodino export folder nor a `geodino fit` checkpoint "
-                "(no model/in_chans hyper-parameters)."
+        spec = BackboneSpec.from_hyper_parameters(ckpt.get("hyper_parameters", {}), str(path))
+        stats = checkpoint_statistics(ckpt)
+        if not spec.band_names and stats and stats.get("band_names"):
+            spec = BackboneSpec(
+                spec.model, spec.in_chans, spec.model_kwargs, tuple(stats["band_names"])
             )
-        model_kwargs = dict(hp.get("model_kwargs") or {})
-        model = build_backbone(hp["model"], int(hp["in_chans"]), **model_kwargs)
+        size = spec.model_kwargs.get("img_size")
+        meta = {"model": spec.model, "train_img_size": size if isinstance(size, int) else None}
+        weights = None
+    if spec.modalities is not None:
+        raise WeightsError(
+            f"{source} holds a multimodal FusionViT ({spec.modalities}); embeddings and "
+            "evaluation take single-modality backbones so far. Fine-tune it with "
+            "geodino.tasks.Segmentation(weights=...), which builds fusion exports."
+        )
+    model = build_backbone(
+        spec.model,
+        spec.in_chans,
+        weights=weights,
+        band_names=spec.band_names or None,
+        **spec.model_kwargs,
+    )
+    if weights is None:
         model.load_state_dict(backbone_state_dict(ckpt, which), strict=False)
-        stats = (ckpt.get(_datamodule_key(ckpt)) or {}).get("statistics")
-        bands = list(hp.get("band_names") or (stats or {}).get("band_names") or [])
-        size = model_kwargs.get("img_size")
-        meta = {"model": hp["model"], "train_img_size": size if isinstance(size, int) else None}
     statistics = BandStatistics(**stats) if stats else None
-    return PretrainedBackbone(model.eval(), bands, statistics, str(source), meta)
+    return PretrainedBackbone(model.eval(), list(spec.band_names), statistics, str(source), meta)
 
 
-def _geometry(model: Any) -> tuple[tuple[int, int], int]:
-    """Position grid and patch side of a timm ViT or a FusionViT."""
-    if hasattr(model, "patch_embed"):
-        return tuple(model.patch_embed.grid_size), int(model.patch_embed.patch_size[0])
-    return tuple(model.grid_size), int(model.patch_size)
+def checkpoint_statistics(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The band statistics a ``geodino fit`` checkpoint's data module saved.
 
+    Args:
+        checkpoint: the loaded checkpoint.
 
-def _datamodule_key(checkpoint: dict[str, Any]) -> str:
-    for key, value in checkpoint.items():
-        if isinstance(value, dict) and "samples_seen" in value:
-            return key
-    return ""
+    Returns:
+        the statistics (``BandStatistics`` as a dict), or None if it holds none.
+    """
+    for value in checkpoint.values():
+        if isinstance(value, Mapping) and "samples_seen" in value:
+            stats = value.get("statistics")
+            return dict(stats) if stats else None
+    return None

@@ -76,6 +76,8 @@ class DINOLoss(nn.Module):
         center_momentum: EMA momentum of the centre used by softmax centring.
     """
 
+    center: Tensor
+
     def __init__(
         self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9
     ) -> None:
@@ -168,6 +170,8 @@ class iBOTPatchLoss(nn.Module):
         student_temp: student softmax temperature.
         center_momentum: EMA momentum of the centre used by softmax centring.
     """
+
+    center: Tensor
 
     def __init__(
         self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9

@@ -306,7 +306,7 @@ def test_checkpoint_of_another_task_is_refused(tmp_path: Path) -> None:
         },
         path,
     )
-    with pytest.raises(WeightsError, match="no 'teacher.backbone"):
+    with pytest.raises(WeightsError, match=r"no 'teacher\.backbone"):
         export_backbone(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

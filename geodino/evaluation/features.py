@@ -20,8 +20,8 @@ def extract_features(
     """CLS features of images through a backbone in eval mode.
 
     Args:
-        backbone: a timm ViT (or FusionViT) whose ``forward_features`` gives normalised
-            tokens with the CLS token first.
+        backbone: an encoder (:class:`~geodino.models.encoder.Encoder`, e.g. a timm ViT or a
+            FusionViT); its class tokens are the features.
         images: (N, C, H, W) raw or normalised images.
         transform: applied to each batch on the device before the backbone (e.g. nodata
             filling and normalisation).
@@ -31,8 +31,9 @@ def extract_features(
     Returns:
         (N, D) float32 CLS features on the CPU.
     """
-    from geodino.models import forward_tokens
+    from geodino.models import as_encoder
 
+    encoder = as_encoder(backbone)
     was_training = backbone.training
     backbone.eval().to(device)
     out = []
@@ -40,7 +41,7 @@ def extract_features(
         batch = images[start : start + batch_size].to(device).float()
         if transform is not None:
             batch = transform(batch)
-        out.append(forward_tokens(backbone, batch)[:, 0].float().cpu())
+        out.append(encoder.split_tokens(encoder.forward_tokens(batch))[0].float().cpu())
     backbone.train(was_training)
     return torch.cat(out)
 

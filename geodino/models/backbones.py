@@ -1,4 +1,4 @@
-"""timm DINOv2-family ViTs: building, loading official/TorchGeo/geodino weights, tokens.
+"""timm DINOv2-family ViTs: building, loading official/TorchGeo/geodino weights.
 
 Weights are read from local files only (``torch.load(weights_only=True)`` or safetensors),
 converted to timm's layout, adapted to the data's bands and checked against the model.
@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
-from timm.models import VisionTransformer
-from timm.models._manipulate import adapt_input_conv, checkpoint_seq
-from torch import Tensor
+from timm.layers.pos_embed import resample_abs_pos_embed
+from timm.models import VisionTransformer, adapt_input_conv
+from torch import Tensor, nn
 
 from geodino.bands import canonical_s2_band
 from geodino.errors import ConfigError, WeightsError
+from geodino.models.encoder import EncoderInput
+from geodino.models.timm_adapter import TimmViTEncoder, as_encoder
+from geodino.weights_io import read_weights
 
 if TYPE_CHECKING:
-    from torchgeo.models import WeightsEnum
-
-    from geodino.models.fusion import FusionViT
+    from torchvision.models import WeightsEnum
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,21 @@ _PREFIXES = (
 _PATCH = "patch_embed.proj.weight"
 
 
-def _band_key(name: str) -> str:
+def band_key(name: str) -> str:
+    """The name under which a band matches the same band of other data or weights.
+
+    Args:
+        name: a band name (``red``, ``B4``, ``B04``...).
+
+    Returns:
+        the canonical Sentinel-2 name for known synonyms, else the name in lower case.
+    """
     key = name.strip().lower()
     return canonical_s2_band(_SYNONYMS.get(key, key))
+
+
+#: The former private name, still imported by ``geodino.plotting``.
+_band_key = band_key
 
 
 def _is_enum(weights: object) -> bool:
@@ -68,30 +80,6 @@ def _is_enum(weights: object) -> bool:
 
 
 # --- reading weight files ---------------------------------------------------------------
-def _read(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; check the path.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:
-            raise WeightsError(
-                f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); "
-                "it is truncated or damaged: copy or export it again."
-            ) from None
-    from geodino.checkpoints import load_checkpoint
-
-    obj = load_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise WeightsError(
-            f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint; save the "
-            "weights with torch.save(model.state_dict(), path)."
-        )
-    return obj
-
-
 def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
     """The backbone tensors inside a checkpoint, prefixes removed (teacher preferred)."""
     for key in ("teacher", "model", "state_dict", "module"):
@@ -171,9 +159,12 @@ def load_weights_file(
     Raises:
         WeightsError: if the file is missing, damaged, would run code, or holds no backbone.
     """
-    if isinstance(weights, str) and re.fullmatch(r"\w+_Weights\.\w+", weights):
-        if not Path(weights).is_file():
-            weights = _torchgeo_enum(weights)
+    if (
+        isinstance(weights, str)
+        and re.fullmatch(r"\w+_Weights\.\w+", weights)
+        and not Path(weights).is_file()
+    ):
+        weights = _torchgeo_enum(weights)
     if _is_enum(weights):
         name = Path(str(weights.url).split("?")[0]).name  # type: ignore[union-attr]
         path = Path(torch.hub.get_dir()) / "checkpoints" / name
@@ -184,8 +175,8 @@ def load_weights_file(
                 "(or set TORCH_HOME to the folder whose hub/checkpoints holds it)."
             )
     else:
-        path = Path(weights)  # type: ignore[arg-type]
-    obj = _read(path)
+        path = Path(weights)
+    obj = read_weights(path)
     return _tensors(obj, path), path, _source_bands(weights, path, obj)
 
 
@@ -327,8 +318,8 @@ def adapt_patch_embed(
     if source_bands is None and src == 3:
         source_bands = RGB_BANDS
     if source_bands and band_names and len(source_bands) == src and len(band_names) == in_chans:
-        index = {_band_key(b): i for i, b in enumerate(source_bands)}
-        matches = [index.get(_band_key(b)) for b in band_names]
+        index = {band_key(b): i for i, b in enumerate(source_bands)}
+        matches = [index.get(band_key(b)) for b in band_names]
         if any(m is not None for m in matches):
             unmatched = weight.float().mean(dim=1) * (src / in_chans)
             out = weight.new_empty(weight.shape[0], in_chans, *weight.shape[2:])
@@ -420,7 +411,7 @@ def fit_state_dict(
         reorder = (
             source_bands is not None
             and len(source_bands) == len(bands) == weight.shape[1]
-            and [_band_key(b) for b in source_bands] != [_band_key(b) for b in bands]
+            and [band_key(b) for b in source_bands] != [band_key(b) for b in bands]
         )
         if weight.shape[1] != target[_PATCH].shape[1] or reorder:
             state[_PATCH] = adapt_patch_embed(
@@ -476,7 +467,7 @@ def build_backbone(
     weights: "str | Path | WeightsEnum | None" = None,
     band_names: Sequence[str] | None = None,
     **timm_kwargs: Any,
-) -> VisionTransformer:
+) -> TimmViTEncoder:
     """A timm ViT with any band count, dynamic input size and optional initial weights.
 
     Without ``img_size``, a model given weights is built at the weights' own position grid
@@ -492,8 +483,8 @@ def build_backbone(
         **timm_kwargs: more ``timm.create_model`` arguments (img_size, depth, embed_dim, ...).
 
     Returns:
-        the model (no classifier), whose ``forward_features`` returns normalised
-        [CLS, registers, patches] tokens.
+        the model (no classifier unless ``num_classes`` is given), a timm
+        ``VisionTransformer`` that implements :class:`~geodino.models.encoder.Encoder`.
 
     Raises:
         ConfigError: if timm cannot build ``arch`` or it is not a ViT.
@@ -528,42 +519,34 @@ def build_backbone(
     if state is not None:
         fitted = fit_state_dict(state, model, source, source_bands, band_names)
         model.load_state_dict(fitted, strict=False)
-    return model
+    return TimmViTEncoder.adopt(model, band_names)
 
 
-def patch_size(model: "VisionTransformer | FusionViT") -> int:
+def patch_size(model: nn.Module) -> int:
     """Side of a patch in pixels.
 
     Args:
-        model: the ViT.
+        model: an encoder or a timm ViT.
 
     Returns:
         the patch side.
     """
-    from geodino.models.fusion import FusionViT
-
-    if isinstance(model, FusionViT):
-        return model.patch_size
-    patch = model.patch_embed.patch_size
-    return int(patch[0] if isinstance(patch, tuple | list) else patch)
+    return as_encoder(model).patch_size
 
 
 def forward_tokens(
-    model: "VisionTransformer | FusionViT",
-    images: "Tensor | Mapping[str, Tensor]",
+    model: nn.Module,
+    images: EncoderInput,
     masks: Tensor | None = None,
     mask_token: Tensor | None = None,
 ) -> Tensor:
-    """Normalised tokens [CLS, registers..., patches...] of a timm ViT, with iBOT masking.
+    """Normalised tokens [CLS, registers..., patches...] of an encoder, with iBOT masking.
 
-    Masked patch embeddings are replaced by ``mask_token`` before position embeddings are
-    added, as DINOv2's ``prepare_tokens_with_masks`` does. A
-    :class:`~geodino.models.FusionViT` takes a dict of modality images (or one image with
-    their bands stacked) and masks its fused patch tokens.
+    See :meth:`geodino.models.encoder.Encoder.forward_tokens`.
 
     Args:
-        model: the ViT or fusion ViT.
-        images: (B, C, H, W), or a dict of modality images for a fusion ViT.
+        model: an encoder or a timm ViT.
+        images: (B, C, H, W), or a dict of modality images for a multimodal encoder.
         masks: (B, N) bool, True where a patch is masked (N patches in row-major order).
         mask_token: (1, D) or (D,) learned token; required with ``masks``.
 
@@ -573,54 +556,17 @@ def forward_tokens(
     Raises:
         ConfigError: if ``masks`` come without a token or do not fit the patch grid.
     """
-    from geodino.models.fusion import FusionViT
-
-    if isinstance(model, FusionViT):
-        return model.forward_features(images, masks, mask_token)
-    if not isinstance(images, Tensor):
-        raise ConfigError(
-            f"{type(model).__name__} takes one image tensor, not a {type(images).__name__} of "
-            "modalities; use a FusionViT (model.init_args.modalities) for several modalities."
-        )
-    if masks is None:
-        return model.forward_features(images)
-    if mask_token is None:
-        raise ConfigError("forward_tokens got masks but no mask_token; pass the iBOT mask token.")
-    x = model.patch_embed(images)  # (B, H, W, D) with dynamic sizes, else (B, N, D)
-    n_patches = math.prod(x.shape[1:-1])
-    if masks.shape != (x.shape[0], n_patches):
-        raise ConfigError(
-            f"masks have shape {tuple(masks.shape)} but the images give {x.shape[0]} x "
-            f"{n_patches} patches; build masks for the patch grid of these images."
-        )
-    token = mask_token.reshape(-1).to(x.dtype)
-    if token.numel() != x.shape[-1]:
-        raise ConfigError(
-            f"mask_token has {token.numel()} values but the model's width is {x.shape[-1]}."
-        )
-    flat = x.reshape(x.shape[0], n_patches, x.shape[-1])
-    flat = torch.where(masks.to(torch.bool).unsqueeze(-1), token, flat)
-    x = model._pos_embed(flat.reshape(x.shape))
-    x = model.patch_drop(x)
-    x = model.norm_pre(x)
-    if model.grad_checkpointing and not torch.jit.is_scripting():
-        x = checkpoint_seq(model.blocks, x)
-    else:
-        x = model.blocks(x)
-    return model.norm(x)
+    return as_encoder(model).forward_tokens(images, masks, mask_token)
 
 
-def split_tokens(
-    model: "VisionTransformer | FusionViT", tokens: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def split_tokens(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Split tokens into class token, registers and patch tokens.
 
     Args:
-        model: the ViT that produced them.
+        model: the encoder (or timm ViT) that produced them.
         tokens: (B, 1 + R + N, D).
 
     Returns:
         (B, D) class token, (B, R, D) registers, (B, N, D) patches.
     """
-    prefix = model.num_prefix_tokens
-    return tokens[:, 0], tokens[:, 1:prefix], tokens[:, prefix:]
+    return as_encoder(model).split_tokens(tokens)

@@ -36,15 +36,19 @@ Both pools ignore the order of the acquisitions. Single-date (B, C, H, W) input 
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
-from timm.layers import Mlp, resample_abs_pos_embed, trunc_normal_
-from timm.models._manipulate import checkpoint_seq
+from timm.layers.mlp import Mlp
+from timm.layers.pos_embed import resample_abs_pos_embed
+from timm.layers.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from geodino.errors import ConfigError, DataError
+from geodino.models.backbones import build_backbone
+from geodino.models.encoder import EncoderArchitecture, split_prefix
+from geodino.models.timm_adapter import EMBEDDING_PARAMETERS, check_masks, run_blocks
 
 #: Fusion modes of :class:`FusionViT`.
 FUSION_MODES: tuple[str, ...] = ("early", "linear", "xattn")
@@ -112,7 +116,8 @@ def split_modalities(images: Tensor, modalities: Mapping[str, int]) -> dict[str,
             f"{dict(modalities)}: expected (B, {total}, H, W), the modalities' bands stacked "
             "in that order. Check the data's band groups against the model's modalities."
         )
-    return dict(zip(modalities, images.split(list(modalities.values()), dim=1), strict=True))
+    parts = torch.split(images, list(modalities.values()), dim=1)
+    return dict(zip(modalities, parts, strict=True))
 
 
 def sinusoidal_doy_embedding(doy: Tensor, dim: int) -> Tensor:
@@ -218,7 +223,7 @@ class CrossAttentionBlock(nn.Module):
         """
         q = self.norm_q(x)
         kv = self.norm_kv(context)
-        out = (
+        out: Tensor = (
             x
             + self.attn(
                 q + pos, kv + context_pos, kv, key_padding_mask=padding, need_weights=False
@@ -275,8 +280,6 @@ class FusionViT(nn.Module):
         **timm_kwargs: Any,
     ) -> None:
         """Build the shared transformer with timm and the per-modality parts around it."""
-        from geodino.models.backbones import build_backbone
-
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ConfigError(
@@ -300,6 +303,7 @@ class FusionViT(nn.Module):
         if not 0.0 <= xattn_dropout < 1.0:
             raise ConfigError(f"xattn_dropout={xattn_dropout} must lie in [0, 1).")
         self.fusion = fusion
+        self.band_names = tuple(band_names) if band_names is not None else None
         self.xattn_layers = xattn_layers if fusion == "xattn" else 0
         vit = build_backbone(
             arch,
@@ -321,17 +325,19 @@ class FusionViT(nn.Module):
 
         # per modality: a copy of timm's patch embedding with the modality's bands
         self.patch_embeds = nn.ModuleDict()
-        weight, bias = vit.patch_embed.proj.weight, vit.patch_embed.proj.bias
+        stacked = cast(nn.Conv2d, vit.patch_embed.proj)
+        weight, bias = stacked.weight, stacked.bias
         start = 0
         for name, bands in self.modalities.items():
             embed = _rechannel(vit.patch_embed, bands)
             if weights is not None:
+                proj = cast(nn.Conv2d, embed.proj)
                 with torch.no_grad():
-                    embed.proj.weight.copy_(weight[:, start : start + bands])
-                    if bias is not None and embed.proj.bias is not None:
+                    proj.weight.copy_(weight[:, start : start + bands])
+                    if bias is not None and proj.bias is not None:
                         # early fusion sums the embeddings: the stacked bias is shared out
                         share = len(self.modalities) if fusion == "early" else 1
-                        embed.proj.bias.copy_(bias / share)
+                        proj.bias.copy_(bias / share)
             self.patch_embeds[name] = embed
             start += bands
         self.modality_embeds = nn.ParameterDict(
@@ -347,7 +353,8 @@ class FusionViT(nn.Module):
                 self.fuse[name] = layer
             self.fuse_bias = nn.Parameter(torch.zeros(dim))
         elif fusion == "xattn":
-            heads = xattn_heads or vit.blocks[0].attn.num_heads
+            attention = cast(nn.Module, vit.blocks[0].attn)
+            heads = xattn_heads or cast(int, attention.num_heads)
             if dim % heads:
                 raise ConfigError(
                     f"xattn_heads={heads} does not divide the width {dim}; pick a divisor."
@@ -457,8 +464,9 @@ class FusionViT(nn.Module):
         return images, doys
 
     def _embed_series(self, name: str, series: Tensor, doy: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, h, w, D) tokens of a (B, T, C, H, W) time series pooled over its acquisitions,
-        and (B,) which samples have any valid acquisition.
+        """Pool a (B, T, C, H, W) time series over its acquisitions.
+
+        Returns (B, h, w, D) tokens and (B,) which samples have any valid acquisition.
         """
         b, t = series.shape[:2]
         x = self._embed(name, series.flatten(0, 1))
@@ -484,15 +492,21 @@ class FusionViT(nn.Module):
 
     def _embed(self, name: str, image: Tensor) -> Tensor:
         """(B, h, w, D) patch tokens of one modality, its modality embedding added."""
-        x = self.patch_embeds[name](image)
+        x: Tensor = self.patch_embeds[name](image)
         if x.ndim == 3:  # models built without dynamic_img_size flatten the grid
             x = x.reshape(x.shape[0], *self.grid_size, x.shape[-1])
-        return x + self.modality_embeds[name].reshape(1, 1, 1, -1)
+        embedding: Tensor = self.modality_embeds[name]
+        return x + embedding.reshape(1, 1, 1, -1)
 
     def _patch_pos(self, grid: tuple[int, int]) -> Tensor:
         """(1, h * w, D) position embeddings of the patches (no prefix positions)."""
         prefix = 0 if self.no_embed_class else self.num_prefix_tokens
         pos = self.pos_embed
+        if pos is None:
+            raise ConfigError(
+                f"{self.arch} has no position embedding, which cross-attention fusion needs; "
+                "use a ViT with position embeddings or another fusion mode."
+            )
         if self.dynamic_img_size and tuple(grid) != self.grid_size:
             pos = resample_abs_pos_embed(
                 pos, new_size=grid, old_size=self.grid_size, num_prefix_tokens=prefix
@@ -509,7 +523,7 @@ class FusionViT(nn.Module):
             to_cat.append(self.reg_token.expand(b, -1, -1))
         x = x.reshape(b, h * w, d)
         if self.pos_embed is None:
-            return torch.cat(to_cat + [x], dim=1)
+            return torch.cat([*to_cat, x], dim=1)
         pos = self.pos_embed
         if self.dynamic_img_size:
             pos = resample_abs_pos_embed(
@@ -519,10 +533,11 @@ class FusionViT(nn.Module):
                 num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
             )
         if self.no_embed_class:
-            x = torch.cat(to_cat + [x + pos], dim=1)
+            x = torch.cat([*to_cat, x + pos], dim=1)
         else:
-            x = torch.cat(to_cat + [x], dim=1) + pos
-        return self.pos_drop(x)
+            x = torch.cat([*to_cat, x], dim=1) + pos
+        out: Tensor = self.pos_drop(x)
+        return out
 
     # --- fusion ------------------------------------------------------------------------
     def _fuse(
@@ -534,10 +549,9 @@ class FusionViT(nn.Module):
     ) -> Tensor:
         """One (B, h, w, D) token per patch from the modalities' tokens."""
         if self.fusion == "early":
-            return sum(weights[m] * x for m, x in tokens.items())  # type: ignore[return-value]
+            return _total(weights[m] * x for m, x in tokens.items())
         if self.fusion == "linear":
-            fused = sum(weights[m] * self.fuse[m](x) for m, x in tokens.items())
-            return fused + self.fuse_bias  # type: ignore[operator]
+            return _total(weights[m] * self.fuse[m](x) for m, x in tokens.items()) + self.fuse_bias
         b, h, w, d = next(iter(tokens.values())).shape
         pos = self._patch_pos((h, w))
         streams = {m: x.reshape(b, h * w, d) for m, x in tokens.items()}
@@ -566,7 +580,7 @@ class FusionViT(nn.Module):
                 # whose softmax is NaN) and the block is gated off for it
                 padding = absent & any_other.unsqueeze(1)
                 gate = any_other.to(x.dtype).reshape(b, 1, 1)
-                updated[m] = self.xattn[m][layer](
+                updated[m] = cast(nn.ModuleList, self.xattn[m])[layer](
                     x, pos, context, context_pos, padding if padding.any() else None, gate
                 )
             streams = updated
@@ -621,7 +635,8 @@ class FusionViT(nn.Module):
         for m, seen in observed.items():
             weights[m] = weights[m] * seen.to(ones).reshape(b, 1, 1, 1)
         if present is not None or observed:
-            if not (sum(weights.values()) > 0).all():  # type: ignore[union-attr]
+            kept = torch.stack(list(weights.values())).sum(0) > 0
+            if not kept.all():
                 raise DataError(
                     "a sample has no modality left (modality dropout, or no valid "
                     "acquisition in its time series: every day of year 0); keep "
@@ -629,33 +644,119 @@ class FusionViT(nn.Module):
                 )
         token = None
         if masks is not None:
-            if mask_token is None:
-                raise ConfigError(
-                    "FusionViT got masks but no mask_token; pass the iBOT mask token."
-                )
-            if masks.shape != (b, h * w):
-                raise ConfigError(
-                    f"masks have shape {tuple(masks.shape)} but the images give {b} x {h * w} "
-                    "patches; build masks for the patch grid of these images."
-                )
-            token = mask_token.reshape(-1).to(next(iter(tokens.values())).dtype)
-            if token.numel() != d:
-                raise ConfigError(
-                    f"mask_token has {token.numel()} values but the model's width is {d}."
-                )
+            token = check_masks(masks, mask_token, b, h * w, d)
+            token = token.to(next(iter(tokens.values())).dtype)
             masks = masks.to(torch.bool)
         x = self._fuse(tokens, weights, masks, token)
-        if masks is not None:
+        if masks is not None and token is not None:
             flat = torch.where(masks.unsqueeze(-1), token, x.reshape(b, h * w, d))
             x = flat.reshape(b, h, w, d)
-        x = self._pos_embed(x)
-        x = self.patch_drop(x)
-        x = self.norm_pre(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
+        return run_blocks(self, self._pos_embed(x))
+
+    # --- the encoder interface ----------------------------------------------------------
+    @property
+    def in_chans(self) -> int:
+        """Number of input bands: every modality's bands stacked."""
+        return sum(self.modalities.values())
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks of the shared transformer."""
+        return len(self.blocks)
+
+    def forward_tokens(
+        self,
+        images: ModalityBatch | Tensor,
+        masks: Tensor | None = None,
+        mask_token: Tensor | None = None,
+        present: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Normalised tokens of the fused modalities (see :meth:`forward_features`).
+
+        Args:
+            images: a dict of modality images or one image of their stacked bands.
+            masks: (B, N) bool iBOT masks of the fused patch tokens.
+            mask_token: (1, D) or (D,) learned token; required with ``masks``.
+            present: per modality, (B,) bool telling which samples keep it.
+
+        Returns:
+            (B, 1 + R + N, D) tokens after the final norm.
+        """
+        return self.forward_features(images, masks, mask_token, present)
+
+    def split_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Split tokens into class token, registers and patch tokens.
+
+        Args:
+            tokens: (B, 1 + R + N, D).
+
+        Returns:
+            (B, D) class token, (B, R, D) registers, (B, N, D) patches.
+        """
+        return split_prefix(tokens, self.num_prefix_tokens)
+
+    def block_maps(self, images: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """Final-norm patch tokens of some shared blocks, as (B, D, h, w) maps.
+
+        Read from the blocks as the model runs (the fusion stages come before them).
+
+        Args:
+            images: (B, C, H, W) stacked modality bands.
+            indices: distinct block indices.
+
+        Returns:
+            one map per index.
+        """
+        outputs: dict[int, Tensor] = {}
+        handles = [
+            self.blocks[i].register_forward_hook(
+                lambda _module, _args, out, i=i: outputs.__setitem__(i, out)
+            )
+            for i in indices
+        ]
+        try:
+            self.forward_features(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        b, _, height, width = images.shape
+        h, w = height // self.patch_size, width // self.patch_size
+        prefix = self.num_prefix_tokens
+        return [
+            self.norm(outputs[i])[:, prefix:].transpose(1, 2).reshape(b, -1, h, w) for i in indices
+        ]
+
+    def layer_id(self, name: str) -> int:
+        """Layer of a parameter for layer-wise lr decay.
+
+        Args:
+            name: the parameter's name within the model.
+
+        Returns:
+            0 for embeddings, prefix tokens and the fusion layers before the shared blocks,
+            ``i + 1`` for block ``i``, ``depth + 1`` for the rest.
+        """
+        if name.startswith((*EMBEDDING_PARAMETERS, "modality_embeds", "fuse", "xattn")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.depth + 1
+
+    def architecture(self) -> EncoderArchitecture:
+        """Patch, position grid and widths of the shared transformer.
+
+        Returns:
+            the record.
+        """
+        return EncoderArchitecture(
+            patch_size=self.patch_size,
+            grid_size=(int(self.grid_size[0]), int(self.grid_size[1])),
+            embed_dim=int(self.embed_dim),
+            num_prefix_tokens=int(self.num_prefix_tokens),
+            position_prefix=0 if self.no_embed_class else int(self.num_prefix_tokens),
+            in_chans=self.in_chans,
+            depth=self.depth,
+        )
 
     def forward(self, batch: ModalityBatch | Tensor) -> Tensor:
         """CLS features, as a timm ViT without classifier returns them.
@@ -684,15 +785,24 @@ class FusionViT(nn.Module):
         )
 
 
+def _total(terms: Iterable[Tensor]) -> Tensor:
+    """The sum of tensors, added in order (as the builtin ``sum`` would, without its 0)."""
+    iterator = iter(terms)
+    total = next(iterator)
+    for term in iterator:
+        total = total + term
+    return total
+
+
 def _rechannel(embed: nn.Module, bands: int) -> nn.Module:
     """A copy of a timm patch embedding that reads ``bands`` bands, freshly initialised."""
-    proj = embed.proj
+    proj = cast(nn.Conv2d, embed.proj)  # timm's PatchEmbed projects with a Conv2d
     out = copy.deepcopy(embed)
     out.proj = nn.Conv2d(
         bands,
         proj.out_channels,
-        kernel_size=proj.kernel_size,
-        stride=proj.stride,
+        kernel_size=cast(tuple[int, int], proj.kernel_size),
+        stride=cast(tuple[int, int], proj.stride),
         bias=proj.bias is not None,
     )
     return out

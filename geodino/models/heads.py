@@ -83,4 +83,5 @@ class DINOHead(nn.Module):
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = nn.functional.normalize(x, dim=-1, p=2, eps=eps)
-        return self.last_layer(x)
+        out: Tensor = self.last_layer(x)
+        return out

@@ -1,19 +1,15 @@
 """Segmentation models on timm ViT encoders: UPerNet-style multi-level and linear heads."""
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
-from timm.models import VisionTransformer
 from torch import Tensor, nn
 
 from geodino.errors import ConfigError
-from geodino.models.backbones import patch_size
-
-if TYPE_CHECKING:
-    from geodino.models.fusion import FusionViT
+from geodino.models.encoder import Encoder
 
 
 def default_layers(depth: int, decoder: Literal["upernet", "linear"]) -> list[int]:
@@ -97,7 +93,8 @@ class UPerNetViTDecoder(nn.Module):
             (B, channels, 4h, 4w) fused features.
         """
         levels = self.pyramid(features)
-        return self.upernet([levels[0], levels[0], *levels])
+        out: Tensor = self.upernet([levels[0], levels[0], *levels])
+        return out
 
 
 class LinearDecoder(nn.Module):
@@ -123,7 +120,8 @@ class LinearDecoder(nn.Module):
         Returns:
             (B, levels * D, h, w).
         """
-        return self.norm(torch.cat(list(features), dim=1))
+        out: Tensor = self.norm(torch.cat(list(features), dim=1))
+        return out
 
 
 class ViTSegmentationModel(nn.Module):
@@ -133,8 +131,9 @@ class ViTSegmentationModel(nn.Module):
     ``segmentation_head``) so TorchGeo's freezing options apply unchanged.
 
     Args:
-        encoder: the ViT (built with dynamic image size): a timm ``VisionTransformer`` or a
-            multimodal :class:`~geodino.models.FusionViT` (stacked modality bands in).
+        encoder: the encoder (built with dynamic image size), an ``nn.Module`` implementing
+            :class:`~geodino.models.encoder.Encoder`: a timm ViT or a multimodal
+            :class:`~geodino.models.FusionViT` (stacked modality bands in).
         decoder: ``upernet`` or ``linear``.
         num_classes: output channels.
         layers: blocks whose (final-norm) outputs the decoder reads; None: the decoder's
@@ -147,7 +146,7 @@ class ViTSegmentationModel(nn.Module):
 
     def __init__(
         self,
-        encoder: "VisionTransformer | FusionViT",
+        encoder: Encoder,
         decoder: Literal["upernet", "linear"] = "upernet",
         num_classes: int = 2,
         layers: Sequence[int] | None = None,
@@ -155,7 +154,9 @@ class ViTSegmentationModel(nn.Module):
     ) -> None:
         """Build the decoder and the classifier."""
         super().__init__()
-        depth = len(encoder.blocks)
+        if not isinstance(encoder, nn.Module):
+            raise ConfigError(f"the encoder must be an nn.Module, got {type(encoder).__name__}.")
+        depth = encoder.depth
         layers = list(layers) if layers is not None else default_layers(depth, decoder)
         if any(not -depth <= i < depth for i in layers) or not layers:
             raise ConfigError(
@@ -164,10 +165,7 @@ class ViTSegmentationModel(nn.Module):
             )
         self.layers = [i % depth for i in layers]
         self.encoder = encoder
-        # a FusionViT keeps its patch side as an int (one patch embedding per modality)
-        self.patch_size = (
-            patch_size(encoder) if hasattr(encoder, "patch_embed") else int(encoder.patch_size)
-        )
+        self.patch_size = encoder.patch_size
         dim = int(encoder.embed_dim)
         if decoder == "upernet":
             if len(self.layers) != 4:
@@ -202,38 +200,9 @@ class ViTSegmentationModel(nn.Module):
                 f"{self.patch_size * 8})."
             )
         unique = sorted(set(self.layers))
-        if hasattr(self.encoder, "forward_intermediates"):
-            maps = self.encoder.forward_intermediates(
-                images, indices=unique, norm=True, output_fmt="NCHW", intermediates_only=True
-            )
-        else:
-            maps = self._block_outputs(images, unique)
+        maps = self.encoder.block_maps(images, unique)
         by_block = dict(zip(unique, maps, strict=True))
         return [by_block[i] for i in self.layers]
-
-    def _block_outputs(self, images: Tensor, blocks: list[int]) -> list[Tensor]:
-        """Final-norm patch maps of ``blocks`` for encoders without ``forward_intermediates``
-        (e.g. :class:`~geodino.models.FusionViT`): read from the blocks as the encoder runs.
-        """
-        outputs: dict[int, Tensor] = {}
-        handles = [
-            self.encoder.blocks[i].register_forward_hook(
-                lambda _module, _args, out, i=i: outputs.__setitem__(i, out)
-            )
-            for i in blocks
-        ]
-        try:
-            self.encoder.forward_features(images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        b, _, height, width = images.shape
-        h, w = height // self.patch_size, width // self.patch_size
-        prefix = self.encoder.num_prefix_tokens
-        return [
-            self.encoder.norm(outputs[i])[:, prefix:].transpose(1, 2).reshape(b, -1, h, w)
-            for i in blocks
-        ]
 
     def forward(self, images: Tensor) -> Tensor:
         """Class scores per pixel.

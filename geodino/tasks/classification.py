@@ -7,7 +7,7 @@ from typing import Any, Literal
 from torch import Tensor
 from torchgeo.tasks import Classification as TorchGeoClassification
 
-from geodino.tasks.pretrained import build_encoder, resolve_architecture
+from geodino.tasks.pretrained import build_classifier, export_folder, resolve_architecture
 
 
 class Classification(TorchGeoClassification):
@@ -87,13 +87,13 @@ class Classification(TorchGeoClassification):
     def configure_models(self) -> None:
         """The ViT (from the export) with a classifier head; linear-probe freezing."""
         hp = self.hparams
-        self.model = build_encoder(
-            self.weights,
+        self.model = build_classifier(
+            export_folder(self.weights),
             hp["model"],
             hp["in_channels"],
+            hp["num_classes"] or hp["num_labels"] or 1,
             hp["model_kwargs"],
             img_size=hp["img_size"],
-            num_classes=hp["num_classes"] or hp["num_labels"] or 1,
         )
         if hp["freeze_backbone"]:
             self.model.requires_grad_(False)

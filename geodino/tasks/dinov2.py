@@ -14,10 +14,11 @@ from torchgeo.tasks import BaseTask
 from geodino.callbacks import TrainingSummary
 from geodino.checkpoints import AtomicModelCheckpoint
 from geodino.errors import ConfigError
+from geodino.export import BackboneSpec
 from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from geodino.models import DINOHead, FusionViT, build_backbone, forward_tokens, split_tokens
-from geodino.models.backbones import patch_size
-from geodino.models.fusion import check_modalities, draw_modality_dropout, split_modalities
+from geodino.models import DINOHead, Encoder, as_encoder
+from geodino.models.fusion import check_modalities, draw_modality_dropout
+from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
 from geodino.transforms.masking import sample_ibot_masks
 
@@ -161,25 +162,7 @@ class DINOv2Task(BaseTask):
     def configure_models(self) -> None:
         """Student backbone and heads, their EMA teacher copy and the iBOT mask token."""
         hp = self.hparams
-        backbone: nn.Module
-        if hp.get("modalities"):
-            backbone = FusionViT(
-                hp["model"],
-                hp["modalities"],
-                hp.get("fusion", "early"),
-                weights=self.weights,
-                band_names=hp["band_names"],
-                **(hp.get("fusion_kwargs") or {}),
-                **(hp["model_kwargs"] or {}),
-            )
-        else:
-            backbone = build_backbone(
-                hp["model"],
-                hp["in_chans"],
-                weights=self.weights,
-                band_names=hp["band_names"],
-                **(hp["model_kwargs"] or {}),
-            )
+        backbone = BackboneSpec.from_hyper_parameters(hp, type(self).__name__).build(self.weights)
         dim = backbone.embed_dim
         head_args = dict(
             hidden_dim=hp["head_hidden_dim"],
@@ -195,7 +178,7 @@ class DINOv2Task(BaseTask):
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
-        self.patch_size = patch_size(backbone)
+        self.patch_size = backbone.patch_size
 
     def configure_losses(self) -> None:
         """DINO, iBOT and KoLeo losses (their centres are saved with the model)."""
@@ -204,6 +187,12 @@ class DINOv2Task(BaseTask):
         ibot_dim = hp["ibot_head_out_dim"] if hp["ibot_separate_head"] else hp["head_out_dim"]
         self.ibot_loss = iBOTPatchLoss(ibot_dim, student_temp=hp["student_temp"])
         self.koleo_loss = KoLeoLoss()
+        self.objective = DINOv2Objective(
+            dino_loss_weight=hp["dino_loss_weight"],
+            ibot_loss_weight=hp["ibot_loss_weight"],
+            koleo_loss_weight=hp["koleo_loss_weight"],
+            centering=hp["centering"],
+        )
 
     def forward(self, images: Tensor | dict[str, Tensor]) -> Tensor:
         """Teacher backbone tokens (what export and evaluation use).
@@ -215,12 +204,15 @@ class DINOv2Task(BaseTask):
         Returns:
             normalised tokens (B, 1 + R + N, D).
         """
-        return forward_tokens(self.teacher["backbone"], images)
+        return self._encoder("teacher").forward_tokens(images)
 
     @property
     def model(self) -> nn.Module:
         """The teacher backbone, the model that pretraining produces."""
         return self.teacher["backbone"]
+
+    def _encoder(self, which: Literal["student", "teacher"]) -> Encoder:
+        return as_encoder((self.student if which == "student" else self.teacher)["backbone"])
 
     # --- schedules ---------------------------------------------------------------------
     def _total_steps(self) -> int:
@@ -236,11 +228,13 @@ class DINOv2Task(BaseTask):
         hp = self.hparams
         total = self._total_steps()
         world = self.trainer.world_size
-        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule else 1
+        # Lightning sets trainer.datamodule at run time without declaring it
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+        batch = datamodule.batch_size if datamodule else 1
         global_batch = batch * world * self.trainer.accumulate_grad_batches
         lr = hp["base_lr"] * math.sqrt(global_batch / hp["lr_reference_batch"])
-        warmup = int(round(hp["warmup_fraction"] * total))
-        freeze = int(round(hp["freeze_last_layer_fraction"] * total))
+        warmup = round(hp["warmup_fraction"] * total)
+        freeze = round(hp["freeze_last_layer_fraction"] * total)
         return {
             "lr": CosineSchedule(lr, hp["min_lr"], total, warmup),
             "last_layer_lr": CosineSchedule(lr, hp["min_lr"], total, warmup, freeze_steps=freeze),
@@ -250,7 +244,7 @@ class DINOv2Task(BaseTask):
                 hp["teacher_temp"],
                 hp["teacher_temp"],
                 total,
-                int(round(hp["teacher_temp_warmup_fraction"] * total)),
+                round(hp["teacher_temp_warmup_fraction"] * total),
                 start_warmup=hp["warmup_teacher_temp"],
             ),
         }
@@ -261,7 +255,11 @@ class DINOv2Task(BaseTask):
         Args:
             stage: the Lightning stage.
         """
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = (
+            self.trainer.datamodule  # type: ignore[attr-defined]
+            if self._trainer is not None
+            else None
+        )
         if datamodule is None:
             return
         hp = self.hparams
@@ -308,7 +306,8 @@ class DINOv2Task(BaseTask):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW with DINOv2's parameter groups (layer-wise lr decay, no decay on norms)."""
         backbone = self.student["backbone"]
-        depth = len(backbone.blocks)
+        encoder = self._encoder("student")
+        depth = encoder.depth
         groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
         named = [(f"backbone.{n}", p) for n, p in backbone.named_parameters()]
         named += [("mask_token", self.mask_token)]
@@ -318,7 +317,7 @@ class DINOv2Task(BaseTask):
         for name, param in named:
             if not param.requires_grad:
                 continue
-            lr_mult = self.hparams["layerwise_decay"] ** (depth + 1 - _layer_id(name, depth))
+            lr_mult = self.hparams["layerwise_decay"] ** (depth + 1 - _layer_id(name, encoder))
             if "patch_embed" in name:
                 lr_mult *= self.hparams["patch_embed_lr_mult"]
             wd_mult = 0.0 if any(k in name for k in _NO_DECAY) else 1.0
@@ -366,7 +365,7 @@ class DINOv2Task(BaseTask):
 
     def optimizer_step(
         self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
-    ) -> None:  # type: ignore[override]
+    ) -> None:
         """Set this step's lr and weight decay, step, then update the EMA teacher.
 
         Args:
@@ -381,8 +380,8 @@ class DINOv2Task(BaseTask):
 
     @torch.no_grad()
     def _update_teacher(self, momentum: float) -> None:
-        student = list(self.student.parameters())
-        teacher = list(self.teacher.parameters())
+        student: list[Tensor] = list(self.student.parameters())
+        teacher: list[Tensor] = list(self.teacher.parameters())
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1.0 - momentum)
 
@@ -402,15 +401,14 @@ class DINOv2Task(BaseTask):
         )
         return masks.to(device)
 
-    def _tokens(self, which: str, images: Tensor, masks: Tensor | None = None) -> Tensor:
-        """Backbone tokens of crops; a fusion student sees modality-dropped inputs."""
-        backbone = (self.student if which == "student" else self.teacher)["backbone"]
-        if not isinstance(backbone, FusionViT):
-            return forward_tokens(backbone, images, masks, self.mask_token)
-        inputs = split_modalities(images, backbone.modalities)
+    def _tokens(
+        self, which: Literal["student", "teacher"], images: Tensor, masks: Tensor | None = None
+    ) -> Tensor:
+        """Backbone tokens of crops; a multimodal student sees modality-dropped inputs."""
+        encoder = self._encoder(which)
         present = None
         p = self.hparams.get("modality_dropout", 0.0)
-        if which == "student" and p > 0:
+        if which == "student" and p > 0 and encoder.modalities is not None:
             # seeded by step, rank and crop size (global and local crops draw apart)
             generator = torch.Generator().manual_seed(
                 (
@@ -421,90 +419,39 @@ class DINOv2Task(BaseTask):
                 + images.shape[-1]
                 + 1
             )
-            present = draw_modality_dropout(images.shape[0], list(inputs), p, generator)
+            present = draw_modality_dropout(images.shape[0], list(encoder.modalities), p, generator)
             present = {m: v.to(images.device) for m, v in present.items()}
-        return backbone.forward_features(
-            inputs, masks, self.mask_token if masks is not None else None, present
+        return encoder.forward_tokens(
+            images, masks, self.mask_token if masks is not None else None, present
         )
 
-    def _center(
-        self, loss: nn.Module, logits: Tensor, temp: float, n_masked: Tensor | None = None
-    ) -> Tensor:
-        if self.hparams["centering"] == "sinkhorn_knopp":
-            if n_masked is None:
-                return loss.sinkhorn_knopp_teacher(logits, temp)
-            return loss.sinkhorn_knopp_teacher(logits, temp, n_masked_patches_tensor=n_masked)
-        targets = loss.softmax_center_teacher(logits, temp)
-        loss.update_center(logits)
-        return targets
+    def _branch(self, which: Literal["student", "teacher"]) -> Branch:
+        modules = self.student if which == "student" else self.teacher
+        heads = dict(modules.items())
+        return Branch(
+            encode=lambda crops, masks: self._tokens(which, crops, masks),
+            split=self._encoder(which).split_tokens,
+            dino_head=heads["dino_head"],
+            ibot_head=heads.get("ibot_head", heads["dino_head"]),
+        )
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        hp = self.hparams
         global_crops = batch["global_crops"]
-        local_crops = batch["local_crops"]
-        n_global = 2
-        batch_size = global_crops.shape[0] // n_global
-        n_local = local_crops.shape[0] // max(batch_size, 1)
-        size = global_crops.shape[-1] // self.patch_size
-        grid = (global_crops.shape[-2] // self.patch_size, size)
-        use_ibot = hp["ibot_loss_weight"] > 0
+        grid = (
+            global_crops.shape[-2] // self.patch_size,
+            global_crops.shape[-1] // self.patch_size,
+        )
+        use_ibot = self.hparams["ibot_loss_weight"] > 0
         masks = self._masks(global_crops.shape[0], grid, global_crops.device) if use_ibot else None
-        teacher_temp = self._schedule["teacher_temp"](self.global_step)
-        dino_head = self.student["dino_head"]
-        ibot_head = self.student["ibot_head"] if "ibot_head" in self.student else dino_head
-        t_dino_head = self.teacher["dino_head"]
-        t_ibot_head = self.teacher["ibot_head"] if "ibot_head" in self.teacher else t_dino_head
-
-        # Teacher: global crops only, targets crossed between the two views.
-        with torch.no_grad():
-            t_tokens = self._tokens("teacher", global_crops)
-            t_cls, _, t_patches = split_tokens(self.teacher["backbone"], t_tokens)
-            t_cls_logits = t_dino_head(t_cls).float()
-            t_cls_logits = torch.cat(t_cls_logits.chunk(n_global)[::-1])
-            t_dino = self._center(self.dino_loss, t_cls_logits, teacher_temp)
-            if use_ibot:
-                assert masks is not None
-                n_masked = masks.sum()
-                t_masked = t_ibot_head(t_patches[masks]).float()
-                t_ibot = self._center(
-                    self.ibot_loss, t_masked, teacher_temp, n_masked.reshape(1).float()
-                )
-
-        # Student: masked global crops and local crops.
-        s_tokens = self._tokens("student", global_crops, masks)
-        s_cls, _, s_patches = split_tokens(self.student["backbone"], s_tokens)
-        s_global_logits = dino_head(s_cls).float()
-        n_terms = n_global * (n_global - 1) + n_global * n_local
-        t_views = t_dino.chunk(n_global)
-        s_views = s_global_logits.chunk(n_global)
-        # t_views are already crossed: view i of the student meets the other teacher view.
-        dino_global = sum(self.dino_loss([s], [t]) for s, t in zip(s_views, t_views, strict=True))
-        dino_local = s_global_logits.new_zeros(())
-        if n_local > 0:
-            s_local_tokens = self._tokens("student", local_crops)
-            s_local_cls = split_tokens(self.student["backbone"], s_local_tokens)[0]
-            s_local_logits = dino_head(s_local_cls).float()
-            dino_local = self.dino_loss(list(s_local_logits.chunk(n_local)), list(t_views))
-        dino = (dino_global + dino_local) / n_terms
-        out = {"dino_loss": dino}
-        total = hp["dino_loss_weight"] * dino
-        if hp["koleo_loss_weight"] > 0:
-            koleo = sum(self.koleo_loss(c) for c in s_cls.chunk(n_global))
-            out["koleo_loss"] = koleo
-            total = total + hp["koleo_loss_weight"] * koleo
-        if use_ibot:
-            assert masks is not None
-            s_masked = ibot_head(s_patches[masks]).float()
-            ibot = self.ibot_loss.forward_masked(s_masked, t_ibot, student_masks_flat=masks)
-            out["ibot_loss"] = ibot
-            total = total + hp["ibot_loss_weight"] * ibot
-        out["loss"] = total
-        with torch.no_grad():
-            probs = t_dino.clamp_min(1e-12)
-            out["teacher_entropy"] = -(probs * probs.log()).sum(-1).mean()
-            out["teacher_feature_std"] = F.normalize(t_cls.float(), dim=-1).std(0).mean()
-            out["teacher_temp"] = torch.tensor(teacher_temp)
-        return out
+        return self.objective(
+            self._branch("student"),
+            self._branch("teacher"),
+            Criteria(self.dino_loss, self.ibot_loss, self.koleo_loss),
+            global_crops,
+            batch["local_crops"],
+            masks,
+            self._schedule["teacher_temp"](self.global_step),
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One DINOv2 step on a multi-crop batch.
@@ -552,15 +499,17 @@ class DINOv2Task(BaseTask):
             batch_idx: batch index.
         """
         tokens = self(batch["image"])
-        cls = split_tokens(self.teacher["backbone"], tokens)[0]
+        cls = self._encoder("teacher").split_tokens(tokens)[0]
         std = F.normalize(cls.float(), dim=-1).std(0).mean()
         self.log("val/teacher_feature_std", std, batch_size=cls.shape[0])
 
     # --- checkpoints -------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
-        """Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept (unless
-        the trainer disables checkpointing), and ``metrics.json`` plus ``training_curves.png``
-        in the run folder at the end.
+        """Atomic checkpoints and the run summary.
+
+        Checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept (unless the
+        trainer disables checkpointing), and ``metrics.json`` plus ``training_curves.png`` in
+        the run folder at the end.
         """
         callbacks: list[Callback] = [TrainingSummary()]
         if self._trainer is None or self._trainer.checkpoint_callback is not None:
@@ -600,25 +549,10 @@ class DINOv2Task(BaseTask):
                 torch.cuda.set_rng_state(rng["cuda"])
 
 
-def _layer_id(name: str, depth: int) -> int:
+def _layer_id(name: str, encoder: Encoder) -> int:
     """Layer index for layer-wise lr decay: embeddings 0, block i i+1, the rest depth+1."""
     if name.startswith("backbone."):
-        rest = name[len("backbone.") :]
-        # fusion backbones: patch_embeds, modality embeddings and fusion layers come first
-        if rest.startswith(
-            (
-                "cls_token",
-                "reg_token",
-                "pos_embed",
-                "patch_embed",
-                "modality_embeds",
-                "fuse",
-                "xattn",
-            )
-        ):
-            return 0
-        if rest.startswith("blocks."):
-            return int(rest.split(".")[1]) + 1
+        return encoder.layer_id(name[len("backbone.") :])
     if name == "mask_token":
         return 0
-    return depth + 1
+    return encoder.depth + 1

@@ -1,18 +1,13 @@
 """Fine-tuning encoders built from ``geodino export`` folders."""
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from timm.models import VisionTransformer
+from typing import Any
 
 from geodino.errors import ConfigError, WeightsError
-from geodino.models import build_backbone
-
-if TYPE_CHECKING:
-    from geodino.models.fusion import FusionViT
+from geodino.export import BackboneSpec, read_export
+from geodino.models import EncoderModule, TimmViTEncoder, build_backbone
+from geodino.weights_io import read_safetensors
 
 #: Arguments an export's architecture may not be overridden with (they would not fit it).
 _ARCHITECTURE = {
@@ -34,63 +29,26 @@ _ARCHITECTURE = {
 }
 
 
-@dataclass(frozen=True)
-class Export:
-    """What a ``geodino export`` folder holds.
+def export_folder(weights: object) -> Path | None:
+    """The export a fine-tuning task was given as TorchGeo's ``weights`` (None: random).
 
     Args:
-        weights: the ``backbone.safetensors`` file.
-        model: timm architecture name.
-        in_chans: number of input bands.
-        model_kwargs: architecture arguments the backbone was trained with.
-        bands: band names in channel order (empty when unknown).
-        statistics: per-band statistics used in pretraining (None when unknown).
+        weights: the task's ``weights`` attribute.
+
+    Returns:
+        the export path, or None.
+
+    Raises:
+        ConfigError: for anything but a path.
     """
-
-    weights: Path
-    model: str
-    in_chans: int
-    model_kwargs: dict[str, Any]
-    bands: list[str]
-    statistics: dict[str, Any] | None
-
-    @classmethod
-    def read(cls, source: str | Path) -> "Export":
-        """Read an export folder (or its ``backbone.safetensors`` / ``backbone.json``).
-
-        Args:
-            source: the folder ``geodino export`` wrote, or one of its files.
-
-        Returns:
-            the export's description.
-
-        Raises:
-            WeightsError: if the folder lacks the weights or a valid sidecar.
-        """
-        path = Path(source)
-        folder = path if path.is_dir() else path.parent
-        weights, sidecar = folder / "backbone.safetensors", folder / "backbone.json"
-        if not weights.is_file() or not sidecar.is_file():
-            raise WeightsError(
-                f"{source} is not a geodino export: the folder needs backbone.safetensors and "
-                "backbone.json; write them with `geodino export CKPT OUT_DIR` and pass the "
-                "folder as `weights`."
-            )
-        try:
-            meta = json.loads(sidecar.read_text())
-            return cls(
-                weights=weights,
-                model=str(meta["model"]),
-                in_chans=int(meta["in_chans"]),
-                model_kwargs=dict(meta.get("model_kwargs") or {}),
-                bands=[str(b) for b in meta.get("bands") or []],
-                statistics=meta.get("statistics"),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise WeightsError(
-                f"{sidecar} is not a valid export sidecar ({type(error).__name__}: {error}); "
-                "export the backbone again with `geodino export`."
-            ) from None
+    if weights is None or weights is False:
+        return None
+    if isinstance(weights, str | Path):
+        return Path(weights)
+    raise ConfigError(
+        f"weights={weights!r}: geodino's fine-tuning tasks take a `geodino export` folder "
+        "(or None for a randomly initialised backbone)."
+    )
 
 
 def resolve_architecture(
@@ -125,7 +83,7 @@ def resolve_architecture(
                 "(a randomly initialised backbone has no architecture or bands of its own)."
             )
         return model, kwargs, int(in_channels)
-    export = Export.read(weights)
+    export = read_export(weights)
     if model is not None and model != export.model:
         raise ConfigError(
             f"{model_arg}={model!r} but the export {weights} holds a {export.model!r}; leave "
@@ -152,69 +110,101 @@ def build_encoder(
     in_channels: int,
     model_kwargs: Mapping[str, Any] | None = None,
     img_size: int | None = None,
-    **timm_kwargs: Any,
-) -> "VisionTransformer | FusionViT":
-    """A timm ViT that takes any input size divisible by its patch, from an export or random.
+) -> EncoderModule:
+    """An encoder that takes any input size divisible by its patch, from an export or random.
 
     Args:
         weights: export folder, or None for random initialisation.
         model: timm name (as :func:`resolve_architecture` returns it).
         in_channels: number of input bands.
-        model_kwargs: architecture arguments.
+        model_kwargs: architecture arguments (with ``modalities``, a multimodal encoder).
         img_size: size to build the position grid for (resampled once); None keeps the
             export's grid (timm's default size), so every tensor equals the exported one.
-        **timm_kwargs: more ``timm.create_model`` arguments (e.g. ``num_classes``).
 
     Returns:
-        the model (a :class:`~geodino.models.FusionViT` when the architecture arguments name
-        ``modalities``); any chip size that the patch size divides goes through it.
+        the encoder (a :class:`~geodino.models.FusionViT` when the architecture arguments
+        name ``modalities``); any chip size that the patch size divides goes through it.
+
+    Raises:
+        ConfigError: if the modalities' bands do not add up to ``in_channels``.
+        WeightsError: if the export's weights do not fit its architecture.
     """
-    kwargs = {**dict(model_kwargs or {}), **timm_kwargs, "dynamic_img_size": True}
+    kwargs = {**dict(model_kwargs or {}), "dynamic_img_size": True}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    spec = BackboneSpec(model, in_channels, kwargs)
+    if spec.modalities is not None:
+        return _build_fusion(weights, spec)
+    if weights is None:
+        return spec.build()
+    export = read_export(weights)
+    return BackboneSpec(model, in_channels, kwargs, export.bands).build(export.weights)
+
+
+def build_classifier(
+    weights: str | Path | None,
+    model: str,
+    in_channels: int,
+    num_classes: int,
+    model_kwargs: Mapping[str, Any] | None = None,
+    img_size: int | None = None,
+) -> TimmViTEncoder:
+    """A timm ViT with a classifier head, from an export or random (see :func:`build_encoder`).
+
+    Args:
+        weights: export folder, or None for random initialisation.
+        model: timm name.
+        in_channels: number of input bands.
+        num_classes: outputs of timm's classifier head.
+        model_kwargs: architecture arguments.
+        img_size: size to build the position grid for; None keeps the export's grid.
+
+    Returns:
+        the ViT with its head.
+
+    Raises:
+        ConfigError: if the architecture is a multimodal FusionViT.
+    """
+    kwargs = {**dict(model_kwargs or {}), "num_classes": num_classes, "dynamic_img_size": True}
     if img_size is not None:
         kwargs["img_size"] = img_size
     if "modalities" in kwargs:
-        return _build_fusion(weights, model, in_channels, kwargs)
-    if weights is None:
-        return build_backbone(model, in_channels, **kwargs)
-    export = Export.read(weights)
-    return build_backbone(
-        model, in_channels, weights=export.weights, band_names=export.bands or None, **kwargs
-    )
-
-
-def _build_fusion(
-    weights: str | Path | None, model: str, in_channels: int, kwargs: dict[str, Any]
-) -> "FusionViT":
-    """A FusionViT (multimodal export) with the export's weights, position grid resampled."""
-    from safetensors.torch import load_file
-    from timm.layers import resample_abs_pos_embed
-
-    from geodino.models.fusion import FusionViT
-
-    if "num_classes" in kwargs:
         raise ConfigError(
             f"the backbone {weights or model} is a multimodal FusionViT ({kwargs['modalities']}); "
             "classification takes single-modality ViTs. Use geodino.tasks.Segmentation, or "
             "embeddings with `geodino probe`, for fusion backbones."
         )
-    encoder = FusionViT(model, **kwargs)
-    bands = sum(encoder.modalities.values())
-    if bands != in_channels:
+    if weights is None:
+        return build_backbone(model, in_channels, **kwargs)
+    export = read_export(weights)
+    return build_backbone(
+        model, in_channels, weights=export.weights, band_names=export.bands or None, **kwargs
+    )
+
+
+def _build_fusion(weights: str | Path | None, spec: BackboneSpec) -> EncoderModule:
+    """A FusionViT (multimodal export) with the export's weights, position grid resampled."""
+    from timm.layers.pos_embed import resample_abs_pos_embed
+
+    encoder = spec.build()
+    bands = sum((spec.modalities or {}).values())
+    if bands != spec.in_chans:
         raise ConfigError(
-            f"in_channels={in_channels} but the modalities {encoder.modalities} have {bands} "
+            f"in_channels={spec.in_chans} but the modalities {spec.modalities} have {bands} "
             "bands; give their bands stacked in order."
         )
     if weights is None:
         return encoder
-    export = Export.read(weights)
-    state = load_file(str(export.weights))
-    pos, target = state.get("pos_embed"), encoder.pos_embed
+    export = read_export(weights)
+    state = read_safetensors(export.weights or Path(weights))
+    arch = encoder.architecture()
+    pos = state.get("pos_embed")
+    target = encoder.state_dict().get("pos_embed")
     if pos is not None and target is not None and pos.shape != target.shape:
-        prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
         state["pos_embed"] = resample_abs_pos_embed(
             pos,
-            new_size=list(encoder.grid_size),
-            num_prefix_tokens=prefix,
+            new_size=list(arch.grid_size),
+            num_prefix_tokens=arch.position_prefix,
             interpolation="bicubic",
             antialias=True,
         )

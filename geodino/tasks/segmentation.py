@@ -9,7 +9,7 @@ from torch import Tensor
 from torchgeo.tasks import SemanticSegmentation
 
 from geodino.models.segmentation import ViTSegmentationModel
-from geodino.tasks.pretrained import build_encoder, resolve_architecture
+from geodino.tasks.pretrained import build_encoder, export_folder, resolve_architecture
 
 
 class Segmentation(SemanticSegmentation):
@@ -80,7 +80,7 @@ class Segmentation(SemanticSegmentation):
         layers = None if layers is None else [int(i) for i in layers]
         super().__init__(
             model=model,  # type: ignore[arg-type]
-            backbone=backbone,  # type: ignore[arg-type]
+            backbone=backbone,
             weights=str(weights) if weights is not None else None,
             in_channels=in_channels,
             task=task,
@@ -101,7 +101,7 @@ class Segmentation(SemanticSegmentation):
         """The ViT encoder (from the export), the decoder and the classifier; freezing."""
         hp = self.hparams
         encoder = build_encoder(
-            self.weights,
+            export_folder(self.weights),
             hp["backbone"],
             hp["in_channels"],
             hp["backbone_kwargs"],
@@ -129,4 +129,5 @@ class Segmentation(SemanticSegmentation):
             one (B, D, H / patch, W / patch) map per decoder layer.
         """
         with torch.no_grad():
-            return self.model.features(images)
+            maps: list[Tensor] = self.model.features(images)
+        return maps

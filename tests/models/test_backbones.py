@@ -241,7 +241,7 @@ def test_wrong_architecture(tmp_path: Path) -> None:
     torch.save(deeper.state_dict(), tmp_path / "deeper.pth")
     with pytest.raises(WeightsError, match="has 2 blocks but the model has 1"):
         build_backbone(REG4, 3, weights=tmp_path / "deeper.pth", **TINY)
-    with pytest.raises(WeightsError, match="'reg_token' .* but the model has none"):
+    with pytest.raises(WeightsError, match=r"'reg_token' .* but the model has none"):
         build_backbone("vit_small_patch14_dinov2", 3, weights=tmp_path / "deeper.pth", **TINY)
     patch16 = build_backbone("vit_small_patch16_224", 3, **TINY)
     torch.save(patch16.state_dict(), tmp_path / "p16.pth")
@@ -257,18 +257,18 @@ def test_wrong_architecture(tmp_path: Path) -> None:
 
 
 def test_missing_truncated_and_unsafe_files(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="none.pth does not exist"):
+    with pytest.raises(WeightsError, match=r"none\.pth does not exist"):
         build_backbone(REG4, 3, weights=tmp_path / "none.pth", **TINY)
     good = build_backbone(REG4, 3, **TINY).state_dict()
     torch.save(good, tmp_path / "good.pth")
     data = (tmp_path / "good.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match="cut.pth cannot be read"):
+    with pytest.raises(WeightsError, match=r"cut\.pth cannot be read"):
         build_backbone(REG4, 3, weights=tmp_path / "cut.pth", **TINY)
     save_file({k: v.contiguous() for k, v in good.items()}, str(tmp_path / "good.safetensors"))
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match="cut.safetensors is not a readable safetensors"):
+    with pytest.raises(WeightsError, match=r"cut\.safetensors is not a readable safetensors"):
         build_backbone(REG4, 3, weights=tmp_path / "cut.safetensors", **TINY)
 
     marker = tmp_path / "pwned"

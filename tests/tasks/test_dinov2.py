@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_numbe
 class Blobs(torch.utils.data.Dataset):
     """Small 4-band images with structure, deterministic."""
 
-    band_names = ["b1", "b2", "b3", "b4"]
+    band_names: ClassVar[list[str]] = ["b1", "b2", "b3", "b4"]
 
     def __init__(self, n: int = 64, size: int = 32) -> None:
         g = torch.Generator().manual_seed(0)

@@ -1,0 +1,61 @@
+"""Checkpoints written before the encoder interface load unchanged and give the same tokens.
+
+``data/pre_restructuring_tasks.pt`` holds, for a single-modality task (with and without
+registers) and two fusion tasks, the hyper-parameters, the full ``state_dict`` and the
+teacher's tokens of one input, as the code before the restructuring of issue 13 wrote them.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from geodino.export import export_backbone, load_backbone
+from geodino.tasks import DINOv2Task
+
+DATA = Path(__file__).parent / "data" / "pre_restructuring_tasks.pt"
+CASES = ["single", "single_cls", "fusion_xattn", "fusion_linear"]
+
+
+@pytest.fixture(scope="module")
+def saved() -> dict[str, dict[str, object]]:
+    return torch.load(DATA, weights_only=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_old_state_dict_loads_strictly_with_the_same_keys(
+    saved: dict[str, dict[str, object]], case: str
+) -> None:
+    entry = saved[case]
+    state = entry["state_dict"]
+    assert isinstance(state, dict)
+    task = DINOv2Task(**entry["hyper_parameters"])  # type: ignore[arg-type]
+    assert list(task.state_dict()) == list(state)
+    task.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        tokens = task.eval()(entry["input"])  # type: ignore[arg-type]
+    torch.testing.assert_close(tokens, entry["tokens"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["single", "single_cls"])
+def test_old_checkpoint_exports_and_embeds_the_same(
+    saved: dict[str, dict[str, object]], case: str, tmp_path: Path
+) -> None:
+    entry = saved[case]
+    ckpt = tmp_path / "task.ckpt"
+    torch.save(
+        {"hyper_parameters": entry["hyper_parameters"], "state_dict": entry["state_dict"]}, ckpt
+    )
+    x = entry["input"]
+    assert isinstance(x, torch.Tensor)
+    trained = load_backbone(ckpt)
+    with torch.no_grad():
+        # no statistics: the input is taken as normalised
+        torch.testing.assert_close(trained.tokens(x), entry["tokens"], rtol=0, atol=0)
+    # the export holds the grid resampled to timm's default size, where both agree
+    export_backbone(ckpt, tmp_path / "export")
+    exported = load_backbone(tmp_path / "export")
+    size = exported.meta["img_size"][0]
+    big = torch.nn.functional.interpolate(x, size=(size, size))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.tokens(big), trained.tokens(big))
