@@ -10,22 +10,20 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
 from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models import VisionTransformer, adapt_input_conv
 from torch import Tensor, nn
+from torchvision.models import WeightsEnum
 
 from geodino.bands import canonical_s2_band
 from geodino.errors import ConfigError, WeightsError
 from geodino.models.encoder import EncoderInput
 from geodino.models.timm_adapter import TimmViTEncoder, as_encoder
 from geodino.weights_io import read_weights
-
-if TYPE_CHECKING:
-    from torchvision.models import WeightsEnum
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +73,6 @@ def band_key(name: str) -> str:
 _band_key = band_key
 
 
-def _is_enum(weights: object) -> bool:
-    return hasattr(weights, "url") and hasattr(weights, "meta")
-
-
 # --- reading weight files ---------------------------------------------------------------
 def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
     """The backbone tensors inside a checkpoint, prefixes removed (teacher preferred)."""
@@ -104,12 +98,13 @@ def _tensors(obj: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _source_bands(weights: Any, path: Path, obj: Mapping[str, Any]) -> list[str] | None:
+def _source_bands(
+    weights: "Path | WeightsEnum", path: Path, obj: Mapping[str, Any]
+) -> list[str] | None:
     """Band names the weights were trained on: enum meta, export metadata or sidecar."""
-    meta = getattr(weights, "meta", None)
     candidates: list[Any] = []
-    if isinstance(meta, Mapping):
-        candidates.append(meta.get("bands"))
+    if isinstance(weights, WeightsEnum) and isinstance(weights.meta, Mapping):
+        candidates.append(weights.meta.get("bands"))
     for key in ("geodino", "hyper_parameters"):
         if isinstance(obj.get(key), Mapping):
             candidates += [obj[key].get("bands"), obj[key].get("band_names")]
@@ -165,19 +160,20 @@ def load_weights_file(
         and not Path(weights).is_file()
     ):
         weights = _torchgeo_enum(weights)
-    if _is_enum(weights):
-        name = Path(str(weights.url).split("?")[0]).name  # type: ignore[union-attr]
+    if isinstance(weights, WeightsEnum):
+        name = Path(str(weights.url).split("?")[0]).name
         path = Path(torch.hub.get_dir()) / "checkpoints" / name
         if not path.is_file():
             raise WeightsError(
                 f"{weights} is not in the local cache: geodino never downloads weights. Fetch "
-                f"{weights.url} once (on a machine with access) and put it at {path} "  # type: ignore[union-attr]
+                f"{weights.url} once (on a machine with access) and put it at {path} "
                 "(or set TORCH_HOME to the folder whose hub/checkpoints holds it)."
             )
+        source: Path | WeightsEnum = weights
     else:
-        path = Path(weights)
+        path = source = Path(weights)
     obj = read_weights(path)
-    return _tensors(obj, path), path, _source_bands(weights, path, obj)
+    return _tensors(obj, path), path, _source_bands(source, path, obj)
 
 
 def load_mask_token(weights: "str | Path | WeightsEnum") -> Tensor | None:
