@@ -5,6 +5,7 @@ registers) and two fusion tasks, the hyper-parameters, the full ``state_dict`` a
 teacher's tokens of one input, as the code before the restructuring of issue 13 wrote them.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,40 @@ def test_old_checkpoint_exports_and_embeds_the_same(
     big = torch.nn.functional.interpolate(x, size=(size, size))
     with torch.no_grad():
         torch.testing.assert_close(exported.tokens(big), trained.tokens(big))
+
+
+def test_parameter_groups_are_unchanged() -> None:
+    # layer-wise lr decay and weight decay groups as DINOv2Task formed them before (3 blocks)
+    saved = json.loads((DATA.parent / "pre_restructuring_param_groups.json").read_text())
+    kwargs = {"embed_dim": 16, "depth": 3, "num_heads": 2, "img_size": 28}
+    cases = {
+        "single": {},
+        "fusion_xattn": {"modalities": {"s1": 1, "s2": 2}, "fusion": "xattn"},
+        "fusion_linear_ibot": {
+            "modalities": {"s1": 1, "s2": 2},
+            "fusion": "linear",
+            "ibot_separate_head": True,
+        },
+    }
+    for name, extra in cases.items():
+        task = DINOv2Task(
+            model="vit_small_patch14_reg4_dinov2",
+            in_chans=3,
+            model_kwargs=kwargs,
+            head_out_dim=8,
+            head_hidden_dim=8,
+            head_bottleneck_dim=4,
+            head_nlayers=2,
+            **extra,  # type: ignore[arg-type]
+        )
+        names = {id(p): n for n, p in task.named_parameters()}
+        groups = [
+            {
+                "lr_multiplier": g["lr_multiplier"],
+                "wd_multiplier": g["wd_multiplier"],
+                "is_last_layer": g["is_last_layer"],
+                "params": [names[id(p)] for p in g["params"]],
+            }
+            for g in task.configure_optimizers().param_groups
+        ]
+        assert groups == saved[name], name
