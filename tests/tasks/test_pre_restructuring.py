@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from geodino.errors import WeightsError
 from geodino.export import export_backbone, load_backbone
 from geodino.tasks import DINOv2Task
 
@@ -97,3 +98,19 @@ def test_parameter_groups_are_unchanged() -> None:
             for g in task.configure_optimizers().param_groups
         ]
         assert groups == saved[name], name
+
+
+def test_a_fusion_checkpoint_is_refused_like_a_fusion_export(
+    saved: dict[str, dict[str, object]], tmp_path: Path
+) -> None:
+    # both sources go through one BackboneSpec: a training checkpoint of a FusionViT is not
+    # read as a plain ViT with a random patch embedding
+    entry = saved["fusion_linear"]
+    ckpt = tmp_path / "fusion.ckpt"
+    torch.save(
+        {"hyper_parameters": entry["hyper_parameters"], "state_dict": entry["state_dict"]}, ckpt
+    )
+    export_backbone(ckpt, tmp_path / "export")
+    for source in (ckpt, tmp_path / "export"):
+        with pytest.raises(WeightsError, match="multimodal FusionViT"):
+            load_backbone(source)
