@@ -138,7 +138,7 @@ def pca_rgb(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     Returns:
         (H, W, 3) float array in [0, 1].
     """
-    from geodino.inference import fit_pca, project
+    from geodino.pca import fit_pca, project
 
     d, h, w = embeddings.shape
     flat = embeddings.reshape(d, -1).T

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from geodino.errors import ConfigError, DataError
+from geodino.seeding import torch_generator
 
 BAND_KINDS = ("optical", "sar")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -760,7 +761,7 @@ class MultiCrop(nn.Module):
         noise = None
         if self.speckle_looks is not None and "sar" in kinds:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            noise = torch.Generator(device=images.device).manual_seed(seed)
+            noise = torch_generator(seed, images.device)
         return {
             "global_crops": self._render(images, global_plan, self.global_crops_size, kinds, noise),
             "local_crops": self._render(images, local_plan, self.local_crops_size, kinds, noise),

@@ -20,7 +20,7 @@ from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.samplers import GriddedPatchSampler
 
 from geodino.datasets.sentinel import S1_BANDS, S2_BANDS
-from geodino.datasets.synthetic import (
+from geodino.demo.catalog import (
     CLASSES,
     LABEL_NODATA,
     LOOKS,

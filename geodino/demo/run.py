@@ -1,4 +1,4 @@
-"""``geodino demo``: the whole story on the embedded synthetic catalog."""
+"""``geodino demo``: the whole story on the synthetic catalog, pretrained vs random init."""
 
 import json
 import logging
@@ -12,7 +12,7 @@ from geodino.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: The demo config shipped with the sources.
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def evaluate_knn(
@@ -44,7 +44,7 @@ def evaluate_knn(
         accuracies and chip counts.
     """
     from geodino.datasets import Sentinel2
-    from geodino.datasets.synthetic import LABEL_NODATA, DemoCatalog, DemoLandCover
+    from geodino.demo.catalog import LABEL_NODATA, DemoCatalog, DemoLandCover
     from geodino.evaluation import extract_features, knn_accuracy, read_labelled_chips
     from geodino.samplers import AOISampler
     from geodino.transforms.normalize import Normalize
@@ -96,7 +96,7 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
         a short human-readable summary.
     """
     from geodino.config import run_lightning_cli
-    from geodino.datasets.synthetic import write_demo_catalog
+    from geodino.demo.catalog import write_demo_catalog
     from geodino.models import build_backbone
     from geodino.plotting import plot_chips
 
@@ -130,8 +130,10 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     chips_png = plot_chips(batch["image"][:16].float(), rgb, run_dir / "chips.png")
 
     hp = task.hparams
-    torch.manual_seed(seed)
-    random_backbone = build_backbone(hp["model"], hp["in_chans"], **(hp["model_kwargs"] or {}))
+    # timm initialises weights from torch's default generator: seed it for this build only
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random_backbone = build_backbone(hp["model"], hp["in_chans"], **(hp["model_kwargs"] or {}))
     knn = evaluate_knn(
         task.model,
         random_backbone,
