@@ -28,7 +28,7 @@ MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_numbe
 class TensorItems(torch.utils.data.Dataset):
     """A map-style dataset of fixed random images whose first pixel encodes the item index."""
 
-    band_names = ["b1", "b2", "b3"]
+    band_names = ("b1", "b2", "b3")
 
     def __init__(self, n: int = 40, size: int = 32) -> None:
         generator = torch.Generator().manual_seed(0)

@@ -106,8 +106,8 @@ class MaskingGenerator:
         for _ in range(10):
             target_area = draws.uniform(self.min_num_patches, max_mask_patches)
             aspect = math.exp(draws.uniform(*self.log_aspect_ratio))
-            h = int(round(math.sqrt(target_area * aspect)))
-            w = int(round(math.sqrt(target_area / aspect)))
+            h = round(math.sqrt(target_area * aspect))
+            w = round(math.sqrt(target_area / aspect))
             if w < self.width and h < self.height:
                 top = draws.randint(0, self.height - h)
                 left = draws.randint(0, self.width - w)
