@@ -50,4 +50,5 @@ def project(values: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.
     Returns:
         (..., k) float32 scores.
     """
-    return ((values.astype(np.float64) - mean) @ components.T).astype(np.float32)
+    scores: np.ndarray = ((values.astype(np.float64) - mean) @ components.T).astype(np.float32)
+    return scores

@@ -1,5 +1,6 @@
 """Pretraining samples of map-style datasets: ``.npy`` and class folders, annotated images."""
 
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ class IndexDraw:
         self.dataset = dataset
         self.seed = seed
         self.shuffle = shuffle
-        self.size = len(dataset)  # type: ignore[arg-type]
+        self.size = _length(dataset)
         self._perm: tuple[int, np.ndarray] | None = None
 
     def index(self, position: int) -> int:
@@ -59,6 +60,20 @@ class IndexDraw:
         return self.dataset[self.index(position)]
 
 
+def _length(dataset: Dataset[Sample]) -> int:
+    """The number of items of a map-style dataset.
+
+    Raises:
+        ConfigError: if the dataset has no length.
+    """
+    if not isinstance(dataset, Sized):
+        raise ConfigError(
+            f"{type(dataset).__name__} has no length (__len__); give a map-style dataset "
+            "such as NpyFolder, ImageFolder or AnnotatedImages."
+        )
+    return len(dataset)
+
+
 class FolderDINODataModule(DINODataModule):
     """Samples from a non-geo dataset (``.npy`` folder, class folders, JSON-annotated images).
 
@@ -76,10 +91,13 @@ class FolderDINODataModule(DINODataModule):
         val_length: validation samples per device (0: the whole validation dataset).
     """
 
+    dataset: Dataset[Sample]
+
     def __init__(
         self,
-        dataset: Dataset,
-        val_dataset: Dataset | None = None,
+        # bare Dataset: jsonargparse resolves the class_path of a config only for a plain class
+        dataset: Dataset,  # type: ignore[type-arg]
+        val_dataset: Dataset | None = None,  # type: ignore[type-arg]
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
@@ -92,12 +110,12 @@ class FolderDINODataModule(DINODataModule):
         super().__init__(
             batch_size, num_workers, seed, statistics, statistics_chips, multicrop, val_length
         )
-        if len(dataset) == 0:
+        if _length(dataset) == 0:
             raise DataError(f"{type(dataset).__name__} holds no samples.")
         self.dataset = dataset
         self.val_dataset = val_dataset
         if val_dataset is not None and val_length <= 0:
-            self.val_length = len(val_dataset)
+            self.val_length = _length(val_dataset)
 
     @property
     def band_names(self) -> list[str]:
@@ -120,7 +138,7 @@ class FolderDINODataModule(DINODataModule):
             self.train_draw = IndexDraw(self.dataset, self.seed)
         if self.val_draw is None and self.val_dataset is not None:
             self.val_draw = IndexDraw(self.val_dataset, self.seed, shuffle=False)
-            self.val_length = min(self.val_length, len(self.val_dataset))
+            self.val_length = min(self.val_length, _length(self.val_dataset))
 
     def measure_statistics(self, chips: int) -> BandStatistics:
         """Statistics of up to ``chips`` samples (every sample if there are fewer).
@@ -131,4 +149,4 @@ class FolderDINODataModule(DINODataModule):
         Returns:
             the statistics.
         """
-        return super().measure_statistics(min(chips, len(self.dataset)))
+        return super().measure_statistics(min(chips, _length(self.dataset)))

@@ -194,6 +194,8 @@ class GeoDINODataModule(DINODataModule):
             (docs/performance.md): worth it where reading bounds the step.
     """
 
+    dataset: GeoDataset
+
     def __init__(
         self,
         dataset: GeoDataset,

@@ -69,19 +69,23 @@ def collate(samples: list[Sample]) -> Sample:
     if get_worker_info() is not None or not all(
         isinstance(v, Tensor) and v.device.type == "cpu" for v in first.values()
     ):
-        return default_collate(samples)
+        batch: Sample = default_collate(samples)
+        return batch
     return {k: torch.from_numpy(np.stack([s[k].numpy() for s in samples])) for k in first}
 
 
 def _empty_batch(size: int, like: Tensor) -> Tensor:
     """An uninitialised batch of ``size`` tensors like ``like``.
 
-    In a loader worker the batch lies in shared memory (as PyTorch's collate allocates it), so handing it over copies nothing.
+    In a loader worker the batch lies in shared memory (as PyTorch's collate allocates it),
+    so handing it over copies nothing.
     """
     shape = (size, *like.shape)
     if get_worker_info() is None:
         return torch.empty(shape, dtype=like.dtype)
-    storage = like._typed_storage()._new_shared(size * like.numel(), device=like.device)
+    # torch leaves _typed_storage untyped
+    typed = like._typed_storage()  # type: ignore[no-untyped-call]
+    storage = typed._new_shared(size * like.numel(), device=like.device)
     batch: Tensor = like.new(storage).resize_(shape)
     return batch
 

@@ -328,9 +328,11 @@ def _stripes(u: np.ndarray, period: np.ndarray, duty: np.ndarray) -> np.ndarray:
     on = duty * period
 
     def integral(t: np.ndarray) -> np.ndarray:
-        return np.floor(t / period) * on + np.minimum(np.mod(t, period), on)
+        covered: np.ndarray = np.floor(t / period) * on + np.minimum(np.mod(t, period), on)
+        return covered
 
-    return integral(u + 0.5) - integral(u - 0.5)
+    share: np.ndarray = integral(u + 0.5) - integral(u - 0.5)
+    return share
 
 
 def _rotated(
@@ -362,7 +364,8 @@ def _street_asphalt(rng: np.random.Generator, n: int, parcel: np.ndarray) -> np.
     u, v, period = _rotated(rng, n, parcel, np.pi / 2, (12.0, 16.0))
     duty = rng.uniform(2.0, 3.0, n)[parcel] / period
     across, along = _stripes(u, period, duty), _stripes(v, period, duty)
-    return across + along - across * along
+    share: np.ndarray = across + along - across * along
+    return share
 
 
 def _rearranged(values: np.ndarray, groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -376,7 +379,7 @@ def _rearranged(values: np.ndarray, groups: np.ndarray, keys: np.ndarray) -> np.
 
 def _unit_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     """Gaussian-smoothed white noise scaled to unit standard deviation."""
-    field = gaussian_filter(rng.standard_normal((size, size)), sigma, mode="wrap")
+    field: np.ndarray = gaussian_filter(rng.standard_normal((size, size)), sigma, mode="wrap")
     return field / field.std()
 
 
@@ -468,13 +471,16 @@ def _synthesise(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
 def _nodata_mask(size: int, kind: int) -> np.ndarray:
     """No-data margins as in real scenes: a slanted swath edge, a clipped corner, a granule edge."""
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    mask: np.ndarray
     if kind == 0:
-        return xx < 0.12 * size + 0.15 * yy
-    if kind == 1:
-        return (size - xx) + (size - yy) < 0.3 * size
-    if kind == 2:
-        return yy < 0.06 * size + 0.02 * xx
-    return np.zeros((size, size), dtype=bool)
+        mask = xx < 0.12 * size + 0.15 * yy
+    elif kind == 1:
+        mask = (size - xx) + (size - yy) < 0.3 * size
+    elif kind == 2:
+        mask = yy < 0.06 * size + 0.02 * xx
+    else:
+        mask = np.zeros((size, size), dtype=bool)
+    return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,7 +751,8 @@ class _DemoSource:
     def _folder(cls, paths: Path | str) -> Path:
         root = Path(paths)
         if (root / "classes.json").exists() or not (root.is_dir() and any(root.glob("*.tif"))):
-            return getattr(DemoCatalog.load(root), cls.folder)
+            folder: Path = getattr(DemoCatalog.load(root), cls.folder)
+            return folder
         return root
 
 

@@ -56,7 +56,8 @@ def evaluate_knn(
     normalize = Normalize.from_statistics(statistics)
 
     def transform(x: torch.Tensor) -> torch.Tensor:
-        return normalize(normalize.fill_nodata(x))
+        normalised: torch.Tensor = normalize(normalize.fill_nodata(x))
+        return normalised
 
     splits = {}
     for split in ("train", "val"):
@@ -84,8 +85,10 @@ def evaluate_knn(
 
 
 def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None = None) -> str:
-    """Write the demo catalog, pretrain, evaluate against random init, export the backbone,
-    embed a scene (GeoTIFF and GeoParquet) and draw its PCA and attention maps.
+    """Run the demo: catalog, pretraining, k-NN against random init, export, embeddings, maps.
+
+    Writes the demo catalog, pretrains, evaluates against random init, exports the backbone,
+    embeds a scene (GeoTIFF and GeoParquet) and draws its PCA and attention maps.
 
     Args:
         out: folder for the catalog (``out/data``) and the run (``out/runs``).
@@ -191,9 +194,22 @@ def downstream(
     export_dir = run_dir / "export"
     export_backbone(checkpoint, export_dir)
     scene = sorted(scenes.glob("*.tif"))[0]
-    options = {"chip_size": chip_size, "overwrite": True, "progress": False}
-    (tif,) = embed(export_dir, [scene], run_dir / "embeddings.tif", **options)
-    (table,) = embed(export_dir, [scene], run_dir / "embeddings.parquet", **options)
+    (tif,) = embed(
+        export_dir,
+        [scene],
+        run_dir / "embeddings.tif",
+        chip_size=chip_size,
+        overwrite=True,
+        progress=False,
+    )
+    (table,) = embed(
+        export_dir,
+        [scene],
+        run_dir / "embeddings.parquet",
+        chip_size=chip_size,
+        overwrite=True,
+        progress=False,
+    )
     maps = write_maps(export_dir, scene, run_dir / "maps", chip_size=chip_size, embeddings=tif)
     return {
         "export": export_dir,

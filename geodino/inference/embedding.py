@@ -14,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ def embed_batches(
     region: RasterRegion,
     chip_size: int,
     batch_size: int,
-    skip: Sequence[int] = (),
+    skip: Collection[int] = (),
 ) -> Iterator[tuple[int, list[tuple[int, int, int, int]], np.ndarray, np.ndarray]]:
     """Run the backbone over a region's windows, a batch at a time.
 
@@ -110,7 +110,7 @@ def _fingerprint(**values: Any) -> str:
 def _save_part(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     os.replace(tmp, path)
 
 
@@ -272,12 +272,16 @@ def _write_table(
     tags: dict[str, Any],
 ) -> None:
     import geopandas as gpd
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
 
     frames, vectors = [], []
     crs = regions[0].crs
     for region, region_parts in zip(regions, parts, strict=True):
-        windows = [tuple(int(v) for v in w) for part in region_parts for w in part["windows"]]
+        windows = [
+            (int(r), int(c), int(h), int(w))
+            for part in region_parts
+            for r, c, h, w in part["windows"]
+        ]
         p = region.patch
         frame = gpd.GeoDataFrame(
             {

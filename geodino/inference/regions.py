@@ -191,7 +191,9 @@ def read_window(src: Any, region: RasterRegion, window: tuple[int, int, int, int
         pixels.col_off + pixels.width > src.width
     )
     fill = src.nodata if src.nodata is not None else np.nan
-    data = src.read(window=pixels, boundless=past_edge, fill_value=fill, out_dtype="float32")
+    data: np.ndarray = src.read(
+        window=pixels, boundless=past_edge, fill_value=fill, out_dtype="float32"
+    )
     if src.nodata is not None:
         data[data == np.float32(src.nodata)] = np.nan
     return data

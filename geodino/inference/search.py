@@ -56,6 +56,7 @@ def similarity_search(
             query[int(row), int(col)] = True
         where = f"point ({point[0]}, {point[1]})"
     else:
+        assert bbox is not None  # exactly one of point and bbox was given
         x0, y0 = point_in_crs(grid_crs, bbox[0], bbox[1], crs)
         x1, y1 = point_in_crs(grid_crs, bbox[2], bbox[3], crs)
         cx, cy = transform @ (cols + 0.5, rows + 0.5)

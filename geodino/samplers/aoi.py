@@ -10,10 +10,10 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 import shapely
 import torch
 from geopandas import GeoDataFrame
@@ -187,7 +187,10 @@ class AOISampler(GeoSampler):
         self, value: float | tuple[float, float], units: Units, what: str
     ) -> tuple[float, float]:
         """``(height, width)`` in CRS units, rounded to whole pixels."""
-        h, w = (value, value) if np.ndim(value) == 0 else value
+        if np.ndim(value) == 0:
+            h = w = cast(float, value)
+        else:
+            h, w = cast(tuple[float, float], value)
         if not (h > 0 and w > 0):
             raise DataError(
                 f"chip {what} must be positive, got {value}; give it in {units.name.lower()}."
@@ -329,9 +332,10 @@ class AOISampler(GeoSampler):
         name = self.aoi["name"].iloc[row] if "name" in self.aoi.columns else None
         return f"row {self.aoi.index[row]}" + (f" (name {name!r})" if name is not None else "")
 
-    def _snap(self, values: np.ndarray, axis: int) -> np.ndarray:
+    def _snap(self, values: np.ndarray | float, axis: int) -> np.ndarray:
         res, origin = self.res[axis], self.origin[axis]
-        return origin + np.round((values - origin) / res) * res
+        snapped: np.ndarray = origin + np.round((values - origin) / res) * res
+        return snapped
 
     def _floor(self, value: float, axis: int) -> float:
         res, origin = self.res[axis], self.origin[axis]
@@ -346,16 +350,18 @@ class AOISampler(GeoSampler):
         assert self.blocks is not None
         return align_to_blocks(self.blocks, x0, y0, self.size, self.res)
 
-    def _covers(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+    def _covers(self, x0: np.ndarray | float, y0: np.ndarray | float) -> np.ndarray:
         """Whether chips with these lower-left corners meet ``min_coverage``."""
         h, w = self.size
         if self.min_coverage >= 1:
             dx, dy = _SLACK * self.res[0], _SLACK * self.res[1]
             inner = shapely.box(x0 + dx, y0 + dy, x0 + w - dx, y0 + h - dy)
-            return shapely.contains(self.union, inner)
+            inside: np.ndarray = shapely.contains(self.union, inner)
+            return inside
         boxes = shapely.box(x0, y0, x0 + w, y0 + h)
         covered = shapely.area(shapely.intersection(boxes, self.union)) / (h * w)
-        return covered >= self.min_coverage - _EPS
+        enough: np.ndarray = covered >= self.min_coverage - _EPS
+        return enough
 
     def coverage(self, query: Query) -> float:
         """Fraction of a chip inside the AOI union and the data.
@@ -432,11 +438,12 @@ class AOISampler(GeoSampler):
         k = min(bisect.bisect_right(cumulative, u), len(corners) - 1)
         (ax, ay), (bx, by), (cx, cy) = corners[k].tolist()
         h, w = self.size
-        x0 = self._snap((1 - s) * ax + s * (1 - t) * bx + s * t * cx - w / 2, 0)
-        y0 = self._snap((1 - s) * ay + s * (1 - t) * by + s * t * cy - h / 2, 1)
+        x0 = float(self._snap((1 - s) * ax + s * (1 - t) * bx + s * t * cx - w / 2, 0))
+        y0 = float(self._snap((1 - s) * ay + s * (1 - t) * by + s * t * cy - h / 2, 1))
         if self.blocks is not None:
-            x0, y0 = (float(v[0]) for v in self._align(np.array([x0]), np.array([y0])))
-        return self._query(float(x0), float(y0)) if self._covers(x0, y0) else None
+            aligned_x, aligned_y = self._align(np.array([x0]), np.array([y0]))
+            x0, y0 = float(aligned_x[0]), float(aligned_y[0])
+        return self._query(x0, y0) if self._covers(x0, y0) else None
 
     def sample(self, index: int, attempt: int = 0) -> Query:
         """The chip at an index (random mode: a pure function of seed, index and attempt).

@@ -321,7 +321,7 @@ class MultiCropRecipe:
                 f"default_kind={self.default_kind!r} unknown; use one of {list(BAND_KINDS)}."
             )
         # frozen: normalise through object.__setattr__, as dataclasses document
-        normalised: dict[str, object] = {
+        normalised: dict[str, tuple[float, ...] | tuple[str, ...] | float] = {
             "global_crops_scale": _pair(self.global_crops_scale),
             "local_crops_scale": _pair(self.local_crops_scale),
             "blur_p": (float(self.blur_p[0]), float(self.blur_p[1]), float(self.blur_p[2])),
@@ -330,8 +330,8 @@ class MultiCropRecipe:
         }
         if self.band_kinds is not None:
             normalised["band_kinds"] = tuple(self.band_kinds)
-        for name, value in normalised.items():
-            object.__setattr__(self, name, value)
+        for name, normal in normalised.items():
+            object.__setattr__(self, name, normal)
 
     @property
     def rgb(self) -> bool:

@@ -288,6 +288,9 @@ class Normalize(nn.Module):
         nodata: the nodata value of the source (NaN is always treated as nodata).
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(
         self, mean: Sequence[float], std: Sequence[float], nodata: float | None = None
     ) -> None:
