@@ -5,11 +5,13 @@
   loaders, resumption).
 - :mod:`~geodino.datamodules.geo`: chips of TorchGeo raster datasets inside AOIs.
 - :mod:`~geodino.datamodules.folder`: samples of map-style (non-geo) datasets.
+- :mod:`~geodino.datamodules.protocols`: what the task may read from any data module.
 """
 
 from geodino.datamodules.base import DINODataModule
 from geodino.datamodules.folder import FolderDINODataModule, IndexDraw
 from geodino.datamodules.geo import GeoChipDraw, GeoDINODataModule
+from geodino.datamodules.protocols import PretrainingData
 from geodino.datamodules.stream import Draw, RawDraw, SampleStream, collate
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "GeoChipDraw",
     "GeoDINODataModule",
     "IndexDraw",
+    "PretrainingData",
     "RawDraw",
     "SampleStream",
     "collate",
