@@ -1,17 +1,24 @@
-"""Figures: training curves, image chips rendered from chosen bands, PCA feature maps and
-attention maps of the class token and registers.
+"""Figures: training curves, chips, PCA feature maps and attention maps.
+
+Chips are rendered from chosen bands; attention maps are those of the class token and the
+registers.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from timm.layers.attention import Attention
+    from timm.models import VisionTransformer
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +96,8 @@ def to_rgb(
     lo = np.asarray(low if low is not None else np.nanpercentile(rgb, 2, axis=(1, 2)))
     hi = np.asarray(high if high is not None else np.nanpercentile(rgb, 98, axis=(1, 2)))
     rgb = (rgb - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None]
-    return np.nan_to_num(np.clip(rgb, 0, 1)).transpose(1, 2, 0)
+    stretched: np.ndarray = np.nan_to_num(np.clip(rgb, 0, 1)).transpose(1, 2, 0)
+    return stretched
 
 
 def plot_chips(
@@ -138,7 +146,7 @@ def pca_rgb(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
     Returns:
         (H, W, 3) float array in [0, 1].
     """
-    from geodino.inference import fit_pca, project
+    from geodino.pca import fit_pca, project
 
     d, h, w = embeddings.shape
     flat = embeddings.reshape(d, -1).T
@@ -154,7 +162,7 @@ def pca_rgb(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 @torch.no_grad()
-def attention_maps(model: nn.Module, images: Tensor) -> Tensor:
+def attention_maps(model: "VisionTransformer", images: Tensor) -> Tensor:
     """Attention of the class token and each register over the patches, in the last block.
 
     Args:
@@ -167,7 +175,7 @@ def attention_maps(model: nn.Module, images: Tensor) -> Tensor:
     """
     from geodino.models import patch_size
 
-    attn = model.blocks[-1].attn
+    attn = cast("Attention", model.blocks[-1].attn)
     captured: dict[str, Tensor] = {}
     hook = attn.register_forward_pre_hook(lambda _, args: captured.update(x=args[0]))
     try:
@@ -182,7 +190,8 @@ def attention_maps(model: nn.Module, images: Tensor) -> Tensor:
     prefix = model.num_prefix_tokens
     p = patch_size(model)
     grid = (images.shape[-2] // p, images.shape[-1] // p)
-    return weights[:, :prefix, prefix:].reshape(b, prefix, *grid)
+    maps: Tensor = weights[:, :prefix, prefix:].reshape(b, prefix, *grid)
+    return maps
 
 
 def rgb_bands(band_names: Sequence[str]) -> list[int] | None:
@@ -202,8 +211,10 @@ def rgb_bands(band_names: Sequence[str]) -> list[int] | None:
 
 
 def plot_feature_maps(backbone: Any, image: Tensor, out: str | Path, title: str = "") -> Path:
-    """One chip as RGB (or its first band), its PCA feature map and the attention maps of the
-    class token and every register.
+    """One chip, its PCA feature map and its attention maps, side by side.
+
+    The chip is shown as RGB (or its first band); the attention maps are those of the class
+    token and every register.
 
     Args:
         backbone: a :class:`~geodino.export.PretrainedBackbone`.

@@ -32,7 +32,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from geodino.datasets import PairedDataset
-    from geodino.datasets.synthetic import (
+    from geodino.demo.catalog import (
         DemoCatalog,
         DemoSentinel1,
         DemoSentinel2,

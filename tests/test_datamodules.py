@@ -19,7 +19,7 @@ from geodino.datamodules import (
     collate,
 )
 from geodino.datasets import MultiBandGeoTIFF
-from geodino.errors import DataError
+from geodino.errors import ConfigError, DataError
 from geodino.transforms.normalize import BandStatistics
 
 MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2}
@@ -28,7 +28,7 @@ MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_numbe
 class TensorItems(torch.utils.data.Dataset):
     """A map-style dataset of fixed random images whose first pixel encodes the item index."""
 
-    band_names = ["b1", "b2", "b3"]
+    band_names = ("b1", "b2", "b3")
 
     def __init__(self, n: int = 40, size: int = 32) -> None:
         generator = torch.Generator().manual_seed(0)
@@ -408,3 +408,34 @@ def test_block_aligned_reaches_the_samplers(tmp_path: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32)
     assert GeoDINODataModule(ds, chip_size=32)._sampler(None, 0).blocks is None  # off by default
+
+
+def test_data_modules_and_sources_meet_their_protocols(tmp_path: Path) -> None:
+    from geodino.datamodules import DINODataModule, PretrainingData
+    from geodino.datasets.protocols import HasNodata, NamedBands, RawSampleSource
+
+    module = FolderDINODataModule(TensorItems(8), batch_size=2)
+    assert isinstance(module, PretrainingData)
+    assert isinstance(TensorItems(8), NamedBands) and not isinstance(TensorItems(8), HasNodata)
+    assert module.nodata is None and module.band_groups is None
+    assert module.band_kinds == ["optical"] * 3
+    data = np.ones((2, 16, 16), dtype=np.uint16)
+    write_raster(tmp_path / "a.tif", data, "EPSG:32631", (500000, 5000000))
+    geotiff = MultiBandGeoTIFF(tmp_path)
+    assert isinstance(geotiff, RawSampleSource) and isinstance(geotiff, HasNodata)
+    assert not isinstance(TensorItems(8), RawSampleSource)
+    with pytest.raises(TypeError, match="abstract"):
+        DINODataModule()  # type: ignore[abstract]
+    with pytest.raises(ConfigError, match="_Unnamed does not name its bands"):
+        _ = FolderDINODataModule(_Unnamed(8)).band_names
+
+
+class _Unnamed(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.zeros(3, 8, 8)}

@@ -10,7 +10,7 @@ import torch
 from rasterio.transform import from_origin
 from shapely.geometry import Point, Polygon, box
 
-import geodino.inference as inference
+import geodino.inference.embedding as embedding
 from geodino.cli import main
 from geodino.errors import DataError
 from geodino.export import load_backbone
@@ -191,7 +191,7 @@ def test_pca_bands_and_resume(
         assert dst.count == 3 and dst.descriptions == ("pc1", "pc2", "pc3")
         reference = dst.read()
     # a run interrupted after its first batch leaves that batch in OUT.parts/
-    save_part = inference._save_part
+    save_part = embedding._save_part
     saved: list[Path] = []
 
     def save_then_stop(path: Path, **arrays: np.ndarray) -> None:
@@ -199,14 +199,14 @@ def test_pca_bands_and_resume(
         saved.append(path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference, "_save_part", save_then_stop)
+    monkeypatch.setattr(embedding, "_save_part", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         embed(tiny_export, [raster], out, chip_size=28, batch_size=2, pca=3, progress=False)
     parts = tmp_path / "pca.tif.parts"
     assert [p.name for p in parts.glob("*.npz")] == [saved[0].name] and not out.exists()
     # the rerun computes only the other batch, then writes the same raster
     monkeypatch.setattr(
-        inference,
+        embedding,
         "_save_part",
         lambda path, **arrays: (saved.append(path), save_part(path, **arrays)),
     )

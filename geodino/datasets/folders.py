@@ -41,7 +41,8 @@ def read_image(path: Path) -> np.ndarray:
                 # plain (non-geo) TIFFs are expected here
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(path) as src:
-                    return src.read()
+                    pixels: np.ndarray = src.read()
+                    return pixels
         with Image.open(path) as image:
             # palette and bilevel images hold indices, not intensities
             converted = _PIL_CONVERT.get(image.mode)

@@ -324,7 +324,7 @@ class MultiBandGeoTIFF(RasterDataset):
     what: ClassVar[str] = "GeoTIFF"
     #: Glob the file names must match besides the ``.tif``/``.tiff`` suffix; subclass to
     #: narrow a mixed folder (e.g. ``"*_S2Hand.tif"``).
-    filename_glob: ClassVar[str] = "*"
+    filename_glob: str = "*"
 
     def __init__(
         self,
@@ -373,8 +373,10 @@ class MultiBandGeoTIFF(RasterDataset):
 
     @property
     def resampling(self) -> Resampling:
-        """Nearest neighbour: chips on the files' own grid read exactly, and nodata pixels
-        never blend into their neighbours (TorchGeo's bilinear default does both).
+        """Nearest neighbour, unlike TorchGeo's bilinear default.
+
+        Chips on the files' own grid read exactly, and nodata pixels never blend into their
+        neighbours (TorchGeo's bilinear default does both).
         """
         return Resampling.nearest
 
@@ -384,7 +386,7 @@ class MultiBandGeoTIFF(RasterDataset):
         return list(self.bands)
 
     @property
-    def nodata(self) -> float | None:  # type: ignore[override]
+    def nodata(self) -> float | None:
         """Value marking missing data in returned images (NaN allowed)."""
         return self.effective_nodata
 
@@ -459,8 +461,9 @@ class MultiBandGeoTIFF(RasterDataset):
     def _read_native(
         self, index: Any, raw: bool = False, out: np.ndarray | None = None
     ) -> dict[str, Any] | None:
-        """One read for a chip inside one file (a window of the file on its own grid, or of
-        TorchGeo's warped view of it), else None.
+        """One read for a chip inside one file, else None.
+
+        The read is a window of the file on its own grid, or of TorchGeo's warped view of it.
 
         With ``raw`` the image keeps the file's dtype if it is one of :data:`RAW_DTYPES`
         (else it is float32) and the dataset's transforms are not applied; it is read into
@@ -532,8 +535,9 @@ class MultiBandGeoTIFF(RasterDataset):
     def _read_window(
         self, grid: "_OpenFile", x: slice, y: slice, out: np.ndarray | None
     ) -> np.ndarray | None:
-        """A chip on the file's own grid: one integer window, no resampling; None if the
-        chip is off that grid, at another resolution or crosses the file's edge.
+        """A chip on the file's own grid: one integer window, no resampling.
+
+        None if the chip is off that grid, at another resolution or crosses the file's edge.
         """
         col = (x.start - grid.left) / grid.xres
         row = (grid.top - y.stop) / grid.yres
@@ -552,12 +556,14 @@ class MultiBandGeoTIFF(RasterDataset):
     def _read_warped(
         self, grid: "_OpenFile", x: slice, y: slice, out: np.ndarray | None
     ) -> np.ndarray | None:
-        """A chip inside one warped file: the read ``rasterio.merge.merge`` makes for it,
-        without the masked read (a second warp, as long as the first) whose mask is the
+        """A chip inside one warped file: the read ``rasterio.merge.merge`` makes for it.
+
+        Without the masked read (a second warp, as long as the first) whose mask is the
         nodata value merge fills in anyway; None if the chip crosses the file's edge.
         """
-        width = int(round((x.stop - x.start) / x.step))
-        height = int(round((y.stop - y.start) / y.step))
+        # int(): query bounds may be NumPy scalars, whose round() stays a float
+        width = int(round((x.stop - x.start) / x.step))  # noqa: RUF046
+        height = int(round((y.stop - y.start) / y.step))  # noqa: RUF046
         # the chip's bounds as merge derives them from its output grid
         left, bottom, right, top = windows.bounds(
             Window(0, 0, width, height),
@@ -571,8 +577,9 @@ class MultiBandGeoTIFF(RasterDataset):
         return grid.read(self.band_indexes, window, (height, width), out, self.resampling)
 
     def _open_file(self, path: str) -> "_OpenFile | None":
-        """TorchGeo's cached handle of a file and its grid, memoised by path; None where the
-        file's mask is more than its nodata value.
+        """TorchGeo's cached handle of a file and its grid, memoised by path.
+
+        None where the file's mask is more than its nodata value.
 
         Looking the handle up through TorchGeo's cache hashes the CRS (its WKT) and reads
         the index's CRS on every chip, ~0.3 ms, and each attribute of rasterio's transform
@@ -586,7 +593,8 @@ class MultiBandGeoTIFF(RasterDataset):
                 grids.pop(next(iter(grids)))
             src = self._cached_load_warp_file(path, self.crs)
             grids[path] = _OpenFile.of(src, self.band_indexes)
-        return grids[path]
+        opened: _OpenFile | None = grids[path]
+        return opened
 
     def __getstate__(self) -> dict[str, Any]:
         """The dataset's attributes without open file handles, for loader workers."""
@@ -622,8 +630,10 @@ class _OpenFile(NamedTuple):
 
     @classmethod
     def of(cls, src: Any, band_indexes: Sequence[int] | None) -> "_OpenFile | None":
-        """The grid of a handle; None where the read bands have a mask other than their
-        nodata value (an alpha band, an internal mask): only merge's masked read applies it.
+        """The grid of a handle.
+
+        None where the read bands have a mask other than their nodata value (an alpha band,
+        an internal mask): only merge's masked read applies it.
 
         Args:
             src: the handle TorchGeo opened (the file, or a VRT warping it or overriding
@@ -679,8 +689,14 @@ class _OpenFile(NamedTuple):
         """
         shape = (self.bands, *size)
         if out is not None and out.dtype == self.dtype and out.shape == shape:
-            return self.reader.read(band_indexes, window=window, out=out, resampling=resampling)
-        return self.reader.read(band_indexes, window=window, out_shape=shape, resampling=resampling)
+            pixels: np.ndarray = self.reader.read(
+                band_indexes, window=window, out=out, resampling=resampling
+            )
+        else:
+            pixels = self.reader.read(
+                band_indexes, window=window, out_shape=shape, resampling=resampling
+            )
+        return pixels
 
 
 def _same(a: float | None, b: float | None) -> bool:

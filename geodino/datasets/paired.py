@@ -7,10 +7,11 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 import torch
 from torchgeo.datasets import GeoDataset, IntersectionDataset
 
+from geodino.datasets.protocols import NamedBands, band_kinds_of, is_time_series, nodata_of
 from geodino.datasets.timeseries import TimeSeries
 from geodino.errors import DataError
 
@@ -63,7 +64,7 @@ class PairedDataset(IntersectionDataset):
                     f"modality {name!r} is a {type(dataset).__name__}, not a "
                     "TorchGeo GeoDataset (e.g. geodino.datasets.Sentinel1)."
                 )
-            if isinstance(dataset, TimeSeries) or getattr(dataset, "time_series", False):
+            if isinstance(dataset, TimeSeries) or is_time_series(dataset):
                 # one stacked (C, H, W) image cannot hold a (T, C, H, W) series
                 raise DataError(
                     f"modality {name!r} is a time series ({type(dataset).__name__}); "
@@ -140,9 +141,7 @@ class PairedDataset(IntersectionDataset):
     @property
     def band_kinds(self) -> list[str]:
         """``optical`` or ``sar`` per stacked band, from each modality's dataset."""
-        return [
-            getattr(d, "band_kind", "optical") for d in self.modalities.values() for _ in _bands(d)
-        ]
+        return [kind for d in self.modalities.values() for kind in band_kinds_of(d, len(_bands(d)))]
 
     @property
     def nodata(self) -> float:
@@ -161,10 +160,10 @@ class PairedDataset(IntersectionDataset):
         """
         images = []
         sample: Sample = {}
-        for name, dataset in self.modalities.items():
+        for dataset in self.modalities.values():
             part = dataset[query]
             image = part["image"].float()
-            nodata = getattr(dataset, "nodata", None)
+            nodata = nodata_of(dataset)
             if nodata is not None and not math.isnan(nodata):
                 image = torch.where(image == nodata, torch.nan, image)
             images.append(image)
@@ -183,7 +182,8 @@ class PairedDataset(IntersectionDataset):
 
 
 def _bands(dataset: GeoDataset) -> list[str]:
-    names = getattr(dataset, "band_names", None) or getattr(dataset, "bands", None)
+    names = dataset.band_names if isinstance(dataset, NamedBands) else None
+    names = names or getattr(dataset, "bands", None)  # a TorchGeo RasterDataset's bands
     if not names:
         raise DataError(
             f"{type(dataset).__name__} does not name its bands; use a geodino "
@@ -221,12 +221,14 @@ def _gap_days(a: pd.IntervalIndex, b: pd.IntervalIndex) -> np.ndarray:
 
     left = np.maximum(days(a.left), days(b.left))
     right = np.minimum(days(a.right), days(b.right))
-    return np.maximum(left - right, 0.0)
+    gap: np.ndarray = np.maximum(left - right, 0.0)
+    return gap
 
 
 def _overlay(pair: IntersectionDataset) -> gpd.GeoDataFrame:
-    """The intersection of the pair's two indexes, row for row as TorchGeo computes it, with
-    both sides' columns (``datetime_1``, ``datetime_2``, file paths).
+    """The intersection of the pair's two indexes, row for row as TorchGeo computes it.
+
+    With both sides' columns (``datetime_1``, ``datetime_2``, file paths).
     """
     first, second = (d.index.reset_index() for d in pair.datasets)
     return gpd.overlay(first, second, how="intersection", keep_geom_type=True)

@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -225,9 +226,16 @@ class _BandFileDataset(MultiBandGeoTIFF):
             )
         return kept
 
+    @abstractmethod
     def stack_band_names(self, info: RasterInfo) -> list[str]:
-        """Band names of a multi-band stack (subclasses)."""
-        raise TypeError(f"{type(self).__name__} must define stack_band_names")
+        """Band names of a multi-band stack.
+
+        Args:
+            info: what the stack's file says about itself.
+
+        Returns:
+            one name per band.
+        """
 
     @property
     def resampling(self) -> Resampling:

@@ -4,10 +4,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 import torch
 from torchgeo.datasets import GeoDataset, RasterDataset
 
+from geodino.datasets.protocols import NamedBands, nodata_of
 from geodino.errors import ConfigError, DataError
 
 Sample = dict[str, Any]
@@ -73,7 +74,8 @@ class TimeSeries(GeoDataset):
     @property
     def band_names(self) -> list[str]:
         """Names of the bands of each step, in channel order."""
-        return list(getattr(self.dataset, "band_names", None) or self.dataset.bands)
+        names = self.dataset.band_names if isinstance(self.dataset, NamedBands) else None
+        return list(names or self.dataset.bands)
 
     @property
     def nodata(self) -> float:
@@ -118,7 +120,7 @@ class TimeSeries(GeoDataset):
                 f"no acquisition of {type(self.dataset).__name__} overlaps the "
                 f"query {query}; query inside the dataset's bounds {self.bounds}."
             )
-        nodata = getattr(self.dataset, "nodata", None)
+        nodata = nodata_of(self.dataset)
         images, doys, sample = [], [], {}
         for span in spans:
             part = self.dataset[(x, y, slice(span.left, span.right, t.step))]

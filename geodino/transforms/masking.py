@@ -106,8 +106,8 @@ class MaskingGenerator:
         for _ in range(10):
             target_area = draws.uniform(self.min_num_patches, max_mask_patches)
             aspect = math.exp(draws.uniform(*self.log_aspect_ratio))
-            h = int(round(math.sqrt(target_area * aspect)))
-            w = int(round(math.sqrt(target_area / aspect)))
+            h = round(math.sqrt(target_area * aspect))
+            w = round(math.sqrt(target_area / aspect))
             if w < self.width and h < self.height:
                 top = draws.randint(0, self.height - h)
                 left = draws.randint(0, self.width - w)
@@ -187,11 +187,11 @@ def sample_ibot_masks(
             "0 <= min <= max <= 1 (DINOv2: (0.1, 0.5))."
         )
     n_tokens = grid[0] * grid[1]
-    masker = MaskingGenerator(tuple(grid), max_num_patches=int(0.5 * n_tokens) or 1)
+    masker = MaskingGenerator((grid[0], grid[1]), max_num_patches=int(0.5 * n_tokens) or 1)
     draws = _Uniforms(generator)
     n_masked = int(n_images * mask_probability)
-    bounds = torch.linspace(mask_ratio[0], mask_ratio[1], n_masked + 1, dtype=torch.float64)
-    bounds = bounds.tolist()
+    bins = torch.linspace(mask_ratio[0], mask_ratio[1], n_masked + 1, dtype=torch.float64)
+    bounds: list[float] = bins.tolist()
     masks = [
         masker._generate(int(n_tokens * draws.uniform(bounds[i], bounds[i + 1])), draws)
         for i in range(n_masked)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from geodino.errors import ConfigError, DataError
+from geodino.seeding import torch_generator
 
 BAND_KINDS = ("optical", "sar")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -107,6 +108,241 @@ class _Plan:
         return _Plan(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+#: The uniform numbers of one crop, in the column order of the single ``torch.rand`` call that
+#: draws them (changing the order changes every crop of a seed): name and width. After them
+#: come one column per band, the per-band brightness gain.
+_DRAW_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("crop_area", 10),  # RandomResizedCrop's 10 attempts: area fraction
+    ("crop_ratio", 10),  # ... and log aspect ratio
+    ("crop_top", 1),
+    ("crop_left", 1),
+    ("flip", 1),
+    ("turns", 1),
+    ("jitter", 1),
+    ("brightness", 1),
+    ("contrast", 1),
+    ("saturation", 1),
+    ("hue", 1),
+    ("order", 4),  # of the four colour operations
+    ("gray", 1),
+    ("db_jitter", 1),  # whether the SAR dB offset applies
+    ("db_shift", 1),
+    ("speckle", 1),
+    ("blur", 1),
+    ("sigma", 1),
+    ("solarize", 1),
+)
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """The uniform numbers in [0, 1) behind a group of crops, by what they decide.
+
+    One float64 ``torch.rand(n, 40 + channels)`` call draws them all, the columns split as
+    :data:`_DRAW_COLUMNS` says; a column of width 1 is a vector (N,), wider ones (N, width).
+    """
+
+    crop_area: Tensor
+    crop_ratio: Tensor
+    crop_top: Tensor
+    crop_left: Tensor
+    flip: Tensor
+    turns: Tensor
+    jitter: Tensor
+    brightness: Tensor
+    contrast: Tensor
+    saturation: Tensor
+    hue: Tensor
+    order: Tensor
+    gray: Tensor
+    db_jitter: Tensor
+    db_shift: Tensor
+    speckle: Tensor
+    blur: Tensor
+    sigma: Tensor
+    solarize: Tensor
+    band_gain: Tensor  # (N, C)
+
+    @classmethod
+    def draw(cls, n: int, channels: int, generator: torch.Generator | None) -> "_Draws":
+        """Draw the numbers of ``n`` crops of ``channels`` bands.
+
+        Args:
+            n: crops.
+            channels: bands.
+            generator: the source of the numbers.
+
+        Returns:
+            the numbers, by name.
+        """
+        width = sum(w for _, w in _DRAW_COLUMNS)
+        u = torch.rand(n, width + channels, generator=generator, dtype=torch.float64)
+        columns: dict[str, Tensor] = {}
+        start = 0
+        for name, w in _DRAW_COLUMNS:
+            columns[name] = u[:, start] if w == 1 else u[:, start : start + w]
+            start += w
+        return cls(**columns, band_gain=u[:, start:])
+
+
+@dataclass(frozen=True)
+class MultiCropRecipe:
+    """What :class:`MultiCrop` draws and applies: sizes, scales, probabilities and ranges.
+
+    The fields are :class:`MultiCrop`'s arguments (documented there, the keys of
+    ``data.multicrop`` in configs), plus ``default_kind``, the kind of every band when
+    ``band_kinds`` is None (the ``sar`` preset sets ``sar``). Values are checked on creation;
+    scales, probabilities and ranges are stored as floats and sequences as tuples.
+
+    Raises:
+        ConfigError: if a size, scale, probability, range or band kind is out of its domain.
+    """
+
+    global_crops_size: int = 224
+    local_crops_size: int = 96
+    local_crops_number: int = 8
+    global_crops_scale: tuple[float, float] = (0.32, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.32)
+    band_kinds: Sequence[str] | None = None
+    flip_p: float = 0.5
+    rotate90: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    jitter_p: float = 0.8
+    per_band_jitter: float = 0.05
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    speckle_looks: float | None = 4.0
+    speckle_p: float = 0.5
+    db_shift: float = 1.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    grayscale_p: float = 0.0
+    solarize_p: float = 0.0
+    max_value: float = 1.0
+    interpolation: str = "bilinear"
+    default_kind: str = "optical"
+
+    def __post_init__(self) -> None:
+        """Check every value and normalise sequences to tuples of floats."""
+        for name, size in (
+            ("global_crops_size", self.global_crops_size),
+            ("local_crops_size", self.local_crops_size),
+        ):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ConfigError(
+                    f"{name}={size!r}: crop sizes are whole pixels >= 1; set a "
+                    "positive integer such as 224 (global) or 98 (local)."
+                )
+        if (
+            isinstance(self.local_crops_number, bool)
+            or not isinstance(self.local_crops_number, int)
+            or self.local_crops_number < 0
+        ):
+            raise ConfigError(
+                f"local_crops_number={self.local_crops_number!r}: set a whole number "
+                ">= 0 (0 turns local crops off)."
+            )
+        for name, scale in (
+            ("global_crops_scale", self.global_crops_scale),
+            ("local_crops_scale", self.local_crops_scale),
+        ):
+            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+                raise ConfigError(
+                    f"{name}={tuple(scale)}: give (min, max) area fractions with "
+                    "0 < min <= max <= 1, e.g. (0.32, 1.0)."
+                )
+        if self.band_kinds is not None:
+            if isinstance(self.band_kinds, str):
+                raise ConfigError(
+                    f"band_kinds={self.band_kinds!r}: give a list with one kind per band,"
+                    f" e.g. [{self.band_kinds!r}, {self.band_kinds!r}]."
+                )
+            unknown = sorted(set(self.band_kinds) - set(BAND_KINDS))
+            if unknown:
+                raise ConfigError(
+                    f"band_kinds {unknown} unknown; use {list(BAND_KINDS)} for each band."
+                )
+        if len(self.blur_p) != 3:
+            raise ConfigError(
+                f"blur_p={tuple(self.blur_p)}: give 3 probabilities (global 1, global 2,"
+                " local), e.g. (1.0, 0.1, 0.5)."
+            )
+        probabilities = {
+            "flip_p": self.flip_p,
+            "jitter_p": self.jitter_p,
+            "speckle_p": self.speckle_p,
+            "grayscale_p": self.grayscale_p,
+            "solarize_p": self.solarize_p,
+            **{f"blur_p[{i}]": p for i, p in enumerate(self.blur_p)},
+        }
+        for name, p in probabilities.items():
+            if not 0 <= p <= 1:
+                raise ConfigError(f"{name}={p} is not a probability; set a value in [0, 1].")
+        ranges = {
+            "brightness": self.brightness,
+            "contrast": self.contrast,
+            "saturation": self.saturation,
+            "db_shift": self.db_shift,
+        }
+        for name, value in ranges.items():
+            if value < 0:
+                raise ConfigError(f"{name}={value} is negative; set a range >= 0 (0 turns it off).")
+        if not 0 <= self.per_band_jitter < 1:
+            raise ConfigError(
+                f"per_band_jitter={self.per_band_jitter}: set a value in [0, 1) such as 0.05."
+            )
+        if not 0 <= self.hue <= 0.5:
+            raise ConfigError(
+                f"hue={self.hue}: set a self.hue jitter in [0, 0.5] (fraction of the colour "
+                "circle), e.g. 0.1."
+            )
+        if len(self.blur_sigma) != 2 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError(
+                f"blur_sigma={tuple(self.blur_sigma)}: give (min, max) sigmas in pixels "
+                "with 0 < min <= max, e.g. (0.1, 2.0)."
+            )
+        if self.speckle_looks is not None and not self.speckle_looks > 0:
+            raise ConfigError(
+                f"speckle_looks={self.speckle_looks}: set a number of looks > 0 (e.g. 4)"
+                " or null to turn speckle off."
+            )
+        if not self.max_value > 0:
+            raise ConfigError(
+                f"max_value={self.max_value}: set the value of full intensity (> 0), "
+                "e.g. 255 for 8-bit images or 1.0."
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"interpolation={self.interpolation!r} unknown; use one of {list(INTERPOLATIONS)}."
+            )
+        if self.default_kind not in BAND_KINDS:
+            raise ConfigError(
+                f"default_kind={self.default_kind!r} unknown; use one of {list(BAND_KINDS)}."
+            )
+        # frozen: normalise through object.__setattr__, as dataclasses document
+        normalised: dict[str, tuple[float, ...] | tuple[str, ...] | float] = {
+            "global_crops_scale": _pair(self.global_crops_scale),
+            "local_crops_scale": _pair(self.local_crops_scale),
+            "blur_p": (float(self.blur_p[0]), float(self.blur_p[1]), float(self.blur_p[2])),
+            "blur_sigma": _pair(self.blur_sigma),
+            "max_value": float(self.max_value),
+        }
+        if self.band_kinds is not None:
+            normalised["band_kinds"] = tuple(self.band_kinds)
+        for name, normal in normalised.items():
+            object.__setattr__(self, name, normal)
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the RGB-only colour operations are on."""
+        return bool(self.saturation or self.hue or self.grayscale_p or self.solarize_p)
+
+
+def _pair(values: Sequence[float]) -> tuple[float, float]:
+    return (float(values[0]), float(values[1]))
+
+
 class MultiCrop(nn.Module):
     """Two global and N local crops per image, with band-kind-aware augmentations.
 
@@ -177,122 +413,68 @@ class MultiCrop(nn.Module):
     ) -> None:
         """Check and store the recipe."""
         super().__init__()
-        for name, size in (
-            ("global_crops_size", global_crops_size),
-            ("local_crops_size", local_crops_size),
-        ):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ConfigError(
-                    f"{name}={size!r}: crop sizes are whole pixels >= 1; set a "
-                    "positive integer such as 224 (global) or 98 (local)."
-                )
-        if (
-            isinstance(local_crops_number, bool)
-            or not isinstance(local_crops_number, int)
-            or local_crops_number < 0
-        ):
-            raise ConfigError(
-                f"local_crops_number={local_crops_number!r}: set a whole number "
-                ">= 0 (0 turns local crops off)."
-            )
-        for name, scale in (
-            ("global_crops_scale", global_crops_scale),
-            ("local_crops_scale", local_crops_scale),
-        ):
-            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-                raise ConfigError(
-                    f"{name}={tuple(scale)}: give (min, max) area fractions with "
-                    "0 < min <= max <= 1, e.g. (0.32, 1.0)."
-                )
-        if band_kinds is not None:
-            if isinstance(band_kinds, str):
-                raise ConfigError(
-                    f"band_kinds={band_kinds!r}: give a list with one kind per band,"
-                    f" e.g. [{band_kinds!r}, {band_kinds!r}]."
-                )
-            unknown = sorted(set(band_kinds) - set(BAND_KINDS))
-            if unknown:
-                raise ConfigError(
-                    f"band_kinds {unknown} unknown; use {list(BAND_KINDS)} for each band."
-                )
-        if len(blur_p) != 3:
-            raise ConfigError(
-                f"blur_p={tuple(blur_p)}: give 3 probabilities (global 1, global 2,"
-                " local), e.g. (1.0, 0.1, 0.5)."
-            )
-        probabilities = {
-            "flip_p": flip_p,
-            "jitter_p": jitter_p,
-            "speckle_p": speckle_p,
-            "grayscale_p": grayscale_p,
-            "solarize_p": solarize_p,
-            **{f"blur_p[{i}]": p for i, p in enumerate(blur_p)},
-        }
-        for name, p in probabilities.items():
-            if not 0 <= p <= 1:
-                raise ConfigError(f"{name}={p} is not a probability; set a value in [0, 1].")
-        ranges = {
-            "brightness": brightness,
-            "contrast": contrast,
-            "saturation": saturation,
-            "db_shift": db_shift,
-        }
-        for name, value in ranges.items():
-            if value < 0:
-                raise ConfigError(f"{name}={value} is negative; set a range >= 0 (0 turns it off).")
-        if not 0 <= per_band_jitter < 1:
-            raise ConfigError(
-                f"per_band_jitter={per_band_jitter}: set a value in [0, 1) such as 0.05."
-            )
-        if not 0 <= hue <= 0.5:
-            raise ConfigError(
-                f"hue={hue}: set a hue jitter in [0, 0.5] (fraction of the colour "
-                "circle), e.g. 0.1."
-            )
-        if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
-            raise ConfigError(
-                f"blur_sigma={tuple(blur_sigma)}: give (min, max) sigmas in pixels "
-                "with 0 < min <= max, e.g. (0.1, 2.0)."
-            )
-        if speckle_looks is not None and not speckle_looks > 0:
-            raise ConfigError(
-                f"speckle_looks={speckle_looks}: set a number of looks > 0 (e.g. 4)"
-                " or null to turn speckle off."
-            )
-        if not max_value > 0:
-            raise ConfigError(
-                f"max_value={max_value}: set the value of full intensity (> 0), "
-                "e.g. 255 for 8-bit images or 1.0."
-            )
-        if interpolation not in INTERPOLATIONS:
-            raise ConfigError(
-                f"interpolation={interpolation!r} unknown; use one of {list(INTERPOLATIONS)}."
-            )
-        self.global_crops_size = global_crops_size
-        self.local_crops_size = local_crops_size
-        self.local_crops_number = local_crops_number
-        self.global_crops_scale = (float(global_crops_scale[0]), float(global_crops_scale[1]))
-        self.local_crops_scale = (float(local_crops_scale[0]), float(local_crops_scale[1]))
-        self.band_kinds = None if band_kinds is None else list(band_kinds)
-        self.flip_p = flip_p
-        self.rotate90 = rotate90
-        self.brightness = brightness
-        self.contrast = contrast
-        self.jitter_p = jitter_p
-        self.per_band_jitter = per_band_jitter
-        self.blur_p = (float(blur_p[0]), float(blur_p[1]), float(blur_p[2]))
-        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
-        self.speckle_looks = speckle_looks
-        self.speckle_p = speckle_p
-        self.db_shift = db_shift
-        self.saturation = saturation
-        self.hue = hue
-        self.grayscale_p = grayscale_p
-        self.solarize_p = solarize_p
-        self.max_value = float(max_value)
-        self.interpolation = interpolation
-        #: kind of every band when ``band_kinds`` is None (the ``sar`` preset sets ``sar``)
-        self.default_kind = "optical"
+        self.recipe = MultiCropRecipe(
+            global_crops_size=global_crops_size,
+            local_crops_size=local_crops_size,
+            local_crops_number=local_crops_number,
+            global_crops_scale=global_crops_scale,
+            local_crops_scale=local_crops_scale,
+            band_kinds=band_kinds,
+            flip_p=flip_p,
+            rotate90=rotate90,
+            brightness=brightness,
+            contrast=contrast,
+            jitter_p=jitter_p,
+            per_band_jitter=per_band_jitter,
+            blur_p=blur_p,
+            blur_sigma=blur_sigma,
+            speckle_looks=speckle_looks,
+            speckle_p=speckle_p,
+            db_shift=db_shift,
+            saturation=saturation,
+            hue=hue,
+            grayscale_p=grayscale_p,
+            solarize_p=solarize_p,
+            max_value=max_value,
+            interpolation=interpolation,
+        )
+
+    @classmethod
+    def from_recipe(cls, recipe: MultiCropRecipe) -> "MultiCrop":
+        """The multi-crop of a recipe.
+
+        Args:
+            recipe: the checked recipe.
+
+        Returns:
+            the multi-crop.
+        """
+        crop = cls.__new__(cls)
+        nn.Module.__init__(crop)
+        crop.recipe = recipe
+        return crop
+
+    # read by the data modules and the task (sizes must divide by the patch size)
+    @property
+    def global_crops_size(self) -> int:
+        """Side of the global crops."""
+        return self.recipe.global_crops_size
+
+    @property
+    def local_crops_size(self) -> int:
+        """Side of the local crops."""
+        return self.recipe.local_crops_size
+
+    @property
+    def local_crops_number(self) -> int:
+        """Local crops per image."""
+        return self.recipe.local_crops_number
+
+    @property
+    def band_kinds(self) -> list[str] | None:
+        """``optical`` or ``sar`` per channel (None: every band of ``default_kind``)."""
+        kinds = self.recipe.band_kinds
+        return None if kinds is None else list(kinds)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MultiCrop":
@@ -331,25 +513,25 @@ class MultiCrop(nn.Module):
                 "per band (e.g. ['sar', 'sar', 'optical', ...]); the data module "
                 "passes them from its datasets."
             )
-        crop = cls(**{**PRESETS[name], **overrides})
-        crop.default_kind = _PRESET_KIND.get(name, "optical")
-        return crop
+        arguments = {**PRESETS[name], **overrides}
+        default_kind = _PRESET_KIND.get(name, "optical")
+        return cls.from_recipe(MultiCropRecipe(**arguments, default_kind=default_kind))
 
     @property
     def rgb(self) -> bool:
         """Whether the RGB-only colour operations are on."""
-        return bool(self.saturation or self.hue or self.grayscale_p or self.solarize_p)
+        return self.recipe.rgb
 
     def extra_repr(self) -> str:
         """Sizes and counts, for printed models."""
         return (
-            f"global={self.global_crops_size}x2, local={self.local_crops_size}"
-            f"x{self.local_crops_number}, interpolation={self.interpolation}"
+            f"global={self.recipe.global_crops_size}x2, local={self.recipe.local_crops_size}"
+            f"x{self.recipe.local_crops_number}, interpolation={self.recipe.interpolation}"
         )
 
     # --- random choices ----------------------------------------------------------------
     def _kinds(self, channels: int) -> list[str]:
-        kinds = self.band_kinds or [self.default_kind] * channels
+        kinds = list(self.recipe.band_kinds or [self.recipe.default_kind] * channels)
         if len(kinds) != channels:
             raise ConfigError(
                 f"band_kinds lists {len(kinds)} bands but the images have {channels}; give one "
@@ -375,15 +557,15 @@ class MultiCrop(nn.Module):
     ) -> _Plan:
         """Draw every choice of ``len(views) * batch`` crops, view-major, in a fixed order."""
         n = len(views) * batch
-        u = torch.rand(n, 40 + channels, generator=generator, dtype=torch.float64)
+        u = _Draws.draw(n, channels, generator)
         view = torch.tensor(list(views), dtype=torch.long).repeat_interleave(batch)
         image = torch.arange(batch).repeat(len(views))
 
         # RandomResizedCrop as torchvision draws it: whole-pixel boxes, 10 attempts, then a
         # centre crop of the image clipped to the ratio range
-        area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, 0:10])
+        area = height * width * (scale[0] + (scale[1] - scale[0]) * u.crop_area)
         low, high = math.log(3 / 4), math.log(4 / 3)
-        ratio = torch.exp(low + (high - low) * u[:, 10:20])
+        ratio = torch.exp(low + (high - low) * u.crop_ratio)
         w = (area * ratio).sqrt().round()
         h = (area / ratio).sqrt().round()
         fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
@@ -399,40 +581,45 @@ class MultiCrop(nn.Module):
         h = torch.where(found, h, fh)
         top = torch.where(
             found,
-            (u[:, 20] * (height - h + 1)).floor().minimum(height - h),
+            (u.crop_top * (height - h + 1)).floor().minimum(height - h),
             ((height - h) / 2).floor(),
         )
         left = torch.where(
             found,
-            (u[:, 21] * (width - w + 1)).floor().minimum(width - w),
+            (u.crop_left * (width - w + 1)).floor().minimum(width - w),
             ((width - w) / 2).floor(),
         )
         box = torch.stack([top, left, h, w], 1)
 
-        flip = u[:, 22] < self.flip_p
-        turns = (u[:, 23] * 4).long().clamp(max=3)
-        if not self.rotate90:
+        flip = u.flip < self.recipe.flip_p
+        turns = (u.turns * 4).long().clamp(max=3)
+        if not self.recipe.rotate90:
             turns = torch.zeros_like(turns)
 
-        jitter = u[:, 24] < self.jitter_p
-        b_low = max(0.0, 1 - self.brightness)
-        brightness = b_low + (1 + self.brightness - b_low) * u[:, 25]
-        gain = brightness[:, None] * (1 + self.per_band_jitter * (2 * u[:, 40:] - 1))
-        c_low = max(0.0, 1 - self.contrast)
-        contrast = c_low + (1 + self.contrast - c_low) * u[:, 26]
-        s_low = max(0.0, 1 - self.saturation)
-        saturation = s_low + (1 + self.saturation - s_low) * u[:, 27]
-        hue = self.hue * (2 * u[:, 28] - 1)
-        order = u[:, 29:33].argsort(1)
-        gray = u[:, 33] < self.grayscale_p
+        jitter = u.jitter < self.recipe.jitter_p
+        b_low = max(0.0, 1 - self.recipe.brightness)
+        brightness = b_low + (1 + self.recipe.brightness - b_low) * u.brightness
+        gain = brightness[:, None] * (1 + self.recipe.per_band_jitter * (2 * u.band_gain - 1))
+        c_low = max(0.0, 1 - self.recipe.contrast)
+        contrast = c_low + (1 + self.recipe.contrast - c_low) * u.contrast
+        s_low = max(0.0, 1 - self.recipe.saturation)
+        saturation = s_low + (1 + self.recipe.saturation - s_low) * u.saturation
+        hue = self.recipe.hue * (2 * u.hue - 1)
+        order = u.order.argsort(1)
+        gray = u.gray < self.recipe.grayscale_p
 
-        shift = torch.where(u[:, 34] < self.jitter_p, self.db_shift * (2 * u[:, 35] - 1), 0.0)
-        speckle = (u[:, 36] < self.speckle_p) & (self.speckle_looks is not None)
+        shift = torch.where(
+            u.db_jitter < self.recipe.jitter_p, self.recipe.db_shift * (2 * u.db_shift - 1), 0.0
+        )
+        speckle = (u.speckle < self.recipe.speckle_p) & (self.recipe.speckle_looks is not None)
 
-        blur_p = torch.tensor(self.blur_p, dtype=torch.float64)[view.clamp(max=2)]
-        blur = u[:, 37] < blur_p
-        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[:, 38]
-        solarize = (u[:, 39] < self.solarize_p) & (view == 1)
+        blur_p = torch.tensor(self.recipe.blur_p, dtype=torch.float64)[view.clamp(max=2)]
+        blur = u.blur < blur_p
+        sigma = (
+            self.recipe.blur_sigma[0]
+            + (self.recipe.blur_sigma[1] - self.recipe.blur_sigma[0]) * u.sigma
+        )
+        solarize = (u.solarize < self.recipe.solarize_p) & (view == 1)
         return _Plan(
             image=image,
             view=view,
@@ -507,23 +694,24 @@ class MultiCrop(nn.Module):
             # One anti-aliased interpolate per crop (torchvision's RandomResizedCrop on tensors)
             # costs half a batched roi_align on the CPU and filters like PIL.
             crops = []
-            for i, (t, l, h, w) in zip(plan.image.tolist(), plan.box.long().tolist(), strict=True):
-                crop = images[i : i + 1, :, t : t + h, l : l + w].contiguous()
+            boxes = plan.box.long().tolist()
+            for i, (t, left, h, w) in zip(plan.image.tolist(), boxes, strict=True):
+                crop = images[i : i + 1, :, t : t + h, left : left + w].contiguous()
                 # bilinear anti-aliasing only changes shrinking crops (it is bilinear when
                 # enlarging) and costs 2.4x; bicubic's anti-aliased kernel is PIL's (a = -0.5)
-                antialias = self.interpolation == "bicubic" or h > size or w > size
+                antialias = self.recipe.interpolation == "bicubic" or h > size or w > size
                 crops.append(
                     F.interpolate(
                         crop,
                         size=(size, size),
-                        mode=self.interpolation,
+                        mode=self.recipe.interpolation,
                         antialias=antialias,
                         align_corners=False,
                     )
                 )
             return torch.cat(crops), False
         top, left, h, w = plan.box.unbind(1)
-        if self.interpolation == "bilinear":
+        if self.recipe.interpolation == "bilinear":
             rois = torch.stack([plan.image.double(), left, top, left + w, top + h], 1)
             # aligned=True puts pixel centres at +0.5 as interpolate(align_corners=False), and
             # sampling_ratio=0 averages ceil(box / size) samples per axis: a box filter against
@@ -570,7 +758,7 @@ class MultiCrop(nn.Module):
         optical_on = (
             bool(optical.any())
             and bool(plan.jitter.any())
-            and bool(self.brightness or self.contrast or self.per_band_jitter)
+            and bool(self.recipe.brightness or self.recipe.contrast or self.recipe.per_band_jitter)
         )
         sar_on = bool(sar.any()) and bool((plan.shift != 0).any())
         if not (optical_on or sar_on):
@@ -585,7 +773,7 @@ class MultiCrop(nn.Module):
             contrast = device_plan.contrast.to(x.dtype)[:, None]
             # gain (mean + contrast (x - mean)) == a x + b
             a = torch.where(on, gain * contrast, ones)
-            if self.contrast:
+            if self.recipe.contrast:
                 mean = x.mean((-2, -1))
                 b = torch.where(on, gain * (1 - contrast) * mean, zeros)
         if sar_on:
@@ -594,14 +782,14 @@ class MultiCrop(nn.Module):
 
     def _rgb_jitter(self, x: Tensor, plan: _Plan, device_plan: _Plan) -> Tensor:
         """Torchvision's ColorJitter and RandomGrayscale on RGB crops in [0, max_value]."""
-        top = self.max_value
+        top = self.recipe.max_value
         x = x.clamp(0, top)
         luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         factors = {
-            _BRIGHTNESS: (self.brightness, device_plan.brightness),
-            _CONTRAST: (self.contrast, device_plan.contrast),
-            _SATURATION: (self.saturation, device_plan.saturation),
-            _HUE: (self.hue, device_plan.hue),
+            _BRIGHTNESS: (self.recipe.brightness, device_plan.brightness),
+            _CONTRAST: (self.recipe.contrast, device_plan.contrast),
+            _SATURATION: (self.recipe.saturation, device_plan.saturation),
+            _HUE: (self.recipe.hue, device_plan.hue),
         }
         for step in range(4):
             for op, (strength, factor) in factors.items():
@@ -632,9 +820,9 @@ class MultiCrop(nn.Module):
     ) -> Tensor:
         """Add 10 log10 of Gamma(L, 1/L) speckle to the SAR bands of the chosen crops."""
         rows = plan.speckle.nonzero().flatten()
-        if not len(rows) or not len(sar_bands) or self.speckle_looks is None:
+        if not len(rows) or not len(sar_bands) or self.recipe.speckle_looks is None:
             return x
-        looks = float(self.speckle_looks)
+        looks = float(self.recipe.speckle_looks)
         index = (rows.to(x.device)[:, None], sar_bands.to(x.device)[None, :])
         shape = (len(rows), len(sar_bands), *x.shape[-2:])
         gamma = _standard_gamma(math.prod(shape), looks, generator, x.device).view(shape)
@@ -670,7 +858,9 @@ class MultiCrop(nn.Module):
         d_rows = rows.to(x.device)
         part = x[d_rows]
         # torchvision inverts pixels >= 128 of 8-bit images
-        x[d_rows] = torch.where(part >= self.max_value * 128 / 255, self.max_value - part, part)
+        x[d_rows] = torch.where(
+            part >= self.recipe.max_value * 128 / 255, self.recipe.max_value - part, part
+        )
         return x
 
     def _render(
@@ -691,7 +881,7 @@ class MultiCrop(nn.Module):
         optical_bands, sar_bands = optical.nonzero().flatten(), sar.nonzero().flatten()
         device_plan = plan.to(images.device)
         budget = _CPU_CHUNK if images.device.type == "cpu" else _DEVICE_CHUNK
-        supersampled = self.interpolation == "bicubic" and _batched(images.device)
+        supersampled = self.recipe.interpolation == "bicubic" and _batched(images.device)
         for rows in _chunks(plan, channels, size, budget, supersampled):
             part, device_part = _select(plan, rows), _select(device_plan, rows)
             x, oriented = self._resample(images, part, size)
@@ -704,7 +894,7 @@ class MultiCrop(nn.Module):
             x = self._blur(x, part, optical_bands)
             if self.rgb:
                 # float rounding of the blur may step a hair outside [0, max_value]
-                x = self._solarize(x, part).clamp_(0, self.max_value)
+                x = self._solarize(x, part).clamp_(0, self.recipe.max_value)
             if oriented:
                 out[rows] = x
             else:
@@ -746,24 +936,28 @@ class MultiCrop(nn.Module):
         batch, channels, height, width = images.shape
         kinds = self._kinds(channels)
         global_plan = self._plan(
-            (0, 1), height, width, batch, channels, self.global_crops_scale, generator
+            (0, 1), height, width, batch, channels, self.recipe.global_crops_scale, generator
         )
         local_plan = self._plan(
-            range(2, 2 + self.local_crops_number),
+            range(2, 2 + self.recipe.local_crops_number),
             height,
             width,
             batch,
             channels,
-            self.local_crops_scale,
+            self.recipe.local_crops_scale,
             generator,
         )
         noise = None
-        if self.speckle_looks is not None and "sar" in kinds:
+        if self.recipe.speckle_looks is not None and "sar" in kinds:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            noise = torch.Generator(device=images.device).manual_seed(seed)
+            noise = torch_generator(seed, images.device)
         return {
-            "global_crops": self._render(images, global_plan, self.global_crops_size, kinds, noise),
-            "local_crops": self._render(images, local_plan, self.local_crops_size, kinds, noise),
+            "global_crops": self._render(
+                images, global_plan, self.recipe.global_crops_size, kinds, noise
+            ),
+            "local_crops": self._render(
+                images, local_plan, self.recipe.local_crops_size, kinds, noise
+            ),
         }
 
 

@@ -12,6 +12,7 @@ import yaml
 from torch import Tensor, nn
 
 from geodino.errors import ConfigError, DataError
+from geodino.seeding import numpy_rng
 
 
 def nodata_mask(image: Tensor, nodata: float | None) -> Tensor:
@@ -189,7 +190,7 @@ class StatisticsAccumulator:
         self._count = 0
         self._samples: list[np.ndarray] = []
         self._kept = 0
-        self._rng = np.random.default_rng(seed)
+        self._rng = numpy_rng(seed)
         self._per_chip = 4096
 
     def update(self, images: Tensor) -> None:
@@ -286,6 +287,9 @@ class Normalize(nn.Module):
         std: standard deviation of each band.
         nodata: the nodata value of the source (NaN is always treated as nodata).
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(
         self, mean: Sequence[float], std: Sequence[float], nodata: float | None = None

@@ -91,7 +91,7 @@ def test_bigearthnet_patches_in_three_utm_zones_pair_on_the_first_grid(shared_da
     )
     # six patches, each S2 footprint paired with its own S1 footprint only
     assert len(pairs.index) == 6
-    x, y, t = pairs.bounds
+    _, _, t = pairs.bounds
     for _, row in pairs.index.iterrows():
         x0, y0, x1, y1 = row.geometry.bounds
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -105,7 +105,7 @@ def test_small_and_empty_batches() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ConfigError, match="mask_probability=1.5"):
+    with pytest.raises(ConfigError, match=r"mask_probability=1\.5"):
         sample_ibot_masks(8, (16, 16), mask_probability=1.5)
     with pytest.raises(ConfigError, match="mask_ratio"):
         sample_ibot_masks(8, (16, 16), mask_ratio=(0.6, 0.2))

@@ -9,6 +9,7 @@ from scipy.special import digamma, polygamma
 import geodino.transforms.multicrop as multicrop
 from geodino.errors import ConfigError, DataError
 from geodino.transforms import MultiCrop
+from geodino.transforms.multicrop import MultiCropRecipe
 
 SMALL = {"global_crops_size": 32, "local_crops_size": 16, "local_crops_number": 3}
 #: every photometric operation off: crops differ from the input by geometry only
@@ -260,7 +261,8 @@ def test_db_offset_rate_and_range() -> None:
 def test_multispectral_presets_have_no_rgb_operations() -> None:
     for name, kinds in (("optical", None), ("sar", None), ("s1s2", ["sar", "optical"])):
         crop = MultiCrop.from_preset(name, band_kinds=kinds)
-        assert crop.saturation == crop.hue == crop.grayscale_p == crop.solarize_p == 0
+        recipe = crop.recipe
+        assert recipe.saturation == recipe.hue == recipe.grayscale_p == recipe.solarize_p == 0
         assert not crop.rgb
     # and behaviourally: 13 bands pass, which the RGB operations would refuse
     out = MultiCrop.from_preset("optical", **SMALL)(torch.rand(2, 13, 40, 40), gen())
@@ -276,14 +278,15 @@ def test_sar_preset_treats_every_band_as_sar() -> None:
 
 
 def test_rgb_preset_is_the_official_recipe() -> None:
-    preset = MultiCrop.from_preset("dinov2_rgb", **SMALL)
+    crop = MultiCrop.from_preset("dinov2_rgb", **SMALL)
+    preset = crop.recipe
     assert preset.blur_p == (0.0, 0.9, 0.5)
     jitter = (preset.brightness, preset.contrast, preset.saturation, preset.hue)
     assert jitter == (0.4, 0.4, 0.2, 0.1)
     assert (preset.jitter_p, preset.grayscale_p, preset.solarize_p) == (0.8, 0.2, 0.2)
     assert preset.interpolation == "bicubic" and not preset.rotate90
     images = torch.rand(64, 3, 40, 40, generator=gen(1)) * 255
-    out = preset(images, gen())
+    out = crop(images, gen())
     for crops in out.values():
         assert crops.min() >= 0 and crops.max() <= 255
     gray = (out["global_crops"][:, 0] == out["global_crops"][:, 1]).flatten(1).all(1)
@@ -397,7 +400,38 @@ def test_bad_configuration() -> None:
         MultiCrop(speckle_looks=0)
     with pytest.raises(ConfigError, match="preset"):
         MultiCrop.from_preset("hyperspectral")
-    with pytest.raises(ConfigError, match="s1s2.*band_kinds"):
+    with pytest.raises(ConfigError, match=r"s1s2.*band_kinds"):
         MultiCrop.from_preset("s1s2")
     with pytest.raises(DataError, match=r"\(B, C, H, W\)"):
         MultiCrop(**SMALL)(torch.rand(3, 32, 32))
+
+
+def test_recipe_is_a_frozen_checked_value() -> None:
+    crop = MultiCrop(**SMALL, band_kinds=["optical", "sar"], blur_p=(1, 0, 0.5))
+    recipe = crop.recipe
+    assert recipe == MultiCropRecipe(**SMALL, band_kinds=("optical", "sar"), blur_p=(1.0, 0.0, 0.5))
+    assert recipe.band_kinds == ("optical", "sar") and crop.band_kinds == ["optical", "sar"]
+    assert isinstance(recipe.blur_p[0], float)
+    with pytest.raises(AttributeError):
+        recipe.flip_p = 0.0  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"flip_p=1\.5 is not a probability"):
+        MultiCropRecipe(flip_p=1.5)
+    with pytest.raises(ConfigError, match="band_kinds='sar': give a list"):
+        MultiCropRecipe(band_kinds="sar")
+    # a multi-crop made from a recipe crops as one made from the same arguments
+    images = torch.rand(2, 2, 40, 40, generator=gen(2))
+    a = MultiCrop.from_recipe(recipe)(images, gen(4))
+    b = crop(images, gen(4))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert MultiCrop.from_preset("sar").recipe.default_kind == "sar"
+
+
+def test_named_draws_are_the_columns_of_one_uniform_draw() -> None:
+    """The names only label columns: the stream of a seed is one rand(n, 40 + C) call."""
+    draws = multicrop._Draws.draw(5, 3, gen(7))
+    u = torch.rand(5, 43, generator=gen(7), dtype=torch.float64)
+    assert torch.equal(draws.crop_area, u[:, 0:10]) and torch.equal(draws.crop_ratio, u[:, 10:20])
+    assert torch.equal(draws.crop_top, u[:, 20]) and torch.equal(draws.order, u[:, 29:33])
+    assert torch.equal(draws.solarize, u[:, 39]) and torch.equal(draws.band_gain, u[:, 40:])
+    singles = [name for name, width in multicrop._DRAW_COLUMNS if width == 1]
+    assert len(singles) == 16 and sum(w for _, w in multicrop._DRAW_COLUMNS) == 40

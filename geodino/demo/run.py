@@ -1,4 +1,4 @@
-"""``geodino demo``: the whole story on the embedded synthetic catalog."""
+"""``geodino demo``: the whole story on the synthetic catalog, pretrained vs random init."""
 
 import json
 import logging
@@ -12,7 +12,7 @@ from geodino.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: The demo config shipped with the sources.
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def evaluate_knn(
@@ -44,7 +44,7 @@ def evaluate_knn(
         accuracies and chip counts.
     """
     from geodino.datasets import Sentinel2
-    from geodino.datasets.synthetic import LABEL_NODATA, DemoCatalog, DemoLandCover
+    from geodino.demo.catalog import LABEL_NODATA, DemoCatalog, DemoLandCover
     from geodino.evaluation import extract_features, knn_accuracy, read_labelled_chips
     from geodino.samplers import AOISampler
     from geodino.transforms.normalize import Normalize
@@ -56,7 +56,8 @@ def evaluate_knn(
     normalize = Normalize.from_statistics(statistics)
 
     def transform(x: torch.Tensor) -> torch.Tensor:
-        return normalize(normalize.fill_nodata(x))
+        normalised: torch.Tensor = normalize(normalize.fill_nodata(x))
+        return normalised
 
     splits = {}
     for split in ("train", "val"):
@@ -84,8 +85,10 @@ def evaluate_knn(
 
 
 def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None = None) -> str:
-    """Write the demo catalog, pretrain, evaluate against random init, export the backbone,
-    embed a scene (GeoTIFF and GeoParquet) and draw its PCA and attention maps.
+    """Run the demo: catalog, pretraining, k-NN against random init, export, embeddings, maps.
+
+    Writes the demo catalog, pretrains, evaluates against random init, exports the backbone,
+    embeds a scene (GeoTIFF and GeoParquet) and draws its PCA and attention maps.
 
     Args:
         out: folder for the catalog (``out/data``) and the run (``out/runs``).
@@ -96,7 +99,7 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
         a short human-readable summary.
     """
     from geodino.config import run_lightning_cli
-    from geodino.datasets.synthetic import write_demo_catalog
+    from geodino.demo.catalog import write_demo_catalog
     from geodino.models import build_backbone
     from geodino.plotting import plot_chips
 
@@ -130,8 +133,10 @@ def run_demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | N
     chips_png = plot_chips(batch["image"][:16].float(), rgb, run_dir / "chips.png")
 
     hp = task.hparams
-    torch.manual_seed(seed)
-    random_backbone = build_backbone(hp["model"], hp["in_chans"], **(hp["model_kwargs"] or {}))
+    # timm initialises weights from torch's default generator: seed it for this build only
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random_backbone = build_backbone(hp["model"], hp["in_chans"], **(hp["model_kwargs"] or {}))
     knn = evaluate_knn(
         task.model,
         random_backbone,
@@ -189,9 +194,22 @@ def downstream(
     export_dir = run_dir / "export"
     export_backbone(checkpoint, export_dir)
     scene = sorted(scenes.glob("*.tif"))[0]
-    options = {"chip_size": chip_size, "overwrite": True, "progress": False}
-    (tif,) = embed(export_dir, [scene], run_dir / "embeddings.tif", **options)
-    (table,) = embed(export_dir, [scene], run_dir / "embeddings.parquet", **options)
+    (tif,) = embed(
+        export_dir,
+        [scene],
+        run_dir / "embeddings.tif",
+        chip_size=chip_size,
+        overwrite=True,
+        progress=False,
+    )
+    (table,) = embed(
+        export_dir,
+        [scene],
+        run_dir / "embeddings.parquet",
+        chip_size=chip_size,
+        overwrite=True,
+        progress=False,
+    )
     maps = write_maps(export_dir, scene, run_dir / "maps", chip_size=chip_size, embeddings=tif)
     return {
         "export": export_dir,

@@ -20,7 +20,7 @@ from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.samplers import GriddedPatchSampler
 
 from geodino.datasets.sentinel import S1_BANDS, S2_BANDS
-from geodino.datasets.synthetic import (
+from geodino.demo.catalog import (
     CLASSES,
     LABEL_NODATA,
     LOOKS,
@@ -347,7 +347,7 @@ def test_torchgeo_readers_line_up_pixels_with_labels(catalog: DemoCatalog, scene
     labels = DemoLandCover(catalog.root, crs=CRS.from_epsg(32631), res=10.0)
     assert len(labels.index) == len(images.index) == 4 and labels.classes == CLASSES
     with rasterio.open(catalog.s2 / "zone31_north.tif") as src:
-        west, south, east, north = src.bounds
+        west, _south, east, north = src.bounds
     window = np.s_[west + 320 : west + 960 : 10.0, north - 960 : north - 320 : 10.0]
     image, mask = images[window]["image"], labels[window]["mask"]
     assert image.shape == (13, 64, 64) and mask.shape == (64, 64) and mask.dtype == torch.long
@@ -419,7 +419,7 @@ def test_existing_catalog_is_kept_refused_or_overwritten(tmp_path: Path) -> None
     stamps = [p.stat().st_mtime_ns for p in catalog.rasters()]
     assert write_demo_catalog(tmp_path, seed=0, scene_size=64) == catalog
     assert [p.stat().st_mtime_ns for p in catalog.rasters()] == stamps
-    with pytest.raises(DataError, match="seed 0.*overwrite"):
+    with pytest.raises(DataError, match=r"seed 0.*overwrite"):
         write_demo_catalog(tmp_path, seed=1, scene_size=64)
     before = _arrays(catalog)
     write_demo_catalog(tmp_path, seed=1, scene_size=64, overwrite=True)
@@ -459,7 +459,7 @@ def test_bad_arguments_and_foreign_files_are_refused(tmp_path: Path) -> None:
         write_demo_catalog(tmp_path / "file", scene_size=64)
     (tmp_path / "b" / "s2").mkdir(parents=True)
     (tmp_path / "b" / "s2" / "mine.tif").write_bytes(b"not ours")
-    with pytest.raises(DataError, match="mine.tif"):
+    with pytest.raises(DataError, match=r"mine\.tif"):
         write_demo_catalog(tmp_path / "b", scene_size=64, overwrite=True)
     assert (tmp_path / "b" / "s2" / "mine.tif").read_bytes() == b"not ours"
 
@@ -474,9 +474,9 @@ def test_damaged_label_raster_is_reported_not_skipped(tmp_path: Path) -> None:
     catalog = write_demo_catalog(tmp_path, seed=0, scene_size=64)
     path = catalog.labels / "zone31_south.tif"
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(DataError, match="zone31_south.tif.*--overwrite"):
+    with pytest.raises(DataError, match=r"zone31_south\.tif.*--overwrite"):
         DemoLandCover(catalog.root)
     for name in SCENE_NAMES:
         (catalog.labels / f"{name}.tif").write_bytes(b"II*\x00")
-    with pytest.raises(DataError, match="can be opened.*--overwrite"):
+    with pytest.raises(DataError, match=r"can be opened.*--overwrite"):
         DemoLandCover(catalog.labels)

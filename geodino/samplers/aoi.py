@@ -10,19 +10,21 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 import shapely
 import torch
 from geopandas import GeoDataFrame
-from pyproj import CRS
 from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler, Units
 
+from geodino.aoi import polygonal, read_aoi
 from geodino.errors import DataError
+from geodino.samplers.blocks import align_to_blocks, block_grids
+from geodino.samplers.geometry import erode_by_box, triangulate
+from geodino.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
 
@@ -35,206 +37,6 @@ _EPS = 1e-9
 #: Pixels a chip may stick out of the AOI at ``min_coverage=1``: AOI vertices that went
 #: through a CRS round trip (UTM -> EPSG:4326 file -> UTM) move by ~1e-9 m.
 _SLACK = 1e-6
-
-
-def read_aoi(
-    aoi: str | Path | GeoDataFrame, crs: CRS | str | int | None = None, query: str | None = None
-) -> GeoDataFrame:
-    """Read AOI polygons, select rows, put them in ``crs`` and repair them.
-
-    Args:
-        aoi: a GeoPackage/GeoJSON/Shapefile path (anything GDAL reads) or a GeoDataFrame.
-        crs: CRS to reproject to (default: keep the AOI's).
-        query: pandas query selecting rows, e.g. ``"split == 'train'"``.
-
-    Returns:
-        the selected rows with only their Polygon/MultiPolygon parts, invalid geometries
-        repaired (``shapely.make_valid``) and empty ones dropped (each logged with its count);
-        the original row labels are kept so messages can point at rows of the file.
-
-    Raises:
-        DataError: naming the file and the fix, for a missing or unreadable file, no CRS,
-            longitudes/latitudes out of range, a query that fails or selects nothing, a CRS the
-            AOI cannot be expressed in, or no polygons at all.
-    """
-    if isinstance(aoi, GeoDataFrame):
-        name = "the AOI GeoDataFrame"
-        gdf = aoi.copy()
-    else:
-        path = Path(aoi)
-        name = f"AOI file {path}"
-        if not path.is_file():
-            raise DataError(
-                f"{name} does not exist; check the path, or export the layer from QGIS with "
-                "Layer > Export > Save Features As... (GeoPackage, GeoJSON or Shapefile)."
-            )
-        try:
-            gdf = gpd.read_file(path)
-        except Exception as error:
-            raise DataError(
-                f"{name} cannot be read as vector data ({error}); export it from QGIS as "
-                "GeoPackage, GeoJSON or Shapefile."
-            ) from None
-    if gdf.crs is None:
-        raise DataError(
-            f"{name} has no CRS; set it in QGIS (Layer > Set CRS, then export again) or with "
-            "gdf.set_crs('EPSG:4326') (the CRS the coordinates are really in)."
-        )
-    _check_geographic_range(gdf, name)
-    if query:
-        columns = [c for c in gdf.columns if c != gdf.geometry.name]
-        try:
-            gdf = gdf.query(query)
-        except Exception as error:
-            raise DataError(
-                f"AOI query {query!r} failed on {name} ({type(error).__name__}: {error}); its "
-                f"columns are {columns}: fix the query (pandas syntax, strings in quotes)."
-            ) from None
-        if gdf.empty:
-            raise DataError(
-                f"AOI query {query!r} selects no row of {name}; check the column values in "
-                "the attribute table (QGIS: Open Attribute Table) or fix the query."
-            )
-    if crs is not None:
-        gdf = _to_crs(gdf, CRS.from_user_input(crs), name)
-    geometry = gdf.geometry
-    invalid = (~geometry.isna() & ~geometry.is_valid).to_numpy()
-    if invalid.any():
-        log.warning(
-            "%s: repaired %d invalid geometries with shapely.make_valid (rows %s)",
-            name,
-            int(invalid.sum()),
-            list(gdf.index[invalid][:10]),
-        )
-        gdf.loc[invalid, gdf.geometry.name] = shapely.make_valid(geometry.to_numpy()[invalid])
-    gdf[gdf.geometry.name] = [_polygonal(g) for g in gdf.geometry.to_numpy()]
-    empty = gdf.geometry.isna().to_numpy()
-    if empty.all():
-        raise DataError(
-            f"{name} holds no polygons (only empty geometries, points or lines); draw the AOI "
-            "as polygons or multipolygons."
-        )
-    if empty.any():
-        log.warning(
-            "%s: dropped %d empty or non-polygon geometries (rows %s)",
-            name,
-            int(empty.sum()),
-            list(gdf.index[empty][:10]),
-        )
-        gdf = gdf[~empty]
-    return gdf
-
-
-def _check_geographic_range(gdf: GeoDataFrame, name: str) -> None:
-    if not gdf.crs.is_geographic or gdf.geometry.isna().all():
-        return
-    xmin, ymin, xmax, ymax = gdf.total_bounds
-    if xmin < -360 or xmax > 360 or ymin < -90 or ymax > 90:
-        raise DataError(
-            f"{name} is in {gdf.crs.to_string()} but its coordinates "
-            f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) are not longitudes/latitudes: the "
-            "file lacks its real CRS (GeoJSON without a CRS is read as EPSG:4326). Set the CRS "
-            "the coordinates are in (QGIS: Layer > Set CRS, then export again; or "
-            "gdf.set_crs(..., allow_override=True))."
-        )
-
-
-def _to_crs(gdf: GeoDataFrame, crs: CRS, name: str) -> GeoDataFrame:
-    out = gdf.to_crs(crs)
-    coords = shapely.get_coordinates(out.geometry.to_numpy())
-    if not np.isfinite(coords).all():
-        raise DataError(
-            f"{name} cannot be expressed in {crs.to_string()} (coordinates become infinite: "
-            f"the AOI, bounds {tuple(np.round(gdf.total_bounds, 6))} in {gdf.crs.to_string()}, "
-            "lies outside that CRS's area of use); use an AOI over the rasters."
-        )
-    return out
-
-
-def _polygonal(geometry: Any) -> Any:
-    """The Polygon/MultiPolygon part of a geometry, or None when it has none."""
-    if geometry is None or geometry.is_empty:
-        return None
-    if geometry.geom_type in ("Polygon", "MultiPolygon"):
-        return geometry
-    parts = [g for g in shapely.get_parts(geometry) if g.geom_type in ("Polygon", "MultiPolygon")]
-    parts = [g for g in parts if not g.is_empty]
-    return shapely.union_all(parts) if parts else None
-
-
-def _erode(geometry: Any, half_w: float, half_h: float) -> Any:
-    """Centres of the ``2 half_w x 2 half_h`` boxes that lie inside a polygonal geometry.
-
-    This is the Minkowski erosion by the box: the geometry minus every point whose box crosses
-    its boundary, i.e. minus each boundary segment swept by the box (a convex hexagon). A
-    negative mitre ``buffer`` is not the same: it under-erodes edges that are not axis-aligned.
-    """
-    if geometry is None or geometry.is_empty:
-        return None
-    lines = shapely.get_parts(shapely.boundary(geometry))
-    coords, which = shapely.get_coordinates(lines, return_index=True)
-    same = which[1:] == which[:-1]
-    segments = np.stack([coords[:-1][same], coords[1:][same]], axis=1)
-    corners = np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
-    points = (segments[:, :, None, :] + corners[None, None]).reshape(len(segments), 8, 2)
-    swept = shapely.union_all(shapely.convex_hull(shapely.multipoints(points)))
-    return _polygonal(shapely.difference(geometry, swept))
-
-
-def _triangles(geometry: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Triangles ``(n, 3, 2)`` tiling a polygonal geometry and their cumulative areas."""
-    parts = shapely.get_parts(shapely.constrained_delaunay_triangles(geometry))
-    corners = shapely.get_coordinates(parts).reshape(len(parts), 4, 2)[:, :3]
-    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
-    areas = 0.5 * np.abs(
-        (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
-    )
-    keep = areas > 0
-    return corners[keep], np.cumsum(areas[keep])
-
-
-def block_grids(dataset: GeoDataset, res: tuple[float, float]) -> np.ndarray:
-    """The internal tiling of every file read on the dataset's own grid.
-
-    Args:
-        dataset: a raster dataset whose index lists its files (``filepath``); of a
-            :class:`~geodino.datasets.PairedDataset`, the first modality (it sets the grid).
-        res: the dataset's resolution ``(x, y)``.
-
-    Returns:
-        one row per file in the dataset's CRS and resolution: footprint (xmin, ymin, xmax,
-        ymax), origin (left, top), size and block size in pixels (width, height, block width,
-        block height); files read through a warp are left out.
-
-    Raises:
-        DataError: if the dataset does not list its files.
-    """
-    import rasterio
-
-    source = next(iter(dataset.modalities.values())) if hasattr(dataset, "modalities") else dataset
-    if "filepath" not in source.index.columns:
-        raise DataError(
-            f"block_aligned needs a raster dataset whose index lists its files; "
-            f"{type(source).__name__} does not. Set block_aligned to false."
-        )
-    rows = []
-    for path in dict.fromkeys(source.index.filepath):
-        with rasterio.open(path) as src:
-            t = src.transform
-            same_grid = (
-                src.crs is not None
-                and CRS.from_user_input(src.crs) == source.crs
-                and math.isclose(t.a, res[0])
-                and math.isclose(-t.e, res[1])
-            )
-            if not same_grid:
-                continue
-            block_h, block_w = src.block_shapes[0]
-            left, bottom, right, top = src.bounds
-            rows.append(
-                (left, bottom, right, top, t.c, t.f, src.width, src.height, block_w, block_h)
-            )
-    return np.array(rows, dtype=np.float64).reshape(-1, 10)
 
 
 class AOISampler(GeoSampler):
@@ -349,7 +151,7 @@ class AOISampler(GeoSampler):
             )
             self.aoi = read_aoi(aoi, self.crs, query)
         self.regions = [
-            _polygonal(g) for g in shapely.intersection(self.aoi.geometry.to_numpy(), footprint)
+            polygonal(g) for g in shapely.intersection(self.aoi.geometry.to_numpy(), footprint)
         ]
         outside = [i for i, r in enumerate(self.regions) if r is None]
         if len(outside) == len(self.regions):
@@ -385,7 +187,10 @@ class AOISampler(GeoSampler):
         self, value: float | tuple[float, float], units: Units, what: str
     ) -> tuple[float, float]:
         """``(height, width)`` in CRS units, rounded to whole pixels."""
-        h, w = (value, value) if np.ndim(value) == 0 else value
+        if np.ndim(value) == 0:
+            h = w = cast(float, value)
+        else:
+            h, w = cast(tuple[float, float], value)
         if not (h > 0 and w > 0):
             raise DataError(
                 f"chip {what} must be positive, got {value}; give it in {units.name.lower()}."
@@ -431,7 +236,7 @@ class AOISampler(GeoSampler):
         """Per polygon: the triangulated region where chip centres are drawn."""
         h, w = self.size
         weights = self.aoi["weight"].to_numpy(dtype=float).copy()
-        eroded = _erode(self.union, w / 2, h / 2) if self.min_coverage >= 1 else None
+        eroded = erode_by_box(self.union, w / 2, h / 2) if self.min_coverage >= 1 else None
         self._triangles: list[tuple[np.ndarray, np.ndarray] | None] = []
         unfit = []
         for row, region in enumerate(self.regions):
@@ -440,7 +245,7 @@ class AOISampler(GeoSampler):
                 continue
             if self.min_coverage >= 1:
                 centres = (
-                    None if eroded is None else _polygonal(shapely.intersection(region, eroded))
+                    None if eroded is None else polygonal(shapely.intersection(region, eroded))
                 )
             else:
                 # A chip centred in the region lies in its bounds grown by half a chip, so it
@@ -456,7 +261,7 @@ class AOISampler(GeoSampler):
                 # Snapping rounds centres to the pixel grid: half a pixel more on every side
                 # gives the outermost grid placements their full share.
                 grown = shapely.buffer(centres, max(self.res) / 2, join_style="mitre")
-                self._triangles.append(_triangles(grown))
+                self._triangles.append(triangulate(grown))
         if len(unfit) == int((weights > 0).sum()):
             parts = [
                 (part.area, row, part)
@@ -499,7 +304,6 @@ class AOISampler(GeoSampler):
 
     def _grid(self) -> list[Query]:
         assert self.stride is not None
-        h, w = self.size
         xmin, ymin, xmax, ymax = self.union.bounds
         xs = np.arange(self._floor(xmin, 0), xmax, self.stride[1])
         ys = np.arange(self._floor(ymin, 1), ymax, self.stride[0])[::-1]  # north to south
@@ -528,9 +332,10 @@ class AOISampler(GeoSampler):
         name = self.aoi["name"].iloc[row] if "name" in self.aoi.columns else None
         return f"row {self.aoi.index[row]}" + (f" (name {name!r})" if name is not None else "")
 
-    def _snap(self, values: np.ndarray, axis: int) -> np.ndarray:
+    def _snap(self, values: np.ndarray | float, axis: int) -> np.ndarray:
         res, origin = self.res[axis], self.origin[axis]
-        return origin + np.round((values - origin) / res) * res
+        snapped: np.ndarray = origin + np.round((values - origin) / res) * res
+        return snapped
 
     def _floor(self, value: float, axis: int) -> float:
         res, origin = self.res[axis], self.origin[axis]
@@ -543,39 +348,20 @@ class AOISampler(GeoSampler):
     def _align(self, x0: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower-left corners moved onto the tiling of the file under each chip's centre."""
         assert self.blocks is not None
-        h, w = self.size
-        b = self.blocks
-        cx, cy = (x0 + w / 2)[:, None], (y0 + h / 2)[:, None]
-        inside = (b[:, 0] <= cx) & (cx < b[:, 2]) & (b[:, 1] <= cy) & (cy < b[:, 3])
-        hit = inside.any(1)
-        f = inside.argmax(1)
-        left, top, width, height, block_w, block_h = (b[f, k] for k in range(4, 10))
-        rx, ry = self.res
+        return align_to_blocks(self.blocks, x0, y0, self.size, self.res)
 
-        def snap(
-            first: np.ndarray, size: float, total: np.ndarray, block: np.ndarray
-        ) -> np.ndarray:
-            chip = round(size)
-            slack = np.ceil(chip / block) * block - chip
-            k = np.floor(first / block)
-            offset = first - k * block
-            aligned = k * block + np.floor(offset * (slack + 1) / block)
-            return np.clip(aligned, 0, np.maximum(total - chip, 0))
-
-        col = snap(np.round((x0 - left) / rx), w / rx, width, block_w)
-        row = snap(np.round((top - (y0 + h)) / ry), h / ry, height, block_h)
-        return (np.where(hit, left + col * rx, x0), np.where(hit, top - row * ry - h, y0))
-
-    def _covers(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+    def _covers(self, x0: np.ndarray | float, y0: np.ndarray | float) -> np.ndarray:
         """Whether chips with these lower-left corners meet ``min_coverage``."""
         h, w = self.size
         if self.min_coverage >= 1:
             dx, dy = _SLACK * self.res[0], _SLACK * self.res[1]
             inner = shapely.box(x0 + dx, y0 + dy, x0 + w - dx, y0 + h - dy)
-            return shapely.contains(self.union, inner)
+            inside: np.ndarray = shapely.contains(self.union, inner)
+            return inside
         boxes = shapely.box(x0, y0, x0 + w, y0 + h)
         covered = shapely.area(shapely.intersection(boxes, self.union)) / (h * w)
-        return covered >= self.min_coverage - _EPS
+        enough: np.ndarray = covered >= self.min_coverage - _EPS
+        return enough
 
     def coverage(self, query: Query) -> float:
         """Fraction of a chip inside the AOI union and the data.
@@ -594,7 +380,7 @@ class AOISampler(GeoSampler):
     def _draw(self, index: int, attempt: int) -> tuple[int, Query]:
         if index < 0 or attempt < 0:
             raise IndexError(f"chip index and attempt must be >= 0, got {index}, {attempt}")
-        rng = np.random.default_rng([self.seed, index, attempt])
+        rng = numpy_rng(self.seed, index, attempt)
         row = int(np.searchsorted(self._cumulative, rng.random(), side="right"))
         row = min(row, len(self._cumulative) - 1)
         triangles = self._triangles[row]
@@ -652,11 +438,12 @@ class AOISampler(GeoSampler):
         k = min(bisect.bisect_right(cumulative, u), len(corners) - 1)
         (ax, ay), (bx, by), (cx, cy) = corners[k].tolist()
         h, w = self.size
-        x0 = self._snap((1 - s) * ax + s * (1 - t) * bx + s * t * cx - w / 2, 0)
-        y0 = self._snap((1 - s) * ay + s * (1 - t) * by + s * t * cy - h / 2, 1)
+        x0 = float(self._snap((1 - s) * ax + s * (1 - t) * bx + s * t * cx - w / 2, 0))
+        y0 = float(self._snap((1 - s) * ay + s * (1 - t) * by + s * t * cy - h / 2, 1))
         if self.blocks is not None:
-            x0, y0 = (float(v[0]) for v in self._align(np.array([x0]), np.array([y0])))
-        return self._query(float(x0), float(y0)) if self._covers(x0, y0) else None
+            aligned_x, aligned_y = self._align(np.array([x0]), np.array([y0]))
+            x0, y0 = float(aligned_x[0]), float(aligned_y[0])
+        return self._query(x0, y0) if self._covers(x0, y0) else None
 
     def sample(self, index: int, attempt: int = 0) -> Query:
         """The chip at an index (random mode: a pure function of seed, index and attempt).
