@@ -7,9 +7,14 @@ import inspect
 import json
 import logging
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 #: Subcommands handled by LightningCLI.
 LIGHTNING_COMMANDS = {
@@ -44,18 +49,27 @@ def demo_data(
     )
 
 
-def stats(config: Path, out: Path = Path("band_stats.yaml"), chips: int = 512) -> None:
+def stats(
+    config: Path,
+    out: Path = Path("band_stats.yaml"),
+    chips: int = 512,
+    data_overrides: Sequence[str] = (),
+) -> None:
     """Measure per-band mean, std and 2/98 percentiles of a config's data source, ignoring
     nodata, and write them as YAML/JSON that ``data.statistics`` can point to.
+
+    Usage: geodino stats CFG [--out FILE] [--chips N] [--data.init_args.KEY=VALUE ...]; the
+    ``--data...`` overrides change the config's data section as they do for ``geodino fit``.
 
     Args:
         config: a geodino config (its ``data`` section is used).
         out: statistics file to write (.yaml, .yml or .json).
         chips: number of chips of the training stream to measure.
+        data_overrides: ``--data...`` arguments applied over the config's data section.
     """
     from geodino.config import datamodule_from_config
 
-    datamodule = datamodule_from_config(config)
+    datamodule = datamodule_from_config(config, data_overrides)
     datamodule.statistics_path = None
     datamodule.train_draw = None
     datamodule.setup_draws()
@@ -164,7 +178,7 @@ def knn(
 ) -> None:
     """k-NN evaluation of a frozen backbone on a labelled source, metrics as JSON and PNGs.
 
-    Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters+ a.tif]. DINO protocol: cosine
+    Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. DINO protocol: cosine
     similarity of CLS features, temperature-weighted vote. Writes knn.json (accuracy,
     balanced accuracy, macro precision/recall/F1, per-class scores, confusion matrix per k)
     and a confusion-matrix and per-class PNG per k.
@@ -227,8 +241,8 @@ def probe(
 ) -> None:
     """Linear-probe evaluation of a frozen backbone on a labelled source, as JSON and PNGs.
 
-    Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters+ a.tif]. Logistic regression on
-    standardised CLS features, C chosen by a cross-validated sweep on the training split.
+    Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. Logistic
+    regression on standardised CLS features, C chosen by a cross-validated sweep on the training split.
     Writes probe.json (accuracy, balanced accuracy, macro precision/recall/F1, per-class
     scores, confusion matrix, the sweep), probe_confusion.png and probe_per_class.png.
 
@@ -354,6 +368,9 @@ def similar(
     _say(f"similarity  {heatmap}\n   matches  {matches}")
 
 
+#: Parameters of the tools that the command line fills by other means than an option.
+_HIDDEN: set[str | int] = {"data_overrides"}
+
 #: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
 TOOLS: dict[str, Callable[..., Any]] = {
     "demo": demo,
@@ -381,13 +398,116 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _run_tool(name: str, args: list[str]) -> int:
+def _list_options(func: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The options of a tool that take several values (list or tuple annotations)."""
+    options = {}
+    for param in inspect.signature(func).parameters.values():
+        if param.default is inspect.Parameter.empty:
+            continue
+        annotation = param.annotation
+        kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+        if any(typing.get_origin(a) in (list, tuple) for a in (annotation, *kinds)):
+            options[param.name] = param
+    return options
+
+
+def _metavar(name: str) -> str:
+    """``rasters`` -> ``RASTER [RASTER ...]``: one or more values, as the option reads them."""
+    one = name.upper().removesuffix("S") or name.upper()
+    return f"{one} [{one} ...]"
+
+
+def _gather_lists(func: Callable[..., Any], args: list[str]) -> list[str]:
+    """Turn ``--opt a b`` and ``--opt=a`` into the list jsonargparse reads (``["a", "b"]``).
+
+    A single value that is already a list (``--opt '[a, b]'``) and jsonargparse's own
+    ``--opt+ a`` pass unchanged.
+    """
+    options = {f"--{name}" for name in _list_options(func)}
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, eq, inline = args[i].partition("=")
+        if flag not in options:
+            out.append(args[i])
+            i += 1
+            continue
+        values = [inline] if eq else []
+        i += 1
+        while not eq and i < len(args) and not _is_option(args[i]):
+            values.append(args[i])
+            i += 1
+        if len(values) == 1 and values[0].lstrip().startswith("["):
+            out += [flag, values[0]]
+        else:
+            out += [flag, json.dumps(values)]
+    return out
+
+
+def _is_option(arg: str) -> bool:
+    return arg.startswith("-") and not arg[1:2].isdigit() and arg != "-"
+
+
+def _data_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--data...`` overrides (as ``geodino fit`` takes them) from the other arguments."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--data" or arg.startswith(("--data.", "--data=")):
+            takes_value = "=" not in arg and i + 1 < len(args)
+            overrides += args[i : i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+        else:
+            rest.append(arg)
+            i += 1
+    return rest, overrides
+
+
+def tool_parser(name: str) -> "ArgumentParser":
+    """The argument parser of one of geodino's own tools, built from its signature.
+
+    Args:
+        name: the tool (a key of :data:`TOOLS`).
+
+    Returns:
+        the parser; its usage shows list options as ``--rasters RASTER [RASTER ...]``.
+    """
     from jsonargparse import ArgumentParser
 
     func = TOOLS[name]
+    parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)
+    parser.add_function_arguments(func, as_positional=True, skip=_HIDDEN)
+    lists = _list_options(func)
+    for action in parser._actions:
+        if action.dest in lists:
+            action.metavar = _metavar(action.dest)
+    return parser
+
+
+def parse_tool_args(name: str, args: list[str]) -> dict[str, Any]:
+    """Parse the command line of one of geodino's own tools into its keyword arguments.
+
+    List options take one value or several (``--rasters a.tif b.tif``), a YAML list
+    (``--rasters '[a.tif, b.tif]'``) or repeats (``--rasters+ a.tif --rasters+ b.tif``);
+    ``stats`` also takes ``--data.init_args...`` overrides of its config, as ``fit`` does.
+
+    Args:
+        name: the tool (a key of :data:`TOOLS`).
+        args: its arguments.
+
+    Returns:
+        the keyword arguments of the tool's function.
+    """
+    func = TOOLS[name]
     params = list(inspect.signature(func).parameters.values())
     optional = [p for p in params if p.default is not inspect.Parameter.empty]
+    optional = [p for p in optional if p.name not in _HIDDEN]
     positional = [p for p in params if p.default is inspect.Parameter.empty]
+    overrides: list[str] = []
+    if "data_overrides" in inspect.signature(func).parameters:
+        args, overrides = _data_overrides(args)
     variadic = bool(positional) and getattr(positional[-1].annotation, "__origin__", None) is list
     if variadic and args and args[0] not in ("-h", "--help"):
         # `geodino embed W R1 R2 --out X`: the bare values after the fixed ones form the list
@@ -403,10 +523,14 @@ def _run_tool(name: str, args: list[str]) -> int:
     if not variadic and optional and len(bare) == len(positional) + 1 and len(args) >= len(bare):
         index = len(positional)
         args = [*args[:index], f"--{optional[0].name}", *args[index:]]
-    parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)
-    parser.add_function_arguments(func, as_positional=True)
-    cfg = parser.parse_args(args)
-    func(**cfg.as_dict())
+    cfg = tool_parser(name).parse_args(_gather_lists(func, args)).as_dict()
+    if overrides:
+        cfg["data_overrides"] = overrides
+    return cfg
+
+
+def _run_tool(name: str, args: list[str]) -> int:
+    TOOLS[name](**parse_tool_args(name, args))
     return 0
 
 

@@ -216,8 +216,9 @@ def read_window(src: Any, region: RasterRegion, window: tuple[int, int, int, int
 
 
 def _raster_bands(src: Any) -> list[str] | None:
-    names = [d for d in src.descriptions if d]
-    return names if len(names) == src.count else None
+    from geodino.bands import described_band_names
+
+    return described_band_names(src.descriptions)
 
 
 def embed_batches(

@@ -101,7 +101,9 @@ def test_knn_and_probe_on_class_folders(
     assert (out / "probe_confusion.png").is_file() and (out / "probe_per_class.png").is_file()
 
 
-def write_labelled_scene(tmp_path: Path) -> tuple[Path, gpd.GeoDataFrame]:
+def write_labelled_scene(
+    tmp_path: Path, descriptions: tuple[str | None, ...] = ("B02", "B03", "B04", "B08")
+) -> tuple[Path, gpd.GeoDataFrame]:
     """A 4-band UTM GeoTIFF with three class strips and labelled points in six fields."""
     rng = np.random.default_rng(1)
     size = 168
@@ -123,7 +125,7 @@ def write_labelled_scene(tmp_path: Path) -> tuple[Path, gpd.GeoDataFrame]:
         transform=from_origin(600_000, 4_500_000, 10, 10),
     ) as dst:
         dst.write(data.clip(1, None).astype("uint16"))
-        dst.descriptions = ("B02", "B03", "B04", "B08")
+        dst.descriptions = descriptions
     rows = []
     for j, name in enumerate(names):
         for field in range(2):  # two fields (groups) per class, one above the other
