@@ -385,6 +385,25 @@ TOOLS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _configure_logging() -> None:
+    """geodino's INFO messages and every library's warnings, each once, on stderr.
+
+    Libraries' INFO records stay out: rasterio's merge logs one for each file it skips when
+    a chip only touches it (dozens a run), and Lightning prints its own through its handler.
+    """
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    for name, level in (("", logging.WARNING), ("geodino", logging.INFO)):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "geodino", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(formatter)
+            handler.setLevel(level)
+            handler.geodino = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(level)
+    logging.getLogger("geodino").propagate = False
+
+
 def _say(text: str) -> None:
     sys.stdout.write(text.rstrip("\n") + "\n")
 
@@ -574,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"geodino {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     try:
         if command in LIGHTNING_COMMANDS:
             return _run_lightning(argv)

@@ -8,6 +8,7 @@ take whole local batches in turn, so the order does not depend on the worker cou
 """
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from itertools import islice
@@ -29,6 +30,14 @@ from geodino.transforms.normalize import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity, where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 
 Sample = dict[str, Any]
 
@@ -406,7 +415,12 @@ class DINODataModule(LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        # more workers than cores only compete for them (and PyTorch warns at each loader)
+        self.num_workers = min(num_workers, available_cpus())
+        if self.num_workers < num_workers:
+            log.info(
+                "num_workers %d capped at the %d available cores", num_workers, self.num_workers
+            )
         self.seed = seed
         self.statistics_path = statistics
         self.statistics_chips = statistics_chips
