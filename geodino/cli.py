@@ -104,18 +104,32 @@ def demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None 
     _say(run_demo(out, seed=seed, max_steps=max_steps))
 
 
-def export(checkpoint: Path, out_dir: Path, student: bool = False) -> None:
+def export(
+    checkpoint: Path,
+    out_dir: Path,
+    student: bool = False,
+    random_init: bool = False,
+    seed: int = 0,
+) -> None:
     """Export the pretrained backbone for TorchGeo and timm: backbone.ckpt, backbone.safetensors
     and backbone.json (architecture, bands, band statistics, patch size).
 
     Args:
-        checkpoint: a checkpoint written by ``geodino fit``.
+        checkpoint: a checkpoint written by ``geodino fit`` (or, with --random_init, an
+            export folder).
         out_dir: folder to write the three files into.
         student: export the student instead of the EMA teacher.
+        random_init: export the random-init twin instead: the same architecture, bands and
+            band statistics at timm's initialisation (the floor knn/probe report beside it).
+        seed: seed of the random initialisation.
     """
+    from geodino.evaluation.baselines import random_init_export
     from geodino.export import export_backbone
 
-    paths = export_backbone(checkpoint, out_dir, "student" if student else "teacher")
+    if random_init:
+        paths = random_init_export(checkpoint, out_dir, seed)
+    else:
+        paths = export_backbone(checkpoint, out_dir, "student" if student else "teacher")
     _say("\n".join(f"{kind:>12}  {path}" for kind, path in paths.items()))
 
 
@@ -173,6 +187,8 @@ def knn(
     band_names: list[str] | None = None,
     test_fraction: float = 0.3,
     seed: int = 0,
+    repeats: int = 1,
+    baselines: bool = True,
     ks: tuple[int, ...] = (10, 20, 100),
     temperature: float = 0.07,
 ) -> None:
@@ -180,8 +196,9 @@ def knn(
 
     Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. DINO protocol: cosine
     similarity of CLS features, temperature-weighted vote. Writes knn.json (accuracy,
-    balanced accuracy, macro precision/recall/F1, per-class scores, confusion matrix per k)
-    and a confusion-matrix and per-class PNG per k.
+    balanced accuracy, macro precision/recall/F1, per-class scores, confusion matrix per k,
+    and the baselines' scores on the same split) and a confusion-matrix and per-class PNG
+    per k.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -198,9 +215,14 @@ def knn(
         split_column: column of vector labels fixing the split ('train' vs anything else);
             without it the samples are split at random, stratified by class, by group.
         chip_size: chip side in pixels for vector labels (default: the training size).
-        band_names: band names of folder/JSON images, when the files do not name them.
+        band_names: band names of the images or rasters, when the files do not name them
+            (GDAL's "Band 1".."Band N" name nothing).
         test_fraction: share of samples (or groups) held out for testing.
-        seed: seed of the split.
+        seed: seed of the split (and of the random baselines).
+        repeats: grouped splits to draw (the first from --seed): the scores are then
+            also reported as mean +- std over them.
+        baselines: also score per-band statistics, random convolutional features and the
+            architecture at random init on the same split(s) (--baselines false skips them).
         ks: neighbour counts, one report each.
         temperature: temperature of the vote weights.
     """
@@ -214,6 +236,8 @@ def knn(
         temperature=temperature,
         test_fraction=test_fraction,
         seed=seed,
+        repeats=repeats,
+        baselines=baselines,
         rasters=rasters,
         chip_size=chip_size,
         label_column=label_column,
@@ -236,6 +260,8 @@ def probe(
     band_names: list[str] | None = None,
     test_fraction: float = 0.3,
     seed: int = 0,
+    repeats: int = 1,
+    baselines: bool = True,
     cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0),
     folds: int = 3,
 ) -> None:
@@ -244,7 +270,8 @@ def probe(
     Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. Logistic
     regression on standardised CLS features, C chosen by a cross-validated sweep on the training split.
     Writes probe.json (accuracy, balanced accuracy, macro precision/recall/F1, per-class
-    scores, confusion matrix, the sweep), probe_confusion.png and probe_per_class.png.
+    scores, confusion matrix, the sweep, the baselines' scores on the same split),
+    probe_confusion.png and probe_per_class.png.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -261,9 +288,14 @@ def probe(
         split_column: column of vector labels fixing the split ('train' vs anything else);
             without it the samples are split at random, stratified by class, by group.
         chip_size: chip side in pixels for vector labels (default: the training size).
-        band_names: band names of folder/JSON images, when the files do not name them.
+        band_names: band names of the images or rasters, when the files do not name them
+            (GDAL's "Band 1".."Band N" name nothing).
         test_fraction: share of samples (or groups) held out for testing.
-        seed: seed of the split.
+        seed: seed of the split (and of the random baselines).
+        repeats: grouped splits to draw (the first from --seed): the scores are then
+            also reported as mean +- std over them.
+        baselines: also score per-band statistics, random convolutional features and the
+            architecture at random init on the same split(s) (--baselines false skips them).
         cs: inverse regularisation strengths swept.
         folds: cross-validation folds of the sweep.
     """
@@ -277,6 +309,8 @@ def probe(
         folds=folds,
         test_fraction=test_fraction,
         seed=seed,
+        repeats=repeats,
+        baselines=baselines,
         rasters=rasters,
         chip_size=chip_size,
         label_column=label_column,

@@ -8,7 +8,7 @@ import pytest
 from geodino.cli import main
 from geodino.errors import DataError
 from geodino.evaluation.sources import read_labelled_source
-from tests.evaluation.test_commands import write_labelled_scene
+from tests.evaluation.scenes import write_labelled_scene
 
 GDAL_DEFAULT = ("Band 1", "Band 2", "Band 3", "Band 4")
 
@@ -24,8 +24,8 @@ def knn_args(export: Path, labels: Path, raster: Path, out: Path) -> list[str]:
         str(out),
         "--chip_size",
         "28",
-        "--no_baselines",
-        "true",
+        "--baselines",
+        "false",
     ]
 
 
