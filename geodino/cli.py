@@ -31,8 +31,10 @@ def demo_data(
     scene_size: int = 512,
     overwrite: bool = False,
 ) -> None:
-    """Write the synthetic demo catalog (13-band S2-like scenes in two UTM zones, S1 VV/VH,
-    land-cover labels and an AOI GeoPackage).
+    """Write the synthetic demo catalog: S2-like and S1 scenes, land-cover labels and an AOI.
+
+    The catalog holds 13-band S2-like scenes in two UTM zones, S1 VV/VH scenes, land-cover
+    labels and an AOI GeoPackage.
 
     Args:
         out: folder to write the catalog into.
@@ -55,8 +57,10 @@ def stats(
     chips: int = 512,
     data_overrides: Sequence[str] = (),
 ) -> None:
-    """Measure per-band mean, std and 2/98 percentiles of a config's data source, ignoring
-    nodata, and write them as YAML/JSON that ``data.statistics`` can point to.
+    """Measure per-band mean, std and 2/98 percentiles of a config's data source.
+
+    Nodata is ignored; the statistics are written as YAML/JSON that ``data.statistics`` can
+    point to.
 
     Usage: geodino stats CFG [--out FILE] [--chips N] [--data.init_args.KEY=VALUE ...]; the
     ``--data...`` overrides change the config's data section as they do for ``geodino fit``.
@@ -91,8 +95,9 @@ def stats(
 
 
 def demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None = None) -> None:
-    """Run the whole story on the embedded synthetic catalog: write it, pretrain a small ViT,
-    evaluate it and write plots.
+    """Run the whole story on the synthetic catalog: write, pretrain, evaluate and plot.
+
+    Writes the catalog, pretrains a small ViT on it, evaluates it and writes plots.
 
     Args:
         out: folder for the catalog and the run.
@@ -111,8 +116,10 @@ def export(
     random_init: bool = False,
     seed: int = 0,
 ) -> None:
-    """Export the pretrained backbone for TorchGeo and timm: backbone.ckpt, backbone.safetensors
-    and backbone.json (architecture, bands, band statistics, patch size).
+    """Export the pretrained backbone for TorchGeo and timm.
+
+    Writes backbone.ckpt, backbone.safetensors and backbone.json (architecture, bands, band
+    statistics, patch size).
 
     Args:
         checkpoint: a checkpoint written by ``geodino fit`` (or, with --random_init, an
@@ -268,7 +275,8 @@ def probe(
     """Linear-probe evaluation of a frozen backbone on a labelled source, as JSON and PNGs.
 
     Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. Logistic
-    regression on standardised CLS features, C chosen by a cross-validated sweep on the training split.
+    regression on standardised CLS features, C chosen by a cross-validated sweep on the
+    training split.
     Writes probe.json (accuracy, balanced accuracy, macro precision/recall/F1, per-class
     scores, confusion matrix, the sweep, the baselines' scores on the same split),
     probe_confusion.png and probe_per_class.png.
@@ -420,7 +428,7 @@ TOOLS: dict[str, Callable[..., Any]] = {
 
 
 def _configure_logging() -> None:
-    """geodino's INFO messages and every library's warnings, each once, on stderr.
+    """Log geodino's INFO messages and every library's warnings, each once, on stderr.
 
     Libraries' INFO records stay out: rasterio's merge logs one for each file it skips when
     a chip only touches it (dozens a run), and Lightning prints its own through its handler.

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

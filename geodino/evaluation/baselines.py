@@ -1,6 +1,7 @@
-"""The floors a backbone's score is read against: per-band statistics of each chip, random
-convolutional features (MOSAIKS, TorchGeo's :class:`~torchgeo.models.RCF`) and the same
-architecture at random initialisation, as torchgeo-bench publishes them for remote sensing.
+"""The floors a backbone's score is read against, as torchgeo-bench publishes them.
+
+Per-band statistics of each chip, random convolutional features (MOSAIKS, TorchGeo's
+:class:`~torchgeo.models.RCF`) and the same architecture at random initialisation.
 """
 
 import copy

@@ -76,17 +76,21 @@ def group_split(
             splitter = StratifiedShuffleSplit(
                 n_splits=1, test_size=test_fraction, random_state=seed
             )
-            return next(splitter.split(np.zeros(n), y))
+            train, test = next(splitter.split(np.zeros(n), y))
+            return np.asarray(train), np.asarray(test)
         splitter = ShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-        return next(splitter.split(np.zeros(n)))
+        train, test = next(splitter.split(np.zeros(n)))
+        return np.asarray(train), np.asarray(test)
     names = sorted(set(groups), key=str)
     if len(names) < 2:
         raise DataError("a group-aware split needs at least two groups (group_id values).")
     index = {g: i for i, g in enumerate(names)}
-    member = np.asarray([index[g] for g in groups])
-    classes = y if y is not None else np.zeros(n, dtype=np.int64)
-    counts = np.zeros((len(names), int(classes.max()) + 1))
-    np.add.at(counts, (member, classes), 1)
+    member = np.asarray([index[g] for g in groups], dtype=np.int64)
+    classes = np.asarray(y if y is not None else np.zeros(n), dtype=np.int64)
+    width = int(classes.max()) + 1
+    # samples of each class in each group, (groups, classes)
+    flat = np.bincount(member * width + classes, minlength=len(names) * width)
+    counts = flat.reshape(len(names), width).astype(np.float64)
     total = counts.sum(0)
     target = test_fraction * total
     test = np.zeros(len(names), dtype=bool)
@@ -187,10 +191,14 @@ def linear_probe(
     Returns:
         test predictions (M,).
     """
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    from geodino.seeding import derive_seed, torch_generator
+
+    generator = torch_generator(derive_seed(seed, 0))
     dim = train_features.shape[1]
-    probe = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
+    # nn.Linear draws its initial weights from the global generator only: fork it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 1))
+        probe = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     x, y = train_features.float(), train_labels.long()
     for _ in range(epochs):
@@ -201,8 +209,9 @@ def linear_probe(
                 continue
             loss = nn.functional.cross_entropy(probe(x[idx]), y[idx])
             optimizer.zero_grad()
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
     probe.eval()
     with torch.no_grad():
-        return probe(test_features.float()).argmax(1)
+        logits: Tensor = probe(test_features.float())
+    return logits.argmax(1)

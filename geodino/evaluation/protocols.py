@@ -1,5 +1,7 @@
-"""The evaluation protocols behind ``geodino knn`` and ``geodino probe``: frozen features of a
-labelled source, a (group-aware) split, a classifier, metrics as JSON and PNG.
+"""The evaluation protocols behind ``geodino knn`` and ``geodino probe``.
+
+Frozen features of a labelled source, a (group-aware) split, a classifier, the baselines on
+the same split, metrics as JSON and PNG.
 """
 
 import json
@@ -105,8 +107,10 @@ def split_features(
 def repeated_splits(
     data: LabelledImages, test_fraction: float = 0.3, seed: int = 0, repeats: int = 1
 ) -> list[tuple[int, Tensor, Tensor]]:
-    """``repeats`` different splits of a source: the first is ``seed``'s, the others drawn
-    from seeds derived from it (a draw that repeats an earlier split is drawn again).
+    """``repeats`` different splits of a source: the first is ``seed``'s.
+
+    The others are drawn from seeds derived from it; a draw that repeats an earlier split is
+    drawn again.
 
     Args:
         data: the labelled source.
@@ -231,8 +235,10 @@ def _method_features(
 
 
 def _prepared(name: str, features: Tensor, train: Tensor) -> Tensor:
-    """Hand-made features standardised on the training side: their dimensions differ in scale
-    by orders of magnitude, which a cosine k-NN would otherwise read as similarity.
+    """Standardise hand-made features on the training side.
+
+    Their dimensions differ in scale by orders of magnitude, which a cosine k-NN would
+    otherwise read as similarity.
     """
     if name not in STANDARDISED:
         return features
@@ -362,8 +368,9 @@ def run_probe(
     baselines: bool = True,
     **source_kwargs: Any,
 ) -> dict[str, Any]:
-    """Linear probe: logistic regression on frozen, standardised features, C chosen by a
-    cross-validated sweep on the training split.
+    """Linear probe: logistic regression on frozen, standardised features.
+
+    C is chosen by a cross-validated sweep on the training split.
 
     The baselines (per-band statistics, random convolutional features, the architecture at
     random init) are probed on the same split(s) the same way. Writes ``probe.json``,
@@ -446,8 +453,9 @@ def _cell(report: dict[str, Any], method: str, k: str | None) -> str:
 
 
 def summary(report: dict[str, Any], out: str | Path) -> str:
-    """A few lines naming the scores and the files of a report, and a table of the
-    backbone's accuracy beside the baselines'.
+    """A few lines naming the scores and the files of a report.
+
+    A table then sets the backbone's accuracy beside the baselines'.
 
     Args:
         report: what :func:`run_knn` or :func:`run_probe` returned.

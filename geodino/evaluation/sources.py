@@ -1,5 +1,6 @@
-"""Labelled images to evaluate a backbone on: class folders, JSON annotations, or labelled
-points/polygons over rasters.
+"""Labelled images to evaluate a backbone on.
+
+Class folders, JSON annotations, or labelled points/polygons over rasters.
 """
 
 import logging
