@@ -595,7 +595,7 @@ def _run_tool(name: str, args: list[str]) -> int:
     return 0
 
 
-def _run_lightning(args: list[str]) -> int:
+def _run_lightning(args: list[str] | None) -> int:
     from geodino.config import run_lightning_cli
 
     run_lightning_cli(args)
@@ -625,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         the process exit status: 0 on success, 2 on bad input (with a one-paragraph message).
     """
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _say(_usage())
@@ -638,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     try:
         if command in LIGHTNING_COMMANDS:
-            return _run_lightning(argv)
+            return _run_lightning(None if from_sys else argv)
         if command in TOOLS:
             return _run_tool(command, rest)
     except Exception as error:

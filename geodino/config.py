@@ -10,14 +10,15 @@ import yaml
 from geodino.errors import ConfigError
 
 
-def run_lightning_cli(args: list[str]) -> Any:
+def run_lightning_cli(args: list[str] | None) -> Any:
     """Run ``geodino fit|validate|test|predict`` through LightningCLI.
 
     Models and data modules are given by ``class_path`` in the config, as in TorchGeo's
     configs, so any LightningModule or LightningDataModule can be named.
 
     Args:
-        args: the command line, starting with the subcommand.
+        args: the command line, starting with the subcommand (None: ``sys.argv[1:]``, which
+            LightningCLI then reads itself instead of warning that both were given).
 
     Returns:
         the LightningCLI object after the run.

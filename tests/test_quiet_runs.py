@@ -17,7 +17,7 @@ from shapely.geometry import Point
 from geodino.datamodules import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
-NOISE = ("Skipping source", "suggested max number of worker", "rasterio")
+NOISE = ("Skipping source", "suggested max number of worker", "rasterio", "args parameter")
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
