@@ -231,6 +231,9 @@ def test_list_options_take_one_or_several_values() -> None:
         assert [str(p) for p in cfg["rasters"]] == rasters, args
         assert tuple(cfg["ks"]) == (5, 7) and str(cfg["out"]) == "o"
         assert str(cfg["weights"]) == "W" and str(cfg["source"]) == "labels.gpkg"
+    # negative numbers are values, not options
+    cfg = parse_tool("similar", ["emb.tif", "--bbox", "-10", "5", "-3.5", "7", "--top_k", "3"])
+    assert tuple(cfg["bbox"]) == (-10.0, 5.0, -3.5, 7.0) and cfg["top_k"] == 3
 
 
 def parse_tool(name: str, args: list[str]) -> dict:
