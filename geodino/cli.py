@@ -7,9 +7,14 @@ import inspect
 import json
 import logging
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 #: Subcommands handled by LightningCLI.
 LIGHTNING_COMMANDS = {
@@ -26,8 +31,10 @@ def demo_data(
     scene_size: int = 512,
     overwrite: bool = False,
 ) -> None:
-    """Write the synthetic demo catalog (13-band S2-like scenes in two UTM zones, S1 VV/VH,
-    land-cover labels and an AOI GeoPackage).
+    """Write the synthetic demo catalog: S2-like and S1 scenes, land-cover labels and an AOI.
+
+    The catalog holds 13-band S2-like scenes in two UTM zones, S1 VV/VH scenes, land-cover
+    labels and an AOI GeoPackage.
 
     Args:
         out: folder to write the catalog into.
@@ -44,18 +51,29 @@ def demo_data(
     )
 
 
-def stats(config: Path, out: Path = Path("band_stats.yaml"), chips: int = 512) -> None:
-    """Measure per-band mean, std and 2/98 percentiles of a config's data source, ignoring
-    nodata, and write them as YAML/JSON that ``data.statistics`` can point to.
+def stats(
+    config: Path,
+    out: Path = Path("band_stats.yaml"),
+    chips: int = 512,
+    data_overrides: Sequence[str] = (),
+) -> None:
+    """Measure per-band mean, std and 2/98 percentiles of a config's data source.
+
+    Nodata is ignored; the statistics are written as YAML/JSON that ``data.statistics`` can
+    point to.
+
+    Usage: geodino stats CFG [--out FILE] [--chips N] [--data.init_args.KEY=VALUE ...]; the
+    ``--data...`` overrides change the config's data section as they do for ``geodino fit``.
 
     Args:
         config: a geodino config (its ``data`` section is used).
         out: statistics file to write (.yaml, .yml or .json).
         chips: number of chips of the training stream to measure.
+        data_overrides: ``--data...`` arguments applied over the config's data section.
     """
     from geodino.config import datamodule_from_config
 
-    datamodule = datamodule_from_config(config)
+    datamodule = datamodule_from_config(config, data_overrides)
     datamodule.statistics_path = None
     datamodule.train_draw = None
     datamodule.setup_draws()
@@ -77,8 +95,9 @@ def stats(config: Path, out: Path = Path("band_stats.yaml"), chips: int = 512) -
 
 
 def demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None = None) -> None:
-    """Run the whole story on the embedded synthetic catalog: write it, pretrain a small ViT,
-    evaluate it and write plots.
+    """Run the whole story on the synthetic catalog: write, pretrain, evaluate and plot.
+
+    Writes the catalog, pretrains a small ViT on it, evaluates it and writes plots.
 
     Args:
         out: folder for the catalog and the run.
@@ -90,18 +109,34 @@ def demo(out: Path = Path("geodino_demo"), seed: int = 0, max_steps: int | None 
     _say(run_demo(out, seed=seed, max_steps=max_steps))
 
 
-def export(checkpoint: Path, out_dir: Path, student: bool = False) -> None:
-    """Export the pretrained backbone for TorchGeo and timm: backbone.ckpt, backbone.safetensors
-    and backbone.json (architecture, bands, band statistics, patch size).
+def export(
+    checkpoint: Path,
+    out_dir: Path,
+    student: bool = False,
+    random_init: bool = False,
+    seed: int = 0,
+) -> None:
+    """Export the pretrained backbone for TorchGeo and timm.
+
+    Writes backbone.ckpt, backbone.safetensors and backbone.json (architecture, bands, band
+    statistics, patch size).
 
     Args:
-        checkpoint: a checkpoint written by ``geodino fit``.
+        checkpoint: a checkpoint written by ``geodino fit`` (or, with --random_init, an
+            export folder).
         out_dir: folder to write the three files into.
         student: export the student instead of the EMA teacher.
+        random_init: export the random-init twin instead: the same architecture, bands and
+            band statistics at timm's initialisation (the floor knn/probe report beside it).
+        seed: seed of the random initialisation.
     """
+    from geodino.evaluation.baselines import random_init_export
     from geodino.export import export_backbone
 
-    paths = export_backbone(checkpoint, out_dir, "student" if student else "teacher")
+    if random_init:
+        paths = random_init_export(checkpoint, out_dir, seed)
+    else:
+        paths = export_backbone(checkpoint, out_dir, "student" if student else "teacher")
     _say("\n".join(f"{kind:>12}  {path}" for kind, path in paths.items()))
 
 
@@ -159,15 +194,18 @@ def knn(
     band_names: list[str] | None = None,
     test_fraction: float = 0.3,
     seed: int = 0,
+    repeats: int = 1,
+    baselines: bool = True,
     ks: tuple[int, ...] = (10, 20, 100),
     temperature: float = 0.07,
 ) -> None:
     """k-NN evaluation of a frozen backbone on a labelled source, metrics as JSON and PNGs.
 
-    Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters+ a.tif]. DINO protocol: cosine
+    Usage: geodino knn WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. DINO protocol: cosine
     similarity of CLS features, temperature-weighted vote. Writes knn.json (accuracy,
-    balanced accuracy, macro precision/recall/F1, per-class scores, confusion matrix per k)
-    and a confusion-matrix and per-class PNG per k.
+    balanced accuracy, macro precision/recall/F1, per-class scores, confusion matrix per k,
+    and the baselines' scores on the same split) and a confusion-matrix and per-class PNG
+    per k.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -184,9 +222,14 @@ def knn(
         split_column: column of vector labels fixing the split ('train' vs anything else);
             without it the samples are split at random, stratified by class, by group.
         chip_size: chip side in pixels for vector labels (default: the training size).
-        band_names: band names of folder/JSON images, when the files do not name them.
+        band_names: band names of the images or rasters, when the files do not name them
+            (GDAL's "Band 1".."Band N" name nothing).
         test_fraction: share of samples (or groups) held out for testing.
-        seed: seed of the split.
+        seed: seed of the split (and of the random baselines).
+        repeats: grouped splits to draw (the first from --seed): the scores are then
+            also reported as mean +- std over them.
+        baselines: also score per-band statistics, random convolutional features and the
+            architecture at random init on the same split(s) (--baselines false skips them).
         ks: neighbour counts, one report each.
         temperature: temperature of the vote weights.
     """
@@ -200,6 +243,8 @@ def knn(
         temperature=temperature,
         test_fraction=test_fraction,
         seed=seed,
+        repeats=repeats,
+        baselines=baselines,
         rasters=rasters,
         chip_size=chip_size,
         label_column=label_column,
@@ -222,15 +267,19 @@ def probe(
     band_names: list[str] | None = None,
     test_fraction: float = 0.3,
     seed: int = 0,
+    repeats: int = 1,
+    baselines: bool = True,
     cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0),
     folds: int = 3,
 ) -> None:
     """Linear-probe evaluation of a frozen backbone on a labelled source, as JSON and PNGs.
 
-    Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters+ a.tif]. Logistic regression on
-    standardised CLS features, C chosen by a cross-validated sweep on the training split.
+    Usage: geodino probe WEIGHTS SOURCE --out DIR [--rasters a.tif b.tif ...]. Logistic
+    regression on standardised CLS features, C chosen by a cross-validated sweep on the
+    training split.
     Writes probe.json (accuracy, balanced accuracy, macro precision/recall/F1, per-class
-    scores, confusion matrix, the sweep), probe_confusion.png and probe_per_class.png.
+    scores, confusion matrix, the sweep, the baselines' scores on the same split),
+    probe_confusion.png and probe_per_class.png.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -247,9 +296,14 @@ def probe(
         split_column: column of vector labels fixing the split ('train' vs anything else);
             without it the samples are split at random, stratified by class, by group.
         chip_size: chip side in pixels for vector labels (default: the training size).
-        band_names: band names of folder/JSON images, when the files do not name them.
+        band_names: band names of the images or rasters, when the files do not name them
+            (GDAL's "Band 1".."Band N" name nothing).
         test_fraction: share of samples (or groups) held out for testing.
-        seed: seed of the split.
+        seed: seed of the split (and of the random baselines).
+        repeats: grouped splits to draw (the first from --seed): the scores are then
+            also reported as mean +- std over them.
+        baselines: also score per-band statistics, random convolutional features and the
+            architecture at random init on the same split(s) (--baselines false skips them).
         cs: inverse regularisation strengths swept.
         folds: cross-validation folds of the sweep.
     """
@@ -263,6 +317,8 @@ def probe(
         folds=folds,
         test_fraction=test_fraction,
         seed=seed,
+        repeats=repeats,
+        baselines=baselines,
         rasters=rasters,
         chip_size=chip_size,
         label_column=label_column,
@@ -354,6 +410,9 @@ def similar(
     _say(f"similarity  {heatmap}\n   matches  {matches}")
 
 
+#: Parameters of the tools that the command line fills by other means than an option.
+_HIDDEN: set[str | int] = {"data_overrides"}
+
 #: geodino's own subcommands: name -> function whose signature and docstring define its CLI.
 TOOLS: dict[str, Callable[..., Any]] = {
     "demo": demo,
@@ -366,6 +425,25 @@ TOOLS: dict[str, Callable[..., Any]] = {
     "maps": maps,
     "similar": similar,
 }
+
+
+def _configure_logging() -> None:
+    """Log geodino's INFO messages and every library's warnings, each once, on stderr.
+
+    Libraries' INFO records stay out: rasterio's merge logs one for each file it skips when
+    a chip only touches it (dozens a run), and Lightning prints its own through its handler.
+    """
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    for name, level in (("", logging.WARNING), ("geodino", logging.INFO)):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "geodino", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(formatter)
+            handler.setLevel(level)
+            handler.geodino = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(level)
+    logging.getLogger("geodino").propagate = False
 
 
 def _say(text: str) -> None:
@@ -381,13 +459,116 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _run_tool(name: str, args: list[str]) -> int:
+def _list_options(func: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The options of a tool that take several values (list or tuple annotations)."""
+    options = {}
+    for param in inspect.signature(func).parameters.values():
+        if param.default is inspect.Parameter.empty:
+            continue
+        annotation = param.annotation
+        kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+        if any(typing.get_origin(a) in (list, tuple) for a in (annotation, *kinds)):
+            options[param.name] = param
+    return options
+
+
+def _metavar(name: str) -> str:
+    """``rasters`` -> ``RASTER [RASTER ...]``: one or more values, as the option reads them."""
+    one = name.upper().removesuffix("S") or name.upper()
+    return f"{one} [{one} ...]"
+
+
+def _gather_lists(func: Callable[..., Any], args: list[str]) -> list[str]:
+    """Turn ``--opt a b`` and ``--opt=a`` into the list jsonargparse reads (``["a", "b"]``).
+
+    A single value that is already a list (``--opt '[a, b]'``) and jsonargparse's own
+    ``--opt+ a`` pass unchanged.
+    """
+    options = {f"--{name}" for name in _list_options(func)}
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, eq, inline = args[i].partition("=")
+        if flag not in options:
+            out.append(args[i])
+            i += 1
+            continue
+        values = [inline] if eq else []
+        i += 1
+        while not eq and i < len(args) and not _is_option(args[i]):
+            values.append(args[i])
+            i += 1
+        if len(values) == 1 and values[0].lstrip().startswith("["):
+            out += [flag, values[0]]
+        else:
+            out += [flag, json.dumps(values)]
+    return out
+
+
+def _is_option(arg: str) -> bool:
+    return arg.startswith("-") and not arg[1:2].isdigit() and arg != "-"
+
+
+def _data_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--data...`` overrides (as ``geodino fit`` takes them) from the other arguments."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--data" or arg.startswith(("--data.", "--data=")):
+            takes_value = "=" not in arg and i + 1 < len(args)
+            overrides += args[i : i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+        else:
+            rest.append(arg)
+            i += 1
+    return rest, overrides
+
+
+def tool_parser(name: str) -> "ArgumentParser":
+    """The argument parser of one of geodino's own tools, built from its signature.
+
+    Args:
+        name: the tool (a key of :data:`TOOLS`).
+
+    Returns:
+        the parser; its usage shows list options as ``--rasters RASTER [RASTER ...]``.
+    """
     from jsonargparse import ArgumentParser
 
     func = TOOLS[name]
+    parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)
+    parser.add_function_arguments(func, as_positional=True, skip=_HIDDEN)
+    lists = _list_options(func)
+    for action in parser._actions:
+        if action.dest in lists:
+            action.metavar = _metavar(action.dest)
+    return parser
+
+
+def parse_tool_args(name: str, args: list[str]) -> dict[str, Any]:
+    """Parse the command line of one of geodino's own tools into its keyword arguments.
+
+    List options take one value or several (``--rasters a.tif b.tif``), a YAML list
+    (``--rasters '[a.tif, b.tif]'``) or repeats (``--rasters+ a.tif --rasters+ b.tif``);
+    ``stats`` also takes ``--data.init_args...`` overrides of its config, as ``fit`` does.
+
+    Args:
+        name: the tool (a key of :data:`TOOLS`).
+        args: its arguments.
+
+    Returns:
+        the keyword arguments of the tool's function.
+    """
+    func = TOOLS[name]
     params = list(inspect.signature(func).parameters.values())
     optional = [p for p in params if p.default is not inspect.Parameter.empty]
+    optional = [p for p in optional if p.name not in _HIDDEN]
     positional = [p for p in params if p.default is inspect.Parameter.empty]
+    overrides: list[str] = []
+    if "data_overrides" in inspect.signature(func).parameters:
+        args, overrides = _data_overrides(args)
     variadic = bool(positional) and getattr(positional[-1].annotation, "__origin__", None) is list
     if variadic and args and args[0] not in ("-h", "--help"):
         # `geodino embed W R1 R2 --out X`: the bare values after the fixed ones form the list
@@ -403,14 +584,18 @@ def _run_tool(name: str, args: list[str]) -> int:
     if not variadic and optional and len(bare) == len(positional) + 1 and len(args) >= len(bare):
         index = len(positional)
         args = [*args[:index], f"--{optional[0].name}", *args[index:]]
-    parser = ArgumentParser(prog=f"geodino {name}", description=func.__doc__, exit_on_error=True)
-    parser.add_function_arguments(func, as_positional=True)
-    cfg = parser.parse_args(args)
-    func(**cfg.as_dict())
+    cfg = tool_parser(name).parse_args(_gather_lists(func, args)).as_dict()
+    if overrides:
+        cfg["data_overrides"] = overrides
+    return cfg
+
+
+def _run_tool(name: str, args: list[str]) -> int:
+    TOOLS[name](**parse_tool_args(name, args))
     return 0
 
 
-def _run_lightning(args: list[str]) -> int:
+def _run_lightning(args: list[str] | None) -> int:
     from geodino.config import run_lightning_cli
 
     run_lightning_cli(args)
@@ -440,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         the process exit status: 0 on success, 2 on bad input (with a one-paragraph message).
     """
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _say(_usage())
@@ -450,10 +636,10 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"geodino {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     try:
         if command in LIGHTNING_COMMANDS:
-            return _run_lightning(argv)
+            return _run_lightning(None if from_sys else argv)
         if command in TOOLS:
             return _run_tool(command, rest)
     except Exception as error:

@@ -1,5 +1,7 @@
 """Reading geodino's YAML configs: the LightningCLI and the data section alone."""
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -8,14 +10,15 @@ import yaml
 from geodino.errors import ConfigError
 
 
-def run_lightning_cli(args: list[str]) -> Any:
+def run_lightning_cli(args: list[str] | None) -> Any:
     """Run ``geodino fit|validate|test|predict`` through LightningCLI.
 
     Models and data modules are given by ``class_path`` in the config, as in TorchGeo's
     configs, so any LightningModule or LightningDataModule can be named.
 
     Args:
-        args: the command line, starting with the subcommand.
+        args: the command line, starting with the subcommand (None: ``sys.argv[1:]``, which
+            LightningCLI then reads itself instead of warning that both were given).
 
     Returns:
         the LightningCLI object after the run.
@@ -76,11 +79,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def datamodule_from_config(path: str | Path) -> Any:
+def datamodule_from_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:
     """Build the data module of a config's ``data`` section (``class_path`` + ``init_args``).
 
     Args:
         path: the config file.
+        overrides: command-line arguments over the section, as ``geodino fit`` takes them
+            (``--data.init_args.chip_size=64``, or flag and value as two items).
 
     Returns:
         the instantiated data module.
@@ -97,7 +102,8 @@ def datamodule_from_config(path: str | Path) -> Any:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningDataModule, "data")
     try:
-        cfg = parser.parse_object({"data": config["data"]})
+        section = json.dumps(config["data"])
+        cfg = parser.parse_args(["--data", section, *overrides])
     except Exception as error:  # jsonargparse reports every config problem this way
         raise ConfigError(f"config file {path}, section 'data': {error}") from error
     return parser.instantiate_classes(cfg).data

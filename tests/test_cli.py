@@ -181,3 +181,104 @@ def test_embed_takes_several_rasters_positionally(tiny_export: Path, tmp_path: P
     assert "emb.parquet" in out.stdout and "Traceback" not in out.stderr
     table = gpd.read_parquet(tmp_path / "emb.parquet")
     assert sorted(Path(r).name for r in table["raster"]) == ["a.tif", "b.tif"]
+
+
+def write_raster(path: Path, descriptions: tuple[str | None, ...] | None = None) -> Path:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=28,
+        height=28,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32631",
+        nodata=0,
+        transform=from_origin(600000, 5000000, 10, 10),
+    ) as dst:
+        dst.write(np.random.default_rng(0).integers(500, 3000, (4, 28, 28), dtype="uint16"))
+        if descriptions:
+            dst.descriptions = descriptions
+    return path
+
+
+def test_embed_reads_gdal_default_band_descriptions_as_unnamed(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    raster = write_raster(tmp_path / "a.tif", ("Band 1", "Band 2", "Band 3", "Band 4"))
+    out = run("embed", str(tiny_export), str(raster), "--out", str(tmp_path / "emb.parquet"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    # real names that differ from the backbone's are still refused
+    named = write_raster(tmp_path / "b.tif", ("B04", "B03", "B02", "B08"))
+    bad = run("embed", str(tiny_export), str(named), "--out", str(tmp_path / "bad.parquet"))
+    assert bad.returncode == 2 and "['B04', 'B03', 'B02', 'B08']" in bad.stderr
+
+
+def test_list_options_take_one_or_several_values() -> None:
+    from geodino.cli import tool_parser
+
+    parser = tool_parser("knn")
+    usage = parser.format_usage()
+    assert "--rasters RASTER [RASTER ...]" in usage and "--ks K [K ...]" in usage
+    for args, rasters in [
+        (["--rasters", "a.tif"], ["a.tif"]),
+        (["--rasters", "a.tif", "b.tif"], ["a.tif", "b.tif"]),
+        (["--rasters", "[a.tif, b.tif]"], ["a.tif", "b.tif"]),
+        (["--rasters=a.tif"], ["a.tif"]),
+        (["--rasters+", "a.tif", "--rasters+", "b.tif"], ["a.tif", "b.tif"]),
+    ]:
+        cfg = parse_tool("knn", ["W", "labels.gpkg", *args, "--ks", "5", "7", "--out", "o"])
+        assert [str(p) for p in cfg["rasters"]] == rasters, args
+        assert tuple(cfg["ks"]) == (5, 7) and str(cfg["out"]) == "o"
+        assert str(cfg["weights"]) == "W" and str(cfg["source"]) == "labels.gpkg"
+    # negative numbers are values, not options
+    cfg = parse_tool("similar", ["emb.tif", "--bbox", "-10", "5", "-3.5", "7", "--top_k", "3"])
+    assert tuple(cfg["bbox"]) == (-10.0, 5.0, -3.5, 7.0) and cfg["top_k"] == 3
+
+
+def parse_tool(name: str, args: list[str]) -> dict:
+    from geodino.cli import parse_tool_args
+
+    return parse_tool_args(name, args)
+
+
+def test_knn_takes_a_single_raster_path(tiny_export: Path, tmp_path: Path) -> None:
+    raster = write_raster(tmp_path / "a.tif", ("B02", "B03", "B04", "B08"))
+    out = run("knn", str(tiny_export), str(tmp_path / "labels.gpkg"), "--rasters", str(raster))
+    # the path reaches the command: the (missing) labels file is what it reports
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "labels.gpkg does not exist" in out.stderr and "Union" not in out.stderr
+
+
+def test_stats_takes_data_overrides(tmp_path: Path) -> None:
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    write_raster(tiles / "a.tif")
+    config = {
+        "data": {
+            "class_path": "geodino.datamodules.GeoDINODataModule",
+            "init_args": {
+                "dataset": {
+                    "class_path": "geodino.datasets.MultiBandGeoTIFF",
+                    "init_args": {"paths": str(tmp_path / "elsewhere")},
+                },
+                "chip_size": 28,
+            },
+        },
+        "trainer": {"max_steps": 1},
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = run(
+        "stats",
+        str(cfg),
+        f"--data.init_args.dataset.init_args.paths={tiles}",
+        "--data.init_args.chip_size",
+        "16",
+        "--out",
+        str(tmp_path / "stats.yaml"),
+        "--chips",
+        "8",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert BandStatistics.load(tmp_path / "stats.yaml").band_names == ["B1", "B2", "B3", "B4"]

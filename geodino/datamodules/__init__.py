@@ -8,7 +8,7 @@
 - :mod:`~geodino.datamodules.protocols`: what the task may read from any data module.
 """
 
-from geodino.datamodules.base import DINODataModule
+from geodino.datamodules.base import DINODataModule, available_cpus
 from geodino.datamodules.folder import FolderDINODataModule, IndexDraw
 from geodino.datamodules.geo import GeoChipDraw, GeoDINODataModule
 from geodino.datamodules.protocols import PretrainingData
@@ -24,5 +24,6 @@ __all__ = [
     "PretrainingData",
     "RawDraw",
     "SampleStream",
+    "available_cpus",
     "collate",
 ]

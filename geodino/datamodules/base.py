@@ -1,6 +1,7 @@
 """What both pretraining data modules share: sample streams, band statistics, device transforms."""
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from geodino.transforms.multicrop import MultiCrop
 
 log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity, where the platform tells it).
+
+    Returns:
+        the number of usable cores, at least 1.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class DINODataModule(LightningDataModule, ABC):
@@ -55,7 +67,12 @@ class DINODataModule(LightningDataModule, ABC):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        # more workers than cores only compete for them (and PyTorch warns at each loader)
+        self.num_workers = min(num_workers, available_cpus())
+        if self.num_workers < num_workers:
+            log.info(
+                "num_workers %d capped at the %d available cores", num_workers, self.num_workers
+            )
         self.seed = seed
         self.statistics_path = statistics
         self.statistics_chips = statistics_chips

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import array_to_tensor, find_files
 
+from geodino.bands import described_band_names
 from geodino.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,10 @@ def resolve_nodata(
 
 
 def default_band_names(info: RasterInfo) -> list[str]:
-    """Band descriptions of a file when all are set and distinct, else ``B1``..``Bn``.
+    """Band descriptions of a file when they name its bands, else ``B1``..``Bn``.
+
+    GDAL's stand-ins ``Band 1``..``Band N`` name nothing (see
+    :func:`~geodino.bands.described_band_names`).
 
     Args:
         info: the inspected file.
@@ -292,10 +296,7 @@ def default_band_names(info: RasterInfo) -> list[str]:
     Returns:
         one name per band.
     """
-    names = [d.strip() if d else "" for d in info.descriptions]
-    if all(names) and len(set(names)) == len(names):
-        return names
-    return [f"B{i + 1}" for i in range(info.count)]
+    return described_band_names(info.descriptions) or [f"B{i + 1}" for i in range(info.count)]
 
 
 class MultiBandGeoTIFF(RasterDataset):

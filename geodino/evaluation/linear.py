@@ -45,6 +45,12 @@ def group_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train/test indices; samples sharing a group never straddle the split.
 
+    With groups, the groups are visited in an order drawn from ``seed`` and each joins the
+    test side when that brings the test side's class counts closer to ``test_fraction`` of
+    every class (without labels: until the test side holds ``test_fraction`` of the samples),
+    never taking the last training group of a class. Each seed draws its own split as far
+    as the number of groups allows.
+
     Args:
         n: number of samples.
         groups: group of each sample (e.g. ``group_id``), or None for a plain random split.
@@ -59,12 +65,9 @@ def group_split(
     Raises:
         DataError: with fewer than two groups.
     """
-    from sklearn.model_selection import (
-        GroupShuffleSplit,
-        ShuffleSplit,
-        StratifiedGroupKFold,
-        StratifiedShuffleSplit,
-    )
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+    from geodino.seeding import numpy_rng
 
     splitter: Any
     y = np.asarray(labels) if labels is not None else None
@@ -73,18 +76,51 @@ def group_split(
             splitter = StratifiedShuffleSplit(
                 n_splits=1, test_size=test_fraction, random_state=seed
             )
-            return next(splitter.split(np.zeros(n), y))
+            train, test = next(splitter.split(np.zeros(n), y))
+            return np.asarray(train), np.asarray(test)
         splitter = ShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-        return next(splitter.split(np.zeros(n)))
-    if len(set(groups)) < 2:
+        train, test = next(splitter.split(np.zeros(n)))
+        return np.asarray(train), np.asarray(test)
+    names = sorted(set(groups), key=str)
+    if len(names) < 2:
         raise DataError("a group-aware split needs at least two groups (group_id values).")
-    folds = max(2, round(1 / test_fraction))
-    if y is not None and len(set(groups)) >= folds:
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        train, test = next(splitter.split(np.zeros(n), y, groups=list(groups)))
-        return train, test
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-    return next(splitter.split(np.zeros(n), groups=list(groups)))
+    index = {g: i for i, g in enumerate(names)}
+    member = np.asarray([index[g] for g in groups], dtype=np.int64)
+    classes = np.asarray(y if y is not None else np.zeros(n), dtype=np.int64)
+    width = int(classes.max()) + 1
+    # samples of each class in each group, (groups, classes)
+    flat = np.bincount(member * width + classes, minlength=len(names) * width)
+    counts = flat.reshape(len(names), width).astype(np.float64)
+    total = counts.sum(0)
+    target = test_fraction * total
+    test = np.zeros(len(names), dtype=bool)
+    held = np.zeros_like(total)
+    for g in numpy_rng(seed).permutation(len(names)):
+        if test.sum() == len(names) - 1:
+            break
+        after = held + counts[g]
+        keeps_training = ((total - after) > 0) | (total == 0)
+        closer = np.abs(after - target).sum() < np.abs(held - target).sum()
+        if (closer or not test.any()) and keeps_training[total > 0].all():
+            test[g], held = True, after
+    if not test.any():  # every group holds the last training sample of some class
+        test[numpy_rng(seed).integers(len(names))] = True
+    return np.flatnonzero(~test[member]), np.flatnonzero(test[member])
+
+
+def distinct_group_splits(groups: Sequence[Any], test_groups: int) -> int:
+    """How many different test sides ``test_groups`` of the groups can form.
+
+    Args:
+        groups: group of each sample.
+        test_groups: groups on the test side.
+
+    Returns:
+        the binomial coefficient of the number of groups over ``test_groups``.
+    """
+    from math import comb
+
+    return comb(len(set(groups)), test_groups)
 
 
 def logistic_regression(
@@ -155,10 +191,14 @@ def linear_probe(
     Returns:
         test predictions (M,).
     """
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    from geodino.seeding import derive_seed, torch_generator
+
+    generator = torch_generator(derive_seed(seed, 0))
     dim = train_features.shape[1]
-    probe = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
+    # nn.Linear draws its initial weights from the global generator only: fork it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, 1))
+        probe = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     x, y = train_features.float(), train_labels.long()
     for _ in range(epochs):
@@ -169,8 +209,9 @@ def linear_probe(
                 continue
             loss = nn.functional.cross_entropy(probe(x[idx]), y[idx])
             optimizer.zero_grad()
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
     probe.eval()
     with torch.no_grad():
-        return probe(test_features.float()).argmax(1)
+        logits: Tensor = probe(test_features.float())
+    return logits.argmax(1)

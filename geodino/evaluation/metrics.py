@@ -29,16 +29,15 @@ def classification_report(
         a JSON-serialisable report.
     """
     n = len(class_names)
-    args = {"num_classes": n}
     per_class = {
-        "precision": multiclass_precision(preds, target, average="none", **args),
-        "recall": multiclass_recall(preds, target, average="none", **args),
-        "f1": multiclass_f1_score(preds, target, average="none", **args),
+        "precision": multiclass_precision(preds, target, average="none", num_classes=n),
+        "recall": multiclass_recall(preds, target, average="none", num_classes=n),
+        "f1": multiclass_f1_score(preds, target, average="none", num_classes=n),
     }
     support = torch.bincount(target, minlength=n)
     present = support > 0
     return {
-        "accuracy": float(multiclass_accuracy(preds, target, average="micro", **args)),
+        "accuracy": float(multiclass_accuracy(preds, target, average="micro", num_classes=n)),
         # balanced accuracy: mean recall over the classes that occur in the test set
         "balanced_accuracy": float(per_class["recall"][present].mean()),
         "precision_macro": float(per_class["precision"][present].mean()),
@@ -51,7 +50,7 @@ def classification_report(
             }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": multiclass_confusion_matrix(preds, target, **args).tolist(),
+        "confusion_matrix": multiclass_confusion_matrix(preds, target, num_classes=n).tolist(),
         "class_names": list(class_names),
         "samples": len(target),
     }

@@ -1,5 +1,7 @@
-"""The evaluation protocols behind ``geodino knn`` and ``geodino probe``: frozen features of a
-labelled source, a (group-aware) split, a classifier, metrics as JSON and PNG.
+"""The evaluation protocols behind ``geodino knn`` and ``geodino probe``.
+
+Frozen features of a labelled source, a (group-aware) split, a classifier, the baselines on
+the same split, metrics as JSON and PNG.
 """
 
 import json
@@ -13,6 +15,7 @@ from torch import Tensor
 
 from geodino.errors import DataError
 from geodino.evaluation.sources import LabelledImages, read_labelled_source
+from geodino.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +24,28 @@ KNN_KS = (10, 20, 100)
 KNN_TEMPERATURE = 0.07
 #: Inverse regularisation strengths swept by the logistic-regression probe.
 PROBE_CS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+#: Draws of a repeated split before one that repeats an earlier split is kept.
+_REDRAWS = 20
+#: Name of the evaluated backbone among the methods of a report.
+BACKBONE = "backbone"
+#: Baselines whose features are standardised on the training side before the k-NN vote.
+STANDARDISED = ("rcf", "band_stats")
+#: Scores kept for the baselines and the repeats.
+SCORE_KEYS = ("accuracy", "balanced_accuracy", "f1_macro")
 
 
-def split_features(
-    data: LabelledImages, features: Tensor, test_fraction: float = 0.3, seed: int = 0
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Train and test features and labels; one group never sits on both sides.
+def split_indices(
+    data: LabelledImages, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Train and test indices of a labelled source; one group never sits on both sides.
 
     Args:
         data: the labelled source (its ``split`` is used when it fixes one).
-        features: (N, D) features of ``data.images``.
         test_fraction: test share of the samples (or groups) when the source fixes no split.
         seed: seed of the split.
 
     Returns:
-        train features, train labels, test features, test labels.
+        train indices, test indices.
 
     Raises:
         DataError: with a single class, too few samples or groups, or a test class that
@@ -73,7 +83,81 @@ def split_features(
                 "and the test split; give each group one split value."
             )
     check_labels(data.labels[train_idx], data.labels[test_idx], data.class_names)
+    return train_idx, test_idx
+
+
+def split_features(
+    data: LabelledImages, features: Tensor, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Train and test features and labels; one group never sits on both sides.
+
+    Args:
+        data: the labelled source (its ``split`` is used when it fixes one).
+        features: (N, D) features of ``data.images``.
+        test_fraction: test share of the samples (or groups) when the source fixes no split.
+        seed: seed of the split.
+
+    Returns:
+        train features, train labels, test features, test labels.
+    """
+    train_idx, test_idx = split_indices(data, test_fraction, seed)
     return (features[train_idx], data.labels[train_idx], features[test_idx], data.labels[test_idx])
+
+
+def repeated_splits(
+    data: LabelledImages, test_fraction: float = 0.3, seed: int = 0, repeats: int = 1
+) -> list[tuple[int, Tensor, Tensor]]:
+    """``repeats`` different splits of a source: the first is ``seed``'s.
+
+    The others are drawn from seeds derived from it; a draw that repeats an earlier split is
+    drawn again.
+
+    Args:
+        data: the labelled source.
+        test_fraction: test share when the source fixes no split.
+        seed: seed of the first split.
+        repeats: number of splits.
+
+    Returns:
+        the seed, train indices and test indices of each split; a source that fixes its
+        split, or has too few groups, gives fewer different splits than asked (a warning
+        says so).
+    """
+    from geodino.evaluation.linear import distinct_group_splits
+
+    splits = [(seed, *split_indices(data, test_fraction, seed))]
+    seen = {tuple(splits[0][2].tolist())}
+    for r in range(1, repeats):
+        for attempt in range(_REDRAWS):
+            candidate = derive_seed(seed, r, attempt)
+            train, test = split_indices(data, test_fraction, candidate)
+            if tuple(test.tolist()) not in seen:
+                break
+        seen.add(tuple(test.tolist()))
+        splits.append((candidate, train, test))
+    if data.split is not None:
+        possible: int | None = 1
+    elif data.groups is not None:
+        first_test = {data.groups[i] for i in splits[0][2]}
+        possible = distinct_group_splits(data.groups, len(first_test))
+    else:
+        possible = None
+    if possible is not None and possible < max(repeats, 2):
+        what = (
+            "its split column"
+            if data.split is not None
+            else f"{len(set(data.groups or []))} groups"
+        )
+        log.warning(
+            "%s: %s allow %d different split(s): other seeds (--seed, --repeats) give the "
+            "same test samples again; add groups (group_id values) for a spread of scores",
+            data.source,
+            what,
+            possible,
+        )
+    elif len(seen) < repeats:
+        log.warning("%s: %d repeats drew %d different splits", data.source, repeats, len(seen))
+    return splits
 
 
 def labelled_features(
@@ -138,6 +222,55 @@ def _header(data: LabelledImages, weights: Any, train: Tensor, test: Tensor) -> 
     }
 
 
+def _method_features(
+    data: LabelledImages, features: Tensor, backbone: Any, baselines: bool, seed: int
+) -> dict[str, Tensor]:
+    """The backbone's features, then each baseline's (see :mod:`geodino.evaluation.baselines`)."""
+    from geodino.evaluation.baselines import baseline_features
+
+    methods = {BACKBONE: features}
+    if baselines:
+        methods.update(baseline_features(data.images, backbone, seed))
+    return methods
+
+
+def _prepared(name: str, features: Tensor, train: Tensor) -> Tensor:
+    """Standardise hand-made features on the training side.
+
+    Their dimensions differ in scale by orders of magnitude, which a cosine k-NN would
+    otherwise read as similarity.
+    """
+    if name not in STANDARDISED:
+        return features
+    mean, std = features[train].mean(0), features[train].std(0).clamp_min(1e-6)
+    return (features - mean) / std
+
+
+def _brief(result: dict[str, Any]) -> dict[str, float]:
+    return {key: float(result[key]) for key in SCORE_KEYS}
+
+
+def _spread(results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean and standard deviation of each score over repeated splits."""
+    out = {}
+    for key in SCORE_KEYS:
+        values = torch.tensor([float(r[key]) for r in results], dtype=torch.float64)
+        out[f"{key}_mean"] = float(values.mean())
+        out[f"{key}_std"] = float(values.std(correction=0))
+    return out
+
+
+def _repeats(
+    splits: Sequence[tuple[int, Tensor, Tensor]], scores: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "count": len(splits),
+        "seeds": [seed for seed, _, _ in splits],
+        "different_splits": len({tuple(test.tolist()) for _, _, test in splits}),
+        "scores": scores,
+    }
+
+
 def run_knn(
     weights: str | Path,
     source: Any,
@@ -146,11 +279,15 @@ def run_knn(
     temperature: float = KNN_TEMPERATURE,
     test_fraction: float = 0.3,
     seed: int = 0,
+    repeats: int = 1,
+    baselines: bool = True,
     **source_kwargs: Any,
 ) -> dict[str, Any]:
     """k-NN evaluation: cosine neighbours, temperature-weighted vote, one report per k.
 
-    Writes ``knn.json`` and ``knn_k<k>_confusion.png``/``knn_k<k>_per_class.png`` per k.
+    The baselines (per-band statistics, random convolutional features, the architecture at
+    random init) are scored on the same split(s) with the same protocol. Writes ``knn.json``
+    and ``knn_k<k>_confusion.png``/``knn_k<k>_per_class.png`` per k.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -159,7 +296,10 @@ def run_knn(
         ks: neighbour counts.
         temperature: vote temperature.
         test_fraction: test share when the source fixes no split.
-        seed: seed of the split.
+        seed: seed of the split (and of the random baselines).
+        repeats: splits drawn (the first from ``seed``): with more than one, the report adds
+            the mean and standard deviation of every score over them.
+        baselines: score the baselines too.
         **source_kwargs: passed to :func:`labelled_features`.
 
     Returns:
@@ -172,26 +312,46 @@ def run_knn(
         plot_per_class_scores,
     )
 
-    data, features, _ = labelled_features(weights, source, **source_kwargs)
-    x_train, y_train, x_test, y_test = split_features(data, features, test_fraction, seed)
+    data, features, backbone = labelled_features(weights, source, **source_kwargs)
+    splits = repeated_splits(data, test_fraction, seed, repeats)
+    methods = _method_features(data, features, backbone, baselines, seed)
+    n = len(data.class_names)
+    # scores[method][k] = one classification report per split
+    scores: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in methods}
+    for _, train, test in splits:
+        for name, values in methods.items():
+            x = _prepared(name, values, train)
+            for k in ks:
+                votes = knn_scores(
+                    x[train], data.labels[train], x[test], n, k=k, temperature=temperature
+                )
+                result = classification_report(votes.argmax(1), data.labels[test], data.class_names)
+                result["k_used"] = min(k, len(train))
+                scores[name].setdefault(str(k), []).append(result)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {
+    _, train, test = splits[0]
+    report: dict[str, Any] = {
         "protocol": "knn",
         "temperature": temperature,
-        **_header(data, weights, y_train, y_test),
-        "results": {},
+        **_header(data, weights, train, test),
+        "results": {k: runs[0] for k, runs in scores[BACKBONE].items()},
+        "baselines": {
+            name: {k: _brief(runs[0]) for k, runs in scores[name].items()}
+            for name in methods
+            if name != BACKBONE
+        },
     }
-    n = len(data.class_names)
-    for k in ks:
-        scores = knn_scores(x_train, y_train, x_test, n, k=k, temperature=temperature)
-        result = classification_report(scores.argmax(1), y_test, data.class_names)
-        result["k_used"] = min(k, len(y_train))
-        report["results"][str(k)] = result
+    for k, result in report["results"].items():
         title = f"k-NN k={k}: accuracy {result['accuracy']:.3f}, macro F1 {result['f1_macro']:.3f}"
         plot_confusion_matrix(result, out / f"knn_k{k}_confusion.png", title)
         plot_per_class_scores(result, out / f"knn_k{k}_per_class.png", title)
     report["best_k"] = max(report["results"], key=lambda k: report["results"][k]["accuracy"])
+    if repeats > 1:
+        spread = {
+            name: {k: _spread(runs) for k, runs in by_k.items()} for name, by_k in scores.items()
+        }
+        report["repeats"] = _repeats(splits, spread)
     _write(report, out, "knn")
     return report
 
@@ -204,12 +364,17 @@ def run_probe(
     folds: int = 3,
     test_fraction: float = 0.3,
     seed: int = 0,
+    repeats: int = 1,
+    baselines: bool = True,
     **source_kwargs: Any,
 ) -> dict[str, Any]:
-    """Linear probe: logistic regression on frozen, standardised features, C chosen by a
-    cross-validated sweep on the training split.
+    """Linear probe: logistic regression on frozen, standardised features.
 
-    Writes ``probe.json``, ``probe_confusion.png`` and ``probe_per_class.png``.
+    C is chosen by a cross-validated sweep on the training split.
+
+    The baselines (per-band statistics, random convolutional features, the architecture at
+    random init) are probed on the same split(s) the same way. Writes ``probe.json``,
+    ``probe_confusion.png`` and ``probe_per_class.png``.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -218,7 +383,10 @@ def run_probe(
         cs: inverse regularisation strengths swept.
         folds: cross-validation folds of the sweep.
         test_fraction: test share when the source fixes no split.
-        seed: seed of the split and the folds.
+        seed: seed of the split, the folds and the random baselines.
+        repeats: splits drawn (the first from ``seed``): with more than one, the report adds
+            the mean and standard deviation of every score over them.
+        baselines: score the baselines too.
         **source_kwargs: passed to :func:`labelled_features`.
 
     Returns:
@@ -231,15 +399,30 @@ def run_probe(
         plot_per_class_scores,
     )
 
-    data, features, _ = labelled_features(weights, source, **source_kwargs)
-    x_train, y_train, x_test, y_test = split_features(data, features, test_fraction, seed)
-    preds, sweep = logistic_regression(x_train, y_train, x_test, cs=cs, folds=folds, seed=seed)
-    result = classification_report(preds, y_test, data.class_names)
-    report = {
+    data, features, backbone = labelled_features(weights, source, **source_kwargs)
+    splits = repeated_splits(data, test_fraction, seed, repeats)
+    methods = _method_features(data, features, backbone, baselines, seed)
+    scores: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for _, train, test in splits:
+        for name, values in methods.items():
+            preds, sweep = logistic_regression(
+                values[train], data.labels[train], values[test], cs=cs, folds=folds, seed=seed
+            )
+            result = classification_report(preds, data.labels[test], data.class_names)
+            scores[name].append({**result, "sweep": sweep})
+    _, train, test = splits[0]
+    result = dict(scores[BACKBONE][0])
+    sweep = result.pop("sweep")
+    report: dict[str, Any] = {
         "protocol": "logistic_regression",
-        **_header(data, weights, y_train, y_test),
+        **_header(data, weights, train, test),
         "sweep": sweep,
         **result,
+        "baselines": {
+            name: {**_brief(runs[0]), "best_C": runs[0]["sweep"]["best_C"]}
+            for name, runs in scores.items()
+            if name != BACKBONE
+        },
     }
     out = Path(out)
     title = (
@@ -249,12 +432,30 @@ def run_probe(
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion_matrix(result, out / "probe_confusion.png", title)
     plot_per_class_scores(result, out / "probe_per_class.png", title)
+    if repeats > 1:
+        report["repeats"] = _repeats(splits, {name: _spread(runs) for name, runs in scores.items()})
     _write(report, out, "probe")
     return report
 
 
+def _cell(report: dict[str, Any], method: str, k: str | None) -> str:
+    """Accuracy of a method on the first split, or its mean +- std over the repeats."""
+    repeats = report.get("repeats")
+    if repeats:
+        scores = repeats["scores"][method]
+        spread = scores[k] if k is not None else scores
+        return f"{spread['accuracy_mean']:.3f} +- {spread['accuracy_std']:.3f}"
+    if method == BACKBONE:
+        result = report["results"][k] if k is not None else report
+    else:
+        result = report["baselines"][method][k] if k is not None else report["baselines"][method]
+    return f"{result['accuracy']:.3f}"
+
+
 def summary(report: dict[str, Any], out: str | Path) -> str:
     """A few lines naming the scores and the files of a report.
+
+    A table then sets the backbone's accuracy beside the baselines'.
 
     Args:
         report: what :func:`run_knn` or :func:`run_probe` returned.
@@ -263,20 +464,29 @@ def summary(report: dict[str, Any], out: str | Path) -> str:
     Returns:
         the text.
     """
+    knn = report["protocol"] == "knn"
     lines = [
         f"{report['protocol']} on {report['source']}: {report['train_samples']} train / "
         f"{report['test_samples']} test samples, {len(report['classes'])} classes"
     ]
-    rows = (
-        report["results"].items()
-        if report["protocol"] == "knn"
-        else [(f"C={report['sweep']['best_C']:g}", report)]
-    )
+    rows = report["results"].items() if knn else [(f"C={report['sweep']['best_C']:g}", report)]
     for key, r in rows:
-        label = f"k={key}" if report["protocol"] == "knn" else key
+        label = f"k={key}" if knn else key
         lines.append(
             f"  {label:<10} accuracy {r['accuracy']:.3f}  balanced "
             f"{r['balanced_accuracy']:.3f}  macro F1 {r['f1_macro']:.3f}"
         )
+    methods = [BACKBONE, *report.get("baselines", {})]
+    if len(methods) > 1 or report.get("repeats"):
+        columns: list[str | None] = list(report["results"]) if knn else [None]
+        repeats = report.get("repeats")
+        what = f"mean +- std over {repeats['count']} splits" if repeats else "same split"
+        width = 16 if repeats else 7
+        head = "".join(f"{'k=' + c if c else 'accuracy':>{width}}" for c in columns)
+        lines.append(f"  accuracy ({what}):")
+        lines.append(f"  {'':<12}{head}")
+        for method in methods:
+            cells = "".join(f"{_cell(report, method, c):>{width}}" for c in columns)
+            lines.append(f"  {method:<12}{cells}")
     lines.append(f"  reports in {Path(out)}")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""Labelled images to evaluate a backbone on: class folders, JSON annotations, or labelled
-points/polygons over rasters.
+"""Labelled images to evaluate a backbone on.
+
+Class folders, JSON annotations, or labelled points/polygons over rasters.
 """
 
 import logging
@@ -101,6 +102,7 @@ def read_vector_source(
     label_column: str = "label",
     group_column: str = "group_id",
     split_column: str | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> LabelledImages:
     """Chips of rasters centred on labelled points or polygons (their representative point).
 
@@ -113,6 +115,8 @@ def read_vector_source(
         group_column: column holding the group of each feature, if present.
         split_column: column saying ``train`` or another value (test) per feature, if the
             split is fixed by the source.
+        band_names: names of the rasters' bands, one per band (default: their band
+            descriptions, when these name the bands).
 
     Returns:
         one chip per feature.
@@ -149,7 +153,7 @@ def read_vector_source(
             )
     if not rasters:
         raise DataError(f"{name} is a vector source: pass --rasters with the imagery under it.")
-    dataset = MultiBandGeoTIFF(list(rasters))
+    dataset = MultiBandGeoTIFF(list(rasters), band_names=band_names)
     xres, yres = dataset.res
     bounds = dataset.bounds
     points = gdf.to_crs(dataset.crs).geometry.representative_point()
@@ -195,9 +199,10 @@ def read_vector_source(
     split = None
     if split_column:
         split = ["train" if str(v) == "train" else "test" for v in used[split_column]]
-    # names the files give (TorchGeo's B1..Bn stand-ins say nothing about the bands)
+    # names given or described by the files (the B1..Bn stand-ins say nothing of the bands)
     names = list(dataset.band_names)
-    named = None if names == [f"B{i + 1}" for i in range(len(names))] else names
+    stand_ins = names == [f"B{i + 1}" for i in range(len(names))]
+    named = names if band_names or not stand_ins else None
     return LabelledImages(
         torch.stack(chips), torch.as_tensor(labels), class_names, groups, named, split, name
     )
@@ -223,7 +228,7 @@ def read_labelled_source(
         label_column: class column of vector features.
         group_column: group column of vector features.
         split_column: column fixing the train/test split of vector features.
-        band_names: band names of folder/JSON images.
+        band_names: band names of the images or rasters, when the files do not name them.
 
     Returns:
         the labelled images.
@@ -235,7 +240,7 @@ def read_labelled_source(
 
     if isinstance(source, gpd.GeoDataFrame):
         return read_vector_source(
-            source, rasters or [], chip_size, label_column, group_column, split_column
+            source, rasters or [], chip_size, label_column, group_column, split_column, band_names
         )
     path = Path(source)
     if path.is_dir():
@@ -246,7 +251,7 @@ def read_labelled_source(
         return read_folder_source(path, band_names)
     if path.suffix.lower() in VECTOR_SUFFIXES:
         return read_vector_source(
-            path, rasters or [], chip_size, label_column, group_column, split_column
+            path, rasters or [], chip_size, label_column, group_column, split_column, band_names
         )
     raise DataError(
         f"labelled source {path} is neither a class folder (with labels.txt), a JSON "

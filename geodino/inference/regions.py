@@ -14,6 +14,7 @@ from geopandas import GeoDataFrame
 from rasterio.windows import Window
 
 from geodino.aoi import read_aoi
+from geodino.bands import described_band_names
 from geodino.errors import DataError
 
 if TYPE_CHECKING:
@@ -200,8 +201,7 @@ def read_window(src: Any, region: RasterRegion, window: tuple[int, int, int, int
 
 
 def _raster_bands(src: Any) -> list[str] | None:
-    names = [d for d in src.descriptions if d]
-    return names if len(names) == src.count else None
+    return described_band_names(src.descriptions)
 
 
 def _check_raster(backbone: "PretrainedBackbone", path: Path) -> None:

@@ -5,58 +5,16 @@ import json
 import warnings
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
 import torch
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.transform import from_origin
-from shapely.geometry import Point
 
 from geodino.cli import main
 from geodino.errors import DataError
 from geodino.evaluation.protocols import split_features
 from geodino.evaluation.sources import read_labelled_source
-
-#: Mean reflectance of each class in the four bands (B02, B03, B04, B08).
-CLASS_MEANS = {
-    "water": [600, 500, 300, 200],
-    "crop": [500, 800, 400, 3500],
-    "urban": [1500, 1500, 1600, 1800],
-}
-
-
-def write_tif(path: Path, data: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(
-            path,
-            "w",
-            driver="GTiff",
-            width=data.shape[2],
-            height=data.shape[1],
-            count=data.shape[0],
-            dtype="uint16",
-        ) as dst:
-            dst.write(data)
-
-
-def chip(rng: np.random.Generator, name: str, size: int = 28) -> np.ndarray:
-    mean = np.asarray(CLASS_MEANS[name], dtype=float)[:, None, None]
-    return (mean * rng.uniform(0.8, 1.2) + rng.normal(0, 120, (4, size, size))).clip(1, None)
-
-
-@pytest.fixture
-def class_folders(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "folders"
-    for name in CLASS_MEANS:
-        for i in range(10):
-            write_tif(root / name / f"{i}.tif", chip(rng, name).astype("uint16"))
-    (root / "labels.txt").write_text("\n".join(f"{i},{n}" for i, n in enumerate(CLASS_MEANS)))
-    return root
+from tests.evaluation.scenes import chip, write_labelled_scene, write_tif
 
 
 def test_knn_and_probe_on_class_folders(
@@ -101,42 +59,6 @@ def test_knn_and_probe_on_class_folders(
     assert (out / "probe_confusion.png").is_file() and (out / "probe_per_class.png").is_file()
 
 
-def write_labelled_scene(tmp_path: Path) -> tuple[Path, gpd.GeoDataFrame]:
-    """A 4-band UTM GeoTIFF with three class strips and labelled points in six fields."""
-    rng = np.random.default_rng(1)
-    size = 168
-    data = np.zeros((4, size, size))
-    names = list(CLASS_MEANS)
-    for j, name in enumerate(names):
-        data[:, :, j * 56 : (j + 1) * 56] = chip(rng, name, size)[:, :, :56]
-    path = tmp_path / "scene.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=4,
-        dtype="uint16",
-        crs="EPSG:32631",
-        nodata=0,
-        transform=from_origin(600_000, 4_500_000, 10, 10),
-    ) as dst:
-        dst.write(data.clip(1, None).astype("uint16"))
-        dst.descriptions = ("B02", "B03", "B04", "B08")
-    rows = []
-    for j, name in enumerate(names):
-        for field in range(2):  # two fields (groups) per class, one above the other
-            for k in range(4):
-                x = 600_000 + (j * 56 + 14 + 9 * k) * 10
-                y = 4_500_000 - (14 + field * 84 + 11 * k) * 10
-                rows.append({"label": name, "group_id": f"{name}-{field}", "geometry": Point(x, y)})
-    gdf = gpd.GeoDataFrame(rows, crs="EPSG:32631")
-    # every other feature is a small field polygon: its chip is centred on its inner point
-    gdf.loc[::2, "geometry"] = gdf.geometry[::2].buffer(25.0)
-    return path, gdf.to_crs("EPSG:4326")
-
-
 def test_knn_on_labelled_points_keeps_groups_apart(tiny_export: Path, tmp_path: Path) -> None:
     raster, gdf = write_labelled_scene(tmp_path)
     labels = tmp_path / "points.gpkg"
@@ -167,7 +89,7 @@ def test_knn_on_labelled_points_keeps_groups_apart(tiny_export: Path, tmp_path: 
     data = read_labelled_source(labels, [raster], 28)
     assert data.images.shape == (24, 4, 28, 28) and data.band_names == ["B02", "B03", "B04", "B08"]
     features = torch.randn(len(data), 8)
-    train_x, train_y, test_x, _ = split_features(data, features, test_fraction=0.5)
+    train_x, train_y, _, _ = split_features(data, features, test_fraction=0.5)
     train_rows = {tuple(r) for r in train_x.tolist()}
     train_groups = {
         g for g, f in zip(data.groups, features.tolist(), strict=True) if tuple(f) in train_rows
