@@ -150,6 +150,7 @@ class Snapshots(Callback):
                 "guard": self.guard.verdict if collapsed is None else f"collapsed at {collapsed}",
             }
         )
+        logging.getLogger(__name__).info("snapshot %s", self.rows[-1])
 
 
 def run_one(
