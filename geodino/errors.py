@@ -18,3 +18,7 @@ class ConfigError(GeoDINOError, ValueError):
 
 class WeightsError(GeoDINOError, ValueError):
     """A weights or checkpoint file cannot be loaded into the requested model."""
+
+
+class CollapseError(GeoDINOError, RuntimeError):
+    """Pretraining collapsed (the collapse guard stopped it); training on would waste compute."""

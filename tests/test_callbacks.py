@@ -3,6 +3,7 @@
 import json
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import rasterio
@@ -11,6 +12,7 @@ from lightning.pytorch import Trainer
 from rasterio.errors import NotGeoreferencedWarning
 
 from geodino.callbacks import KNNMonitor
+from geodino.callbacks.knn import random_init_backbone
 from geodino.datamodules import FolderDINODataModule
 from geodino.export import load_backbone
 from geodino.tasks import DINOv2Task
@@ -19,7 +21,7 @@ from geodino.tasks import DINOv2Task
 class Blobs(torch.utils.data.Dataset):
     """Small smooth 4-band images, deterministic."""
 
-    band_names = ["b1", "b2", "b3", "b4"]
+    band_names: ClassVar[list[str]] = ["b1", "b2", "b3", "b4"]
 
     def __init__(self, n: int = 32, size: int = 32) -> None:
         g = torch.Generator().manual_seed(0)
@@ -99,6 +101,17 @@ def test_knn_monitor_logs_accuracy_every_n_steps(tmp_path: Path) -> None:
     assert float(fit.callback_metrics["knn/accuracy"]) == monitor.history[-1]["knn/accuracy"]
     written = json.loads((Path(fit.log_dir) / "knn_monitor.json").read_text())
     assert written["history"] == monitor.history and written["k"] == 5
+
+    # the floor: the same ViT at random initialisation, scored once at the start, same split
+    floor = monitor.random_init_accuracy
+    assert floor is not None and written["random_init_accuracy"] == floor
+    assert float(fit.callback_metrics["knn/accuracy_random_init"]) == floor
+    random_init = random_init_backbone(model, seed=0)
+    assert not torch.equal(random_init.pos_embed, model.model.pos_embed)
+    assert monitor.evaluate(fit, model, random_init) == floor
+    resumed = KNNMonitor(str(source))
+    resumed.load_state_dict(monitor.state_dict())
+    assert resumed.random_init_accuracy == floor and resumed.history == monitor.history
 
     # the run's checkpoint is a backbone for the downstream tools, statistics included
     backbone = load_backbone(Path(fit.log_dir) / "checkpoints" / "last.ckpt")

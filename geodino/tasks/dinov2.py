@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchgeo.tasks import BaseTask
 
-from geodino.callbacks import TrainingSummary
+from geodino.callbacks import CollapseGuard, TrainingSummary
 from geodino.checkpoints import AtomicModelCheckpoint
 from geodino.errors import ConfigError
 from geodino.export import BackboneSpec
@@ -505,13 +505,19 @@ class DINOv2Task(BaseTask):
 
     # --- checkpoints -------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
-        """Atomic checkpoints and the run summary.
+        """The run's checkpoints, summary files and collapse guard.
 
-        Checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept (unless the
-        trainer disables checkpointing), and ``metrics.json`` plus ``training_curves.png`` in
-        the run folder at the end.
+        Atomic checkpoints every ``checkpoint_every_n_steps`` steps, the last K kept (unless
+        the trainer disables checkpointing), ``metrics.json`` plus ``training_curves.png`` in
+        the run folder at the end, and a :class:`~geodino.callbacks.CollapseGuard` with its
+        defaults unless the trainer's callbacks hold one (which then applies as given).
         """
         callbacks: list[Callback] = [TrainingSummary()]
+        # Lightning sets the trainer's callbacks at run time; its stub does not declare them
+        trainer = self._trainer
+        trainer_callbacks = trainer.callbacks if trainer is not None else []  # type: ignore[attr-defined]
+        if not any(isinstance(c, CollapseGuard) for c in trainer_callbacks):
+            callbacks.append(CollapseGuard())
         if self._trainer is None or self._trainer.checkpoint_callback is not None:
             callbacks.append(
                 AtomicModelCheckpoint(

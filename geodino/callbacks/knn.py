@@ -1,90 +1,13 @@
-"""Lightning callbacks that leave a readable summary of a run in its folder."""
+"""k-NN accuracy of the teacher on a labelled source, logged during pretraining."""
 
 import json
-import math
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+import torch
+from torch import nn
 
-
-class _HistoryCallback(Callback):
-    """A callback that records rows of values, keeps them across resumes and writes them at
-    the end of fitting into the run folder.
-    """
-
-    def __init__(self) -> None:
-        """Start with an empty history."""
-        self.history: list[dict[str, float]] = []
-
-    def state_dict(self) -> dict[str, Any]:
-        """The recorded history, so a resumed run's files cover the whole run."""
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the recorded history.
-
-        Args:
-            state_dict: what :meth:`state_dict` returned.
-        """
-        self.history = list(state_dict.get("history", []))
-
-    def _output_folder(self, trainer: "pl.Trainer") -> Path | None:
-        """The run folder on rank zero when there is something to write, else None."""
-        # log_dir is a collective call under DDP: every rank asks, rank zero writes
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
-        if not trainer.is_global_zero or not self.history:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-
-class TrainingSummary(_HistoryCallback):
-    """Records logged training metrics and writes ``metrics.json`` and ``training_curves.png``.
-
-    Both files go to the run's log folder (``trainer.log_dir``, else ``default_root_dir``)
-    when fitting ends, whatever logger is configured.
-
-    Args:
-        every_n_steps: record the metrics every so many optimiser steps.
-    """
-
-    def __init__(self, every_n_steps: int = 1) -> None:
-        """Start with an empty history."""
-        super().__init__()
-        self.every_n_steps = max(1, every_n_steps)
-
-    def on_train_batch_end(
-        self,
-        trainer: "pl.Trainer",
-        pl_module: "pl.LightningModule",
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        """Record this step's training metrics."""
-        if trainer.global_step % self.every_n_steps:
-            return
-        row = {"step": float(trainer.global_step)}
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith("train") and getattr(value, "numel", lambda: 1)() == 1:
-                row[key] = float(value)
-        self.history.append(row)
-
-    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Write the summary files (rank zero only)."""
-        folder = self._output_folder(trainer)
-        if folder is None:
-            return
-        from geodino.plotting import plot_training_curves
-
-        final = {
-            k: v for k, v in self.history[-1].items() if isinstance(v, float) and math.isfinite(v)
-        }
-        summary = {"steps": trainer.global_step, "final": final, "history": self.history}
-        (folder / "metrics.json").write_text(json.dumps(summary, indent=1))
-        plot_training_curves(self.history, folder / "training_curves.png")
+from geodino.callbacks.summary import _HistoryCallback
 
 
 class KNNMonitor(_HistoryCallback):
@@ -96,6 +19,11 @@ class KNNMonitor(_HistoryCallback):
     statistics, embedded by the teacher backbone in eval mode, and classified by a
     temperature-weighted k-NN vote. The accuracy is logged as ``knn/accuracy`` to every
     logger and written with its history to ``knn_monitor.json`` in the run folder.
+
+    With ``random_init`` the same architecture at random initialisation (the task rebuilt
+    from its hyperparameters, without initial weights, seeded by ``random_init_seed``) is
+    scored once when training starts, on the same split with the same band statistics, and
+    logged as ``knn/accuracy_random_init``: the floor the curve has to rise above.
 
     Args:
         source: the labelled source (folder, JSON or vector file).
@@ -110,6 +38,8 @@ class KNNMonitor(_HistoryCallback):
         band_names: band names of folder/JSON images.
         test_fraction: share of samples (or groups) classified; the rest are the neighbours.
         seed: seed of the split.
+        random_init: score the same architecture at random initialisation once at the start.
+        random_init_seed: seed of that initialisation.
     """
 
     def __init__(
@@ -126,40 +56,65 @@ class KNNMonitor(_HistoryCallback):
         band_names: list[str] | None = None,
         test_fraction: float = 0.3,
         seed: int = 0,
+        random_init: bool = True,
+        random_init_seed: int = 0,
     ) -> None:
         """Keep the settings; the source is read when fitting starts."""
         super().__init__()
         self.source = source
         self.every_n_steps = max(1, every_n_steps)
         self.k, self.temperature = k, temperature
-        self.source_kwargs = {
-            "rasters": rasters,
-            "label_column": label_column,
-            "group_column": group_column,
-            "split_column": split_column,
-            "band_names": band_names,
-        }
+        self.rasters, self.band_names = rasters, band_names
+        self.label_column, self.group_column = label_column, group_column
+        self.split_column = split_column
         self.chip_size = chip_size
         self.test_fraction, self.seed = test_fraction, seed
+        self.random_init, self.random_init_seed = random_init, random_init_seed
+        self.random_init_accuracy: float | None = None
         self._data: Any = None
         self._split: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history and the random-init score, so a resumed run does not score it again."""
+        return {**super().state_dict(), "random_init_accuracy": self.random_init_accuracy}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history and the random-init score.
+
+        Args:
+            state_dict: what :meth:`state_dict` returned.
+        """
+        super().load_state_dict(state_dict)
+        self.random_init_accuracy = state_dict.get("random_init_accuracy")
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         """Read and split the labelled source once."""
         if stage != "fit" or self._data is not None:
             return
-        import torch
-
         from geodino.evaluation.protocols import split_features
         from geodino.evaluation.sources import read_labelled_source
 
-        kwargs = dict(self.source_kwargs)
-        size = (getattr(pl_module, "hparams", {}).get("model_kwargs") or {}).get("img_size") or 224
-        data = read_labelled_source(self.source, chip_size=self.chip_size or size, **kwargs)
+        size = (pl_module.hparams.get("model_kwargs") or {}).get("img_size") or 224
+        data = read_labelled_source(
+            self.source,
+            rasters=self.rasters,
+            chip_size=self.chip_size or size,
+            label_column=self.label_column,
+            group_column=self.group_column,
+            split_column=self.split_column,
+            band_names=self.band_names,
+        )
         index = torch.arange(len(data), dtype=torch.float32)[:, None]
         train, _, test, _ = split_features(data, index, self.test_fraction, self.seed)
         self._data = data
         self._split = (train[:, 0].long(), test[:, 0].long())
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Score the same architecture at random initialisation, once per run."""
+        if not self.random_init or self.random_init_accuracy is not None:
+            return
+        backbone = random_init_backbone(pl_module, self.random_init_seed).to(pl_module.device)
+        self.random_init_accuracy = self.evaluate(trainer, pl_module, backbone)
 
     def on_train_batch_end(
         self,
@@ -176,16 +131,33 @@ class KNNMonitor(_HistoryCallback):
         accuracy = self.evaluate(trainer, pl_module)
         self.history.append({"step": float(step), "knn/accuracy": accuracy})
         pl_module.log("knn/accuracy", accuracy, on_step=True, on_epoch=False, batch_size=1)
+        if self.random_init_accuracy is not None:
+            pl_module.log(
+                "knn/accuracy_random_init",
+                self.random_init_accuracy,
+                on_step=True,
+                on_epoch=False,
+                batch_size=1,
+            )
 
-    def evaluate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> float:
+    def evaluate(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        backbone: nn.Module | None = None,
+    ) -> float:
         """k-NN accuracy of the current teacher backbone on the held-out samples.
 
         Args:
             trainer: the running trainer (its datamodule gives the band statistics).
             pl_module: the task; ``pl_module.model`` is the backbone.
+            backbone: another backbone to score instead (e.g. a random initialisation).
 
         Returns:
             the accuracy.
+
+        Raises:
+            DataError: if the datamodule has no band statistics or the source other bands.
         """
         from geodino.errors import DataError
         from geodino.evaluation.features import extract_features
@@ -193,7 +165,9 @@ class KNNMonitor(_HistoryCallback):
         from geodino.transforms.normalize import Normalize
 
         data, (train, test) = self._data, self._split
-        statistics = getattr(trainer.datamodule, "statistics", None)
+        # Lightning sets the trainer's datamodule at run time; its stub does not declare it
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        statistics = getattr(datamodule, "statistics", None)
         if statistics is None:
             raise DataError(
                 "KNNMonitor needs the datamodule's band statistics to normalise its source; "
@@ -212,7 +186,10 @@ class KNNMonitor(_HistoryCallback):
             return normalize(normalize.fill_nodata(x))
 
         features = extract_features(
-            pl_module.model, data.images, transform, device=pl_module.device
+            _backbone(pl_module) if backbone is None else backbone,
+            data.images,
+            transform,
+            device=pl_module.device,
         )
         return knn_accuracy(
             features[train],
@@ -232,6 +209,43 @@ class KNNMonitor(_HistoryCallback):
             "source": str(self.source),
             "k": self.k,
             "temperature": self.temperature,
+            "random_init_accuracy": self.random_init_accuracy,
+            "random_init_seed": self.random_init_seed if self.random_init else None,
             "history": self.history,
         }
         (folder / "knn_monitor.json").write_text(json.dumps(report, indent=1))
+
+
+def random_init_backbone(pl_module: "pl.LightningModule", seed: int) -> nn.Module:
+    """The task's backbone at random initialisation: the task rebuilt from its hyperparameters.
+
+    Args:
+        pl_module: a task whose ``model`` is its backbone and whose hyperparameters rebuild it
+            (the initial ``weights`` are not a hyperparameter, so none are loaded).
+        seed: seed of the initialisation.
+
+    Returns:
+        the backbone, in eval mode.
+    """
+    # timm initialises from the global generator: draw under a fixed seed and restore it
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        task = type(pl_module)(**pl_module.hparams)
+    return _backbone(task).eval()
+
+
+def _backbone(pl_module: "pl.LightningModule") -> nn.Module:
+    """The backbone a task exposes as ``model``.
+
+    Raises:
+        ConfigError: if the task has no backbone module named ``model``.
+    """
+    from geodino.errors import ConfigError
+
+    model = pl_module.model
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"KNNMonitor scores the backbone a task exposes as `model`; "
+            f"{type(pl_module).__name__}.model is not a module."
+        )
+    return model
