@@ -15,7 +15,7 @@ the official code is patched. Its iBOT Sinkhorn-Knopp calls ``dist.all_reduce``
 unconditionally, so the script initialises a single-process gloo group (file store, no
 network) around the computation.
 
-The file is small (about 1.3 MB) and loads with ``torch.load(path, weights_only=True)``:
+The file is small (1.7 MB) and loads with ``torch.load(path, weights_only=True)``:
 
 - ``meta``: the official commit, torch version and seed.
 - ``dino``: official ``DINOLoss(256, student_temp=0.1, center_momentum=0.9)``.
