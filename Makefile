@@ -1,11 +1,11 @@
-# Two entry points: `make demo` and `make test`. Both install into .venv when it is missing
-# or older than pyproject.toml, then run.
+# Two entry points: `make demo` and `make test` (and `make docs` for the documentation site).
+# All install into .venv when it is missing or older than pyproject.toml, then run.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.geodino-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 install: $(STAMP)
 
@@ -23,5 +23,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# the user guide and the API reference as a static site in site/ (warnings fail the build)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

@@ -43,7 +43,8 @@ def table(cls: type, prefix: str) -> str:
         if name == "self":
             continue
         default = "required" if param.default is inspect.Parameter.empty else repr(param.default)
-        meaning = docs.get(name, "").replace("|", "\\|").replace(":class:", "")
+        meaning = re.sub(r":(?:class|func|meth|mod|attr):`~?", "`", docs.get(name, ""))
+        meaning = meaning.replace("|", "\\|")
         rows.append(f"| `{prefix}{name}` | `{default}` | {meaning} |")
     return "\n".join(rows)
 

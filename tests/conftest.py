@@ -9,8 +9,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("GDAL_CACHEMAX", "64")
 
-#: ``../shared`` beside the project root: real satellite samples and DINOv2 reference outputs.
+#: ``../shared`` beside the project root: real satellite samples the repository cannot ship.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+#: Outputs of the official DINOv2 code, written by ``scripts/dinov2_reference.py``.
+DINOV2_REFERENCE = Path(__file__).resolve().parent / "data" / "dinov2_reference.pt"
 
 
 @pytest.fixture(scope="session")
@@ -18,17 +21,19 @@ def shared_data() -> Path:
     """Folder of real satellite samples; tests using it skip when it is absent."""
     path = SHARED / "data"
     if not path.is_dir():
-        pytest.skip(f"real satellite samples not available at {path}")
+        pytest.skip(
+            f"real satellite samples (BigEarthNet, Sen1Floods11, SSL4EO, rasterio test data) "
+            f"are not part of the repository and were not found at {path}"
+        )
     return path
 
 
-@pytest.fixture(scope="session")
-def shared_reference() -> Path:
-    """File of official DINOv2 outputs; tests using it skip when it is absent."""
-    path = SHARED / "reference" / "dinov2_reference.pt"
-    if not path.is_file():
-        pytest.skip(f"DINOv2 reference outputs not available at {path}")
-    return path
+@pytest.fixture(scope="module")
+def dinov2_reference() -> dict:
+    """Inputs and outputs of the official DINOv2 losses and backbone (tests/data)."""
+    import torch
+
+    return torch.load(DINOV2_REFERENCE, weights_only=True)
 
 
 #: Bands and statistics of the tiny exported backbone that downstream tests share.

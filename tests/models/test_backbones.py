@@ -17,16 +17,28 @@ TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 
 
 @pytest.fixture(scope="module")
-def ref(shared_reference: Path) -> dict:
-    return torch.load(shared_reference, weights_only=True)["backbone"]
+def ref(dinov2_reference: dict) -> dict:
+    return dinov2_reference["backbone"]
 
 
-def _check(model: torch.nn.Module, ref: dict) -> None:
+def _size(ref: dict) -> dict:
+    """timm arguments of the reference's small official backbone."""
+    return {k: ref["config"][k] for k in ("depth", "embed_dim", "num_heads")}
+
+
+def _check(
+    model: torch.nn.Module,
+    ref: dict,
+    masks: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> None:
     with torch.no_grad():
-        cls, regs, patches = split_tokens(model, forward_tokens(model.eval(), ref["input"]))
-    torch.testing.assert_close(cls, ref["x_norm_clstoken"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(regs, ref["x_norm_regtokens"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(patches, ref["x_norm_patchtokens"], rtol=1e-5, atol=1e-5)
+        tokens = forward_tokens(model.eval(), ref["input"], masks, mask_token)
+    cls, regs, patches = split_tokens(model, tokens)
+    expected = ref if masks is None else ref["masked"]
+    torch.testing.assert_close(cls, expected["x_norm_clstoken"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(regs, expected["x_norm_regtokens"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(patches, expected["x_norm_patchtokens"], rtol=1e-5, atol=1e-5)
 
 
 def test_official_training_format_reproduces_the_reference(ref: dict, tmp_path: Path) -> None:
@@ -34,36 +46,43 @@ def test_official_training_format_reproduces_the_reference(ref: dict, tmp_path: 
     path = tmp_path / "teacher_checkpoint.pth"
     state = {f"backbone.{k}": v for k, v in ref["state_dict"].items()}
     torch.save({"teacher": state}, path)
-    model = build_backbone(REG4, 13, weights=path, depth=2)
-    assert model.patch_embed.grid_size == (37, 37)  # the weights' own grid, resampled per input
+    model = build_backbone(REG4, 13, weights=path, **_size(ref))
+    grid = ref["config"]["img_size"] // 14
+    assert ref["input"].shape[-1] // 14 < grid  # the input makes the model resample
+    assert model.patch_embed.grid_size == (grid, grid)  # the weights' own, resampled per input
     _check(model, ref)
-    torch.testing.assert_close(
-        load_mask_token(path), ref["state_dict"]["mask_token"].reshape(1, -1)
-    )
+    mask_token = load_mask_token(path)
+    assert mask_token is not None
+    torch.testing.assert_close(mask_token, ref["state_dict"]["mask_token"].reshape(1, -1))
+    # the official mask token replaces the masked patches as the official forward does
+    _check(model, ref, ref["masked"]["masks"], mask_token)
     # the whole official training checkpoint (student and teacher of SSLMetaArch)
     full = tmp_path / "model_final.pth"
     torch.save(
         {
             "model": {f"teacher.backbone.{k}": v for k, v in ref["state_dict"].items()}
-            | {"student.backbone.norm.weight": torch.zeros(384)},
+            | {"student.backbone.norm.weight": torch.zeros(ref["config"]["embed_dim"])},
             "iteration": 9,
         },
         full,
     )
-    _check(build_backbone(REG4, 13, weights=full, depth=2), ref)
+    _check(build_backbone(REG4, 13, weights=full, **_size(ref)), ref)
 
 
 def test_resampling_at_load_matches_the_official_interpolation(ref: dict, tmp_path: Path) -> None:
     path = tmp_path / "teacher_checkpoint.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in ref["state_dict"].items()}}, path)
-    model = build_backbone(REG4, 13, weights=path, depth=2, img_size=224)
-    assert model.pos_embed.shape == (1, 256, 384)
+    size = ref["input"].shape[-1]
+    n, width = (size // 14) ** 2, ref["config"]["embed_dim"]
+    model = build_backbone(REG4, 13, weights=path, img_size=size, **_size(ref))
+    assert model.pos_embed.shape == (1, n, width)
     _check(model, ref)
+    _check(model, ref, ref["masked"]["masks"], load_mask_token(path))
     # a timm model whose position embedding covers the class and register tokens
     with_prefix = build_backbone(
-        "vit_small_patch14_dinov2", 13, weights=path, depth=2, reg_tokens=4, img_size=224
+        "vit_small_patch14_dinov2", 13, weights=path, reg_tokens=4, img_size=size, **_size(ref)
     )
-    assert with_prefix.pos_embed.shape == (1, 5 + 256, 384)
+    assert with_prefix.pos_embed.shape == (1, 5 + n, width)
     _check(with_prefix, ref)
 
 
@@ -71,29 +90,32 @@ def test_official_hub_format_and_timm_round_trip(ref: dict, tmp_path: Path) -> N
     hub = {k.replace("blocks.0.", "blocks."): v for k, v in ref["state_dict"].items()}
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(hub, path)
-    model = build_backbone(REG4, 13, weights=path, depth=2)
+    model = build_backbone(REG4, 13, weights=path, **_size(ref))
     _check(model, ref)
     timm_file = tmp_path / "timm.safetensors"
     save_file(model.state_dict(), str(timm_file))
-    _check(build_backbone(REG4, 13, weights=timm_file, depth=2), ref)
+    _check(build_backbone(REG4, 13, weights=timm_file, **_size(ref)), ref)
     converted = convert_official_state_dict(hub, model)
-    assert "mask_token" not in converted and converted["reg_token"].shape == (1, 4, 384)
+    assert "mask_token" not in converted
+    assert converted["reg_token"].shape == (1, 4, ref["config"]["embed_dim"])
 
 
 def test_masked_tokens_follow_dinov2(ref: dict) -> None:
-    model = build_backbone(REG4, 13, depth=1, img_size=224).eval()
+    size, width = ref["input"].shape[-1], ref["config"]["embed_dim"]
+    n = (size // 14) ** 2
+    model = build_backbone(REG4, 13, depth=1, img_size=size, embed_dim=width, num_heads=4).eval()
     x = ref["input"][:1]
-    token = torch.randn(1, 384)
+    token = torch.randn(1, width)
     inputs: list[torch.Tensor] = []
     model.blocks[0].register_forward_pre_hook(lambda _, args: inputs.append(args[0].clone()))
-    none = torch.zeros(1, 256, dtype=torch.bool)
+    none = torch.zeros(1, n, dtype=torch.bool)
     with torch.no_grad():
         plain = forward_tokens(model, x)
         torch.testing.assert_close(forward_tokens(model, x, none, token.reshape(-1)), plain)
         masks = none.clone()
         masks[0, 10] = True
         masked = forward_tokens(model, x, masks, token)
-        embedding = model.patch_embed(x).reshape(1, 256, 384)[0, 10]
+        embedding = model.patch_embed(x).reshape(1, n, width)[0, 10]
     patch = model.num_prefix_tokens + 10
     assert not torch.allclose(masked[0, patch], plain[0, patch])
     # the token replaced the patch embedding before the position embedding was added
