@@ -46,6 +46,8 @@ class GeoChipDraw:
         self.nodata = nodata
         self.max_nodata = max_nodata
         self.max_redraws = max_redraws
+        # asked once: a protocol check per chip would cost more than the nodata test
+        self.raw_sample = dataset.raw_sample if isinstance(dataset, RawSampleSource) else None
 
     def __call__(self, position: int) -> Sample:
         """Read the chip at ``position``, its image in float32.
@@ -80,7 +82,7 @@ class GeoChipDraw:
         Raises:
             DataError: if every redraw held too much nodata.
         """
-        raw_sample = self.dataset.raw_sample if isinstance(self.dataset, RawSampleSource) else None
+        raw_sample = self.raw_sample
         fractions = []
         for attempt in range(self.max_redraws + 1):
             query = self.sampler.sample(position, attempt)
