@@ -42,7 +42,7 @@ def demo_data(
         scene_size: side of each scene in pixels.
         overwrite: rewrite an existing catalog.
     """
-    from geodino.datasets.synthetic import write_demo_catalog
+    from geodino.demo.catalog import write_demo_catalog
 
     catalog = write_demo_catalog(out, seed=seed, scene_size=scene_size, overwrite=overwrite)
     _say(

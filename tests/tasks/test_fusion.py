@@ -9,7 +9,7 @@ import torch
 from geodino.config import run_lightning_cli
 from geodino.datamodules import GeoDINODataModule
 from geodino.datasets import PairedDataset
-from geodino.datasets.synthetic import DemoSentinel1, DemoSentinel2, write_demo_catalog
+from geodino.demo.catalog import DemoSentinel1, DemoSentinel2, write_demo_catalog
 from geodino.errors import ConfigError
 from geodino.models import FusionViT
 from geodino.tasks import DINOv2Task

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from geodino.config import run_lightning_cli
-from geodino.datasets.synthetic import write_demo_catalog
+from geodino.demo.catalog import write_demo_catalog
 from geodino.demo import DEMO_CONFIG, evaluate_knn
 from geodino.models import build_backbone
 
