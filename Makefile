@@ -1,11 +1,11 @@
-# Two entry points: `make demo` and `make test` (and `make docs` for the documentation site).
-# All install into .venv when it is missing or older than pyproject.toml, then run.
+# Two entry points: `make demo` and `make test` (lint, then the tests); `make lint` and
+# `make docs` (the documentation site) on their own. All install into .venv when it is missing or older than pyproject.toml, then run.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.geodino-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs install clean
+.PHONY: demo test lint docs install clean
 
 install: $(STAMP)
 
@@ -20,12 +20,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/geodino demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# style and types: ruff (lint + format) on the whole tree, mypy --strict on geodino/
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # the user guide and the API reference as a static site in site/ (warnings fail the build)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build site *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,8 @@ steps from the command line) for the same number of steps on the same training c
 demo catalog: Sentinel-2 alone, Sentinel-1 alone, and S2+S1 pairs fused early, linearly and by
 cross-attention. The training chips are read once from the catalog's pairs (``--pool`` chips
 of the fusion config's stream) and held in memory, so every run sees the same pixels and the
-CPU time goes to the steps; single-sensor runs take their bands of the same chips. The teacher's CLS features are then classified by k-NN on held-out chips
+CPU time goes to the steps; single-sensor runs take their bands of the same chips. The
+teacher's CLS features are then classified by k-NN on held-out chips
 (``geodino.demo.evaluate_knn``: labelled chips of the train polygons vote for chips of the
 validation polygons), next to the same architecture at random initialisation. Fusion models
 are also evaluated with S2 alone and S1 alone (missing-modality inference).
@@ -56,7 +57,7 @@ class ModalitySubset(nn.Module):
 
 def datasets(root: Path, run: str) -> Any:
     from geodino.datasets import PairedDataset
-    from geodino.datasets.synthetic import DemoSentinel1, DemoSentinel2
+    from geodino.demo.catalog import DemoSentinel1, DemoSentinel2
 
     if run == "s2":
         return DemoSentinel2(root)
@@ -164,7 +165,7 @@ def train(run: str, pool: Tensor, pairs: Any, args: argparse.Namespace) -> tuple
 
 def labelled_chips(catalog: Any, chip_size: int) -> dict[str, tuple[Tensor, Tensor]]:
     """S2+S1 chips (15 bands) and majority labels of the grid chips of the train/val AOIs."""
-    from geodino.datasets.synthetic import LABEL_NODATA, DemoLandCover
+    from geodino.demo.catalog import LABEL_NODATA, DemoLandCover
     from geodino.evaluation import read_labelled_chips
     from geodino.samplers import AOISampler
 
@@ -234,7 +235,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from geodino.datasets.synthetic import DemoCatalog, write_demo_catalog
+    from geodino.demo.catalog import DemoCatalog, write_demo_catalog
     from geodino.models import FusionViT, build_backbone
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """SIGKILL real ``geodino fit`` processes mid-step, mid-checkpoint-write and mid-validation.
 
 Each killed run is resumed with ``--ckpt_path last`` and must end with exactly the weights of
-an uninterrupted run (24 steps, checkpoints every 6, validation every 8); no complete-looking checkpoint may ever be truncated, and a truncated
-file handed to ``--ckpt_path`` must give a one-paragraph error, not a torch traceback.
+an uninterrupted run (24 steps, checkpoints every 6, validation every 8); no complete-looking
+checkpoint may ever be truncated, and a truncated file handed to ``--ckpt_path`` must give a
+one-paragraph error, not a torch traceback.
 """
 
 from pathlib import Path
@@ -101,7 +102,8 @@ def test_sigkill_while_writing_a_checkpoint_resumes_exactly(straight: tuple) -> 
     # the kill landed inside the write: a partial temporary file, the real names intact
     torn = list(folder.glob("*.tmp"))
     assert [p.name for p in torn] == ["step00000012.ckpt.tmp"]
-    with pytest.raises(Exception):
+    # torch says RuntimeError (zip reader) or OSError (short read), by where the cut fell
+    with pytest.raises((RuntimeError, OSError)):
         torch.load(torn[0], weights_only=True)
     assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt", "step00000006.ckpt"]
     assert_no_truncated_checkpoint(folder)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from geodino.config import run_lightning_cli
-from geodino.demo.catalog import write_demo_catalog
 from geodino.demo import DEMO_CONFIG, evaluate_knn
+from geodino.demo.catalog import write_demo_catalog
 from geodino.models import build_backbone
 
 #: Random initialisations the pretrained teacher is compared with: one seed alone is not a
