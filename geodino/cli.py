@@ -427,23 +427,27 @@ TOOLS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _configure_logging() -> None:
-    """Log geodino's INFO messages and every library's warnings, each once, on stderr.
+class _UserFacing(logging.Filter):
+    """Pass geodino's records and every library's warnings and errors.
 
     Libraries' INFO records stay out: rasterio's merge logs one for each file it skips when
     a chip only touches it (dozens a run), and Lightning prints its own through its handler.
     """
-    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    for name, level in (("", logging.WARNING), ("geodino", logging.INFO)):
-        logger = logging.getLogger(name)
-        if not any(getattr(h, "geodino", False) for h in logger.handlers):
-            handler = logging.StreamHandler()
-            handler.setFormatter(formatter)
-            handler.setLevel(level)
-            handler.geodino = True  # type: ignore[attr-defined]
-            logger.addHandler(handler)
-        logger.setLevel(level)
-    logging.getLogger("geodino").propagate = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the record is shown."""
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] == "geodino"
+
+
+def _configure_logging() -> None:
+    """Log geodino's INFO messages and every library's warnings, each once, on stderr."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _UserFacing) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_UserFacing())
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def _say(text: str) -> None:

@@ -2,7 +2,6 @@
 file it skips for a chip that only touches it), no loader warning about more workers than
 cores; checked on the output of a real short ``geodino fit`` and a real ``geodino knn``."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,4 +101,7 @@ def test_short_fit_prints_no_merge_chatter_nor_worker_warning(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr[-3000:]
     for noise in NOISE:
         assert noise not in out.stderr, out.stderr[-3000:]
-    assert available_cpus() <= (os.cpu_count() or 1)
+    # geodino's own messages still reach the user, each once
+    if available_cpus() < 8:
+        assert out.stderr.count("num_workers 8 capped at the") == 1, out.stderr[-3000:]
+    assert out.stderr.count("Trainer.fit` stopped") == 1, out.stderr[-3000:]
