@@ -343,7 +343,8 @@ class MultiBandGeoTIFF(RasterDataset):
         files = find_rasters(paths, self.what, self.filename_glob)
         infos, self.unreadable = inspect_catalog(files, on_unreadable)
         check_uniform(infos, None if band_names is None else len(band_names))
-        self.all_bands = list(band_names) if band_names else default_band_names(infos[0])
+        # torchgeo declares a tuple; geodino's sources keep a list, as users compare them
+        self.all_bands = list(band_names) if band_names else default_band_names(infos[0])  # type: ignore[assignment]
         self._setup(infos, crs, res, bands, resolve_nodata(infos, nodata), transforms, cache)
 
     def _setup(

@@ -177,8 +177,9 @@ class _BandFileDataset(MultiBandGeoTIFF):
                     )
             groups = _PerBandFiles([i.path for i in infos], self.token, self.canonical)
             check_scene_grids(infos, groups)
-            self.all_bands = groups.bands(self.band_order, wanted)
-            self._groups = groups
+            # torchgeo declares a tuple; geodino's sources keep a list, as users compare them
+            self.all_bands = groups.bands(self.band_order, wanted)  # type: ignore[assignment]
+            self._groups: _PerBandFiles | None = groups
             self.separate_files = True
             # The index holds one file per scene: the finest band, so res defaults to it.
             finest = min(self.all_bands, key=lambda b: _res(infos, groups, b))
@@ -188,7 +189,7 @@ class _BandFileDataset(MultiBandGeoTIFF):
         else:
             infos, self.unreadable = inspect_catalog(files, on_unreadable)
             check_uniform(infos)
-            self.all_bands = self.stack_band_names(infos[0])
+            self.all_bands = self.stack_band_names(infos[0])  # type: ignore[assignment]
             self._groups = None
             reference = infos
         # where bands are interpolated, the fill value must be masked or valid pixels at
