@@ -56,6 +56,7 @@ class Size:
     multicrop: dict[str, Any]
     catalog: dict[str, int]
     guard: dict[str, int]
+    statistics_chips: int
 
 
 SIZES = {
@@ -68,6 +69,7 @@ SIZES = {
         {"global_crops_size": 56, "local_crops_size": 28, "local_crops_number": 4},
         {"scenes": 3, "grid": 8, "tile": 64, "chip": 56, "chips_per_class": 24},
         {},
+        128,
     ),
     # seconds per run on a CPU: a smoke test of the matrix and of the guard
     "ci": Size(
@@ -78,6 +80,7 @@ SIZES = {
         {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2},
         {"scenes": 1, "grid": 4, "tile": 32, "chip": 28, "chips_per_class": 10},
         {"check_every_n_steps": 5, "patience": 3, "min_step": 10},
+        16,
     ),
 }
 
@@ -111,7 +114,7 @@ def recipe(name: str, size: Size, in_chans: int) -> tuple[dict[str, Any], dict[s
     data = {
         "chip_size": size.chip_size,
         "batch_size": size.batch_size,
-        "statistics_chips": 64,
+        "statistics_chips": size.statistics_chips,
         "multicrop": multicrop,
     }
     return task, data
