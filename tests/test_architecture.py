@@ -179,3 +179,42 @@ def test_lower_layers_import_nothing_from_the_application_layers(layer: str) -> 
         if any(in_layer(target, upper) for upper in UPPER)
     )
     assert not upward, f"{layer} imports from an application layer:\n" + "\n".join(upward)
+
+
+def _layer(module: str) -> str:
+    """The part of geodino a module belongs to: its subpackage or top-level module."""
+    return module.split(".")[1]
+
+
+def documented_imports() -> dict[str, set[str]]:
+    """The "imports from" column of the layer table in docs/architecture.md, by part."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    table: dict[str, set[str]] = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = [n.strip("` /") for n in cells[0].split(",")]
+        targets = (
+            set() if cells[2].startswith("nothing") else {t.strip() for t in cells[2].split(",")}
+        )
+        for name in names:
+            table[name] = targets
+    return table
+
+
+def test_architecture_page_lists_what_each_part_imports() -> None:
+    actual: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        if module in ("geodino", "geodino.__main__"):
+            continue
+        parts = {_layer(t) for t in targets if t != "geodino"} - {_layer(module)}
+        actual.setdefault(_layer(module), set()).update(parts)
+    documented = documented_imports()
+    assert sorted(documented) == sorted(actual), "docs/architecture.md lists other parts"
+    wrong = {
+        part: {"documented": sorted(documented[part]), "actual": sorted(actual[part])}
+        for part in actual
+        if documented[part] != actual[part]
+    }
+    assert not wrong, f"docs/architecture.md's layer table differs from the imports: {wrong}"
