@@ -6,9 +6,11 @@ Heavy libraries are imported inside the commands so that ``geodino --help`` answ
 import inspect
 import json
 import logging
+import re
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -439,8 +441,37 @@ class _UserFacing(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] == "geodino"
 
 
+#: Lightning's messages that tell a geodino user nothing about their run: adverts, the
+#: replacement of its default ModelCheckpoint by the task's atomic one (geodino's design),
+#: its CSV fallback for a TensorBoard it does not ship, an internal deprecation under torch
+#: 2.14, and the empty validation loader that geodino returns when no validation is asked for.
+_LIGHTNING_NOISE = re.compile(
+    r"💡 Tip:|returned in `LightningModule.configure_callbacks` will override|"
+    r"`tensorboardX` has been removed|isinstance\(treespec, LeafSpec\)|"
+    r"Total length of `\w+` across ranks is zero|LightningCLI's args parameter is intended"
+)
+
+
+class _NotLightningNoise(logging.Filter):
+    """Drop the Lightning records that :data:`_LIGHTNING_NOISE` matches."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the record is shown."""
+        return not _LIGHTNING_NOISE.search(record.getMessage())
+
+
 def _configure_logging() -> None:
-    """Log geodino's INFO messages and every library's warnings, each once, on stderr."""
+    """Log geodino's INFO messages and every library's warnings, each once, on stderr.
+
+    Lightning's adverts and notices about its own packaging are left out (as records of its
+    rank-zero loggers and as Python warnings).
+    """
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotLightningNoise) for f in logger.filters):
+            logger.addFilter(_NotLightningNoise())
+    # warnings filters match from the start of the message
+    warnings.filterwarnings("ignore", message=f".*(?:{_LIGHTNING_NOISE.pattern})")
     root = logging.getLogger()
     if not any(isinstance(f, _UserFacing) for h in root.handlers for f in h.filters):
         handler = logging.StreamHandler()

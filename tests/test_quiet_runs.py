@@ -1,6 +1,6 @@
 """A clean run prints what the user needs: no INFO chatter of rasterio's merge (it logs every
 file it skips for a chip that only touches it), no loader warning about more workers than
-cores; checked on the output of a real short ``geodino fit`` and a real ``geodino knn``."""
+cores, none of Lightning's adverts or notices about its own packaging; checked on the output of a real short ``geodino fit`` and a real ``geodino knn``."""
 
 import subprocess
 import sys
@@ -16,7 +16,18 @@ from shapely.geometry import Point
 from geodino.datamodules import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
-NOISE = ("Skipping source", "suggested max number of worker", "rasterio", "args parameter")
+NOISE = (
+    "Skipping source",
+    "suggested max number of worker",
+    "rasterio",
+    "args parameter",
+    # Lightning's adverts and notices about its own packaging and internals
+    "Tip:",
+    "tensorboardX",
+    "LeafSpec",
+    "Total length of `list` across ranks is zero",
+    "will override existing callbacks",
+)
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
