@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from geodino.datamodules.stream import Draw, SampleStream
-from geodino.datasets.protocols import Multimodal, Sample, band_kinds_of
+from geodino.datasets.protocols import Multimodal, NamedBands, Sample, band_kinds_of, nodata_of
 from geodino.errors import ConfigError, DataError
 from geodino.seeding import derive_seed, torch_generator
 from geodino.transforms.normalize import BandStatistics, Normalize, StatisticsAccumulator
@@ -89,11 +89,22 @@ class DINODataModule(LightningDataModule, ABC):
     # --- what subclasses provide -------------------------------------------------------
     #: the data source the subclass reads
     dataset: object
+    #: the sources that name their bands, for the error when ``dataset`` does not
+    named_sources: str = "a geodino dataset"
 
     @property
-    @abstractmethod
     def band_names(self) -> list[str]:
-        """Names of the bands delivered, in channel order."""
+        """Names of the bands delivered, in channel order.
+
+        Raises:
+            ConfigError: if the dataset does not name its bands.
+        """
+        if not isinstance(self.dataset, NamedBands):
+            raise ConfigError(
+                f"{type(self.dataset).__name__} does not name its bands (band_names); use "
+                f"{self.named_sources}."
+            )
+        return list(self.dataset.band_names)
 
     @property
     def band_kinds(self) -> list[str]:
@@ -106,8 +117,8 @@ class DINODataModule(LightningDataModule, ABC):
 
     @property
     def nodata(self) -> float | None:
-        """Nodata value of the raw chips (NaN is always nodata)."""
-        return None
+        """Nodata value of the raw chips, the dataset's (NaN is always nodata)."""
+        return nodata_of(self.dataset)
 
     @property
     def band_groups(self) -> dict[str, int] | None:

@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from geodino.datamodules.base import DINODataModule
-from geodino.datasets.protocols import NamedBands, Sample, nodata_of
+from geodino.datasets.protocols import Sample
 from geodino.errors import ConfigError, DataError
 from geodino.seeding import numpy_rng
 from geodino.transforms.normalize import BandStatistics
@@ -92,6 +92,7 @@ class FolderDINODataModule(DINODataModule):
     """
 
     dataset: Dataset[Sample]
+    named_sources = "a geodino folder dataset (NpyFolder, ImageFolder, AnnotatedImages)"
 
     def __init__(
         self,
@@ -116,21 +117,6 @@ class FolderDINODataModule(DINODataModule):
         self.val_dataset = val_dataset
         if val_dataset is not None and val_length <= 0:
             self.val_length = _length(val_dataset)
-
-    @property
-    def band_names(self) -> list[str]:
-        """Names of the dataset's bands."""
-        if not isinstance(self.dataset, NamedBands):
-            raise ConfigError(
-                f"{type(self.dataset).__name__} does not name its bands (band_names); use a "
-                "geodino folder dataset (NpyFolder, ImageFolder, AnnotatedImages)."
-            )
-        return list(self.dataset.band_names)
-
-    @property
-    def nodata(self) -> float | None:
-        """The dataset's nodata value, if it has one."""
-        return nodata_of(self.dataset)
 
     def setup_draws(self) -> None:
         """Build the permuted training draw (and the in-order validation draw)."""

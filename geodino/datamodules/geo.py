@@ -10,7 +10,7 @@ from torch import Tensor
 from torchgeo.datasets import GeoDataset
 
 from geodino.datamodules.base import DINODataModule
-from geodino.datasets.protocols import NamedBands, RawSampleSource, Sample, nodata_of
+from geodino.datasets.protocols import NamedBands, RawSampleSource, Sample
 from geodino.errors import ConfigError, DataError
 from geodino.samplers import AOISampler, Query
 from geodino.seeding import torch_generator
@@ -197,6 +197,7 @@ class GeoDINODataModule(DINODataModule):
     """
 
     dataset: GeoDataset
+    named_sources = "a geodino dataset (MultiBandGeoTIFF, Sentinel2, PairedDataset, ...)"
 
     def __init__(
         self,
@@ -236,21 +237,6 @@ class GeoDINODataModule(DINODataModule):
         self.max_nodata = max_nodata
         self.max_redraws = max_redraws
         self.block_aligned = block_aligned
-
-    @property
-    def band_names(self) -> list[str]:
-        """Names of the dataset's bands."""
-        if not isinstance(self.dataset, NamedBands):
-            raise ConfigError(
-                f"{type(self.dataset).__name__} does not name its bands (band_names); use a "
-                "geodino dataset (MultiBandGeoTIFF, Sentinel2, PairedDataset, ...)."
-            )
-        return list(self.dataset.band_names)
-
-    @property
-    def nodata(self) -> float | None:
-        """The dataset's nodata value."""
-        return nodata_of(self.dataset)
 
     def _sampler(self, query: str | None, seed: int) -> AOISampler:
         return AOISampler(
