@@ -1,6 +1,7 @@
 """A clean run prints what the user needs: no INFO chatter of rasterio's merge (it logs every
 file it skips for a chip that only touches it), no loader warning about more workers than
-cores, none of Lightning's adverts or notices about its own packaging; checked on the output of a real short ``geodino fit`` and a real ``geodino knn``."""
+cores, none of Lightning's adverts or notices about its own packaging; checked on the output
+of a real short ``geodino fit`` and a real ``geodino knn``."""
 
 import subprocess
 import sys
