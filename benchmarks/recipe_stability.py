@@ -10,8 +10,9 @@ the rows as JSON.
 
 Recipes: ``demo`` is ``configs/demo.yaml``'s task and data settings; ``defaults`` is
 ``DINOv2Task``'s defaults (the full-size configs' recipe) scaled down to the demo's ViT,
-prototypes and batch. ``--set key=value`` changes task arguments of every recipe (to try a
-fix). ``--size ci`` shrinks model, chips and catalogs to CI size.
+prototypes and batch. ``--set key=value`` changes task arguments of every recipe and
+``--multicrop key=value`` its multi-crop settings (to try a fix). ``--size ci`` shrinks
+model, chips and catalogs to CI size.
 
     python benchmarks/recipe_stability.py --catalogs texture13_fine --recipes demo \
         --steps 300 1000 --seeds 0 --out stability
@@ -164,6 +165,7 @@ def run_one(
     size: Size,
     root: Path,
     overrides: dict[str, Any] | None = None,
+    multicrop: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One pretraining run, with snapshots at ``steps``.
 
@@ -175,6 +177,7 @@ def run_one(
         size: the size.
         root: working folder (the catalog is written once per seed under it).
         overrides: task arguments replacing the recipe's.
+        multicrop: multi-crop settings replacing the recipe's.
 
     Returns:
         one row per recorded step.
@@ -187,6 +190,7 @@ def run_one(
         written = StabilityCatalog(catalog, folder / "scenes", folder / "labelled", names)
     task_args, data_args = recipe(recipe_name, size, len(written.band_names))
     task_args.update(overrides or {})
+    data_args["multicrop"].update(multicrop or {})
     torch.manual_seed(seed)
     task = DINOv2Task(**task_args)
     datamodule = GeoDINODataModule(written.dataset(), seed=seed, num_workers=0, **data_args)
@@ -210,8 +214,11 @@ def run_one(
     trainer.fit(task, datamodule)
     seconds = time.perf_counter() - start
     base = {"catalog": catalog, "recipe": recipe_name, "seed": seed, "seconds": round(seconds)}
-    if overrides:
-        base["overrides"] = overrides
+    if overrides or multicrop:
+        base["overrides"] = {
+            **(overrides or {}),
+            **{f"multicrop.{k}": v for k, v in (multicrop or {}).items()},
+        }
     final = guard.verdict
     return [{**base, **row, "final_guard": final} for row in snapshots.rows]
 
@@ -254,10 +261,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--size", choices=sorted(SIZES), default="demo")
     parser.add_argument("--set", nargs="*", default=[], help="task overrides, key=value")
+    parser.add_argument(
+        "--multicrop", nargs="*", default=[], help="multi-crop overrides, key=value"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="folder for table.md/rows.json")
     args = parser.parse_args(argv)
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    multicrop = {k: _value(v) for k, v in (item.split("=", 1) for item in args.multicrop)}
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     rows: list[dict[str, Any]] = []
@@ -267,7 +278,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for name in args.recipes:
                 for seed in args.seeds:
                     rows += run_one(
-                        catalog, name, sorted(args.steps), seed, SIZES[args.size], root, overrides
+                        catalog,
+                        name,
+                        sorted(args.steps),
+                        seed,
+                        SIZES[args.size],
+                        root,
+                        overrides,
+                        multicrop,
                     )
                     logging.getLogger(__name__).info("%s", table(rows[-len(args.steps) :]))
     text = table(rows)

@@ -37,3 +37,20 @@ def test_stability_matrix_runs_at_ci_size(tmp_path: Path, monkeypatch: pytest.Mo
     table = (tmp_path / "out" / "table.md").read_text()
     assert table.count("\n| spectral8 | demo |") == 2 and "k-NN random init" in table
     assert sys.modules["stability_catalogs"].CATALOGS[0] == "spectral8"
+
+
+def test_matrix_tries_task_and_multicrop_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    stability = importlib.import_module("recipe_stability")
+    argv = ["--size", "ci", "--catalogs", "spectral8", "--recipes", "demo", "--steps", "10"]
+    argv += ["--seeds", "0", "--set", "koleo_loss_weight=0.1"]
+    argv += ["--multicrop", "brightness=0.0", "contrast=0.0", "--workdir", str(tmp_path)]
+    (row,) = stability.main(argv)
+    assert row["overrides"] == {
+        "koleo_loss_weight": 0.1,
+        "multicrop.brightness": 0.0,
+        "multicrop.contrast": 0.0,
+    }
+    assert stability.table([row]).count("multicrop.brightness=0.0") == 1
