@@ -41,18 +41,46 @@ BANDS = {
 
 
 class ModalitySubset(nn.Module):
-    """A fusion backbone fed a subset of the modalities of stacked images."""
+    """A fusion backbone fed a subset of the modalities of stacked images.
+
+    It is the fusion model's encoder (``geodino.models.Encoder``) in everything but the
+    tokens, which see only the kept modalities.
+    """
 
     def __init__(self, model: nn.Module, keep: list[str]) -> None:
         super().__init__()
         self.model = model
         self.keep = keep
 
-    def forward_features(self, images: Tensor) -> Tensor:
+    def forward_tokens(
+        self, images: Tensor, masks: Tensor | None = None, mask_token: Tensor | None = None
+    ) -> Tensor:
         from geodino.models.fusion import split_modalities
 
         parts = split_modalities(images, self.model.modalities)
-        return self.model.forward_features({m: parts[m] for m in self.keep})
+        return self.model.forward_tokens({m: parts[m] for m in self.keep}, masks, mask_token)
+
+    # the rest of the encoder interface is the fusion model's (isinstance against a runtime
+    # protocol looks members up statically, so they are spelled out)
+    patch_size = property(lambda self: self.model.patch_size)
+    embed_dim = property(lambda self: self.model.embed_dim)
+    num_prefix_tokens = property(lambda self: self.model.num_prefix_tokens)
+    in_chans = property(lambda self: self.model.in_chans)
+    band_names = property(lambda self: self.model.band_names)
+    modalities = property(lambda self: self.model.modalities)
+    depth = property(lambda self: self.model.depth)
+
+    def split_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.split_tokens(tokens)
+
+    def block_maps(self, images: Tensor, indices: Any) -> list[Tensor]:
+        return self.model.block_maps(images, indices)
+
+    def layer_id(self, name: str) -> int:
+        return self.model.layer_id(name)
+
+    def architecture(self) -> Any:
+        return self.model.architecture()
 
 
 def datasets(root: Path, run: str) -> Any:
