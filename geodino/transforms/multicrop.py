@@ -206,10 +206,10 @@ class MultiCropRecipe:
     band_kinds: Sequence[str] | None = None
     flip_p: float = 0.5
     rotate90: bool = True
-    brightness: float = 0.4
-    contrast: float = 0.4
+    brightness: float = 0.0
+    contrast: float = 0.0
     jitter_p: float = 0.8
-    per_band_jitter: float = 0.05
+    per_band_jitter: float = 0.0
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     speckle_looks: float | None = 4.0
@@ -395,10 +395,10 @@ class MultiCrop(nn.Module):
         band_kinds: Sequence[str] | None = None,
         flip_p: float = 0.5,
         rotate90: bool = True,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
         jitter_p: float = 0.8,
-        per_band_jitter: float = 0.05,
+        per_band_jitter: float = 0.0,
         blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         speckle_looks: float | None = 4.0,
