@@ -4,10 +4,10 @@ A raster is cut into windows of ``chip_size`` pixels aligned on its own patch gr
 window goes through the backbone once; its patch tokens become one pixel each of an output
 raster on the input's grid coarsened by the patch size (transform scaled by the patch size),
 and its CLS token becomes one row of a table (GeoPackage, FlatGeobuf, GeoParquet or GeoJSON)
-with the window's polygon. Windows tile the
-region without overlap except the last of a row or column, which is moved back inside the
-region. Rasters are read window by window with rasterio on their own grid, never resampled.
-An interrupted run resumes from the batches it saved.
+with the window's polygon. Windows tile the region without overlap except the last of a row
+or column, which is moved back inside the region. Rasters are read window by window with
+rasterio on their own grid, never resampled. An interrupted run resumes from the batches it
+saved; tables are written from those batches chunk by chunk.
 """
 
 import hashlib
