@@ -94,9 +94,13 @@ def test_chip_table_in_every_format(tiny_export: Path, tmp_path: Path, suffix: s
     if suffix == ".gpkg":
         # where QGIS shows it: the layer's description and the GeoPackage metadata tables
         with sqlite3.connect(out) as db:
-            ((description,),) = db.execute("SELECT description FROM gpkg_contents").fetchall()
+            ((identifier, description),) = db.execute(
+                "SELECT identifier, description FROM gpkg_contents"
+            ).fetchall()
             stored = " ".join(r[0] for r in db.execute("SELECT metadata FROM gpkg_metadata"))
-        assert "geodino chip embeddings" in description and "B02,B03,B04,B08" in description
+        assert identifier == "chips" and description.startswith("geodino chip embeddings (CLS)")
+        assert f"geodino {__version__}, model vit_small_patch14_reg4_dinov2" in description
+        assert "bands B02,B03,B04,B08, chips of 28 px, written 20" in description
         assert "geodino_model" in stored and __version__ in stored
     if suffix == ".fgb":
         layer = pyogrio.read_info(out)["layer_metadata"]
@@ -195,6 +199,10 @@ def test_similar_matches_table(tiny_export: Path, tmp_path: Path, suffix: str) -
     metadata = read_metadata(matches)
     assert metadata["query"] == "point (500075.0, 5199925.0)"
     assert metadata["bands"] == "B02,B03,B04,B08" and metadata["source_embeddings"] == str(emb)
+    if suffix != ".parquet":
+        description = pyogrio.read_info(matches)["layer_metadata"]["DESCRIPTION"]
+        assert description.startswith("geodino similarity search, the point (500075.0")
+        assert "model vit_small_patch14_reg4_dinov2, bands B02,B03,B04,B08" in description
     with pytest.raises(DataError, match=r"--matches .*top\.csv: a vector table must be"):
         similarity_search(emb, out, point=(500075.0, 5199925.0), matches=tmp_path / "top.csv")
 

@@ -25,7 +25,7 @@ import torch
 
 from geodino.errors import DataError
 from geodino.inference.cog import write_cog
-from geodino.inference.provenance import provenance
+from geodino.inference.provenance import describe, provenance
 from geodino.inference.regions import RasterRegion, chip_pixels, plan_regions, read_window
 from geodino.inference.tables import (
     CHUNK_ROWS,
@@ -299,11 +299,7 @@ def _write_table(
         rechunk(_chip_frames(regions, parts, crs, projection), chunk_rows),
         crs,
         metadata,
-        description=(
-            f"geodino chip embeddings: one {'PCA' if pca else 'CLS'} vector per window of "
-            f"{metadata['chip_size']} px, model {metadata['geodino_model']}, bands "
-            f"{metadata['bands'] or 'unnamed'}, {metadata['date']}"
-        ),
+        description=f"geodino chip embeddings ({'PCA' if pca else 'CLS'}): {describe(metadata)}",
     )
 
 
