@@ -98,6 +98,9 @@ def test_chip_table_in_every_format(tiny_export: Path, tmp_path: Path, suffix: s
                 "SELECT identifier, description FROM gpkg_contents"
             ).fetchall()
             stored = " ".join(r[0] for r in db.execute("SELECT metadata FROM gpkg_metadata"))
+            # GeoPackage 1.2, which the GDAL 3.6 of Debian's QGIS reads without a warning
+            ((version,),) = db.execute("PRAGMA user_version").fetchall()
+        assert version == 10200
         assert identifier == "chips" and description.startswith("geodino chip embeddings (CLS)")
         assert f"geodino {__version__}, model vit_small_patch14_reg4_dinov2" in description
         assert "bands B02,B03,B04,B08, chips of 28 px, written 20" in description

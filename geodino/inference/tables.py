@@ -183,6 +183,8 @@ def _write_gdal(
         crs=CRS.from_user_input(crs).to_wkt(),
         dataset_metadata=dict(metadata) if suffix == ".gpkg" else None,
         layer_metadata=layer_metadata,
+        # GeoPackage 1.2, not GDAL's default 1.4: the GDAL 3.6 of Debian's QGIS warns on 1.4
+        dataset_options={"VERSION": "1.2"} if suffix == ".gpkg" else None,
         layer_options=options,
     )
 
