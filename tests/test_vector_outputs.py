@@ -172,6 +172,19 @@ def test_writer_lets_go_of_written_chunks(tmp_path: Path, suffix: str) -> None:
     assert list(table["id"]) == list(range(18)) and read_metadata(out) == {"k": "v"}
 
 
+@pytest.mark.parametrize("suffix", TABLES)
+def test_interrupted_write_leaves_no_table(tmp_path: Path, suffix: str) -> None:
+    def chunks() -> Iterator[gpd.GeoDataFrame]:
+        yield gpd.GeoDataFrame({"id": [0]}, geometry=[box(0, 0, 1, 1)], crs=CRS)
+        raise DataError("part 3 is unreadable")
+
+    out = tmp_path / f"t{suffix}"
+    # the producer's own error comes through, not the writer's report of it
+    with pytest.raises(DataError, match="part 3 is unreadable"):
+        write_table(out, chunks(), CRS, {})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_table_suffix_is_refused(tiny_export: Path, tmp_path: Path, capsys) -> None:
     frame = gpd.GeoDataFrame({"a": [1]}, geometry=[box(0, 0, 1, 1)], crs=CRS)
     with pytest.raises(DataError, match=r"t\.shp: a vector table must be a \.gpkg .*\.parquet"):
