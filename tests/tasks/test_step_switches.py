@@ -50,9 +50,11 @@ def losses_and_gradients(task: DINOv2Task, local_crops: int = 3) -> dict[str, Te
 
 
 def assert_same(got: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Equal within float rounding, relative to each tensor's scale (gradients span 1e-9..1e5)."""
     assert set(got) == set(expected)
     for key, value in expected.items():
-        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=key)
+        scale = value.abs().max().item()
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-5 * scale + 1e-7, msg=key)
 
 
 @pytest.mark.parametrize("local_crops", [3, 0])
