@@ -88,12 +88,14 @@ class DINOv2Task(BaseTask):
         pack_crops: run the student's global and local crops through the backbone in one
             packed pass per block (each crop attends to itself only) where the backbone can
             (timm ViTs; a FusionViT runs two passes); False always runs two passes. Equal
-            results, faster (``benchmarks/packed_attention.py``).
+            results; on the CPU as fast at ViT-S size, faster for small models
+            (``benchmarks/packed_attention.py``), and half the kernel launches on a GPU.
         adamw_implementation: AdamW kernel: ``fused``, ``foreach``, ``for_loop``, or
             ``auto`` (fused on CPU and CUDA, torch's default elsewhere). Equal results; on
             the CPU fused steps a ViT-S/14 with its head 4.3x faster than the for-loop.
         compile_backbone: ``torch.compile`` the backbones' token forwards (student and
-            teacher); the first steps are slow while it compiles.
+            teacher); the first steps are slow while it compiles (on the CPU, 3 minutes for
+            a ViT-S/14, then 1.03x faster: off until measured on a GPU).
         channels_last: keep the patch-embedding convolutions and the crops channels-last
             (on the CPU 8 % slower for the convolution, hence off).
         checkpoint_every_n_steps: optimiser steps between checkpoints.
