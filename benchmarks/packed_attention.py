@@ -18,6 +18,8 @@ FlexAttention is not timed: torch 2.14 has no backward for it on the CPU.
     python benchmarks/packed_attention.py --batch 2 8 --rounds 3
     python benchmarks/packed_attention.py --size tiny --batch 8 --variants separate packed
 
+"tiny" is a ViT 64 wide with 2 blocks and 2 heads, on 56 px global and 28 px local crops.
+
 Measured on the CPU (torch 2.14.1, 1 thread, under load: 2 cores shared with another
 two-process benchmark and test runs, load average 4-9, so absolute times swing by 2x; the
 variants alternate in one process, round after round), forward + backward of the student's
@@ -32,7 +34,7 @@ crops, 2 global + 8 local crops per image, fp32 unless noted; median of the roun
 | ViT-S/14 reg4, 8, 3 rounds | 24.0 s | 1.07x | | |
 | same, 5 rounds | 23.3 s | 0.99x (best 1.02x) | | |
 | same, bf16 autocast, 3 rounds | 14.0 s | 0.99x | | |
-| tiny (64 wide, 56/28), 2, 5 / 9 rounds | 7 / 21 ms | 1.27x / 1.39x | 1.09x / 1.05x | 0.26x / 0.30x |
+| tiny (56/28), 2, 5 / 9 rounds | 7 / 21 ms | 1.27x / 1.39x | 1.09x / 1.05x | 0.26x / 0.30x |
 | tiny, 8, 5 / 9 rounds | 17 / 48 ms | 1.13x / 1.10x | 0.54x / 0.55x | 0.34x / 0.31x |
 
 At ViT-S size the packed pass costs the same as two passes on the CPU (same matrix products,
