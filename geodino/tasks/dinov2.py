@@ -89,7 +89,7 @@ class DINOv2Task(BaseTask):
             packed pass per block (each crop attends to itself only) where the backbone can
             (timm ViTs; a FusionViT runs two passes); False always runs two passes. Equal
             results; on the CPU as fast at ViT-S size, faster for small models
-            (``benchmarks/packed_attention.py``), and half the kernel launches on a GPU.
+            (``benchmarks/packed_attention.py``); fewer kernel launches on a GPU.
         adamw_implementation: AdamW kernel: ``fused``, ``foreach``, ``for_loop``, or
             ``auto`` (fused on CPU and CUDA, torch's default elsewhere). Equal results; on
             the CPU fused steps a ViT-S/14 with its head 4.3x faster than the for-loop.
