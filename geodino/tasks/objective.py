@@ -73,14 +73,14 @@ class DINOv2Objective:
 
         Args:
             loss: the DINO loss (its centre, for softmax centring, is updated).
-            logits: (M, K) teacher logits.
+            logits: (M, K) teacher logits (Sinkhorn-Knopp overwrites them when float32).
             temp: teacher temperature.
 
         Returns:
             (M, K) target probabilities.
         """
         if self.centering == "sinkhorn_knopp":
-            return loss.sinkhorn_knopp_teacher(logits, temp)
+            return loss.sinkhorn_knopp_teacher(logits, temp, inplace=True)
         targets = loss.softmax_center_teacher(logits, temp)
         loss.update_center(logits)
         return targets
@@ -92,7 +92,8 @@ class DINOv2Objective:
 
         Args:
             loss: the iBOT loss (its centre, for softmax centring, is updated).
-            logits: (M, K) teacher logits of the masked patches.
+            logits: (M, K) teacher logits of the masked patches (Sinkhorn-Knopp overwrites
+                them when float32).
             temp: teacher temperature.
             n_masked: (1,) count of masked patches, for Sinkhorn-Knopp.
 
@@ -100,7 +101,7 @@ class DINOv2Objective:
             (M, K) target probabilities.
         """
         if self.centering == "sinkhorn_knopp":
-            return loss.sinkhorn_knopp_teacher(logits, temp, n_masked_patches_tensor=n_masked)
+            return loss.sinkhorn_knopp_teacher(logits, temp, n_masked, inplace=True)
         targets = loss.softmax_center_teacher(logits, temp)
         loss.update_center(logits)
         return targets
@@ -173,9 +174,8 @@ class DINOv2Objective:
             out["ibot_loss"] = ibot
             total = total + self.ibot_loss_weight * ibot
         out["loss"] = total
-        with torch.no_grad():
-            probs = t_dino.clamp_min(1e-12)
-            out["teacher_entropy"] = -(probs * probs.log()).sum(-1).mean()
+        with torch.no_grad():  # diagnostics stay on the device: nothing here waits for them
+            out["teacher_entropy"] = torch.special.entr(t_dino).sum(-1).mean()
             out["teacher_feature_std"] = F.normalize(t_cls.float(), dim=-1).std(0).mean()
             out["teacher_temp"] = torch.tensor(teacher_temp)
         return out
