@@ -1,7 +1,7 @@
 """Encoders (timm ViTs and the multimodal FusionViT) and heads."""
 
 from geodino.models.backbones import build_backbone, forward_tokens, patch_size, split_tokens
-from geodino.models.encoder import Encoder, EncoderArchitecture
+from geodino.models.encoder import Encoder, EncoderArchitecture, PackedEncoder
 from geodino.models.factory import EncoderModule, create_encoder
 from geodino.models.fusion import FusionViT
 from geodino.models.heads import DINOHead
@@ -13,6 +13,7 @@ __all__ = [
     "EncoderArchitecture",
     "EncoderModule",
     "FusionViT",
+    "PackedEncoder",
     "TimmViTEncoder",
     "as_encoder",
     "build_backbone",

@@ -154,6 +154,34 @@ class Encoder(Protocol):
         ...
 
 
+@runtime_checkable
+class PackedEncoder(Encoder, Protocol):
+    """An encoder that runs crops of several sizes through its blocks in one packed pass.
+
+    The tokens of all crops are concatenated for every token-wise layer (norms, projections,
+    MLPs) and attend only within their own crop: a block-diagonal attention, as the official
+    DINOv2 runs global and local crops through xFormers.
+    """
+
+    def forward_tokens_packed(
+        self,
+        crops: Sequence[Tensor],
+        masks: Sequence[Tensor | None],
+        mask_token: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Normalised tokens of each crop group, as :meth:`Encoder.forward_tokens` gives them.
+
+        Args:
+            crops: (B_i, C, H_i, W_i) images of each group (one size per group).
+            masks: per group, (B_i, N_i) bool iBOT masks or None.
+            mask_token: (1, D) or (D,) learned token; required with any masks.
+
+        Returns:
+            per group, (B_i, 1 + R + N_i, D) tokens after the final norm.
+        """
+        ...
+
+
 def split_prefix(tokens: Tensor, num_prefix_tokens: int) -> tuple[Tensor, Tensor, Tensor]:
     """Split ``[CLS, registers..., patches...]`` tokens.
 
@@ -167,4 +195,4 @@ def split_prefix(tokens: Tensor, num_prefix_tokens: int) -> tuple[Tensor, Tensor
     return tokens[:, 0], tokens[:, 1:num_prefix_tokens], tokens[:, num_prefix_tokens:]
 
 
-__all__ = ["Encoder", "EncoderArchitecture", "EncoderInput", "split_prefix"]
+__all__ = ["Encoder", "EncoderArchitecture", "EncoderInput", "PackedEncoder", "split_prefix"]

@@ -10,9 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol, cast
 
 import torch
+import torch.nn.functional as F
+from timm.layers.attention import Attention
+from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.models import VisionTransformer, checkpoint_seq
+from timm.models.vision_transformer import Block
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
+from torch.utils.checkpoint import checkpoint
 
 from geodino.errors import ConfigError
 from geodino.models.encoder import Encoder, EncoderArchitecture, EncoderInput, split_prefix
@@ -70,6 +74,123 @@ def run_blocks(trunk: ViTTrunk, x: Tensor) -> Tensor:
     return out
 
 
+#: (crops, tokens per crop) of each group of equal-sized crops in a packed token sequence.
+Segments = tuple[tuple[int, int], ...]
+
+
+def packable(block: nn.Module) -> bool:
+    """Whether :func:`packed_block` runs this block exactly as its own forward does.
+
+    Args:
+        block: a transformer block.
+
+    Returns:
+        True for timm's pre-norm ``Block`` with timm's ``Attention``.
+    """
+    return type(block) is Block and type(block.attn) is Attention
+
+
+def packed_attention(attn: Attention, x: Tensor, segments: Segments) -> Tensor:
+    """The attention of a timm ``Block`` over packed tokens, each crop attending to itself.
+
+    The projections run once over all tokens; the attention runs once per group of
+    equal-sized crops, so the block-diagonal mask costs neither padding nor masked scores.
+
+    Args:
+        attn: the block's attention module.
+        x: (T, D) normed tokens of all crops, group after group, crop after crop.
+        segments: (crops, tokens per crop) of each group; they sum to T tokens.
+
+    Returns:
+        (T, D) attention outputs after the projection.
+    """
+    heads, head_dim = attn.num_heads, attn.head_dim
+    width = heads * head_dim
+    # gated attention (recent timm) registers a gate module; without it, no gate
+    gate = dict(attn.named_children()).get("gate")
+    qkv = attn.qkv(x)
+    outs: list[Tensor] = []
+    start = 0
+    for count, length in segments:
+        end = start + count * length
+        q, k, v = (
+            qkv[start:end].reshape(count, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        ).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if attn.fused_attn:
+            dropout = attn.attn_drop.p if attn.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            out = attn.attn_drop((q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+        outs.append(out.transpose(1, 2).reshape(count * length, width))
+        start = end
+    y = attn.norm(torch.cat(outs))
+    if gate is not None:
+        y = y * gate(x).sigmoid()
+    out = attn.proj_drop(attn.proj(y))
+    return cast(Tensor, out)
+
+
+def _per_crop(module: nn.Module, x: Tensor, segments: Segments) -> Tensor:
+    """A per-sample module (drop path) applied to each crop of packed tokens."""
+    if isinstance(module, nn.Identity):
+        return x
+    parts = torch.split(x, [count * length for count, length in segments])
+    out = [
+        module(part.reshape(count, length, -1)).reshape(count * length, -1)
+        for part, (count, length) in zip(parts, segments, strict=True)
+    ]
+    return torch.cat(out)
+
+
+def packed_block(block: Block, x: Tensor, segments: Segments) -> Tensor:
+    """A timm pre-norm ``Block`` over packed tokens (see :func:`packed_attention`).
+
+    Args:
+        block: a block for which :func:`packable` holds.
+        x: (T, D) tokens of all crops.
+        segments: (crops, tokens per crop) of each group.
+
+    Returns:
+        (T, D) tokens after the block.
+    """
+    attn = block.ls1(packed_attention(cast(Attention, block.attn), block.norm1(x), segments))
+    x = x + _per_crop(block.drop_path1, attn, segments)
+    mlp = block.ls2(block.mlp(block.norm2(x)))
+    return x + _per_crop(block.drop_path2, mlp, segments)
+
+
+def run_blocks_packed(trunk: ViTTrunk, tokens: Sequence[Tensor]) -> list[Tensor]:
+    """:func:`run_blocks` over several groups of crops at once, in one packed pass per block.
+
+    Tokens of all groups are concatenated for the token-wise layers, and each crop attends to
+    itself only. Blocks other than timm's pre-norm ``Block`` run group by group instead.
+
+    Args:
+        trunk: a timm ViT, or a module holding its shared transformer under timm's names.
+        tokens: per group, (B_i, 1 + R + N_i, D) tokens with positions added.
+
+    Returns:
+        per group, (B_i, 1 + R + N_i', D) tokens after the final norm.
+    """
+    if not all(packable(block) for block in trunk.blocks):
+        return [run_blocks(trunk, group) for group in tokens]
+    groups = [trunk.norm_pre(trunk.patch_drop(group)) for group in tokens]
+    segments = tuple((group.shape[0], group.shape[1]) for group in groups)
+    x = torch.cat([group.reshape(-1, group.shape[-1]) for group in groups])
+    for block in trunk.blocks:
+        if trunk.grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(packed_block, cast(Block, block), x, segments, use_reentrant=False)
+        else:
+            x = packed_block(cast(Block, block), x, segments)
+    x = trunk.norm(x)
+    parts = torch.split(x, [count * length for count, length in segments])
+    return [
+        part.reshape(count, length, -1)
+        for part, (count, length) in zip(parts, segments, strict=True)
+    ]
+
+
 def check_masks(
     masks: Tensor, mask_token: Tensor | None, batch: int, patches: int, dim: int
 ) -> Tensor:
@@ -103,6 +224,9 @@ def check_masks(
 
 class TimmViTEncoder(VisionTransformer):
     """A timm ``VisionTransformer`` that implements :class:`~geodino.models.encoder.Encoder`.
+
+    It is also a :class:`~geodino.models.encoder.PackedEncoder`: crops of several sizes can
+    share one pass through the blocks.
 
     timm builds its registered architectures only as ``VisionTransformer``; :meth:`adopt`
     turns such a model into this subclass in place, which adds methods and no state, so the
@@ -180,29 +304,79 @@ class TimmViTEncoder(VisionTransformer):
                 f"{type(self).__name__} takes one image tensor, not modalities; use a FusionViT "
                 "(model.init_args.modalities) for several modalities."
             )
-        if masks is None:
-            out: Tensor = self.forward_features(images)
-            return out
-        handle = self._insert_mask_token(masks, mask_token)
-        try:
-            out = self.forward_features(images)
-        finally:
-            handle.remove()
-        return out
+        return run_blocks(self, self._embed(images, masks, mask_token))
 
-    def _insert_mask_token(self, masks: Tensor, mask_token: Tensor | None) -> RemovableHandle:
-        """A hook replacing the masked patch embeddings, before timm adds positions."""
+    def forward_tokens_packed(
+        self,
+        crops: Sequence[Tensor],
+        masks: Sequence[Tensor | None],
+        mask_token: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Tokens of several groups of crops in one packed pass per block.
 
-        def replace(_module: nn.Module, _args: object, x: Tensor) -> Tensor:
+        Equal to :meth:`forward_tokens` on each group, within float rounding (drop path
+        draws its random numbers in another order).
+
+        Args:
+            crops: (B_i, C, H_i, W_i) images of each group.
+            masks: per group, (B_i, N_i) bool iBOT masks or None.
+            mask_token: (1, D) or (D,) learned token; required with any masks.
+
+        Returns:
+            per group, (B_i, 1 + R + N_i, D) tokens after the final norm.
+
+        Raises:
+            ConfigError: if crops and masks differ in number, or masks do not fit.
+        """
+        if len(masks) != len(crops):
+            raise ConfigError(
+                f"forward_tokens_packed got {len(crops)} crop groups but {len(masks)} masks; "
+                "pass one mask (or None) per group."
+            )
+        tokens = [
+            self._embed(group, group_masks, mask_token)
+            for group, group_masks in zip(crops, masks, strict=True)
+        ]
+        return run_blocks_packed(self, tokens)
+
+    def _embed(self, images: Tensor, masks: Tensor | None, mask_token: Tensor | None) -> Tensor:
+        """Patch embeddings, masked ones replaced, then prefix tokens and positions.
+
+        The mask token replaces patch embeddings before positions are added, as DINOv2's
+        ``prepare_tokens_with_masks`` does; the rest is timm's ``_pos_embed`` through public
+        attributes.
+        """
+        x: Tensor = self.patch_embed(images)
+        if masks is not None:
             # (B, H, W, D) with dynamic sizes, else (B, N, D)
             patches = math.prod(x.shape[1:-1])
             token = check_masks(masks, mask_token, x.shape[0], patches, x.shape[-1]).to(x.dtype)
             flat = x.reshape(x.shape[0], patches, x.shape[-1])
             flat = torch.where(masks.to(torch.bool).unsqueeze(-1), token, flat)
-            return flat.reshape(x.shape)
-
-        handle: RemovableHandle = self.patch_embed.register_forward_hook(replace)
-        return handle
+            x = flat.reshape(x.shape)
+        batch, dim = x.shape[0], x.shape[-1]
+        prefix = [
+            token.expand(batch, -1, -1)
+            for token in (self.cls_token, self.reg_token)
+            if token is not None
+        ]
+        pos: Tensor | None = self.pos_embed
+        if pos is not None and self.dynamic_img_size:
+            pos = resample_abs_pos_embed(
+                pos,
+                new_size=x.shape[1:3],
+                old_size=self.patch_embed.grid_size,
+                num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
+            )
+        x = x.reshape(batch, -1, dim)
+        if pos is None:
+            return torch.cat([*prefix, x], dim=1)
+        if self.no_embed_class:
+            x = torch.cat([*prefix, x + pos], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + pos
+        out: Tensor = self.pos_drop(x)
+        return out
 
     def split_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Split tokens into class token, registers and patch tokens.
@@ -286,4 +460,15 @@ def as_encoder(model: nn.Module) -> Encoder:
     )
 
 
-__all__ = ["EMBEDDING_PARAMETERS", "TimmViTEncoder", "ViTTrunk", "as_encoder", "run_blocks"]
+__all__ = [
+    "EMBEDDING_PARAMETERS",
+    "Segments",
+    "TimmViTEncoder",
+    "ViTTrunk",
+    "as_encoder",
+    "packable",
+    "packed_attention",
+    "packed_block",
+    "run_blocks",
+    "run_blocks_packed",
+]

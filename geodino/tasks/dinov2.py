@@ -1,8 +1,9 @@
 """DINOv2 self-supervised pretraining as a TorchGeo-style Lightning task."""
 
 import copy
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -16,7 +17,7 @@ from geodino.checkpoints import AtomicModelCheckpoint
 from geodino.errors import ConfigError
 from geodino.export import BackboneSpec
 from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from geodino.models import DINOHead, Encoder, as_encoder
+from geodino.models import DINOHead, Encoder, PackedEncoder, as_encoder
 from geodino.models.fusion import check_modalities, draw_modality_dropout
 from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
@@ -84,6 +85,15 @@ class DINOv2Task(BaseTask):
         clip_grad: max gradient norm, per student module (0 disables clipping).
         adamw_betas: AdamW betas.
         mask_seed: seed of the iBOT masks (combined with step and rank).
+        pack_crops: run the student's global and local crops through the backbone in one
+            packed pass per block (each crop attends to itself only) where the backbone can
+            (timm ViTs; a FusionViT runs two passes); False always runs two passes. Equal
+            results, faster (``benchmarks/packed_attention.py``).
+        adamw_implementation: AdamW kernel: ``fused``, ``foreach``, ``for_loop``, or
+            ``auto`` (fused on CUDA, foreach elsewhere). Equal results.
+        compile_backbone: ``torch.compile`` the backbones' token forwards (student and
+            teacher); the first steps are slow while it compiles.
+        channels_last: keep the patch-embedding convolutions and the crops channels-last.
         checkpoint_every_n_steps: optimiser steps between checkpoints.
         keep_last_k: checkpoints kept besides ``last.ckpt``.
     """
@@ -132,6 +142,10 @@ class DINOv2Task(BaseTask):
         clip_grad: float = 3.0,
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         mask_seed: int = 0,
+        pack_crops: bool = True,
+        adamw_implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto",
+        compile_backbone: bool = False,
+        channels_last: bool = False,
         checkpoint_every_n_steps: int = 500,
         keep_last_k: int = 3,
     ) -> None:
@@ -175,8 +189,12 @@ class DINOv2Task(BaseTask):
         if hp["ibot_separate_head"]:
             student["ibot_head"] = DINOHead(dim, hp["ibot_head_out_dim"], **head_args)
         self.student = student
+        if hp["channels_last"]:
+            # a ViT's only 4-d weights are its patch-embedding convolutions
+            student.to(memory_format=torch.channels_last)
         self.teacher = copy.deepcopy(student)
         self.teacher.requires_grad_(False)
+        self._compiled: dict[tuple[str, bool], Callable[..., Any]] = {}
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.patch_size = backbone.patch_size
 
@@ -327,7 +345,16 @@ class DINOv2Task(BaseTask):
             {"params": params, "lr_multiplier": lr, "wd_multiplier": wd, "is_last_layer": last}
             for (lr, wd, last), params in groups.items()
         ]
-        return torch.optim.AdamW(param_groups, lr=0.0, betas=tuple(self.hparams["adamw_betas"]))
+        implementation = self.hparams["adamw_implementation"]
+        if implementation == "auto":
+            implementation = "fused" if self.device.type == "cuda" else "foreach"
+        return torch.optim.AdamW(
+            param_groups,
+            lr=0.0,
+            betas=tuple(self.hparams["adamw_betas"]),
+            fused=implementation == "fused",
+            foreach=implementation == "foreach",
+        )
 
     def on_fit_start(self) -> None:
         """Build the schedules once the trainer knows the run length and world size."""
@@ -421,18 +448,50 @@ class DINOv2Task(BaseTask):
             )
             present = draw_modality_dropout(images.shape[0], list(encoder.modalities), p, generator)
             present = {m: v.to(images.device) for m, v in present.items()}
-        return encoder.forward_tokens(
+        forward = self._compile(which, False, encoder.forward_tokens)
+        tokens: Tensor = forward(
             images, masks, self.mask_token if masks is not None else None, present
         )
+        return tokens
+
+    def _compile(self, which: str, packed: bool, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """The backbone forward, compiled once per branch and kind with ``compile_backbone``."""
+        if not self.hparams["compile_backbone"]:
+            return forward
+        key = (which, packed)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(forward)
+        return self._compiled[key]
+
+    def _packed_tokens(
+        self, encoder: PackedEncoder, crops: Sequence[Tensor], masks: Sequence[Tensor | None]
+    ) -> list[Tensor]:
+        """Student tokens of several crop groups in one packed pass."""
+        token = self.mask_token if any(m is not None for m in masks) else None
+        forward = self._compile("student", True, encoder.forward_tokens_packed)
+        tokens: list[Tensor] = forward(crops, masks, token)
+        return tokens
 
     def _branch(self, which: Literal["student", "teacher"]) -> Branch:
         modules = self.student if which == "student" else self.teacher
         heads = dict(modules.items())
+        encoder = self._encoder(which)
+        encode_packed = None
+        # the student's modality dropout draws per crop size, so it keeps separate passes
+        dropout = self.hparams["modality_dropout"] > 0 and encoder.modalities is not None
+        if (
+            which == "student"
+            and self.hparams["pack_crops"]
+            and isinstance(encoder, PackedEncoder)
+            and not dropout
+        ):
+            encode_packed = functools.partial(self._packed_tokens, encoder)
         return Branch(
             encode=lambda crops, masks: self._tokens(which, crops, masks),
-            split=self._encoder(which).split_tokens,
+            split=encoder.split_tokens,
             dino_head=heads["dino_head"],
             ibot_head=heads.get("ibot_head", heads["dino_head"]),
+            encode_packed=encode_packed,
         )
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -443,12 +502,17 @@ class DINOv2Task(BaseTask):
         )
         use_ibot = self.hparams["ibot_loss_weight"] > 0
         masks = self._masks(global_crops.shape[0], grid, global_crops.device) if use_ibot else None
+        local_crops = batch["local_crops"]
+        if self.hparams["channels_last"]:
+            global_crops = global_crops.contiguous(memory_format=torch.channels_last)
+            if local_crops.ndim == 4:  # without local crops, an empty 1-d tensor
+                local_crops = local_crops.contiguous(memory_format=torch.channels_last)
         return self.objective(
             self._branch("student"),
             self._branch("teacher"),
             Criteria(self.dino_loss, self.ibot_loss, self.koleo_loss),
             global_crops,
-            batch["local_crops"],
+            local_crops,
             masks,
             self._schedule["teacher_temp"](self.global_step),
         )

@@ -6,7 +6,7 @@ student's losses. :class:`~geodino.tasks.DINOv2Task` owns the models, schedules,
 the Lightning plumbing around it.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -28,12 +28,16 @@ class Branch(NamedTuple):
         split: splits tokens into class token, registers and patches.
         dino_head: head of the class tokens.
         ibot_head: head of the masked patch tokens (the DINO head when shared).
+        encode_packed: tokens of several groups of crops in one packed pass,
+            ``([crops...], [masks or None...]) -> [tokens...]``; None encodes the student's
+            global and local crops in two passes.
     """
 
     encode: Callable[[Tensor, Tensor | None], Tensor]
     split: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
     dino_head: nn.Module
     ibot_head: nn.Module
+    encode_packed: Callable[[Sequence[Tensor], Sequence[Tensor | None]], list[Tensor]] | None = None
 
 
 class Criteria(NamedTuple):
@@ -148,8 +152,15 @@ class DINOv2Objective:
                     criteria.ibot, t_masked, teacher_temp, n_masked.reshape(1).float()
                 )
 
-        # Student: masked global crops and local crops.
-        s_cls, _, s_patches = student.split(student.encode(global_crops, masks))
+        # Student: masked global crops and local crops, packed into one pass when it can.
+        s_local_tokens: Tensor | None = None
+        if n_local > 0 and student.encode_packed is not None:
+            s_global_tokens, s_local_tokens = student.encode_packed(
+                [global_crops, local_crops], [masks, None]
+            )
+        else:
+            s_global_tokens = student.encode(global_crops, masks)
+        s_cls, _, s_patches = student.split(s_global_tokens)
         s_global_logits = student.dino_head(s_cls).float()
         n_terms = n_global * (n_global - 1) + n_global * n_local
         t_views = t_dino.chunk(n_global)
@@ -158,7 +169,9 @@ class DINOv2Objective:
         dino_global = _total(criteria.dino([s], [t]) for s, t in zip(s_views, t_views, strict=True))
         dino_local = s_global_logits.new_zeros(())
         if n_local > 0:
-            s_local_cls = student.split(student.encode(local_crops, None))[0]
+            if s_local_tokens is None:
+                s_local_tokens = student.encode(local_crops, None)
+            s_local_cls = student.split(s_local_tokens)[0]
             s_local_logits = student.dino_head(s_local_cls).float()
             dino_local = criteria.dino(list(s_local_logits.chunk(n_local)), list(t_views))
         dino = (dino_global + dino_local) / n_terms
