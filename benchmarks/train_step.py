@@ -698,6 +698,10 @@ def print_side_by_side(args: argparse.Namespace, results: list[dict[str, Any]]) 
             f"{precision:<11} {batch:>5} {side_name:<9} "
             + " ".join(f"{phases[n]:>12.0f}" for n in names)
         )
+    for precision, batch, side_name, phases in phase_rows:
+        if side_name == "geodino" and phases["step"]:
+            share = phases["multi-crop"] / phases["step"]
+            print(f"multi-crop share of geodino's step, {precision} batch {batch}: {share:.1%}")
     print(
         "heads+losses: the loss step's forward part minus the backbone passes (heads, centring, "
         "Sinkhorn-Knopp, losses); optimiser: the rest of the step (clipping, AdamW, EMA, the "
