@@ -91,10 +91,12 @@ class DINOv2Task(BaseTask):
             (timm ViTs; a FusionViT runs two passes); False always runs two passes. Equal
             results, faster (``benchmarks/packed_attention.py``).
         adamw_implementation: AdamW kernel: ``fused``, ``foreach``, ``for_loop``, or
-            ``auto`` (fused on CUDA, foreach elsewhere). Equal results.
+            ``auto`` (fused on CPU and CUDA, torch's default elsewhere). Equal results; on
+            the CPU fused steps a ViT-S/14 with its head 4.3x faster than the for-loop.
         compile_backbone: ``torch.compile`` the backbones' token forwards (student and
             teacher); the first steps are slow while it compiles.
-        channels_last: keep the patch-embedding convolutions and the crops channels-last.
+        channels_last: keep the patch-embedding convolutions and the crops channels-last
+            (on the CPU 8 % slower for the convolution, hence off).
         checkpoint_every_n_steps: optimiser steps between checkpoints.
         keep_last_k: checkpoints kept besides ``last.ckpt``.
     """
@@ -348,14 +350,15 @@ class DINOv2Task(BaseTask):
             for (lr, wd, last), params in groups.items()
         ]
         implementation = self.hparams["adamw_implementation"]
-        if implementation == "auto":
-            implementation = "fused" if self.device.type == "cuda" else "foreach"
+        if implementation == "auto" and self.device.type in ("cpu", "cuda"):
+            implementation = "fused"
+        kernel = {
+            "fused": {"fused": True},
+            "foreach": {"foreach": True},
+            "for_loop": {"foreach": False},
+        }.get(implementation, {})
         return torch.optim.AdamW(
-            param_groups,
-            lr=0.0,
-            betas=tuple(self.hparams["adamw_betas"]),
-            fused=implementation == "fused",
-            foreach=implementation == "foreach",
+            param_groups, lr=0.0, betas=tuple(self.hparams["adamw_betas"]), **kernel
         )
 
     def on_fit_start(self) -> None:
