@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from official_dinov2 import import_official, single_process_group
-from torch import Tensor
+from official_dinov2 import import_official, keep_cuda_calls_on_the_cpu, single_process_group
+from torch import Tensor, nn
 
-from geodino.losses import DINOLoss, iBOTPatchLoss
+from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 
 PATCHES = 256  # 224-px global crop, patch 14
 TEACHER_TEMP = 0.04  # the warm-up temperature: the sharpest targets
@@ -144,6 +144,7 @@ def cases(args: argparse.Namespace, official: dict[str, Any]) -> dict[str, dict[
 
         return run
 
+    heads = heads_case(args, official, device)
     return {
         "Sinkhorn-Knopp, iBOT (masked patches)": {
             "shape": f"{n_masked} x {k}",
@@ -165,6 +166,122 @@ def cases(args: argparse.Namespace, official: dict[str, Any]) -> dict[str, dict[
             "official": losses(o_dino, o_ibot),
             "geodino": losses(g_dino, g_ibot),
         },
+        **heads,
+    }
+
+
+class StubBackbone(nn.Module):
+    """Fixed backbone outputs in the official format (the heads' phase alone)."""
+
+    def __init__(self, outputs: dict[str, Any]) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, x: Any, masks: Any = None, is_training: bool = True) -> Any:
+        return self.outputs["list"] if isinstance(x, list) else self.outputs["single"]
+
+
+def heads_case(
+    args: argparse.Namespace, official: dict[str, Any], device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """Heads + targets + losses (forward) of a step, on fixed backbone tokens, both sides.
+
+    The official side is ``SSLMetaArch.forward_backward`` with stub backbones and no
+    backward pass; geodino's is ``DINOv2Objective`` with encoders that return the same
+    tokens. Both take the same masks (the official collate's).
+    """
+    from geodino.models import DINOHead
+    from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
+
+    b, k, dim, lc = args.batch, args.prototypes, 384, args.local_crops
+    g = torch.Generator().manual_seed(1)
+    generator = official["MaskingGenerator"](input_size=(16, 16), max_num_patches=128)
+    samples = [
+        ({"global_crops": [torch.zeros(1)] * 2, "local_crops": [torch.zeros(1)] * lc}, ())
+        for _ in range(b)
+    ]
+    batch = official["collate"](samples, (0.1, 0.5), 0.5, torch.float32, 256, generator)
+    masks = batch["collated_masks"].to(device)
+    cls_g = torch.randn(2 * b, dim, generator=g).to(device)
+    patches_g = torch.randn(2 * b, PATCHES, dim, generator=g).to(device)
+    cls_l = torch.randn(lc * b, dim, generator=g).to(device)
+    cfg = official["get_cfg"](
+        student={"arch": "vit_small", "patch_size": 14, "num_register_tokens": 4},
+        train={"centering": "sinkhorn_knopp"},
+        compute_precision={"grad_scaler": False},
+        dino={"head_n_prototypes": k},
+        ibot={"head_n_prototypes": k},
+        crops={"local_crops_number": lc},
+    )
+    model = official["SSLMetaArch"](cfg).to(device)
+    model.need_to_synchronize_fsdp_streams = False
+    model.backprop_loss = lambda loss: None
+
+    def official_outputs() -> None:
+        def out(cls: Tensor, patches: Tensor) -> dict[str, Tensor]:
+            return {"x_norm_clstoken": cls, "x_norm_patchtokens": patches}
+
+        sg, sp, sl = (t.clone().requires_grad_() for t in (cls_g, patches_g, cls_l))
+        model.student.backbone = StubBackbone({"list": [out(sg, sp), out(sl, sl[:, None])]})
+        model.teacher.backbone = StubBackbone({"single": out(cls_g, patches_g)})
+
+    student = nn.ModuleDict({"dino_head": DINOHead(dim, k)}).to(device)
+    teacher = nn.ModuleDict({"dino_head": DINOHead(dim, k)}).to(device).requires_grad_(False)
+    criteria = Criteria(DINOLoss(k), iBOTPatchLoss(k), KoLeoLoss())
+    objective = DINOv2Objective()
+
+    def branch(heads: nn.ModuleDict, tokens: dict[int, Tensor]) -> Branch:
+        def split(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return t[:, 0], t[:, 1:5], t[:, 5:]
+
+        return Branch(
+            lambda crops, m: tokens[crops.shape[0]], split, heads["dino_head"], heads["dino_head"]
+        )
+
+    def tokens(cls: Tensor, patches: Tensor) -> Tensor:
+        return torch.cat([cls[:, None], cls[:, None].expand(-1, 4, -1), patches], dim=1)
+
+    dtype = torch.bfloat16 if "bf16" in args.heads_precision else None
+
+    def run_official() -> tuple[float, Tensor]:
+        official_outputs()
+        data = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        data["collated_global_crops"] = torch.zeros(2 * b, 1, device=device)
+        data["collated_local_crops"] = torch.zeros(lc * b, 1, device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            seconds, out = timed(lambda: model.forward_backward(data, teacher_temp=0.07), device)
+        return seconds, torch.stack([v.detach().float() for v in out.values()])
+
+    def run_geodino() -> tuple[float, Tensor]:
+        t_tokens = {2 * b: tokens(cls_g, patches_g)}
+        s_tokens = {
+            2 * b: tokens(cls_g, patches_g).requires_grad_(),
+            lc * b: tokens(cls_l, cls_l[:, None]).requires_grad_(),
+        }
+        global_crops = torch.zeros(2 * b, 1, device=device)
+        local_crops = torch.zeros(lc * b, 1, device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            seconds, out = timed(
+                lambda: objective(
+                    branch(student, s_tokens),
+                    branch(teacher, t_tokens),
+                    criteria,
+                    global_crops,
+                    local_crops,
+                    masks,
+                    0.07,
+                ),
+                device,
+            )
+        return seconds, out["loss"].detach().reshape(1)
+
+    return {
+        f"heads + targets + losses, forward ({args.heads_precision})": {
+            "shape": f"{(4 + lc) * b} + 2 x {int(masks.sum())} rows",
+            "official": run_official,
+            "geodino": run_geodino,
+            "compare": False,
+        }
     }
 
 
@@ -181,13 +298,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--heads-precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed"],
+        help="precision of the heads + targets + losses part (bf16-mixed: bf16 autocast)",
+    )
+    parser.add_argument("--only", default="", help="run only the parts whose name has this")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     official = import_official(args.official)
     single_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    if not args.device.startswith("cuda"):
+        keep_cuda_calls_on_the_cpu()
     rows = []
     for name, case in cases(args, official).items():
+        if args.only and args.only not in name:
+            continue
         times: dict[str, list[float]] = {"official": [], "geodino": []}
         outputs: dict[str, Tensor] = {}
         for i in range(args.repeats + 1):  # the first call of each side warms up
@@ -195,7 +323,9 @@ def main() -> None:
                 seconds, outputs[side] = case[side]()
                 if i:
                     times[side].append(seconds)
-        diff = float((outputs["official"].float() - outputs["geodino"].float()).abs().max())
+        diff = float("nan")
+        if case.get("compare", True):
+            diff = float((outputs["official"].float() - outputs["geodino"].float()).abs().max())
         row = {
             "part": name,
             "shape": case["shape"],

@@ -193,6 +193,13 @@ def import_official(checkout: Path, stand_in: bool | None = None) -> dict[str, A
     }
 
 
+def keep_cuda_calls_on_the_cpu() -> None:
+    """Make ``Tensor.cuda()`` return the tensor itself: the official step moves its batch
+    with ``.cuda(non_blocking=True)``, which the CPU runs cannot do (benchmark processes
+    only)."""
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+
+
 def single_process_group(backend: str = "gloo") -> None:
     """A one-process group (file store, no network) for the official ``dist.all_reduce``."""
     if not dist.is_initialized():

@@ -440,14 +440,13 @@ def official_side(args: argparse.Namespace) -> dict[str, Any]:
     import random
 
     import numpy as np
-    from official_dinov2 import import_official, single_process_group
+    from official_dinov2 import import_official, keep_cuda_calls_on_the_cpu, single_process_group
 
     device = torch.device(args.device)
     official = import_official(args.official, stand_in=None if device.type == "cuda" else True)
     single_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type != "cuda":
-        # the official step moves its batch with .cuda(): keep it where it is
-        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        keep_cuda_calls_on_the_cpu()
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
