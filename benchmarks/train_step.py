@@ -613,7 +613,11 @@ def run_pair(
 
 
 def side_by_side(args: argparse.Namespace) -> None:
-    """Alternate the two sides over rounds, batch sizes and precisions; print the tables."""
+    """Alternate the two sides over rounds, precisions and batch sizes; print the tables.
+
+    With ``--json`` the results so far are written after every pair, so that a run stopped
+    early still leaves its finished rounds (``--report`` prints their tables).
+    """
     results: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
         for i, (precision, batch) in enumerate(
@@ -630,13 +634,25 @@ def side_by_side(args: argparse.Namespace) -> None:
                     f"{result['images_per_s']:.3f} img/s, peak {result['peak_mb']:.0f} MB",
                     flush=True,
                 )
+            if args.json:
+                args.json.write_text(
+                    json.dumps(
+                        {"results": results, "args": {k: str(v) for k, v in vars(args).items()}},
+                        indent=1,
+                    )
+                )
     print_side_by_side(args, results)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"results": results, "args": {k: str(v) for k, v in vars(args).items()}}, indent=1
-            )
-        )
+
+
+def report(path: Path) -> None:
+    """Print the tables of a saved side-by-side run (complete or stopped early)."""
+    saved = json.loads(path.read_text())
+    results = saved["results"]
+    args = argparse.Namespace(**saved["args"])
+    args.batches = sorted({r["batch"] for r in results})
+    args.precisions = sorted({r["precision"] for r in results}, reverse=True)
+    args.rounds = max(r["round"] for r in results) + 1
+    print_side_by_side(args, results)
 
 
 def print_side_by_side(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
@@ -658,6 +674,8 @@ def print_side_by_side(args: argparse.Namespace, results: list[dict[str, Any]]) 
     for precision in args.precisions:
         for batch in args.batches:
             rows = [r for r in results if r["precision"] == precision and r["batch"] == batch]
+            if not rows:
+                continue
             g = [r for r in rows if r["side"] == "geodino"]
             o = [r for r in rows if r["side"] == "official"]
             ratios = [a["images_per_s"] / b["images_per_s"] for a, b in zip(g, o, strict=True)]
@@ -738,9 +756,13 @@ def main() -> None:
     side.add_argument(
         "--cuda-phases", action="store_true", help="time phases on CUDA (syncs: slower steps)"
     )
+    side.add_argument("--report", type=Path, default=None, help="print a saved run's tables")
     side.add_argument("--lockstep", action="store_true", help=argparse.SUPPRESS)
     side.add_argument("--side", choices=["geodino", "official"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        report(args.report)
+        return
     if args.side:
         if not args.device.startswith("cuda"):
             torch.set_num_threads(args.threads)
