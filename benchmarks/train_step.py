@@ -650,7 +650,7 @@ def report(path: Path) -> None:
     results = saved["results"]
     args = argparse.Namespace(**saved["args"])
     args.batches = sorted({r["batch"] for r in results})
-    args.precisions = sorted({r["precision"] for r in results}, reverse=True)
+    args.precisions = sorted({r["precision"] for r in results})
     args.rounds = max(r["round"] for r in results) + 1
     print_side_by_side(args, results)
 
