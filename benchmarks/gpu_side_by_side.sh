@@ -10,7 +10,7 @@
 #   git clone https://github.com/facebookresearch/dinov2 /tmp/dinov2   # not shipped
 #   bash benchmarks/gpu_side_by_side.sh /tmp/dinov2 [OUT]
 #
-# About 6-8 minutes on one H100.
+# Expected to take 6-8 minutes on one H100 (not run yet: no GPU was lent to issue 17).
 set -euo pipefail
 OFFICIAL=$(realpath "${1:?usage: gpu_side_by_side.sh DINOV2_CHECKOUT [OUT]}")
 OUT=$(realpath -m "${2:-gpu_side_by_side}")
