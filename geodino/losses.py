@@ -3,7 +3,14 @@
 Names and signatures follow the official code so that code ports over. Every reduction that
 the official code makes across processes happens here too, but only when a process group is
 initialised: one process and N processes on the same global batch give the same result.
-Sinkhorn-Knopp runs in the log domain, so it stays finite on large logits.
+
+The teacher's targets and the student's cross-entropy are written for the step's largest
+tensors (masked patches x 65,536 prototypes, 160 MB in float32 at batch 8): on the CPU a fresh
+tensor of that size costs more in page faults than an arithmetic pass over it, so these paths
+allocate one such tensor each and work in place. Sinkhorn-Knopp runs in the exp domain with
+each sample's logits shifted by their maximum, as scalings of one matrix of exponentials
+(matrix-vector products, no pass that rewrites it until the end), and without a value read
+back to the host.
 """
 
 import math
@@ -12,8 +19,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from geodino.errors import ConfigError
+
+#: Elements per block of the row-wise dot product (4 MiB of float32: reused, not page-faulted).
+_DOT_BLOCK = 1 << 20
+
+#: Smallest prototype mass that Sinkhorn-Knopp divides by: keeps the scalings finite where
+#: logits lie so far apart (over ~70 x the temperature) that exponentials underflow.
+_MIN_MASS = 1e-30
 
 
 def _distributed() -> bool:
@@ -26,45 +41,123 @@ def _all_reduce(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
     return tensor
 
 
-def _logsumexp(x: Tensor, dim: int | None, across_processes: bool) -> Tensor:
-    """log(sum(exp(x))) over ``dim`` (None: everything), optionally summed over processes."""
-    dims = tuple(range(x.ndim)) if dim is None else (dim,)
-    if x.numel():
-        peak = x.amax(dim=dims, keepdim=True)
-    else:  # a process without samples still joins the reductions
-        shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
-        peak = x.new_full(shape, -math.inf)
-    if across_processes:
-        _all_reduce(peak, dist.ReduceOp.MAX)
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    total = (x - peak).exp().sum(dim=dims, keepdim=True)
-    if across_processes:
-        _all_reduce(total)
-    return peak + total.log()
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` of two (N, K) tensors through a small reused block, not an (N, K) one."""
+    out = a.new_empty(a.shape[0])
+    rows = max(1, _DOT_BLOCK // max(a.shape[1], 1))
+    block = a.new_empty(min(rows, a.shape[0]), a.shape[1])
+    for start in range(0, a.shape[0], rows):
+        stop = min(start + rows, a.shape[0])
+        product = torch.mul(a[start:stop], b[start:stop], out=block[: stop - start])
+        torch.sum(product, dim=-1, out=out[start:stop])
+    return out
 
 
-def _sinkhorn_knopp(logits: Tensor, temp: float, batch: Tensor | float, iterations: int) -> Tensor:
-    """Sinkhorn-Knopp targets, as the official code computes them, in the log domain.
+def _global_mean(total: Tensor, count: int) -> Tensor:
+    """``total / count`` summed over processes (one reduction, no host-to-device copy)."""
+    if not _distributed():
+        return total / max(count, 1)
+    packed = torch.cat([total.reshape(-1), total.new_full((1,), float(count))])
+    _all_reduce(packed)
+    return (packed[:-1] / packed[-1].clamp_min(1)).reshape(total.shape)
+
+
+def _softmax_(x: Tensor, temp: float) -> Tensor:
+    """``softmax(x / temp)`` over the last dimension, written into ``x``."""
+    peak = x.amax(dim=-1, keepdim=True)
+    torch.add(peak.mul_(-1 / temp), x, alpha=1 / temp, out=x).exp_()
+    return x.div_(x.sum(dim=-1, keepdim=True))
+
+
+def _sinkhorn_knopp(logits: Tensor, temp: float, iterations: int, inplace: bool) -> Tensor:
+    """Sinkhorn-Knopp targets as the official code computes them, balanced across processes.
+
+    With ``E = exp((logits - m) / temp)`` (``m`` each sample's largest logit) the iterates are
+    ``diag(v) E diag(u)``: the prototypes' masses ``E^T v`` (summed over processes) set ``u``,
+    the samples' masses ``E u`` set ``v``, one matrix-vector product each; only the result is
+    written. The first ``v`` restores the shift against the global maximum, so the iterates are
+    the official ones (whose total, K and B normalisations are uniform scalings that cancel).
 
     Args:
         logits: (B, K) teacher logits of this process.
         temp: teacher temperature.
-        batch: global number of samples (B summed over processes).
         iterations: normalisation rounds.
+        inplace: write the targets into ``logits`` (when float32) instead of a new tensor.
 
     Returns:
         (B, K) targets whose rows sum to 1.
+
+    Raises:
+        ConfigError: with fewer than one iteration.
     """
-    log_q = (logits.float() / temp).t()  # K x B
-    k = log_q.shape[0]
-    log_b = torch.log(torch.as_tensor(batch, dtype=log_q.dtype, device=log_q.device))
-    log_q = log_q - _logsumexp(log_q, None, True)
-    for _ in range(iterations):
-        # rows (prototypes) sum to 1/K over the global batch ...
-        log_q = log_q - _logsumexp(log_q, 1, True) - math.log(k)
-        # ... and columns (samples) to 1/B
-        log_q = log_q - _logsumexp(log_q, 0, False) - log_b
-    return (log_q + log_b).exp().t()
+    if iterations < 1:
+        raise ConfigError(f"Sinkhorn-Knopp needs >= 1 iteration, got {iterations}.")
+    scaled = logits if inplace and logits.dtype == torch.float32 else None
+    if scaled is None:
+        scaled = torch.empty_like(logits, dtype=torch.float32)
+    peak = logits.amax(dim=1, keepdim=True).float()  # (B, 1)
+    top = peak.max() if peak.numel() else peak.new_full((), -math.inf)
+    top = _all_reduce(top.reshape(1), dist.ReduceOp.MAX)
+    exps = torch.add(peak * (-1 / temp), logits, alpha=1 / temp, out=scaled).exp_()
+    v = peak.squeeze(1).sub_(top).div_(temp).exp_()  # exp((m - max) / temp)
+    u = v.new_empty(0)
+    for i in range(iterations):
+        mass = _all_reduce(torch.mv(exps.t(), v))  # per prototype, global
+        u = mass.clamp_min_(_MIN_MASS).reciprocal_()
+        if i < iterations - 1:
+            v = torch.mv(exps, u).reciprocal_()  # per sample, local
+    exps.mul_(u)
+    return exps.div_(exps.sum(dim=1, keepdim=True))
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Per-row ``sum_k t_k log softmax(s / temp)_k`` with one (N, K) buffer for both passes.
+
+    The forward pass keeps ``softmax(s / temp)`` and the backward pass turns it into the
+    gradient in place (``(t - sum(t) p) / temp``), as xFormers' ``cross_entropy(...,
+    bw_inplace=True)`` does for the official code on GPUs. A second backward pass through the
+    same graph therefore fails loudly (the saved buffer has changed).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, student: Tensor, targets: Tensor, temp: float) -> Tensor:
+        """Per-row cross-entropy terms; see the class docstring."""
+        with torch.autocast(student.device.type, enabled=False):
+            probs = torch.empty_like(student, dtype=torch.float32)
+            peak = student.amax(dim=-1, keepdim=True).float()
+            shifted = torch.add(peak * (-1 / temp), student, alpha=1 / temp, out=probs)
+            dot = _row_dot(targets, shifted)
+            norm = shifted.exp_().sum(dim=-1)
+            mass = targets.sum(dim=-1, dtype=torch.float32)
+            probs.div_(norm.unsqueeze(-1))
+            ctx.save_for_backward(probs, targets, mass, torch.tensor(1 / temp))
+            return dot - norm.log_() * mass
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
+        """Gradient with respect to the student logits, in the forward buffer."""
+        # torch declares saved_tensors on the C base class, not on FunctionCtx
+        probs, targets, mass, inv_temp = ctx.saved_tensors  # type: ignore[attr-defined]
+        torch.addcmul(targets, probs, mass.neg().unsqueeze(-1), out=probs)
+        return probs.mul_((grad * inv_temp).unsqueeze(-1)), None, None
+
+
+def soft_cross_entropy(student: Tensor, targets: Tensor, temp: float) -> Tensor:
+    """``sum(targets * log_softmax(student / temp), -1)`` per row, as the official losses use it.
+
+    Args:
+        student: (N, K) student logits.
+        targets: (N, K) teacher targets (a row may sum to any mass, e.g. two views' targets).
+        temp: student temperature.
+
+    Returns:
+        (N,) float32 terms (negative: the losses subtract them).
+    """
+    if targets.requires_grad or student.dtype != torch.float32:
+        return (targets * F.log_softmax(student.float() / temp, dim=-1)).sum(dim=-1)
+    result: Tensor = _SoftCrossEntropy.apply(student, targets, temp)
+    return result
 
 
 class DINOLoss(nn.Module):
@@ -98,11 +191,16 @@ class DINOLoss(nn.Module):
         Returns:
             (B, K) targets.
         """
-        return F.softmax((teacher_output.float() - self.center) / teacher_temp, dim=-1)
+        return _softmax_(torch.sub(teacher_output, self.center), teacher_temp)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
-        self, teacher_output: Tensor, teacher_temp: float, n_iterations: int = 3
+        self,
+        teacher_output: Tensor,
+        teacher_temp: float,
+        n_iterations: int = 3,
+        *,
+        inplace: bool = False,
     ) -> Tensor:
         """Sinkhorn-Knopp centred targets, balanced over the global batch.
 
@@ -110,15 +208,13 @@ class DINOLoss(nn.Module):
             teacher_output: (B, K) logits of this process.
             teacher_temp: teacher temperature.
             n_iterations: normalisation rounds.
+            inplace: write the targets into ``teacher_output`` (float32 logits the caller
+                no longer needs), saving a (B, K) tensor.
 
         Returns:
             (B, K) targets.
         """
-        # count the global batch rather than assume equal shares (a last, smaller batch)
-        batch = _all_reduce(
-            torch.tensor(float(teacher_output.shape[0]), device=teacher_output.device)
-        )
-        return _sinkhorn_knopp(teacher_output, teacher_temp, batch, n_iterations)
+        return _sinkhorn_knopp(teacher_output, teacher_temp, n_iterations, inplace)
 
     def forward(
         self, student_output_list: list[Tensor], teacher_out_softmaxed_centered_list: list[Tensor]
@@ -142,11 +238,14 @@ class DINOLoss(nn.Module):
                 "DINOLoss needs at least one student view and one teacher view; check the "
                 "number of global/local crops."
             )
+        # sum_t mean(t . log s) = mean((sum_t t) . log s): one product per student view
+        teachers = iter(teacher_out_softmaxed_centered_list)
+        targets = next(teachers)
+        for teacher in teachers:
+            targets = targets + teacher
         total = torch.zeros((), device=student_output_list[0].device)
         for student in student_output_list:
-            log_probs = F.log_softmax(student.float() / self.student_temp, dim=-1)
-            for teacher in teacher_out_softmaxed_centered_list:
-                total = total - (teacher * log_probs).sum(dim=-1).mean()
+            total = total - soft_cross_entropy(student, targets, self.student_temp).mean()
         return total
 
     @torch.no_grad()
@@ -156,9 +255,9 @@ class DINOLoss(nn.Module):
         Args:
             teacher_output: (B, K) logits of this process.
         """
-        total = _all_reduce(teacher_output.float().sum(dim=0, keepdim=True))
-        count = _all_reduce(torch.tensor(float(teacher_output.shape[0]), device=total.device))
-        mean = total / count
+        mean = _global_mean(
+            teacher_output.sum(dim=0, keepdim=True, dtype=torch.float32), len(teacher_output)
+        )
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
@@ -193,32 +292,33 @@ class iBOTPatchLoss(nn.Module):
         Returns:
             targets of the same shape.
         """
-        center = self.center.reshape(-1)
-        return F.softmax((teacher_patch_tokens.float() - center) / teacher_temp, dim=-1)
+        return _softmax_(torch.sub(teacher_patch_tokens, self.center.reshape(-1)), teacher_temp)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
         self,
         teacher_output: Tensor,
         teacher_temp: float,
-        n_masked_patches_tensor: Tensor,
+        n_masked_patches_tensor: Tensor | None = None,
         n_iterations: int = 3,
+        *,
+        inplace: bool = False,
     ) -> Tensor:
         """Sinkhorn-Knopp targets over the masked patches of the global batch.
 
         Args:
             teacher_output: (M, K) logits of this process's masked patches.
             teacher_temp: teacher temperature.
-            n_masked_patches_tensor: number of masked patches on this process.
+            n_masked_patches_tensor: number of masked patches on this process; the official
+                code scales by it and back, the targets do not depend on it (unused).
             n_iterations: normalisation rounds.
+            inplace: write the targets into ``teacher_output`` (float32 logits the caller
+                no longer needs), saving an (M, K) tensor.
 
         Returns:
             (M, K) targets.
         """
-        total = _all_reduce(
-            n_masked_patches_tensor.detach().clone().float().to(teacher_output.device)
-        )
-        return _sinkhorn_knopp(teacher_output, teacher_temp, total.reshape(()), n_iterations)
+        return _sinkhorn_knopp(teacher_output, teacher_temp, n_iterations, inplace)
 
     def forward_masked(
         self,
@@ -240,8 +340,9 @@ class iBOTPatchLoss(nn.Module):
         Returns:
             the loss: -sum(w * sum(t log s)) / N_images.
         """
-        log_probs = F.log_softmax(student_patch_tokens_masked.float() / self.student_temp, dim=-1)
-        loss = (teacher_patch_tokens_masked * log_probs).sum(dim=-1)
+        loss = soft_cross_entropy(
+            student_patch_tokens_masked, teacher_patch_tokens_masked, self.student_temp
+        )
         if masks_weight is None:
             per_image = 1 / student_masks_flat.sum(-1).clamp(min=1.0)
             masks_weight = per_image.unsqueeze(-1).expand_as(student_masks_flat)[student_masks_flat]
@@ -257,13 +358,11 @@ class iBOTPatchLoss(nn.Module):
         Args:
             teacher_patch_tokens: (M, K) masked-patch logits or (B, N, K) patch logits.
         """
-        tokens = teacher_patch_tokens.float()
+        tokens = teacher_patch_tokens
         if tokens.ndim == 3:
-            tokens = tokens.mean(1)
-        total = _all_reduce(tokens.sum(dim=0, keepdim=True))
+            tokens = tokens.mean(1, dtype=torch.float32)
         # processes may hold different numbers of masked patches: count them all
-        count = _all_reduce(torch.tensor(float(tokens.shape[0]), device=total.device))
-        mean = total / count.clamp_min(1)
+        mean = _global_mean(tokens.sum(dim=0, keepdim=True, dtype=torch.float32), len(tokens))
         self.center.mul_(self.center_momentum).add_(
             mean.reshape(self.center.shape), alpha=1 - self.center_momentum
         )

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from geodino.errors import ConfigError
-from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss, soft_cross_entropy
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -88,6 +88,79 @@ def test_sinkhorn_stays_finite_on_large_logits() -> None:
     ):
         assert torch.isfinite(targets).all()
         torch.testing.assert_close(targets.sum(1), torch.ones(32), rtol=1e-4, atol=1e-4)
+
+
+def _cosines(rows: int, cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(rows, 32, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(cols, 32, generator=g), dim=-1)
+    return a @ b.T
+
+
+def _official_sinkhorn(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """The official exp-domain iterations, written out (one process)."""
+    q = torch.exp(logits.double() / temp).t()
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True) * q.shape[0]
+        q /= q.sum(dim=0, keepdim=True) * q.shape[1]
+    return (q * q.shape[1]).t().float()
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 5])
+def test_sinkhorn_equals_the_official_iterations_at_the_sharpest_temperature(
+    iterations: int,
+) -> None:
+    logits = _cosines(96, 2048, 0)  # |logits| / 0.04 up to 25, as from the heads
+    expected = _official_sinkhorn(logits, 0.04, iterations)
+    targets = iBOTPatchLoss(2048).sinkhorn_knopp_teacher(logits, 0.04, n_iterations=iterations)
+    torch.testing.assert_close(targets, expected, **TOL)
+    assert targets.data_ptr() != logits.data_ptr()
+
+
+def test_sinkhorn_in_place_writes_the_targets_into_the_logits() -> None:
+    logits = _cosines(16, 512, 1)
+    expected = DINOLoss(512).sinkhorn_knopp_teacher(logits, 0.07)
+    owned = logits.clone()
+    targets = DINOLoss(512).sinkhorn_knopp_teacher(owned, 0.07, inplace=True)
+    assert targets.data_ptr() == owned.data_ptr()
+    torch.testing.assert_close(targets, expected, rtol=0, atol=0)
+    # bf16 logits (autocast heads) cannot hold the targets: a float32 tensor is returned
+    half = logits.to(torch.bfloat16)
+    targets = DINOLoss(512).sinkhorn_knopp_teacher(half, 0.07, inplace=True)
+    assert targets.dtype == torch.float32 and half.dtype == torch.bfloat16
+    torch.testing.assert_close(targets, _official_sinkhorn(half.float(), 0.07), **TOL)
+    with pytest.raises(ConfigError, match=">= 1 iteration"):
+        DINOLoss(512).sinkhorn_knopp_teacher(logits, 0.07, n_iterations=0)
+
+
+@pytest.mark.parametrize("mass", [1.0, 2.0])
+def test_soft_cross_entropy_equals_log_softmax_terms_and_their_gradient(mass: float) -> None:
+    student = (_cosines(24, 300, 2) * 3).requires_grad_()
+    targets = torch.softmax(_cosines(24, 300, 3) / 0.04, dim=-1) * mass  # two views summed
+    reference = student.detach().clone().requires_grad_()
+    weights = torch.linspace(0.5, 2.0, 24)
+    value = soft_cross_entropy(student, targets, 0.1)
+    expected = (targets * torch.log_softmax(reference / 0.1, dim=-1)).sum(-1)
+    torch.testing.assert_close(value, expected, **TOL)
+    (value * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert student.grad is not None and reference.grad is not None
+    torch.testing.assert_close(student.grad, reference.grad, **TOL)
+
+
+def test_soft_cross_entropy_in_bfloat16_autocast_and_with_learned_targets() -> None:
+    student = _cosines(8, 64, 4).requires_grad_()
+    targets = torch.softmax(_cosines(8, 64, 5) / 0.07, dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = soft_cross_entropy(student, targets, 0.1)
+    assert value.dtype == torch.float32
+    expected = (targets * torch.log_softmax(student.detach() / 0.1, dim=-1)).sum(-1)
+    torch.testing.assert_close(value.detach(), expected, **TOL)
+    # targets that need a gradient take the plain autograd path
+    learned = targets.clone().requires_grad_()
+    soft_cross_entropy(student, learned, 0.1).sum().backward()
+    assert learned.grad is not None and student.grad is not None
 
 
 def test_ibot_explicit_weights_and_padding(ref: dict) -> None:

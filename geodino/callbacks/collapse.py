@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from geodino.errors import CollapseError, ConfigError
@@ -208,7 +209,9 @@ class CollapseGuard(Callback):
         metrics = trainer.callback_metrics
         if ENTROPY_KEY not in metrics or SPREAD_KEY not in metrics:
             return
-        check = self._check(step, float(metrics[ENTROPY_KEY]), float(metrics[SPREAD_KEY]))
+        # the only read of the device's values: both figures in one transfer
+        entropy, spread = torch.stack([metrics[ENTROPY_KEY], metrics[SPREAD_KEY]]).tolist()
+        check = self._check(step, entropy, spread)
         # ranks see different batches: all of them act on the same decision
         collapsed = trainer.strategy.reduce_boolean_decision(check.collapsed, all=False)
         self.streak = self.streak + 1 if collapsed and step >= self.min_step else 0

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 
 @runtime_checkable
@@ -70,14 +72,39 @@ class TrainingSummary(_HistoryCallback):
     callback of the trainer that is a :class:`RunVerdict` (e.g. the collapse guard) adds its
     judgement of the run under its ``summary_key``.
 
+    The values stay on the device as logged and are read back every ``read_every_n_rows``
+    rows in one transfer (and before the history is saved or written): on an accelerator a
+    read waits for the queued work, so reading every step would stall it.
+
     Args:
         every_n_steps: record the metrics every so many optimiser steps.
+        read_every_n_rows: recorded rows between reads of their values from the device.
     """
 
-    def __init__(self, every_n_steps: int = 1) -> None:
+    def __init__(self, every_n_steps: int = 1, read_every_n_rows: int = 25) -> None:
         """Start with an empty history."""
         super().__init__()
         self.every_n_steps = max(1, every_n_steps)
+        self.read_every_n_rows = max(1, read_every_n_rows)
+        self._unread: list[dict[str, float | Tensor]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded history (read back first)."""
+        self._read()
+        return super().state_dict()
+
+    def _read(self) -> None:
+        """Move the unread rows into the history, one transfer per device."""
+        cells = [
+            (row, k, v) for row in self._unread for k, v in row.items() if isinstance(v, Tensor)
+        ]
+        for device in {v.device for _, _, v in cells}:
+            here = [(row, k, v) for row, k, v in cells if v.device == device]
+            values = torch.stack([v.reshape(()).float() for _, _, v in here]).tolist()
+            for (row, key, _), value in zip(here, values, strict=True):
+                row[key] = value
+        self.history += [{k: float(v) for k, v in row.items()} for row in self._unread]
+        self._unread = []
 
     def on_train_batch_end(
         self,
@@ -90,11 +117,13 @@ class TrainingSummary(_HistoryCallback):
         """Record this step's training metrics."""
         if trainer.global_step % self.every_n_steps:
             return
-        row = {"step": float(trainer.global_step)}
+        row: dict[str, float | Tensor] = {"step": float(trainer.global_step)}
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train") and getattr(value, "numel", lambda: 1)() == 1:
-                row[key] = float(value)
-        self.history.append(row)
+                row[key] = value.detach() if isinstance(value, Tensor) else float(value)
+        self._unread.append(row)
+        if len(self._unread) >= self.read_every_n_rows:
+            self._read()
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Write the summary files (rank zero only)."""
@@ -113,6 +142,7 @@ class TrainingSummary(_HistoryCallback):
             trainer: the trainer (its callbacks' verdicts are included).
             collective: whether every rank calls (see :meth:`_output_folder`).
         """
+        self._read()
         folder = self._output_folder(trainer, collective)
         if folder is None:
             return

@@ -19,6 +19,7 @@ from geodino.export import BackboneSpec
 from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from geodino.models import DINOHead, Encoder, PackedEncoder, as_encoder
 from geodino.models.fusion import check_modalities, draw_modality_dropout
+from geodino.tasks.loss_check import DeferredLossCheck
 from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
 from geodino.transforms.masking import sample_ibot_masks
@@ -175,6 +176,7 @@ class DINOv2Task(BaseTask):
             )
         self.weights = weights
         super().__init__()
+        self._loss_check = DeferredLossCheck()
 
     # --- models ------------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -431,7 +433,9 @@ class DINOv2Task(BaseTask):
             tuple(self.hparams["mask_ratio"]),
             generator=generator,
         )
-        return masks.to(device)
+        if device.type == "cuda":  # from pinned memory the copy does not wait for the device
+            masks = masks.pin_memory()
+        return masks.to(device, non_blocking=True)
 
     def _tokens(
         self, which: Literal["student", "teacher"], images: Tensor, masks: Tensor | None = None
@@ -533,7 +537,8 @@ class DINOv2Task(BaseTask):
             the total loss.
 
         Raises:
-            FloatingPointError: if the loss is NaN or infinite.
+            FloatingPointError: if the loss of this or an earlier step is NaN or infinite
+                (read every step on the CPU, every 25 steps on an accelerator).
         """
         if "global_crops" not in batch:
             raise ConfigError(
@@ -542,23 +547,31 @@ class DINOv2Task(BaseTask):
             )
         out = self._losses(batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            parts = {k: float(v) for k, v in out.items() if v.ndim == 0}
-            raise FloatingPointError(
-                f"non-finite loss at step {self.global_step}: {parts}. The last good "
-                "checkpoint is intact; lower base_lr, raise warmup_fraction, use fp32/bf16 "
-                "instead of fp16, or check the band statistics."
-            )
+        # nothing here reads a value back from the device: the logged tensors stay there,
+        # host values are logged as CPU tensors, and the loss check reads in batches
+        self._loss_check.push(
+            self.global_step, {k: v for k, v in out.items() if v.device == loss.device}
+        )
         batch_size = batch["global_crops"].shape[0] // 2
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
+        if self._loss_check.due:
+            shown = torch.tensor(self._loss_check.read())
+            self.log("loss", shown, prog_bar=True, logger=False, batch_size=batch_size)
+        self.log("train_loss", loss, batch_size=batch_size)
         for key, value in out.items():
             if key != "loss":
                 self.log(f"train/{key}", value, batch_size=batch_size)
-        self.log("train/lr", self._schedule["lr"](self.global_step), batch_size=batch_size)
-        self.log(
-            "train/momentum", self._schedule["momentum"](self.global_step), batch_size=batch_size
-        )
+        for key in ("lr", "momentum"):
+            value = torch.tensor(self._schedule[key](self.global_step))
+            self.log(f"train/{key}", value, batch_size=batch_size)
         return loss
+
+    def on_train_end(self) -> None:
+        """Check the losses of the last steps.
+
+        Raises:
+            FloatingPointError: if one of them is NaN or infinite.
+        """
+        self._loss_check.read()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Log collapse diagnostics of teacher features on validation chips.
@@ -606,7 +619,12 @@ class DINOv2Task(BaseTask):
 
         Args:
             checkpoint: the checkpoint being written.
+
+        Raises:
+            FloatingPointError: if a loss since the last check is NaN or infinite (the
+                checkpoint is not written).
         """
+        self._loss_check.read()
         checkpoint["geodino_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["geodino_rng"]["cuda"] = torch.cuda.get_rng_state()

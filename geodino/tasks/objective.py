@@ -77,14 +77,14 @@ class DINOv2Objective:
 
         Args:
             loss: the DINO loss (its centre, for softmax centring, is updated).
-            logits: (M, K) teacher logits.
+            logits: (M, K) teacher logits (Sinkhorn-Knopp overwrites them when float32).
             temp: teacher temperature.
 
         Returns:
             (M, K) target probabilities.
         """
         if self.centering == "sinkhorn_knopp":
-            return loss.sinkhorn_knopp_teacher(logits, temp)
+            return loss.sinkhorn_knopp_teacher(logits, temp, inplace=True)
         targets = loss.softmax_center_teacher(logits, temp)
         loss.update_center(logits)
         return targets
@@ -96,7 +96,8 @@ class DINOv2Objective:
 
         Args:
             loss: the iBOT loss (its centre, for softmax centring, is updated).
-            logits: (M, K) teacher logits of the masked patches.
+            logits: (M, K) teacher logits of the masked patches (Sinkhorn-Knopp overwrites
+                them when float32).
             temp: teacher temperature.
             n_masked: (1,) count of masked patches, for Sinkhorn-Knopp.
 
@@ -104,7 +105,7 @@ class DINOv2Objective:
             (M, K) target probabilities.
         """
         if self.centering == "sinkhorn_knopp":
-            return loss.sinkhorn_knopp_teacher(logits, temp, n_masked_patches_tensor=n_masked)
+            return loss.sinkhorn_knopp_teacher(logits, temp, n_masked, inplace=True)
         targets = loss.softmax_center_teacher(logits, temp)
         loss.update_center(logits)
         return targets
@@ -141,12 +142,13 @@ class DINOv2Objective:
         # Teacher: global crops only, targets crossed between the two views.
         with torch.no_grad():
             t_cls, _, t_patches = teacher.split(teacher.encode(global_crops, None))
-            t_cls_logits = teacher.dino_head(t_cls).float()
+            (t_cls_logits,), t_masked = _heads(
+                teacher, [t_cls], t_patches[masks] if masks is not None else None
+            )
             t_cls_logits = torch.cat(t_cls_logits.chunk(n_global)[::-1])
             t_dino = self.dino_targets(criteria.dino, t_cls_logits, teacher_temp)
-            if masks is not None:
+            if masks is not None and t_masked is not None:
                 n_masked = masks.sum()
-                t_masked = teacher.ibot_head(t_patches[masks]).float()
                 t_ibot = self.ibot_targets(
                     criteria.ibot, t_masked, teacher_temp, n_masked.reshape(1).float()
                 )
@@ -160,7 +162,15 @@ class DINOv2Objective:
         else:
             s_global_tokens = student.encode(global_crops, masks)
         s_cls, _, s_patches = student.split(s_global_tokens)
-        s_global_logits = student.dino_head(s_cls).float()
+        cls_tokens = [s_cls]
+        if n_local > 0:
+            if s_local_tokens is None:
+                s_local_tokens = student.encode(local_crops, None)
+            cls_tokens.append(student.split(s_local_tokens)[0])
+        cls_logits, s_masked = _heads(
+            student, cls_tokens, s_patches[masks] if masks is not None else None
+        )
+        s_global_logits = cls_logits[0]
         n_terms = n_global * (n_global - 1) + n_global * n_local
         t_views = t_dino.chunk(n_global)
         s_views = s_global_logits.chunk(n_global)
@@ -168,11 +178,7 @@ class DINOv2Objective:
         dino_global = _total(criteria.dino([s], [t]) for s, t in zip(s_views, t_views, strict=True))
         dino_local = s_global_logits.new_zeros(())
         if n_local > 0:
-            if s_local_tokens is None:
-                s_local_tokens = student.encode(local_crops, None)
-            s_local_cls = student.split(s_local_tokens)[0]
-            s_local_logits = student.dino_head(s_local_cls).float()
-            dino_local = criteria.dino(list(s_local_logits.chunk(n_local)), list(t_views))
+            dino_local = criteria.dino(list(cls_logits[1].chunk(n_local)), list(t_views))
         dino = (dino_global + dino_local) / n_terms
         out = {"dino_loss": dino}
         total = self.dino_loss_weight * dino
@@ -180,18 +186,43 @@ class DINOv2Objective:
             koleo = _total(criteria.koleo(c) for c in s_cls.chunk(n_global))
             out["koleo_loss"] = koleo
             total = total + self.koleo_loss_weight * koleo
-        if masks is not None:
-            s_masked = student.ibot_head(s_patches[masks]).float()
+        if masks is not None and s_masked is not None:
             ibot = criteria.ibot.forward_masked(s_masked, t_ibot, student_masks_flat=masks)
             out["ibot_loss"] = ibot
             total = total + self.ibot_loss_weight * ibot
         out["loss"] = total
-        with torch.no_grad():
-            probs = t_dino.clamp_min(1e-12)
-            out["teacher_entropy"] = -(probs * probs.log()).sum(-1).mean()
+        with torch.no_grad():  # diagnostics stay on the device: nothing here waits for them
+            out["teacher_entropy"] = torch.special.entr(t_dino).sum(-1).mean()
             out["teacher_feature_std"] = F.normalize(t_cls.float(), dim=-1).std(0).mean()
             out["teacher_temp"] = torch.tensor(teacher_temp)
         return out
+
+
+def _heads(
+    branch: Branch, cls_tokens: list[Tensor], masked: Tensor | None
+) -> tuple[list[Tensor], Tensor | None]:
+    """Float32 head outputs of groups of class tokens and of masked patch tokens.
+
+    Every group goes through the DINO head in one call, the masked patches too when iBOT
+    shares it (as the official code concatenates them): the 65,536-prototype last layer, its
+    weight normalisation and, under autocast, its cast run once per branch and step.
+
+    Args:
+        branch: the student or the teacher.
+        cls_tokens: groups of class tokens, each (n_i, D).
+        masked: (M, D) masked patch tokens, or None.
+
+    Returns:
+        the logits of each group, and those of the masked patches (None without them).
+    """
+    inputs = list(cls_tokens)
+    shared = masked is not None and branch.ibot_head is branch.dino_head
+    if shared and masked is not None:
+        inputs.append(masked)
+    logits = list(branch.dino_head(torch.cat(inputs)).float().split([len(x) for x in inputs]))
+    if shared:
+        return logits[:-1], logits[-1]
+    return logits, None if masked is None else branch.ibot_head(masked).float()
 
 
 def _total(terms: Iterable[Tensor]) -> Tensor:

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from geodino.datamodules import FolderDINODataModule
 from geodino.errors import ConfigError
 from geodino.tasks import DINOv2Task
+from geodino.tasks.loss_check import DeferredLossCheck
 from geodino.tasks.schedules import CosineSchedule
 from geodino.transforms.normalize import BandStatistics
 
@@ -181,6 +182,33 @@ def test_non_finite_loss_names_the_step(tmp_path: Path) -> None:
     with pytest.raises(FloatingPointError, match="step 0"):
         fit.fit(task(), datamodule(statistics=path))
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_deferred_loss_check_keeps_a_non_finite_loss_out_of_checkpoints(tmp_path: Path) -> None:
+    # as on an accelerator: the losses are read back every 100 steps only, yet the first
+    # checkpoint (step 2) reads them first and names step 0
+    stats = BandStatistics(Blobs.band_names, [0.0] * 4, [1e-35] * 4)
+    path = stats.save(tmp_path / "stats.yaml")
+    model = task(checkpoint_every_n_steps=2)
+    model._loss_check = DeferredLossCheck(every_n_steps=100, every_step_on_cpu=False)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        trainer(tmp_path, 4, logger=False).fit(model, datamodule(statistics=path))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_deferred_loss_check_reads_in_batches() -> None:
+    check = DeferredLossCheck(every_n_steps=3, every_step_on_cpu=False)
+    assert not check.due and check.read() is None
+    for step, value in enumerate([1.0, 2.0]):
+        check.push(step, {"loss": torch.tensor(value), "dino_loss": torch.tensor(value / 2)})
+        assert not check.due
+    check.push(2, {"loss": torch.tensor(3.0)})
+    assert check.due and check.read() == 3.0 and not check.due
+    for step, value in [(3, 1.0), (4, float("inf")), (5, float("nan"))]:
+        check.push(step, {"loss": torch.tensor(value), "ibot_loss": torch.tensor(value)})
+    with pytest.raises(FloatingPointError, match=r"step 4: \{'loss': inf, 'ibot_loss': inf\}"):
+        check.read()
+    assert check.read() is None  # what was read is forgotten
 
 
 def test_max_steps_required(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 ``data/pre_restructuring_losses.pt`` holds one batch, the losses, the student's gradient norm
 and the loss centres that ``DINOv2Task._losses`` gave before the objective moved into
 ``geodino/tasks/objective.py`` (Sinkhorn-Knopp; softmax centring with a separate iBOT head;
-cross-attention fusion with modality dropout), with drop path on.
+cross-attention fusion with modality dropout), with drop path on. Since issue 17 rewrote
+the loss side (exp-domain Sinkhorn-Knopp, one-buffer cross-entropy) the values agree to
+float32 rounding rather than bit for bit.
 """
 
 from pathlib import Path
@@ -17,6 +19,7 @@ from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
 
 DATA = Path(__file__).parent / "data" / "pre_restructuring_losses.pt"
+ROUNDING = {"rtol": 1e-5, "atol": 1e-6}
 CASES: dict[str, dict[str, Any]] = {
     "sinkhorn": {},
     "softmax_separate": {
@@ -66,10 +69,10 @@ def test_losses_and_gradients_are_unchanged(case: str) -> None:
     grad = sum(p.grad.abs().sum() for p in task.student.parameters() if p.grad is not None)
     assert set(losses) == set(saved["losses"])
     for key, value in saved["losses"].items():
-        torch.testing.assert_close(losses[key].detach(), value, rtol=0, atol=0, msg=key)
-    torch.testing.assert_close(grad, saved["grad"], rtol=0, atol=0)
-    torch.testing.assert_close(task.dino_loss.center, saved["centers"][0], rtol=0, atol=0)
-    torch.testing.assert_close(task.ibot_loss.center, saved["centers"][1], rtol=0, atol=0)
+        torch.testing.assert_close(losses[key].detach(), value, **ROUNDING, msg=key)
+    torch.testing.assert_close(grad, saved["grad"], **ROUNDING)
+    torch.testing.assert_close(task.dino_loss.center, saved["centers"][0], **ROUNDING)
+    torch.testing.assert_close(task.ibot_loss.center, saved["centers"][1], **ROUNDING)
     assert all(p.grad is None for p in task.teacher.parameters())
 
 
