@@ -13,7 +13,7 @@ a whole batch. The guard reads the figures the task logs, ``train/teacher_entrop
 
 Near-uniform targets are also a normal *transient* around the end of the learning-rate
 warm-up: the demo recipe on a texture-only catalog with a 3,000-step schedule sat at 0.98-0.999
-of log K from step 175 to 525 (warm-up: 300 steps) and then learnt (0.92 of log K and k-NN
+of log K from step 175 to 575 (warm-up: 300 steps) and then learnt (0.92 of log K and k-NN
 1.0 at step 1,000). So the guard judges only after twice the warm-up, and a run that comes
 back for ``patience`` checks is recorded as recovered rather than left marked as collapsed.
 """
