@@ -120,6 +120,47 @@ def test_guard_stays_silent_on_a_healthy_run(
     assert not [r for r in caplog.records if r.name == "geodino.callbacks.collapse"]
     summary = json.loads((Path(trainer.log_dir) / "metrics.json").read_text())["collapse"]
     assert summary["verdict"] == "healthy" and len(summary["checks"]) == 10
+    # the batch spreads its targets over many prototypes: no prototype wins
+    assert all(c["prototypes_used"] > 4 for c in summary["checks"]), summary["checks"]
+
+
+def test_guard_judges_after_twice_the_warmup(catalog: Any) -> None:
+    stability = benchmark_module("recipe_stability")
+    task_args, _ = stability.recipe("demo", stability.SIZES["ci"], len(catalog.band_names))
+    task = DINOv2Task(**{**task_args, "warmup_fraction": 0.1})
+    for max_steps, min_step, judged_from in ((3000, None, 600), (500, None, 200), (3000, 50, 50)):
+        task.trainer = Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False)
+        guard = CollapseGuard(min_step=min_step)
+        guard.setup(task.trainer, task, "fit")
+        assert guard.judged_from == judged_from
+        assert guard.num_prototypes == task_args["head_out_dim"]
+
+
+def test_guard_records_a_recovery() -> None:
+    guard = CollapseGuard(patience=2, min_step=10, num_prototypes=32)
+    verdicts = [(5, True), (10, True), (15, False), (20, True), (25, True), (30, True)]
+    changes = [guard._advance(step, collapsed) for step, collapsed in verdicts]
+    assert changes == [None, None, None, None, "collapsed", None]  # not judged before 10
+    assert guard.collapsed_at == 25 and guard.verdict == "collapsed at step 25"
+    assert [guard._advance(s, False) for s in (35, 40)] == [None, "recovered"]
+    assert guard.collapsed_at is None
+    guard.checks = [guard._check(40, 1.0, 0.1)]
+    assert guard.verdict == "healthy (collapsed at step 25, recovered by step 40)"
+    resumed = CollapseGuard(patience=2, min_step=10, num_prototypes=32)
+    resumed.load_state_dict(guard.state_dict())
+    assert resumed.episodes == guard.episodes and resumed.verdict == guard.verdict
+    # a checkpoint written before recoveries were tracked
+    legacy = CollapseGuard(patience=2, min_step=10, num_prototypes=32)
+    legacy.load_state_dict({"checks": [], "peak_spread": 0.1, "streak": 0, "collapsed_at": 25})
+    assert legacy.collapsed_at == 25
+
+
+def test_one_winning_prototype_is_a_collapse() -> None:
+    guard = CollapseGuard(num_prototypes=1024)
+    healthy = guard._check(300, entropy=3.0, spread=0.1, prototypes_used=40.0)
+    dominated = guard._check(325, entropy=0.01, spread=0.1, prototypes_used=1.02)
+    assert not healthy.collapsed and dominated.collapsed
+    assert "one prototype wins" in guard._usage(dominated)
 
 
 def test_every_dinov2_run_gets_a_guard_unless_the_trainer_has_one() -> None:

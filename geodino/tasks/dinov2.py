@@ -239,6 +239,16 @@ class DINOv2Task(BaseTask):
         return as_encoder((self.student if which == "student" else self.teacher)["backbone"])
 
     # --- schedules ---------------------------------------------------------------------
+    @property
+    def warmup_steps(self) -> int:
+        """Optimiser steps of the learning-rate warm-up of the run being fitted.
+
+        Raises:
+            ConfigError: if the trainer has no ``max_steps``.
+        """
+        fraction: float = self.hparams["warmup_fraction"]
+        return round(fraction * self._total_steps())
+
     def _total_steps(self) -> int:
         steps = self.trainer.max_steps
         if steps is None or steps < 1:
@@ -257,7 +267,7 @@ class DINOv2Task(BaseTask):
         batch = datamodule.batch_size if datamodule else 1
         global_batch = batch * world * self.trainer.accumulate_grad_batches
         lr = hp["base_lr"] * math.sqrt(global_batch / hp["lr_reference_batch"])
-        warmup = round(hp["warmup_fraction"] * total)
+        warmup = self.warmup_steps
         freeze = round(hp["freeze_last_layer_fraction"] * total)
         return {
             "lr": CosineSchedule(lr, hp["min_lr"], total, warmup),

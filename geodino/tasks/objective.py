@@ -133,7 +133,9 @@ class DINOv2Objective:
 
         Returns:
             ``loss`` (weighted total), ``dino_loss``, ``koleo_loss`` and ``ibot_loss`` when
-            used, ``teacher_entropy``, ``teacher_feature_std`` and ``teacher_temp``.
+            used, ``teacher_entropy``, ``teacher_feature_std``, ``teacher_temp`` and, with two
+            images or more, ``teacher_prototypes_used`` (exp of the entropy of the batch's
+            mean target: below ~2, one prototype wins every input).
         """
         n_global = self.n_global
         batch_size = global_crops.shape[0] // n_global
@@ -194,6 +196,9 @@ class DINOv2Objective:
         with torch.no_grad():  # diagnostics stay on the device: nothing here waits for them
             out["teacher_entropy"] = torch.special.entr(t_dino).sum(-1).mean()
             out["teacher_feature_std"] = F.normalize(t_cls.float(), dim=-1).std(0).mean()
+            if batch_size >= 2:  # two views of one image rightly share their prototypes
+                batch_target = t_dino.mean(0)
+                out["teacher_prototypes_used"] = torch.special.entr(batch_target).sum().exp()
             out["teacher_temp"] = torch.tensor(teacher_temp)
         return out
 
