@@ -1,0 +1,99 @@
+"""QGIS opens files as a user's *Add Raster/Vector Layer* would and says what it sees.
+
+Input: ``rasters`` and ``vectors`` (paths). Verdict: for each path, whether QGIS opened it,
+its CRS, extent, size and band names (rasters) or features, fields and geometry type
+(vectors); for a vector file, whether QGIS's GDAL has a driver for its format at all.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import qgis_session
+
+#: OGR driver of each vector extension geodino writes.
+DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".parquet": "Parquet", ".geojson": "GeoJSON"}
+
+
+def extent(layer: Any) -> list[float]:
+    box = layer.extent()
+    return [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]
+
+
+def error_of(layer: Any) -> str:
+    """The layer's error (QGIS 3.22 crashes on summary() of an empty one)."""
+    error = layer.error()
+    return "" if error.isEmpty() else error.summary()
+
+
+def gdal_error(path: str) -> str:
+    """What GDAL says when asked to open a vector file, or "" when it opens it."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        dataset = gdal.OpenEx(path, gdal.OF_VECTOR)
+        return "" if dataset is not None else gdal.GetLastErrorMsg() or "GDAL cannot open it"
+    finally:
+        gdal.PopErrorHandler()
+
+
+def raster(path: str) -> dict[str, Any]:
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(path, Path(path).stem, "gdal")
+    if not layer.isValid():
+        return {"valid": False, "error": error_of(layer)}
+    renderer = layer.renderer()
+    provider = layer.dataProvider()
+    info = {
+        "valid": True,
+        "crs": layer.crs().authid(),
+        "extent": extent(layer),
+        "size": [layer.height(), layer.width()],
+        "bands": layer.bandCount(),
+        "band_names": [layer.bandName(i) for i in range(1, layer.bandCount() + 1)],
+        "nodata": [provider.sourceNoDataValue(i) for i in range(1, layer.bandCount() + 1)],
+        "renderer": renderer.type(),
+        "overviews": provider.hasPyramids(),
+    }
+    if renderer.type() == "multibandcolor":
+        info["rgb"] = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
+    return info
+
+
+def vector(path: str) -> dict[str, Any]:
+    from osgeo import ogr
+    from qgis.core import QgsVectorLayer, QgsWkbTypes
+
+    driver = DRIVERS.get(Path(path).suffix.lower())
+    info: dict[str, Any] = {
+        "driver": driver,
+        "driver_available": driver is not None and ogr.GetDriverByName(driver) is not None,
+    }
+    layer = QgsVectorLayer(path, Path(path).stem, "ogr")
+    if not layer.isValid():
+        return {**info, "valid": False, "error": error_of(layer), "gdal_error": gdal_error(path)}
+    return {
+        **info,
+        "valid": True,
+        "crs": layer.crs().authid(),
+        "extent": extent(layer),
+        "features": layer.featureCount(),
+        "fields": layer.fields().names(),
+        "geometry": QgsWkbTypes.displayString(layer.wkbType()),
+    }
+
+
+def open_all(payload: dict[str, Any]) -> dict[str, Any]:
+    from osgeo import gdal
+    from qgis.core import Qgis
+
+    return {
+        "versions": {"qgis": Qgis.QGIS_VERSION, "gdal": gdal.__version__},
+        "rasters": {path: raster(path) for path in payload.get("rasters", [])},
+        "vectors": {path: vector(path) for path in payload.get("vectors", [])},
+    }
+
+
+if __name__ == "__main__":
+    qgis_session.run(open_all)

@@ -1,0 +1,141 @@
+"""The geodino Processing provider in headless QGIS: ``processing.runAndLoadResults``.
+
+Input: ``plugins`` (the folder holding geodino_processing), ``command`` (the geodino
+setting), ``scene``, ``aoi``, ``export``, ``out`` (a folder), ``point`` ([x, y, "EPSG:..."])
+and ``chips`` (a chip-table file name, or null). The plugin is loaded through its
+``classFactory`` as QGIS loads it. Verdict: for each run, its results, the progress and
+messages it reported and the layers it added to the project; for the failing runs, the
+exception's message and the errors in the feedback.
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import qgis_session
+
+
+def recorder() -> Any:
+    from qgis.core import QgsProcessingFeedback
+
+    class Recorder(QgsProcessingFeedback):
+        """Keeps what an algorithm reports."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.progress: list[float] = []
+            self.info: list[str] = []
+            self.errors: list[str] = []
+            self.commands: list[str] = []
+
+        def setProgress(self, progress: float) -> None:
+            self.progress.append(progress)
+            super().setProgress(progress)
+
+        def pushInfo(self, info: str) -> None:
+            self.info.append(info)
+
+        def pushCommandInfo(self, info: str) -> None:
+            self.commands.append(info)
+
+        def reportError(self, error: str, fatalError: bool = False) -> None:
+            self.errors.append(error)
+
+    return Recorder()
+
+
+def layer_info(layer: Any) -> dict[str, Any]:
+    from qgis.core import QgsMapLayerType
+
+    info = {
+        "name": layer.name(),
+        "source": layer.source(),
+        "valid": layer.isValid(),
+        "crs": layer.crs().authid(),
+    }
+    if layer.type() == QgsMapLayerType.RasterLayer:
+        info.update(kind="raster", bands=layer.bandCount(), renderer=layer.renderer().type())
+    else:
+        info.update(kind="vector", features=layer.featureCount())
+    return info
+
+
+def run(algorithm: str, parameters: dict[str, Any], feedback: Any = None) -> dict[str, Any]:
+    """Run and load; the layers the run added; or the exception it raised."""
+    import processing
+    from qgis.core import QgsProcessingException, QgsProject
+
+    project = QgsProject.instance()
+    before = set(project.mapLayers())
+    feedback = feedback or recorder()
+    record: dict[str, Any] = {}
+    start = time.perf_counter()
+    try:
+        record["results"] = processing.runAndLoadResults(algorithm, parameters, feedback=feedback)
+    except QgsProcessingException as error:
+        record["exception"] = str(error)
+    record["seconds"] = time.perf_counter() - start
+    record.update(
+        progress=feedback.progress,
+        info=feedback.info,
+        errors=feedback.errors,
+        commands=feedback.commands,
+        layers=[layer_info(project.mapLayer(i)) for i in set(project.mapLayers()) - before],
+    )
+    return record
+
+
+def main(payload: dict[str, Any]) -> dict[str, Any]:
+    from processing.core.ProcessingConfig import ProcessingConfig
+    from qgis.core import QgsApplication
+
+    sys.path.insert(0, payload["plugins"])
+    import geodino_processing
+
+    plugin = geodino_processing.classFactory(None)
+    plugin.initProcessing()
+    from geodino_processing.settings import COMMAND
+
+    provider = QgsApplication.processingRegistry().providerById("geodino")
+    report: dict[str, Any] = {
+        "algorithms": sorted(a.id() for a in provider.algorithms()),
+        "setting": ProcessingConfig.getSetting(COMMAND),
+    }
+    ProcessingConfig.setSettingValue(COMMAND, payload["command"])
+    out = Path(payload["out"])
+    common = {"INPUT": payload["scene"], "AOI": payload["aoi"], "WEIGHTS": payload["export"]}
+    windows = {"CHIP_SIZE": 28, "BATCH_SIZE": 2}
+    embed = {**common, **windows, "OUTPUT": str(out / "emb.tif")}
+    if payload.get("chips"):
+        embed["CHIPS"] = str(out / payload["chips"])
+    report["embed"] = run("geodino:embed", embed)
+    x, y, crs = payload["point"]
+    point = f"{x},{y} [{crs}]"
+    report["similar"] = run(
+        "geodino:similar",
+        {"INPUT": str(out / "emb.tif"), "POINT": point, "TOP_K": 5, "OUTPUT": str(out / "sim.tif")},
+    )
+    report["maps"] = run(
+        "geodino:maps", {**common, **windows, "POINT": point, "OUTPUT": str(out / "maps")}
+    )
+    report["missing_export"] = run(
+        "geodino:embed",
+        {**embed, "WEIGHTS": str(out / "no_such_export"), "OUTPUT": str(out / "never.tif")},
+    )
+    canceled = recorder()
+    canceled.cancel()
+    report["canceled"] = run(
+        "geodino:embed", {**embed, "OUTPUT": str(out / "canceled.tif")}, canceled
+    )
+    not_a_program = out / "not_geodino.txt"
+    not_a_program.write_text("not a program\n")
+    ProcessingConfig.setSettingValue(COMMAND, str(not_a_program))
+    report["not_a_program"] = run("geodino:embed", {**embed, "OUTPUT": str(out / "never.tif")})
+    plugin.unload()
+    report["unloaded"] = QgsApplication.processingRegistry().providerById("geodino") is None
+    return report
+
+
+if __name__ == "__main__":
+    qgis_session.run(main, processing=True)
