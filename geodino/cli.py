@@ -152,17 +152,20 @@ def embed(
     batch_size: int = 16,
     overwrite: bool = False,
 ) -> None:
-    """Embed rasters (inside an AOI) as a GeoTIFF of patch embeddings or a GeoParquet of chips.
+    """Embed rasters (inside an AOI) as a GeoTIFF of patch embeddings or a table of chips.
 
     Usage: geodino embed WEIGHTS RASTER... --out OUT [--aoi AOI] [--pca K]. A .tif OUT is a
     Cloud-Optimised GeoTIFF of patch embeddings on the raster's grid coarsened by the patch
-    size (one pixel per patch); a .parquet OUT holds chip polygons with their CLS
-    embeddings. An interrupted run resumes from OUT.parts/.
+    size (one pixel per patch, bands emb_000... or pc1...); a .gpkg (GeoPackage), .fgb
+    (FlatGeobuf), .parquet (GeoParquet) or .geojson OUT holds chip polygons with their CLS
+    embeddings as float32 columns emb_000... (or pc1...). An interrupted run resumes from
+    OUT.parts/.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
         rasters: GeoTIFFs with the backbone's bands, in its order.
-        out: .tif (one file per raster when several are given) or .parquet (one table).
+        out: .tif (one file per raster when several are given), or .gpkg, .fgb, .parquet or
+            .geojson (one table).
         aoi: AOI polygons (GeoPackage, GeoJSON, Shapefile): embed only inside them.
         pca: reduce the embeddings to this many principal components.
         chip_size: window side in pixels (default: the size the backbone was trained at).
@@ -383,13 +386,14 @@ def similar(
     bbox: tuple[float, float, float, float] | None = None,
     crs: str | None = None,
     top_k: int = 10,
+    matches: Path | None = None,
 ) -> None:
     """Similarity heatmap GeoTIFF and top-k matches of a query point or chip.
 
     Usage: geodino similar EMB.tif --x X --y Y [--crs EPSG:4326] --out sim.tif, where
     EMB.tif comes from geodino embed (without --pca). Writes the cosine similarity of every
     patch to the query (a point, or the mean of a --bbox) on the same grid, and the top-k
-    most similar patches as OUT_matches.geojson.
+    most similar patches (polygons with rank, similarity and embedding) as --matches.
 
     Args:
         embeddings: a patch-embedding GeoTIFF written by ``geodino embed``.
@@ -399,6 +403,8 @@ def similar(
         bbox: query box as [xmin, ymin, xmax, ymax]: its mean embedding is the query.
         crs: CRS of the query coordinates (default: the embeddings'), e.g. EPSG:4326.
         top_k: number of best matches to list.
+        matches: table of the matches: .gpkg, .fgb, .parquet or .geojson (default:
+            OUT_matches.geojson beside OUT).
     """
     from geodino.errors import DataError
     from geodino.inference import similarity_search
@@ -407,7 +413,7 @@ def similar(
         raise DataError("give both --x and --y for a query point.")
     point = (x, y) if x is not None and y is not None else None
     heatmap, matches = similarity_search(
-        embeddings, out, point=point, bbox=bbox, crs=crs, top_k=top_k
+        embeddings, out, point=point, bbox=bbox, crs=crs, top_k=top_k, matches=matches
     )
     _say(f"similarity  {heatmap}\n   matches  {matches}")
 

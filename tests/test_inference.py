@@ -237,7 +237,7 @@ def test_bad_input_is_refused(tiny_export: Path, tmp_path: Path, capsys) -> None
         embed(tiny_export, [raster], tmp_path / "x.tif", aoi=far_path, progress=False)
     with pytest.raises(DataError, match="--pca 33 must lie between 1 and the embedding size 32"):
         embed(tiny_export, [raster], tmp_path / "x.tif", pca=33, progress=False)
-    with pytest.raises(DataError, match=r"\.tif .* or a \.parquet"):
+    with pytest.raises(DataError, match=r"x\.png: give a \.tif .*\.gpkg, \.fgb, \.parquet"):
         embed(tiny_export, [raster], tmp_path / "x.png", progress=False)
     # through the command: exit status 2 and a one-paragraph message
     assert main(["embed", str(tiny_export), str(three), "--out", str(tmp_path / "y.tif")]) == 2

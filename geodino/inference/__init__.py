@@ -1,15 +1,18 @@
 """Inference with a pretrained backbone on rasters: embeddings, similarity search, maps.
 
 - :mod:`~geodino.inference.regions`: the part of each raster to embed and its windows.
-- :mod:`~geodino.inference.embedding`: ``geodino embed`` (GeoTIFF / GeoParquet, resumable).
-- :mod:`~geodino.inference.search`: ``geodino search`` (cosine similarity to a query).
+- :mod:`~geodino.inference.embedding`: ``geodino embed`` (GeoTIFF / chip table, resumable).
+- :mod:`~geodino.inference.search`: ``geodino similar`` (cosine similarity to a query).
 - :mod:`~geodino.inference.maps`: ``geodino maps`` (PCA and attention figures).
-- :mod:`~geodino.inference.cog`: the Cloud-Optimised GeoTIFF writer.
+- :mod:`~geodino.inference.cog`: the Cloud-Optimised GeoTIFF writer (statistics, overviews).
+- :mod:`~geodino.inference.tables`: the chunked vector table writer (GeoPackage,
+  FlatGeobuf, GeoParquet, GeoJSON).
+- :mod:`~geodino.inference.provenance`: the metadata every output carries.
 
 PCA lives in :mod:`geodino.pca` (shared with :mod:`geodino.plotting`).
 """
 
-from geodino.inference.cog import write_cog
+from geodino.inference.cog import band_statistics, write_cog
 from geodino.inference.embedding import (
     RASTER_SUFFIXES,
     TABLE_SUFFIXES,
@@ -18,15 +21,27 @@ from geodino.inference.embedding import (
     embed_region,
 )
 from geodino.inference.maps import write_maps
+from geodino.inference.provenance import provenance
 from geodino.inference.regions import RasterRegion, plan_region, plan_regions, read_window
 from geodino.inference.search import similarity_search
+from geodino.inference.tables import (
+    CHUNK_ROWS,
+    TABLE_FORMATS,
+    read_metadata,
+    table_format,
+    vector_columns,
+    write_table,
+)
 from geodino.pca import PCA_SAMPLES, fit_pca, project
 
 __all__ = [
+    "CHUNK_ROWS",
     "PCA_SAMPLES",
     "RASTER_SUFFIXES",
+    "TABLE_FORMATS",
     "TABLE_SUFFIXES",
     "RasterRegion",
+    "band_statistics",
     "embed",
     "embed_batches",
     "embed_region",
@@ -34,8 +49,13 @@ __all__ = [
     "plan_region",
     "plan_regions",
     "project",
+    "provenance",
+    "read_metadata",
     "read_window",
     "similarity_search",
+    "table_format",
+    "vector_columns",
     "write_cog",
     "write_maps",
+    "write_table",
 ]

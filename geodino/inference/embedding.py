@@ -1,9 +1,10 @@
-"""Embeddings of rasters for GIS: patch embeddings as COG, chip CLS embeddings as GeoParquet.
+"""Embeddings of rasters for GIS: patch embeddings as COGs, chip CLS embeddings as tables.
 
 A raster is cut into windows of ``chip_size`` pixels aligned on its own patch grid. Each
 window goes through the backbone once; its patch tokens become one pixel each of an output
 raster on the input's grid coarsened by the patch size (transform scaled by the patch size),
-and its CLS token becomes one row of a table with the window's polygon. Windows tile the
+and its CLS token becomes one row of a table (GeoPackage, FlatGeobuf, GeoParquet or GeoJSON)
+with the window's polygon. Windows tile the
 region without overlap except the last of a row or column, which is moved back inside the
 region. Rasters are read window by window with rasterio on their own grid, never resampled.
 An interrupted run resumes from the batches it saved.
@@ -24,15 +25,26 @@ import torch
 
 from geodino.errors import DataError
 from geodino.inference.cog import write_cog
+from geodino.inference.provenance import provenance
 from geodino.inference.regions import RasterRegion, chip_pixels, plan_regions, read_window
-from geodino.pca import fit_pca, project
+from geodino.inference.tables import (
+    CHUNK_ROWS,
+    TABLE_FORMATS,
+    rechunk,
+    vector_columns,
+    write_table,
+)
+from geodino.pca import PCA_SAMPLES, fit_pca, project
+from geodino.seeding import numpy_rng
 
 if TYPE_CHECKING:
+    from geopandas import GeoDataFrame
+
     from geodino.export import PretrainedBackbone
 
-#: Output suffixes and what they write.
+#: Output suffixes and what they write: patch embeddings as COGs, chip tables.
 RASTER_SUFFIXES = (".tif", ".tiff")
-TABLE_SUFFIXES = (".parquet",)
+TABLE_SUFFIXES = tuple(TABLE_FORMATS)
 
 
 def embed_batches(
@@ -133,8 +145,9 @@ def embed(
     batch_size: int = 16,
     overwrite: bool = False,
     progress: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> list[Path]:
-    """Embed rasters with a backbone and write a Cloud-Optimised GeoTIFF or a GeoParquet.
+    """Embed rasters with a backbone and write Cloud-Optimised GeoTIFFs or a chip table.
 
     The work is saved batch by batch in ``OUT.parts/``; a run that stops resumes there with
     the same arguments, and the folder is removed once the output is written.
@@ -143,14 +156,17 @@ def embed(
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
         rasters: GeoTIFFs with the backbone's bands.
         out: ``.tif`` for patch embeddings (one file per raster when several are given,
-            named ``OUT_<raster stem>.tif``), ``.parquet`` for chip polygons with CLS
-            embeddings (one table for all rasters, in the first raster's CRS).
+            named ``OUT_<raster stem>.tif``); ``.gpkg`` (GeoPackage), ``.fgb``
+            (FlatGeobuf), ``.parquet`` (GeoParquet) or ``.geojson`` for chip polygons with
+            CLS embeddings (one table for all rasters, in the first raster's CRS).
         aoi: AOI polygons (file or GeoDataFrame): only embed inside them.
         pca: reduce embeddings to this many principal components (fitted on all rasters).
         chip_size: window side in pixels (default: the backbone's training size).
         batch_size: windows per forward pass.
         overwrite: replace an existing output and discard saved parts.
         progress: show a progress bar.
+        chunk_rows: rows of a chip table written at a time (the table is never held whole
+            in memory).
 
     Returns:
         the written files.
@@ -166,9 +182,10 @@ def embed(
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in RASTER_SUFFIXES + TABLE_SUFFIXES:
+        tables = ", ".join(TABLE_SUFFIXES)
         raise DataError(
-            f"--out {out}: give a .tif (patch embeddings as a GeoTIFF) or a .parquet (chip "
-            "polygons with CLS embeddings) file."
+            f"--out {out}: give a .tif (patch embeddings as a Cloud-Optimised GeoTIFF) or a "
+            f"vector table of chip polygons with CLS embeddings ({tables})."
         )
     as_raster = suffix in RASTER_SUFFIXES
     backbone = load_backbone(weights)
@@ -222,22 +239,16 @@ def embed(
             bar.update(1)
     bar.close()
 
-    def load(i: int) -> list[Any]:
-        return [np.load(p) for p in sorted(parts.glob(f"{i:03d}_*.npz"))]
-
-    tags = {
-        "geodino_weights": str(weights),
-        "geodino_model": backbone.meta.get("model", ""),
-        "patch_size": backbone.patch_size,
-        "chip_size": chip,
-    }
+    part_files = [sorted(parts.glob(f"{i:03d}_*.npz")) for i in range(len(regions))]
+    metadata = provenance(backbone, weights, chip)
     if as_raster:
         grids = []
-        for i, region in enumerate(regions):
+        for region, files in zip(regions, part_files, strict=True):
             grid = np.full((backbone.embed_dim, region.height, region.width), np.nan, np.float32)
-            for part in load(i):
-                for (r, c, h, w), values in zip(part["windows"], part["patches"], strict=True):
-                    grid[:, r : r + h, c : c + w] = values
+            for file in files:
+                with np.load(file) as part:
+                    for (r, c, h, w), values in zip(part["windows"], part["patches"], strict=True):
+                        grid[:, r : r + h, c : c + w] = values
             grid[:, ~region.mask] = np.nan
             grids.append(grid)
         names = [f"emb_{j:03d}" for j in range(backbone.embed_dim)]
@@ -248,7 +259,7 @@ def embed(
                 project(g.transpose(1, 2, 0), mean, components).transpose(2, 0, 1) for g in grids
             ]
             names = [f"pc{j + 1}" for j in range(pca)]
-            tags["pca_components"] = pca
+            metadata["pca_components"] = str(pca)
         for target, region, grid in zip(targets, regions, grids, strict=True):
             write_cog(
                 target,
@@ -256,10 +267,11 @@ def embed(
                 region.crs,
                 region.out_transform,
                 names,
-                {**tags, "source_raster": str(region.path)},
+                {**metadata, "source_raster": str(region.path)},
+                rgb=pca == 3,
             )
     else:
-        _write_table(out, regions, [load(i) for i in range(len(regions))], pca, tags)
+        _write_table(out, regions, part_files, pca, metadata, chunk_rows)
     shutil.rmtree(parts)
     return targets
 
@@ -267,41 +279,83 @@ def embed(
 def _write_table(
     out: Path,
     regions: Sequence[RasterRegion],
-    parts: Sequence[Sequence[Any]],
+    parts: Sequence[Sequence[Path]],
     pca: int | None,
-    tags: dict[str, Any],
+    metadata: dict[str, str],
+    chunk_rows: int,
 ) -> None:
-    import geopandas as gpd
-    import pandas as pd  # type: ignore[import-untyped]
+    """Write the chip table from the saved parts, ``chunk_rows`` rows at a time.
 
-    frames, vectors = [], []
-    crs = regions[0].crs
-    for region, region_parts in zip(regions, parts, strict=True):
-        windows = [
-            (int(r), int(c), int(h), int(w))
-            for part in region_parts
-            for r, c, h, w in part["windows"]
-        ]
-        p = region.patch
-        frame = gpd.GeoDataFrame(
-            {
-                "raster": str(region.path),
-                "row": [region.row + w[0] * p for w in windows],
-                "col": [region.col + w[1] * p for w in windows],
-                "size": [w[2] * p for w in windows],
-            },
-            geometry=[region.polygon(w) for w in windows],
-            crs=region.crs,
-        ).to_crs(crs)
-        frames.append(frame)
-        vectors.append(np.concatenate([part["cls"] for part in region_parts]))
-    values = np.concatenate(vectors)
-    names = [f"emb_{j:03d}" for j in range(values.shape[1])]
+    With ``pca``, the components are fitted first on a sample of the CLS embeddings (at
+    most :data:`~geodino.pca.PCA_SAMPLES` rows, read from the parts), then every chunk is
+    projected as it is written.
+    """
+    projection = _fit_table_pca(parts, pca) if pca else None
     if pca:
-        mean, components = fit_pca(values, pca)
-        values, names = project(values, mean, components), [f"pc{j + 1}" for j in range(pca)]
-    table = pd.concat(frames, ignore_index=True)
-    columns = {name: values[:, j] for j, name in enumerate(names)}
-    table = gpd.GeoDataFrame(pd.concat([table, pd.DataFrame(columns)], axis=1), crs=crs)
-    table.attrs.update(tags)
-    table.to_parquet(out)
+        metadata = {**metadata, "pca_components": str(pca)}
+    crs = regions[0].crs
+    write_table(
+        out,
+        rechunk(_chip_frames(regions, parts, crs, projection), chunk_rows),
+        crs,
+        metadata,
+        description=(
+            f"geodino chip embeddings: one {'PCA' if pca else 'CLS'} vector per window of "
+            f"{metadata['chip_size']} px, model {metadata['geodino_model']}, bands "
+            f"{metadata['bands'] or 'unnamed'}, {metadata['date']}"
+        ),
+    )
+
+
+def _chip_frames(
+    regions: Sequence[RasterRegion],
+    parts: Sequence[Sequence[Path]],
+    crs: Any,
+    projection: tuple[np.ndarray, np.ndarray] | None,
+) -> Iterator["GeoDataFrame"]:
+    """One GeoDataFrame per saved batch: window polygons in ``crs`` and their vectors."""
+    import geopandas as gpd
+
+    for region, files in zip(regions, parts, strict=True):
+        p = region.patch
+        for file in files:
+            with np.load(file) as part:
+                values = part["cls"]
+                windows = [(int(r), int(c), int(h), int(w)) for r, c, h, w in part["windows"]]
+            if projection is not None:
+                scores = project(values, *projection)
+                columns = {f"pc{j + 1}": scores[:, j] for j in range(scores.shape[1])}
+            else:
+                columns = vector_columns(values)
+            yield gpd.GeoDataFrame(
+                {
+                    "raster": str(region.path),
+                    "row": [region.row + w[0] * p for w in windows],
+                    "col": [region.col + w[1] * p for w in windows],
+                    "size": [w[2] * p for w in windows],
+                    **columns,
+                },
+                geometry=[region.polygon(w) for w in windows],
+                crs=region.crs,
+            ).to_crs(crs)
+
+
+def _fit_table_pca(parts: Sequence[Sequence[Path]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the saved CLS embeddings, fitted on at most PCA_SAMPLES of them."""
+    files = [file for region_files in parts for file in region_files]
+    sizes = []
+    for file in files:
+        with np.load(file) as part:
+            sizes.append(len(part["windows"]))
+    total = sum(sizes)
+    keep = np.arange(total)
+    if total > PCA_SAMPLES:
+        keep = np.sort(numpy_rng(0).choice(total, PCA_SAMPLES, replace=False))
+    samples, start = [], 0
+    for file, size in zip(files, sizes, strict=True):
+        rows = keep[(keep >= start) & (keep < start + size)] - start
+        if len(rows):
+            with np.load(file) as part:
+                samples.append(part["cls"][rows])
+        start += size
+    return fit_pca(np.concatenate(samples), k)

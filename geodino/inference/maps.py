@@ -10,7 +10,9 @@ import torch
 from rasterio.windows import Window
 
 from geodino.errors import DataError
+from geodino.inference.cog import write_cog
 from geodino.inference.embedding import embed_region
+from geodino.inference.provenance import provenance
 from geodino.inference.regions import (
     RasterRegion,
     chip_pixels,
@@ -33,8 +35,10 @@ def write_maps(
 ) -> dict[str, Path]:
     """Visual checks of a backbone on a raster: PCA map and attention maps.
 
-    A PCA map of the raster's patch embeddings (PNG and a 3-band GeoTIFF) and the attention
-    maps of one chip (PNG).
+    A PCA map of the raster's patch embeddings (PNG, and a Cloud-Optimised GeoTIFF whose
+    three uint8 bands ``pc1``..``pc3`` are marked red, green and blue, with statistics and
+    overviews, so that a GIS opens it as a colour image) and the attention maps of one chip
+    (PNG).
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -123,18 +127,14 @@ def write_maps(
         ),
     }
     colours = (pca_rgb(grid) * 255).round().astype(np.uint8).transpose(2, 0, 1)
-    with rasterio.open(
+    write_cog(
         out / "pca_map.tif",
-        "w",
-        driver="GTiff",
-        width=region.width,
-        height=region.height,
-        count=3,
-        dtype="uint8",
-        crs=region.crs,
-        transform=region.out_transform,
-        photometric="RGB",
-    ) as dst:
-        dst.write(colours)
+        colours,
+        region.crs,
+        region.out_transform,
+        ["pc1", "pc2", "pc3"],
+        {**provenance(backbone, weights, chip), "source_raster": str(region.path)},
+        rgb=True,
+    )
     paths["pca_tif"] = out / "pca_map.tif"
     return paths

@@ -1,14 +1,21 @@
 """Similarity search: cosine similarity of every embedding pixel to a query point or box."""
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 
 from geodino.errors import DataError
 from geodino.inference.cog import write_cog
+from geodino.inference.provenance import now
 from geodino.inference.regions import point_in_crs
+from geodino.inference.tables import table_format, vector_columns, write_table
+
+if TYPE_CHECKING:
+    from geopandas import GeoDataFrame
 
 
 def similarity_search(
@@ -18,34 +25,40 @@ def similarity_search(
     bbox: tuple[float, float, float, float] | None = None,
     crs: Any = None,
     top_k: int = 10,
+    matches: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Cosine similarity of every embedding pixel to a query point or box, and the top matches.
 
     Args:
         embeddings: a full-dimension patch-embedding GeoTIFF written by :func:`embed`.
-        out: the similarity GeoTIFF to write (one band in [-1, 1], on the embeddings' grid);
-            the matches go beside it as ``<stem>_matches.geojson``.
+        out: the similarity GeoTIFF to write (one band ``cosine_similarity`` in [-1, 1], on
+            the embeddings' grid).
         point: query ``(x, y)``: the embedding pixel under it.
         bbox: query ``(xmin, ymin, xmax, ymax)`` (a query chip): the mean embedding of the
             pixels whose centres fall inside.
         crs: CRS of ``point``/``bbox`` (default: the embeddings').
         top_k: matches to list, best first, the query pixels excluded.
+        matches: the table of matches: ``.gpkg``, ``.fgb``, ``.parquet`` or ``.geojson``
+            (default: ``<out stem>_matches.geojson`` beside ``out``); one polygon per
+            matching patch with its ``rank``, ``similarity``, ``row``, ``col`` and embedding
+            ``emb_000``...
 
     Returns:
-        the similarity GeoTIFF and the matches GeoJSON.
+        the similarity GeoTIFF and the matches table.
 
     Raises:
-        DataError: without exactly one query, or a query off the grid or on empty pixels.
+        DataError: without exactly one query, for a query off the grid or on empty pixels,
+            or for a matches path that is not a vector table.
     """
-    import geopandas as gpd
-    from shapely.geometry import box
-
+    embeddings, out = Path(embeddings), Path(out)
+    matches = Path(matches) if matches else out.with_name(f"{out.stem}_matches.geojson")
+    table_format(matches, "--matches")
     if (point is None) == (bbox is None):
         raise DataError("give the query as a point (--x/--y) or as a box (--bbox), not both.")
-    embeddings, out = Path(embeddings), Path(out)
     with rasterio.open(embeddings) as src:
         grid, transform, grid_crs = src.read().astype(np.float32), src.transform, src.crs
         bounds = list(src.bounds)
+        source_tags = src.tags()
     _, h, w = grid.shape
     rows, cols = np.mgrid[0:h, 0:w]
     if point is not None:
@@ -74,29 +87,58 @@ def similarity_search(
     target = vectors.mean(1)
     norms = np.linalg.norm(grid, axis=0) * np.linalg.norm(target)
     similarity = np.einsum("dhw,d->hw", grid, target) / np.maximum(norms, 1e-12)
-    write_cog(
-        out,
-        similarity[None],
-        grid_crs,
-        transform,
-        ["cosine_similarity"],
-        {"query": where, "source_embeddings": str(embeddings)},
-    )
+    metadata = {
+        **{k: v for k, v in source_tags.items() if k in _KEPT_TAGS},
+        "date": now(),
+        "query": where,
+        "source_embeddings": str(embeddings),
+    }
+    write_cog(out, similarity[None], grid_crs, transform, ["cosine_similarity"], metadata)
     ranked = np.where(query | ~np.isfinite(similarity), -np.inf, similarity).ravel()
     best = [i for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
-    cells = []
-    for rank, index in enumerate(best, 1):
-        r, c = divmod(int(index), w)
-        (ax, ay), (bx, by) = transform @ (c, r), transform @ (c + 1, r + 1)
-        cells.append(
-            {
-                "rank": rank,
-                "similarity": float(ranked[index]),
-                "row": r,
-                "col": c,
-                "geometry": box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)),
-            }
-        )
-    matches = out.with_name(f"{out.stem}_matches.geojson")
-    gpd.GeoDataFrame(cells, geometry="geometry", crs=grid_crs).to_file(matches)
+    write_table(
+        matches,
+        [_match_frame(best, ranked, grid, transform, grid_crs)],
+        grid_crs,
+        metadata,
+        description=f"geodino similarity search: the {top_k} patches most like the {where}",
+    )
     return out, matches
+
+
+#: Tags of an embeddings GeoTIFF that its similarity outputs carry on.
+_KEPT_TAGS = (
+    "geodino_version",
+    "geodino_model",
+    "geodino_weights",
+    "bands",
+    "patch_size",
+    "chip_size",
+)
+
+
+def _match_frame(
+    best: Sequence[int], ranked: np.ndarray, grid: np.ndarray, transform: Affine, crs: Any
+) -> "GeoDataFrame":
+    """The matching patches: footprint, rank, similarity, grid cell and embedding."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    _, _, w = grid.shape
+    cells = [divmod(int(index), w) for index in best]
+    footprints = []
+    for r, c in cells:
+        (ax, ay), (bx, by) = transform @ (c, r), transform @ (c + 1, r + 1)
+        footprints.append(box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)))
+    vectors = np.stack([grid[:, r, c] for r, c in cells]) if cells else np.zeros((0, len(grid)))
+    return gpd.GeoDataFrame(
+        {
+            "rank": np.arange(1, len(cells) + 1, dtype=np.int64),
+            "similarity": np.asarray([ranked[i] for i in best], dtype=np.float64),
+            "row": np.asarray([r for r, _ in cells], dtype=np.int64),
+            "col": np.asarray([c for _, c in cells], dtype=np.int64),
+            **vector_columns(vectors),
+        },
+        geometry=gpd.GeoSeries(footprints, crs=crs),
+        crs=crs,
+    )
