@@ -210,6 +210,10 @@ def geodino(*arguments: str | Path) -> None:
     assert main([str(a) for a in arguments]) == 0
 
 
+#: The vector formats geodino writes and what its tables are called here.
+TABLES = ("gpkg", "fgb", "parquet")
+
+
 @pytest.fixture(scope="module")
 def outputs(
     tiny_export: Path, scenes: dict[str, Path], aois: dict[str, Any], work: Path
@@ -217,26 +221,32 @@ def outputs(
     """Every file geodino writes, from real CLI runs on the scenes and QGIS's AOI."""
     out = work / "outputs"
     aoi = aois["aoi_4326.gpkg"]["path"]
-    west = scenes["west"]
+    west, both = scenes["west"], (scenes["west"], scenes["east"])
     chip = ("--chip_size", CHIP)
     geodino("embed", tiny_export, west, "--aoi", aoi, "--out", out / "emb.tif", *chip)
     geodino("embed", tiny_export, west, "--aoi", aoi, "--out", out / "pca.tif", "--pca", 3, *chip)
-    both = (scenes["west"], scenes["east"])
-    tables = {}
-    for extension in ("parquet",):
-        tables[extension] = out / f"chips.{extension}"
-        geodino("embed", tiny_export, *both, "--aoi", aoi, "--out", tables[extension], *chip)
-    sim = out / "sim.tif"
+    for extension in TABLES:
+        table = out / f"chips.{extension}"
+        geodino("embed", tiny_export, *both, "--aoi", aoi, "--out", table, *chip)
     x, y = QUERY
-    geodino("similar", out / "emb.tif", "--x", x, "--y", y, "--out", sim, "--top_k", 5)
+    query = ("--x", x, "--y", y, "--top_k", 5)
+    geodino(
+        "similar",
+        out / "emb.tif",
+        *query,
+        "--out",
+        out / "sim.tif",
+        "--matches",
+        out / "matches.gpkg",
+    )
     geodino("maps", tiny_export, west, "--aoi", aoi, "--out", out / "maps", *chip)
     return {
         "emb": out / "emb.tif",
         "pca": out / "pca.tif",
-        "sim": sim,
+        "sim": out / "sim.tif",
         "pca_map": out / "maps" / "pca_map.tif",
-        "matches": next(out.glob("sim_matches.*")),
-        **tables,
+        "matches": out / "matches.gpkg",
+        **{extension: out / f"chips.{extension}" for extension in TABLES},
     }
 
 
@@ -256,9 +266,17 @@ def opened(qgis: str, outputs: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("key", "bands"), [("emb", 32), ("pca", 3), ("sim", 1), ("pca_map", 3)])
-def test_qgis_opens_the_rasters_on_their_grid(
-    opened: dict[str, Any], outputs: dict[str, Path], key: str, bands: int
+@pytest.mark.parametrize(
+    ("key", "bands", "renderer"),
+    [
+        ("emb", 32, "multibandcolor"),
+        ("pca", 3, "multibandcolor"),
+        ("sim", 1, "singlebandgray"),
+        ("pca_map", 3, "multibandcolor"),
+    ],
+)
+def test_qgis_opens_the_rasters_on_their_grid_and_styled(
+    opened: dict[str, Any], outputs: dict[str, Path], key: str, bands: int, renderer: str
 ) -> None:
     layer = opened[key]
     assert layer["valid"], layer
@@ -267,17 +285,28 @@ def test_qgis_opens_the_rasters_on_their_grid(
         assert layer["extent"] == pytest.approx(list(src.bounds), abs=1e-6)
         assert layer["size"] == [src.height, src.width]
         assert layer["bands"] == src.count == bands
-        # QGIS names a band "Band 01: <description>" when the file describes it
+        # QGIS names a band "Band 01: <description>": the file's band descriptions
         for name, description in zip(layer["band_names"], src.descriptions, strict=True):
-            assert name.endswith(f": {description}") if description else ":" not in name
+            assert description and name.endswith(f": {description}")
     # the rasters lie over the AOI, within one 140 m patch of its bounds
     left, top = layer["extent"][0], layer["extent"][3]
     assert left <= X0 + 100 < left + 140 and top - 140 < Y0 - 100 <= top
-    if bands == 3:
-        assert layer["renderer"] == "multibandcolor" and layer["rgb"] == [1, 2, 3]
+    # styled at once: a colour image of the first three bands, stretched over their values
+    assert layer["renderer"] == renderer
+    if renderer == "multibandcolor":
+        low, high = layer["red_stretch"]
+        assert layer["rgb"] == [1, 2, 3] and np.isfinite([low, high]).all() and low < high
+    # how it was made, in the layer properties
+    assert layer["metadata_keys"] == [
+        "geodino_version",
+        "geodino_model",
+        "geodino_weights",
+        "chip_size",
+        "date",
+    ]
 
 
-@pytest.mark.parametrize("key", ["parquet", "matches"])
+@pytest.mark.parametrize("key", [*TABLES, "matches"])
 def test_qgis_opens_the_vector_tables(
     opened: dict[str, Any], outputs: dict[str, Path], key: str
 ) -> None:
@@ -296,7 +325,17 @@ def test_qgis_opens_the_vector_tables(
     assert layer["features"] == len(frame) > 0
     assert layer["extent"] == pytest.approx(list(frame.total_bounds), abs=1e-6)
     assert layer["geometry"] in ("Polygon", "MultiPolygon")
+    embedding = [f"emb_{i:03d}" for i in range(32)]
     assert set(frame.columns) - {"geometry"} <= set(layer["fields"])
+    assert set(embedding) <= set(layer["fields"])
+    if key == "gpkg":  # the layer's description, in QGIS's layer properties
+        assert "vit_small_patch14_reg4_dinov2" in layer["abstract"]
+
+
+def test_the_chip_table_covers_both_scenes_over_the_aoi(outputs: dict[str, Path]) -> None:
+    frame = gpd.read_file(outputs["gpkg"])
+    assert set(frame["raster"].map(lambda p: Path(p).stem)) == set(SCENES)
+    assert frame.geometry.intersects(shapely.union_all([RING, PARTS, VAL])).all()
 
 
 # --- geodino in QGIS: the Processing provider ------------------------------------------------
@@ -315,7 +354,7 @@ def processing_runs(
         "export": str(tiny_export),
         "out": str(out),
         "point": [*QUERY, UTM],
-        "chips": None,
+        "chips": "chips.gpkg",
     }
     return {"out": out, **run_qgis(qgis, "run_processing.py", payload)}
 
@@ -326,18 +365,23 @@ def test_the_provider_registers_three_algorithms(processing_runs: dict[str, Any]
     assert processing_runs["unloaded"]
 
 
-def test_embed_writes_the_cog_reports_progress_and_loads_it(
+def test_embed_writes_the_cog_and_the_geopackage_and_loads_them(
     processing_runs: dict[str, Any], outputs: dict[str, Path]
 ) -> None:
     run = processing_runs["embed"]
     assert "exception" not in run, run
-    cog = processing_runs["out"] / "emb.tif"
-    assert run["results"]["OUTPUT"] == str(cog)
-    # the CLI's progress bar became Processing progress, up to the end
-    assert len(run["progress"]) > 2 and max(run["progress"]) == 100
-    assert any("embed" in command and "--aoi" in command for command in run["commands"])
-    (layer,) = run["layers"]
-    assert layer["valid"] and layer["source"] == str(cog) and layer["bands"] == 32
+    out = processing_runs["out"]
+    cog, chips = out / "emb.tif", out / "chips.gpkg"
+    assert run["results"] == {"OUTPUT": str(cog), "CHIPS": str(chips)}
+    # one CLI run per output; their progress bars became Processing progress, up to the end
+    assert len(run["commands"]) == 2 and all("--aoi" in c for c in run["commands"])
+    assert len(run["progress"]) > 4 and max(run["progress"]) == 100
+    layers = {layer["kind"]: layer for layer in run["layers"]}
+    assert layers["raster"]["valid"] and layers["raster"]["source"] == str(cog)
+    assert layers["raster"]["bands"] == 32 and layers["raster"]["crs"] == UTM
+    vector = layers["vector"]
+    assert vector["valid"] and vector["source"].split("|")[0] == str(chips)
+    assert vector["features"] == len(gpd.read_file(chips)) > 0 and "emb_031" in vector["fields"]
     with rasterio.open(cog) as through_qgis, rasterio.open(outputs["emb"]) as direct:
         assert through_qgis.profile | {"nodata": 0} == direct.profile | {"nodata": 0}
         assert np.isnan(through_qgis.nodata) and np.isnan(direct.nodata)

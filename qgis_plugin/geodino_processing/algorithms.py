@@ -21,7 +21,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputRasterLayer,
-    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -40,10 +39,8 @@ from .settings import configured_command
 
 #: AOI formats the geodino CLI reads directly; other sources are copied to a GeoPackage.
 AOI_FORMATS = ["gpkg", "geojson", "shp"]
-#: Chip-table formats of ``geodino embed``, by extension.
-TABLE_FORMATS = ["gpkg", "fgb", "parquet"]
-#: What ``geodino similar`` may name its matches beside the heatmap, most likely first.
-MATCH_FORMATS = ["gpkg", "fgb", "geojson", "parquet"]
+#: Table formats of ``geodino embed`` and ``geodino similar``, by extension.
+TABLE_FORMATS = ["gpkg", "fgb", "parquet", "geojson"]
 
 
 class GeodinoAlgorithm(QgsProcessingAlgorithm):
@@ -186,6 +183,19 @@ def layer_file(layer: QgsMapLayer) -> str:
     return path
 
 
+def check_table(path: str, what: str) -> None:
+    """Refuse a table path whose format geodino does not write, before running it.
+
+    Raises:
+        QgsProcessingException: naming the path and the formats geodino writes.
+    """
+    if Path(path).suffix.lower().lstrip(".") not in TABLE_FORMATS:
+        raise QgsProcessingException(
+            f"{what} {path}: give a .gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet "
+            "(GeoParquet) or .geojson file."
+        )
+
+
 def point_options(crs: QgsCoordinateReferenceSystem, x: float, y: float) -> list[str]:
     """``--x X --y Y --crs CRS`` of a point in a QGIS CRS."""
     return ["--x", repr(x), "--y", repr(y), *crs_options(crs)]
@@ -281,10 +291,8 @@ class EmbedAlgorithm(GeodinoAlgorithm):
         for step, (key, path) in enumerate(outputs.items()):
             if feedback.isCanceled():
                 raise QgsProcessingException("geodino embed was canceled.")
-            if key == self.CHIPS and Path(path).suffix.lower().lstrip(".") not in TABLE_FORMATS:
-                raise QgsProcessingException(
-                    f"chip table {path}: give a .gpkg, .fgb or .parquet file."
-                )
+            if key == self.CHIPS:
+                check_table(path, "chip table")
             step_feedback = _StepFeedback(feedback, step, len(outputs))
             self.run_cli(
                 ["embed", weights, raster, "--out", path, *options, "--overwrite", "true"],
@@ -339,7 +347,11 @@ class SimilarAlgorithm(GeodinoAlgorithm):
             )
         )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Similarity"))
-        self.addOutput(QgsProcessingOutputVectorLayer(self.MATCHES, "Most similar patches"))
+        matches = QgsProcessingParameterVectorDestination(
+            self.MATCHES, "Most similar patches", QgsProcessing.TypeVectorPolygon
+        )
+        matches.setSupportsNonFileBasedOutput(False)
+        self.addParameter(matches)
 
     def checkParameterValues(
         self, parameters: dict[str, Any], context: QgsProcessingContext
@@ -370,13 +382,10 @@ class SimilarAlgorithm(GeodinoAlgorithm):
             box = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
             query = ["--bbox", json.dumps(box), *crs_options(crs)]
         top_k = self.parameterAsInt(parameters, self.TOP_K, context)
-        self.run_cli(["similar", embeddings, "--out", out, *query, "--top_k", str(top_k)], feedback)
-        matches = _written_beside(Path(out), "_matches", MATCH_FORMATS)
-        if matches is None:
-            raise QgsProcessingException(
-                f"geodino similar wrote no matches beside {out}; see the log above."
-            )
-        _load_on_completion(context, matches, "Most similar patches", self.MATCHES)
+        matches = self.parameterAsOutputLayer(parameters, self.MATCHES, context)
+        check_table(matches, "matches table")
+        arguments = ["similar", embeddings, "--out", out, "--matches", matches, *query]
+        self.run_cli([*arguments, "--top_k", str(top_k)], feedback)
         return {self.OUTPUT: out, self.MATCHES: matches}
 
 
@@ -478,15 +487,6 @@ def _layer_count(path: str) -> int:
     """Number of layers in a vector file (0 when OGR cannot open it)."""
     dataset = ogr.Open(path)
     return 0 if dataset is None else dataset.GetLayerCount()
-
-
-def _written_beside(out: Path, suffix: str, formats: list[str]) -> str | None:
-    """The file ``<stem><suffix>.<ext>`` beside ``out`` in the first format that exists."""
-    for extension in formats:
-        candidate = out.with_name(f"{out.stem}{suffix}.{extension}")
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def _load_on_completion(context: QgsProcessingContext, path: str, name: str, output: str) -> None:

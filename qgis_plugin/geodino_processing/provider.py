@@ -43,5 +43,5 @@ class GeodinoProvider(QgsProcessingProvider):
         return ["tif"]
 
     def supportedOutputVectorLayerExtensions(self) -> list[str]:
-        """Chip tables: GeoPackage first (the default), FlatGeobuf, GeoParquet."""
-        return ["gpkg", "fgb", "parquet"]
+        """Tables: GeoPackage first (the default), FlatGeobuf, GeoParquet, GeoJSON."""
+        return ["gpkg", "fgb", "parquet", "geojson"]

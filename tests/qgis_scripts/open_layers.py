@@ -10,6 +10,8 @@ from typing import Any
 
 import qgis_session
 
+#: geodino's metadata items (docs/outputs.md) looked for in what QGIS shows of a layer.
+METADATA_KEYS = ("geodino_version", "geodino_model", "geodino_weights", "chip_size", "date")
 #: OGR driver of each vector extension geodino writes.
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".parquet": "Parquet", ".geojson": "GeoJSON"}
 
@@ -54,10 +56,12 @@ def raster(path: str) -> dict[str, Any]:
         "band_names": [layer.bandName(i) for i in range(1, layer.bandCount() + 1)],
         "nodata": [provider.sourceNoDataValue(i) for i in range(1, layer.bandCount() + 1)],
         "renderer": renderer.type(),
-        "overviews": provider.hasPyramids(),
+        "metadata_keys": [key for key in METADATA_KEYS if key in layer.htmlMetadata()],
     }
     if renderer.type() == "multibandcolor":
         info["rgb"] = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
+        stretch = renderer.redContrastEnhancement()
+        info["red_stretch"] = [stretch.minimumValue(), stretch.maximumValue()]
     return info
 
 
@@ -81,6 +85,7 @@ def vector(path: str) -> dict[str, Any]:
         "features": layer.featureCount(),
         "fields": layer.fields().names(),
         "geometry": QgsWkbTypes.displayString(layer.wkbType()),
+        "abstract": layer.metadata().abstract(),
     }
 
 

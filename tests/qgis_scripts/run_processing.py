@@ -57,7 +57,7 @@ def layer_info(layer: Any) -> dict[str, Any]:
     if layer.type() == QgsMapLayerType.RasterLayer:
         info.update(kind="raster", bands=layer.bandCount(), renderer=layer.renderer().type())
     else:
-        info.update(kind="vector", features=layer.featureCount())
+        info.update(kind="vector", features=layer.featureCount(), fields=layer.fields().names())
     return info
 
 
@@ -114,14 +114,25 @@ def main(payload: dict[str, Any]) -> dict[str, Any]:
     point = f"{x},{y} [{crs}]"
     report["similar"] = run(
         "geodino:similar",
-        {"INPUT": str(out / "emb.tif"), "POINT": point, "TOP_K": 5, "OUTPUT": str(out / "sim.tif")},
+        {
+            "INPUT": str(out / "emb.tif"),
+            "POINT": point,
+            "TOP_K": 5,
+            "OUTPUT": str(out / "sim.tif"),
+            "MATCHES": str(out / "matches.gpkg"),
+        },
     )
     report["maps"] = run(
         "geodino:maps", {**common, **windows, "POINT": point, "OUTPUT": str(out / "maps")}
     )
     report["missing_export"] = run(
         "geodino:embed",
-        {**embed, "WEIGHTS": str(out / "no_such_export"), "OUTPUT": str(out / "never.tif")},
+        {
+            **embed,
+            "WEIGHTS": str(out / "no_such_export"),
+            "OUTPUT": str(out / "never.tif"),
+            "CHIPS": None,
+        },
     )
     canceled = recorder()
     canceled.cancel()
@@ -131,7 +142,9 @@ def main(payload: dict[str, Any]) -> dict[str, Any]:
     not_a_program = out / "not_geodino.txt"
     not_a_program.write_text("not a program\n")
     ProcessingConfig.setSettingValue(COMMAND, str(not_a_program))
-    report["not_a_program"] = run("geodino:embed", {**embed, "OUTPUT": str(out / "never.tif")})
+    report["not_a_program"] = run(
+        "geodino:embed", {**embed, "OUTPUT": str(out / "never.tif"), "CHIPS": None}
+    )
     plugin.unload()
     report["unloaded"] = QgsApplication.processingRegistry().providerById("geodino") is None
     return report
