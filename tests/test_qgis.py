@@ -7,7 +7,9 @@ file geodino writes; and it runs the geodino Processing provider of qgis_plugin/
 bindings cannot be imported (scripts/qgis_install.sh installs them).
 """
 
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -343,11 +345,18 @@ def test_the_chip_table_covers_both_scenes_over_the_aoi(outputs: dict[str, Path]
 def processing_runs(
     qgis: str, tiny_export: Path, scenes: dict[str, Path], aois: dict[str, Any], work: Path
 ) -> dict[str, Any]:
-    """The plugin's algorithms run headless by processing.runAndLoadResults."""
+    """The plugin, installed from its ZIP, run headless by processing.runAndLoadResults."""
     out = work / "processing"
     out.mkdir()
+    archive = work / "geodino_processing.zip"
+    script = ROOT / "scripts" / "qgis_plugin_zip.py"
+    subprocess.run([sys.executable, str(script), str(archive)], check=True, timeout=60)
+    plugins = work / "plugins"
+    with zipfile.ZipFile(archive) as opened:
+        assert {Path(name).parts[0] for name in opened.namelist()} == {"geodino_processing"}
+        opened.extractall(plugins)
     payload = {
-        "plugins": str(ROOT / "qgis_plugin"),
+        "plugins": str(plugins),
         "command": sys.executable,
         "scene": str(scenes["west"]),
         "aoi": aois["aoi_4326.gpkg"]["path"],
@@ -421,4 +430,4 @@ def test_cancel_and_a_wrong_geodino_setting_stop_with_a_message(
     assert (
         wrong["exception"].startswith("cannot start ") and "not_geodino.txt" in wrong["exception"]
     )
-    assert "Processing > Options > Providers > geodino" in wrong["exception"]
+    assert "Settings > Options > Processing > Providers > geodino" in wrong["exception"]

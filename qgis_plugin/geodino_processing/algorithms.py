@@ -74,7 +74,7 @@ class GeodinoAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.AOI,
-                "Area of interest (polygons; only the selected features if any are selected)",
+                "Area of interest (polygons)",
                 [QgsProcessing.TypeVectorPolygon],
                 optional=True,
             )

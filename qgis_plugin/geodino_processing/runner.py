@@ -50,16 +50,16 @@ def geodino_command(configured: str | None) -> list[str]:
         if found is None:
             raise QgsProcessingException(
                 "geodino is not on PATH: set the geodino executable (or the python of the "
-                "environment where geodino is installed) in Processing > Options > "
+                "environment where geodino is installed) in Settings > Options > Processing > "
                 "Providers > geodino."
             )
         return [found]
     path = Path(value).expanduser()
     if not path.is_file():
         raise QgsProcessingException(
-            f"the geodino executable {value!r} (Processing > Options > Providers > geodino) "
-            "is not a file; give the path of the geodino executable or of the python of the "
-            "environment where geodino is installed."
+            f"the geodino executable {value!r} (Settings > Options > Processing > Providers > "
+            "geodino) is not a file; give the path of the geodino executable or of the "
+            "python of the environment where geodino is installed."
         )
     if path.name.lower().startswith("python"):
         return [str(path), "-m", "geodino"]
@@ -120,7 +120,7 @@ def run_geodino(
     except OSError as error:
         raise QgsProcessingException(
             f"cannot start {command[0]} ({error.strerror}); check the geodino executable in "
-            "Processing > Options > Providers > geodino."
+            "Settings > Options > Processing > Providers > geodino."
         ) from None
     assert process.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()

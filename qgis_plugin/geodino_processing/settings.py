@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from processing.core.ProcessingConfig import ProcessingConfig, Setting
 
-#: Key of the setting in Processing > Options > Providers > geodino.
+#: Key of the setting in Settings > Options > Processing > Providers > geodino.
 COMMAND = "GEODINO_COMMAND"
 
 
