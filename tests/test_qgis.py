@@ -420,6 +420,15 @@ def test_a_failing_cli_reports_its_message_not_a_traceback(
     assert not run["layers"] and not (processing_runs["out"] / "never.tif").exists()
 
 
+def test_a_python_without_geodino_fails_with_the_last_line_not_a_traceback(
+    processing_runs: dict[str, Any],
+) -> None:
+    run = processing_runs["python_without_geodino"]
+    assert run["exception"].startswith("geodino failed (exit status 1): ")
+    assert "No module named" in run["exception"] and "Traceback" not in run["exception"]
+    assert run["errors"] == [run["exception"]] and not run["layers"]
+
+
 def test_cancel_and_a_wrong_geodino_setting_stop_with_a_message(
     processing_runs: dict[str, Any],
 ) -> None:

@@ -145,6 +145,12 @@ def main(payload: dict[str, Any]) -> dict[str, Any]:
     report["not_a_program"] = run(
         "geodino:embed", {**embed, "OUTPUT": str(out / "never.tif"), "CHIPS": None}
     )
+    # a python without geodino (QGIS's own): the command fails with an exception, not a
+    # "geodino ...: error:" message
+    ProcessingConfig.setSettingValue(COMMAND, sys.executable)
+    report["python_without_geodino"] = run(
+        "geodino:embed", {**embed, "OUTPUT": str(out / "never.tif"), "CHIPS": None}
+    )
     plugin.unload()
     report["unloaded"] = QgsApplication.processingRegistry().providerById("geodino") is None
     return report
