@@ -432,9 +432,11 @@ def test_a_python_without_geodino_fails_with_the_last_line_not_a_traceback(
 def test_cancel_and_a_wrong_geodino_setting_stop_with_a_message(
     processing_runs: dict[str, Any],
 ) -> None:
+    # canceled while the command ran (at its first progress report): the process is stopped
     canceled = processing_runs["canceled"]
     assert canceled["exception"] == "geodino embed was canceled."
-    assert canceled["seconds"] < 5 and not canceled["layers"]
+    assert len(canceled["commands"]) == 1 and canceled["progress"] == [0]
+    assert not canceled["layers"] and not (processing_runs["out"] / "canceled.tif").exists()
     wrong = processing_runs["not_a_program"]
     assert (
         wrong["exception"].startswith("cannot start ") and "not_geodino.txt" in wrong["exception"]

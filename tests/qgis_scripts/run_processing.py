@@ -16,7 +16,8 @@ from typing import Any
 import qgis_session
 
 
-def recorder() -> Any:
+def recorder(cancel_on_progress: bool = False) -> Any:
+    """A feedback that keeps what an algorithm reports (and cancels at its first progress)."""
     from qgis.core import QgsProcessingFeedback
 
     class Recorder(QgsProcessingFeedback):
@@ -32,6 +33,8 @@ def recorder() -> Any:
         def setProgress(self, progress: float) -> None:
             self.progress.append(progress)
             super().setProgress(progress)
+            if cancel_on_progress:
+                self.cancel()  # as a user pressing Cancel while the command runs
 
         def pushInfo(self, info: str) -> None:
             self.info.append(info)
@@ -134,8 +137,7 @@ def main(payload: dict[str, Any]) -> dict[str, Any]:
             "CHIPS": None,
         },
     )
-    canceled = recorder()
-    canceled.cancel()
+    canceled = recorder(cancel_on_progress=True)
     report["canceled"] = run(
         "geodino:embed", {**embed, "OUTPUT": str(out / "canceled.tif")}, canceled
     )
