@@ -427,6 +427,10 @@ def test_a_python_without_geodino_fails_with_the_last_line_not_a_traceback(
     assert run["exception"].startswith("geodino failed (exit status 1): ")
     assert "No module named" in run["exception"] and "Traceback" not in run["exception"]
     assert run["errors"] == [run["exception"]] and not run["layers"]
+    # its AOI, the second layer of a GeoPackage, went to the command as a file of its own
+    passed = processing_runs["aoi_passed"]
+    assert passed["layers"] == 1 and passed["names"] == ["ring"]
+    assert not passed["path"].endswith("layers.gpkg")
 
 
 def test_cancel_and_a_wrong_geodino_setting_stop_with_a_message(

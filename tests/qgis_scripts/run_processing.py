@@ -89,6 +89,49 @@ def run(algorithm: str, parameters: dict[str, Any], feedback: Any = None) -> dic
     return record
 
 
+def two_layer_geopackage(aoi: Path, path: Path) -> str:
+    """A GeoPackage of two layers: the AOI (``fields``) and its first feature (``other``).
+
+    Returns:
+        the second layer's source, as QGIS names it.
+    """
+    from qgis.core import QgsFeatureRequest, QgsProject, QgsVectorFileWriter, QgsVectorLayer
+
+    fields = QgsVectorLayer(str(aoi), "fields", "ogr")
+    first = fields.materialize(QgsFeatureRequest().setLimit(1))
+    context = QgsProject.instance().transformContext()
+    for name, layer, action in (
+        ("fields", fields, QgsVectorFileWriter.CreateOrOverwriteFile),
+        ("other", first, QgsVectorFileWriter.CreateOrOverwriteLayer),
+    ):
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = name
+        options.actionOnExistingFile = action
+        error, message, _, _ = QgsVectorFileWriter.writeAsVectorFormatV3(
+            layer, str(path), context, options
+        )
+        assert error == QgsVectorFileWriter.NoError, message
+    return f"{path}|layername=other"
+
+
+def aoi_passed(command: str) -> dict[str, Any]:
+    """The layers and feature names of the file given to ``--aoi`` in a command line."""
+    import shlex
+
+    from osgeo import ogr
+
+    arguments = shlex.split(command)
+    path = arguments[arguments.index("--aoi") + 1]
+    dataset = ogr.Open(path)
+    layer = dataset.GetLayer(0)
+    return {
+        "path": path,
+        "layers": dataset.GetLayerCount(),
+        "names": [feature.GetField("name") for feature in layer],
+    }
+
+
 def main(payload: dict[str, Any]) -> dict[str, Any]:
     from processing.core.ProcessingConfig import ProcessingConfig
     from qgis.core import QgsApplication
@@ -148,11 +191,15 @@ def main(payload: dict[str, Any]) -> dict[str, Any]:
         "geodino:embed", {**embed, "OUTPUT": str(out / "never.tif"), "CHIPS": None}
     )
     # a python without geodino (QGIS's own): the command fails with an exception, not a
-    # "geodino ...: error:" message
+    # "geodino ...: error:" message. Its AOI, the second layer of a GeoPackage, shows in the
+    # command line what geodino would have read.
     ProcessingConfig.setSettingValue(COMMAND, sys.executable)
+    layers = two_layer_geopackage(Path(payload["aoi"]), out / "layers.gpkg")
     report["python_without_geodino"] = run(
-        "geodino:embed", {**embed, "OUTPUT": str(out / "never.tif"), "CHIPS": None}
+        "geodino:embed",
+        {**embed, "AOI": layers, "OUTPUT": str(out / "never.tif"), "CHIPS": None},
     )
+    report["aoi_passed"] = aoi_passed(report["python_without_geodino"]["commands"][0])
     plugin.unload()
     report["unloaded"] = QgsApplication.processingRegistry().providerById("geodino") is None
     return report
