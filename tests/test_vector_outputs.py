@@ -94,9 +94,16 @@ def test_chip_table_in_every_format(tiny_export: Path, tmp_path: Path, suffix: s
     if suffix == ".gpkg":
         # where QGIS shows it: the layer's description and the GeoPackage metadata tables
         with sqlite3.connect(out) as db:
-            ((description,),) = db.execute("SELECT description FROM gpkg_contents").fetchall()
+            ((identifier, description),) = db.execute(
+                "SELECT identifier, description FROM gpkg_contents"
+            ).fetchall()
             stored = " ".join(r[0] for r in db.execute("SELECT metadata FROM gpkg_metadata"))
-        assert "geodino chip embeddings" in description and "B02,B03,B04,B08" in description
+            # GeoPackage 1.2, which the GDAL 3.6 of Debian's QGIS reads without a warning
+            ((version,),) = db.execute("PRAGMA user_version").fetchall()
+        assert version == 10200
+        assert identifier == "chips" and description.startswith("geodino chip embeddings (CLS)")
+        assert f"geodino {__version__}, model vit_small_patch14_reg4_dinov2" in description
+        assert "bands B02,B03,B04,B08, chips of 28 px, written 20" in description
         assert "geodino_model" in stored and __version__ in stored
     if suffix == ".fgb":
         layer = pyogrio.read_info(out)["layer_metadata"]
@@ -165,6 +172,19 @@ def test_writer_lets_go_of_written_chunks(tmp_path: Path, suffix: str) -> None:
     assert list(table["id"]) == list(range(18)) and read_metadata(out) == {"k": "v"}
 
 
+@pytest.mark.parametrize("suffix", TABLES)
+def test_interrupted_write_leaves_no_table(tmp_path: Path, suffix: str) -> None:
+    def chunks() -> Iterator[gpd.GeoDataFrame]:
+        yield gpd.GeoDataFrame({"id": [0]}, geometry=[box(0, 0, 1, 1)], crs=CRS)
+        raise DataError("part 3 is unreadable")
+
+    out = tmp_path / f"t{suffix}"
+    # the producer's own error comes through, not the writer's report of it
+    with pytest.raises(DataError, match="part 3 is unreadable"):
+        write_table(out, chunks(), CRS, {})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_table_suffix_is_refused(tiny_export: Path, tmp_path: Path, capsys) -> None:
     frame = gpd.GeoDataFrame({"a": [1]}, geometry=[box(0, 0, 1, 1)], crs=CRS)
     with pytest.raises(DataError, match=r"t\.shp: a vector table must be a \.gpkg .*\.parquet"):
@@ -195,6 +215,10 @@ def test_similar_matches_table(tiny_export: Path, tmp_path: Path, suffix: str) -
     metadata = read_metadata(matches)
     assert metadata["query"] == "point (500075.0, 5199925.0)"
     assert metadata["bands"] == "B02,B03,B04,B08" and metadata["source_embeddings"] == str(emb)
+    if suffix != ".parquet":
+        description = pyogrio.read_info(matches)["layer_metadata"]["DESCRIPTION"]
+        assert description.startswith("geodino similarity search, the point (500075.0")
+        assert "model vit_small_patch14_reg4_dinov2, bands B02,B03,B04,B08" in description
     with pytest.raises(DataError, match=r"--matches .*top\.csv: a vector table must be"):
         similarity_search(emb, out, point=(500075.0, 5199925.0), matches=tmp_path / "top.csv")
 

@@ -21,7 +21,7 @@ from geodino.inference.embedding import (
     embed_region,
 )
 from geodino.inference.maps import write_maps
-from geodino.inference.provenance import provenance
+from geodino.inference.provenance import describe, provenance
 from geodino.inference.regions import RasterRegion, plan_region, plan_regions, read_window
 from geodino.inference.search import similarity_search
 from geodino.inference.tables import (
@@ -42,6 +42,7 @@ __all__ = [
     "TABLE_SUFFIXES",
     "RasterRegion",
     "band_statistics",
+    "describe",
     "embed",
     "embed_batches",
     "embed_region",

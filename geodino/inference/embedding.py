@@ -4,10 +4,10 @@ A raster is cut into windows of ``chip_size`` pixels aligned on its own patch gr
 window goes through the backbone once; its patch tokens become one pixel each of an output
 raster on the input's grid coarsened by the patch size (transform scaled by the patch size),
 and its CLS token becomes one row of a table (GeoPackage, FlatGeobuf, GeoParquet or GeoJSON)
-with the window's polygon. Windows tile the
-region without overlap except the last of a row or column, which is moved back inside the
-region. Rasters are read window by window with rasterio on their own grid, never resampled.
-An interrupted run resumes from the batches it saved.
+with the window's polygon. Windows tile the region without overlap except the last of a row
+or column, which is moved back inside the region. Rasters are read window by window with
+rasterio on their own grid, never resampled. An interrupted run resumes from the batches it
+saved; tables are written from those batches chunk by chunk.
 """
 
 import hashlib
@@ -25,7 +25,7 @@ import torch
 
 from geodino.errors import DataError
 from geodino.inference.cog import write_cog
-from geodino.inference.provenance import provenance
+from geodino.inference.provenance import describe, provenance
 from geodino.inference.regions import RasterRegion, chip_pixels, plan_regions, read_window
 from geodino.inference.tables import (
     CHUNK_ROWS,
@@ -299,11 +299,7 @@ def _write_table(
         rechunk(_chip_frames(regions, parts, crs, projection), chunk_rows),
         crs,
         metadata,
-        description=(
-            f"geodino chip embeddings: one {'PCA' if pca else 'CLS'} vector per window of "
-            f"{metadata['chip_size']} px, model {metadata['geodino_model']}, bands "
-            f"{metadata['bands'] or 'unnamed'}, {metadata['date']}"
-        ),
+        description=f"geodino chip embeddings ({'PCA' if pca else 'CLS'}): {describe(metadata)}",
     )
 
 

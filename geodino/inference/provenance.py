@@ -1,5 +1,6 @@
 """What every file that the inference commands write records about how it was made."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,26 @@ def provenance(
         "chip_size": str(chip_size),
         "date": now(),
     }
+
+
+def describe(metadata: Mapping[str, str]) -> str:
+    """The provenance as one line for a layer's description (QGIS shows it as its abstract).
+
+    Args:
+        metadata: what :func:`provenance` returns (keys it lacks are left out).
+
+    Returns:
+        e.g. ``geodino 0.1.0, model vit_small_patch14_reg4_dinov2, bands B02,B03,B04,B08,
+        chips of 224 px, written 2026-01-31T12:00:00+00:00``.
+    """
+    parts = {
+        "geodino_version": "geodino {}",
+        "geodino_model": "model {}",
+        "bands": "bands {}",
+        "chip_size": "chips of {} px",
+        "date": "written {}",
+    }
+    return ", ".join(text.format(metadata[k]) for k, text in parts.items() if metadata.get(k))
 
 
 def now() -> str:

@@ -10,7 +10,7 @@ from affine import Affine
 
 from geodino.errors import DataError
 from geodino.inference.cog import write_cog
-from geodino.inference.provenance import now
+from geodino.inference.provenance import describe, now
 from geodino.inference.regions import point_in_crs
 from geodino.inference.tables import table_format, vector_columns, write_table
 
@@ -101,7 +101,7 @@ def similarity_search(
         [_match_frame(best, ranked, grid, transform, grid_crs)],
         grid_crs,
         metadata,
-        description=f"geodino similarity search: the {top_k} patches most like the {where}",
+        description=f"geodino similarity search, the {where}: {describe(metadata)}",
     )
     return out, matches
 

@@ -116,20 +116,46 @@ def write_table(
     first_batch = _record_batch(first)
     schema = first_batch.schema
     rows = 0
+    failure: list[BaseException] = []
 
     def batches() -> Iterator[pa.RecordBatch]:
         nonlocal rows
-        for batch in itertools.chain(
-            [first_batch], (_record_batch(c).cast(schema) for c in stream)
-        ):
-            rows += batch.num_rows
-            yield batch
+        try:
+            for batch in itertools.chain(
+                [first_batch], (_record_batch(c).cast(schema) for c in stream)
+            ):
+                rows += batch.num_rows
+                yield batch
+        except BaseException as error:
+            failure.append(error)
+            raise
 
-    path.unlink(missing_ok=True)
-    if suffix == ".parquet":
-        _write_geoparquet(path, schema, batches(), crs, geometry_type, metadata)
-    else:
-        _write_gdal(path, suffix, schema, batches(), crs, geometry_type, metadata, description)
+    # written beside, then moved over: an interrupted write leaves no partial table
+    partial = path.with_name(f".{path.stem}.partial{suffix}")
+    partial.unlink(missing_ok=True)
+    try:
+        if suffix == ".parquet":
+            _write_geoparquet(partial, schema, batches(), crs, geometry_type, metadata)
+        else:
+            _write_gdal(
+                partial,
+                path.stem,
+                suffix,
+                schema,
+                batches(),
+                crs,
+                geometry_type,
+                metadata,
+                description,
+            )
+        partial.replace(path)
+    except Exception:
+        # GDAL reports an error of the chunks' producer as its own stream error: raise the cause
+        if failure:
+            raise failure[0] from None
+        raise
+    finally:
+        partial.unlink(missing_ok=True)
     return rows
 
 
@@ -155,6 +181,7 @@ def _record_batch(frame: "GeoDataFrame") -> pa.RecordBatch:
 
 def _write_gdal(
     path: Path,
+    layer: str,
     suffix: str,
     schema: pa.Schema,
     batches: Iterator[pa.RecordBatch],
@@ -168,21 +195,23 @@ def _write_gdal(
 
     options: dict[str, str] = {"DESCRIPTION": description} if description else {}
     if suffix == ".gpkg":
-        options["IDENTIFIER"] = path.stem
+        options["IDENTIFIER"] = layer
     elif suffix == ".fgb":
-        options["TITLE"] = path.stem
+        options["TITLE"] = layer
     # GDAL's GeoJSON keeps no metadata items; GeoPackage keeps them per dataset as well
     layer_metadata = dict(metadata) if suffix != ".geojson" else None
     pyogrio.write_arrow(
         pa.RecordBatchReader.from_batches(schema, batches),
         path,
-        layer=path.stem,
+        layer=layer,
         driver=_GDAL_DRIVERS[suffix],
         geometry_name=GEOMETRY,
         geometry_type=geometry_type,
         crs=CRS.from_user_input(crs).to_wkt(),
         dataset_metadata=dict(metadata) if suffix == ".gpkg" else None,
         layer_metadata=layer_metadata,
+        # GeoPackage 1.2, not GDAL's default 1.4: the GDAL 3.6 of Debian's QGIS warns on 1.4
+        dataset_options={"VERSION": "1.2"} if suffix == ".gpkg" else None,
         layer_options=options,
     )
 
@@ -217,11 +246,9 @@ def _write_geoparquet(
             "PANDAS_ATTRS": json.dumps(dict(metadata)),
         }
     )
-    tmp = path.with_name(path.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(path, schema) as writer:
         for batch in batches:
             writer.write_batch(batch)
-    tmp.replace(path)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
