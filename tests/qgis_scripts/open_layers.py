@@ -5,6 +5,7 @@ its CRS, extent, size and band names (rasters) or features, fields and geometry 
 (vectors); for a vector file, whether QGIS's GDAL has a driver for its format at all.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,31 @@ def vector(path: str) -> dict[str, Any]:
     }
 
 
+def with_gdal_messages(opener: Callable[[str], dict[str, Any]], path: str) -> dict[str, Any]:
+    """What ``opener`` reports, with the warnings and errors GDAL raised meanwhile.
+
+    A user sees these in QGIS's log, e.g. a GeoPackage version that GDAL "may only
+    partially support".
+    """
+    from osgeo import gdal
+
+    messages: list[str] = []
+    gdal.PushErrorHandler(lambda level, number, message: messages.append(message))
+    try:
+        info = opener(path)
+    finally:
+        gdal.PopErrorHandler()
+    return {**info, "gdal_messages": messages}
+
+
 def open_all(payload: dict[str, Any]) -> dict[str, Any]:
     from osgeo import gdal
     from qgis.core import Qgis
 
     return {
         "versions": {"qgis": Qgis.QGIS_VERSION, "gdal": gdal.__version__},
-        "rasters": {path: raster(path) for path in payload.get("rasters", [])},
-        "vectors": {path: vector(path) for path in payload.get("vectors", [])},
+        "rasters": {p: with_gdal_messages(raster, p) for p in payload.get("rasters", [])},
+        "vectors": {p: with_gdal_messages(vector, p) for p in payload.get("vectors", [])},
     }
 
 
