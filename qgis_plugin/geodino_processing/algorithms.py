@@ -230,7 +230,7 @@ class EmbedAlgorithm(GeodinoAlgorithm):
             "Runs <code>geodino embed</code>: the backbone's patch embeddings of the raster "
             "(only inside the AOI, when given) as a Cloud-Optimised GeoTIFF with one pixel per "
             "patch on the raster's grid, and/or the CLS embedding of every window as a table "
-            "of chip polygons (GeoPackage, FlatGeobuf or GeoParquet, by the extension). "
+            "of chip polygons (GeoPackage, FlatGeobuf, GeoParquet or GeoJSON, by the extension). "
             "With <i>Principal components</i> the embeddings are reduced to that many bands "
             "(3 gives a colour image). The raster must have the backbone's bands in its order."
         )

@@ -14,7 +14,7 @@ class GeodinoPlugin:
         iface: QGIS's interface (unused: the plugin adds no menus of its own).
     """
 
-    def __init__(self, iface: object = None) -> None:
+    def __init__(self, iface: object | None = None) -> None:
         self.iface = iface
         self.provider: GeodinoProvider | None = None
 

@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import IO
@@ -116,6 +117,8 @@ def run_geodino(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=subprocess_environment(),
+            # on Windows, no console window pops up beside QGIS
+            creationflags=subprocess.CREATE_NO_WINDOW if sys.platform == "win32" else 0,
         )
     except OSError as error:
         raise QgsProcessingException(
