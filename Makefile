@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.geodino-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint docs install clean
+.PHONY: demo test lint docs install clean qgis qgis-plugin
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ lint: $(STAMP)
 # the user guide and the API reference as a static site in site/ (warnings fail the build)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# QGIS from the distribution's packages when missing (tests/test_qgis.py drives it; needs
+# root or sudo, otherwise it says so and those tests skip), and the plugin as a ZIP for QGIS
+qgis:
+	sh scripts/qgis_install.sh
+
+qgis-plugin: $(STAMP)
+	$(PY) scripts/qgis_plugin_zip.py build/geodino_processing.zip
 
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache
