@@ -113,6 +113,19 @@ def test_maps_command_writes_pngs_and_a_georeferenced_pca(
     )
 
 
+def test_similarity_search_names_a_missing_or_unreadable_embeddings_file(tmp_path: Path) -> None:
+    missing, text = tmp_path / "missing.tif", tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    for path, reason in ((missing, "no such embeddings file"), (text, "not a GeoTIFF")):
+        with pytest.raises(DataError, match=reason) as error:
+            similarity_search(path, tmp_path / "sim.tif", point=(0.0, 0.0))
+        assert str(path) in str(error.value) and "geodino embed" in str(error.value)
+    assert (
+        main(["similar", str(missing), "--out", str(tmp_path / "s.tif"), "--x", "0", "--y", "0"])
+        == 2
+    )
+
+
 def test_similarity_search_finds_the_query_half(tiny_export: Path, tmp_path: Path) -> None:
     raster = write_two_halves(tmp_path / "scene.tif")
     emb = tmp_path / "emb.tif"

@@ -708,7 +708,10 @@ def write_demo_catalog(
     partial = catalog.root / ".aoi.partial.gpkg"
     partial.unlink(missing_ok=True)
     # keep Polygon and MultiPolygon rows as they are, as in real AOI files
-    _aoi(grids, scene_size).to_file(partial, driver="GPKG", layer="aoi", promote_to_multi=False)
+    # GeoPackage 1.2: what QGIS 3.22 LTR (Debian stable) opens without a warning
+    _aoi(grids, scene_size).to_file(
+        partial, driver="GPKG", layer="aoi", promote_to_multi=False, VERSION="1.2"
+    )
     os.replace(partial, catalog.aoi)
     (catalog.root / "README.md").write_text(_readme(seed, scene_size))
     extent = scene_size * RES

@@ -47,15 +47,28 @@ def similarity_search(
         the similarity GeoTIFF and the matches table.
 
     Raises:
-        DataError: without exactly one query, for a query off the grid or on empty pixels,
-            or for a matches path that is not a vector table.
+        DataError: for an embeddings file that is missing or unreadable, without exactly one
+            query, for a query off the grid or on empty pixels, or for a matches path that is
+            not a vector table.
     """
     embeddings, out = Path(embeddings), Path(out)
     matches = Path(matches) if matches else out.with_name(f"{out.stem}_matches.geojson")
     table_format(matches, "--matches")
     if (point is None) == (bbox is None):
         raise DataError("give the query as a point (--x/--y) or as a box (--bbox), not both.")
-    with rasterio.open(embeddings) as src:
+    if not embeddings.is_file():
+        raise DataError(
+            f"{embeddings}: no such embeddings file; give the patch-embedding GeoTIFF that "
+            "`geodino embed ... --out FILE.tif` wrote."
+        )
+    try:
+        src = rasterio.open(embeddings)
+    except rasterio.RasterioIOError as error:
+        raise DataError(
+            f"{embeddings}: not a GeoTIFF that GDAL can read ({error}); give the "
+            "patch-embedding GeoTIFF that `geodino embed ... --out FILE.tif` wrote."
+        ) from error
+    with src:
         grid, transform, grid_crs = src.read().astype(np.float32), src.transform, src.crs
         bounds = list(src.bounds)
         source_tags = src.tags()

@@ -1,6 +1,7 @@
 """The demo catalog: layout, two UTM zones, nodata, AOI, physics, and its matched class pairs."""
 
 import json
+import sqlite3
 from itertools import combinations
 from pathlib import Path
 
@@ -185,6 +186,9 @@ def test_aoi_is_wgs84_with_multipolygons_over_both_zones(
     assert {"name", "split", "weight"} <= set(aoi.columns) and (aoi["weight"] > 0).all()
     assert set(aoi["split"]) == {"train", "val"} and aoi["name"].is_unique
     assert {"Polygon", "MultiPolygon"} <= set(aoi.geom_type)
+    # GeoPackage 1.2 (user_version 10200): QGIS 3.22 LTR warns on the 1.4 GDAL writes by default
+    with sqlite3.connect(catalog.aoi) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10200
     assert any(len(p.interiors) for g in aoi.geometry for p in getattr(g, "geoms", [g]))
     footprints = []
     for name, (_, _, labels) in scenes.items():
