@@ -88,12 +88,12 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def dinov2_step(args: argparse.Namespace) -> dict[str, float]:
-    """Images/s of DINOv2Task steps through a real Trainer."""
+def task_and_data(args: argparse.Namespace, n_chips: int) -> tuple[Any, Any]:
+    """The benchmark's data module over ``n_chips`` in-memory chips and its DINOv2Task."""
     from geodino.datamodules import FolderDINODataModule
     from geodino.tasks import DINOv2Task
 
-    data = InMemoryChips(max(64, args.batch * 4), args.bands, args.chip)
+    data = InMemoryChips(n_chips, args.bands, args.chip)
     dm = FolderDINODataModule(
         data,
         batch_size=args.batch,
@@ -110,6 +110,12 @@ def dinov2_step(args: argparse.Namespace) -> dict[str, float]:
         head_out_dim=args.head_out_dim,
         model_kwargs={"img_size": args.global_size},
     )
+    return dm, task
+
+
+def dinov2_step(args: argparse.Namespace) -> dict[str, float]:
+    """Images/s of DINOv2Task steps through a real Trainer."""
+    dm, task = task_and_data(args, max(64, args.batch * 4))
     timer = StepTimer(args.warmup)
     trainer = Trainer(
         max_steps=args.warmup + args.steps,
@@ -282,28 +288,9 @@ def side_result(
 
 def geodino_side(args: argparse.Namespace) -> dict[str, Any]:
     """DINOv2Task steps through a real Trainer, with the phases timed."""
-    from geodino.datamodules import FolderDINODataModule
-    from geodino.tasks import DINOv2Task
-
     device = torch.device(args.device)
     clock = PhaseClock(device, device.type != "cuda" or args.cuda_phases)
-    data = InMemoryChips(max(16, args.batch * (args.warmup + args.steps)), args.bands, args.chip)
-    dm = FolderDINODataModule(
-        data,
-        batch_size=args.batch,
-        statistics_chips=16,
-        multicrop={
-            "global_crops_size": args.global_size,
-            "local_crops_size": args.local_size,
-            "local_crops_number": args.local_crops,
-        },
-    )
-    task = DINOv2Task(
-        model=args.model,
-        in_chans=args.bands,
-        head_out_dim=args.head_out_dim,
-        model_kwargs={"img_size": args.global_size},
-    )
+    dm, task = task_and_data(args, max(16, args.batch * (args.warmup + args.steps)))
     _watch(task, clock)
     # instance attributes shadow the methods that the trainer calls
     dm.on_after_batch_transfer = clock.wrap(  # type: ignore[method-assign]
