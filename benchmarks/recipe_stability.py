@@ -8,11 +8,13 @@ features on held-out single-class chips against the same ViT at random initialis
 (``KNNMonitor``), and the collapse guard's verdict. Prints a markdown table and writes it with
 the rows as JSON.
 
-Recipes: ``demo`` is ``configs/demo.yaml``'s task and data settings; ``defaults`` is
-``DINOv2Task``'s defaults (the full-size configs' recipe) scaled down to the demo's ViT,
-prototypes and batch. ``--set key=value`` changes task arguments of every recipe and
-``--multicrop key=value`` its multi-crop settings (to try a fix). ``--size ci`` shrinks
-model, chips and catalogs to CI size.
+Recipes: ``demo`` is ``configs/demo.yaml``'s task and data settings; ``configs`` is the
+full-size configs' task settings (``configs/sentinel2.yaml``: ``DINOv2Task``'s defaults plus
+the config's from-scratch keys) scaled down to the demo's ViT, prototypes and batch;
+``defaults`` is ``DINOv2Task``'s defaults alone (DINOv2's recipe) at the same size.
+``--set key=value`` changes task arguments of every recipe and ``--multicrop key=value`` its
+multi-crop settings (to try a fix). ``--size ci`` shrinks model, chips and catalogs to CI
+size.
 
     python benchmarks/recipe_stability.py --catalogs texture13_fine --recipes demo \
         --steps 300 1000 --seeds 0 --out stability
@@ -42,8 +44,10 @@ from geodino.callbacks import CollapseGuard, KNNMonitor
 from geodino.datamodules import GeoDINODataModule
 from geodino.tasks import DINOv2Task
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-RECIPES = ("demo", "defaults")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = CONFIGS / "demo.yaml"
+FULL_SIZE_CONFIG = CONFIGS / "sentinel2.yaml"
+RECIPES = ("demo", "configs", "defaults")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def recipe(name: str, size: Size, in_chans: int) -> tuple[dict[str, Any], dict[s
     """Task and data-module arguments of a recipe at a size.
 
     Args:
-        name: ``demo`` or ``defaults``.
+        name: ``demo``, ``configs`` or ``defaults``.
         size: the size.
         in_chans: the catalog's band count.
 
@@ -104,6 +108,11 @@ def recipe(name: str, size: Size, in_chans: int) -> tuple[dict[str, Any], dict[s
         multicrop = {**data["multicrop"], **size.multicrop}
         # the demo keeps its LayerScale and the rest of its model settings
         task["model_kwargs"] = {**task["model_kwargs"], **size.model_kwargs}
+    elif name == "configs":
+        task = dict(yaml.safe_load(FULL_SIZE_CONFIG.read_text())["model"]["init_args"])
+        # the config's own model settings (LayerScale, drop path) at the size's dimensions
+        task["model_kwargs"] = {**task["model_kwargs"], **size.model_kwargs}
+        multicrop = dict(size.multicrop)
     elif name == "defaults":
         task, multicrop = {"model": "vit_small_patch14_reg4_dinov2"}, dict(size.multicrop)
         task["model_kwargs"] = dict(size.model_kwargs)
