@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -54,3 +55,20 @@ def test_matrix_tries_task_and_multicrop_changes(
         "multicrop.contrast": 0.0,
     }
     assert stability.table([row]).count("multicrop.brightness=0.0") == 1
+
+
+def test_full_size_configs_train_with_the_recipe_the_matrix_measured() -> None:
+    # the matrix's `configs` recipe reads configs/sentinel2.yaml; every other full-size config
+    # must train from scratch with the same settings, or its stability is unmeasured
+    configs = sorted((BENCHMARKS.parent / "configs").glob("*.yaml"))
+    full_size = []
+    for path in configs:
+        config = yaml.safe_load(path.read_text())
+        if config["trainer"]["max_steps"] < 10_000 or config["model"]["init_args"].get("weights"):
+            continue
+        task = config["model"]["init_args"]
+        assert task["model_kwargs"].get("init_values") == 1.0, path.name
+        assert task.get("teacher_temp") == 0.04, path.name
+        assert task.get("warmup_teacher_temp", 0.04) == 0.04, path.name
+        full_size.append(path.name)
+    assert "sentinel2.yaml" in full_size and len(full_size) >= 5, full_size
