@@ -21,6 +21,7 @@ from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler, Units
 
 from geodino.aoi import polygonal, read_aoi
+from geodino.datasets.footprints import FootprintGrid
 from geodino.errors import DataError
 from geodino.samplers.blocks import align_to_blocks, block_grids
 from geodino.samplers.geometry import erode_by_box, triangulate
@@ -132,6 +133,7 @@ class AOISampler(GeoSampler):
                 "warped); chips are not aligned"
             )
             self.blocks = None
+        self._footprints = None if self.blocks is None else FootprintGrid(self.blocks[:, :4])
         self.seed = (
             int(generator.initial_seed())
             if generator is not None
@@ -348,7 +350,7 @@ class AOISampler(GeoSampler):
     def _align(self, x0: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower-left corners moved onto the tiling of the file under each chip's centre."""
         assert self.blocks is not None
-        return align_to_blocks(self.blocks, x0, y0, self.size, self.res)
+        return align_to_blocks(self.blocks, x0, y0, self.size, self.res, self._footprints)
 
     def _covers(self, x0: np.ndarray | float, y0: np.ndarray | float) -> np.ndarray:
         """Whether chips with these lower-left corners meet ``min_coverage``."""
