@@ -78,17 +78,25 @@ class FootprintGrid:
         """
         x, y = np.atleast_1d(np.asarray(x, np.float64)), np.atleast_1d(np.asarray(y, np.float64))
         ix, iy = self._cells(x, y)
+        cells = iy * self.nx + ix
+        first, counts = self.starts[cells], self.starts[cells + 1] - self.starts[cells]
+        # every (point, candidate) pair, candidates of a cell in ascending box order
+        owner = np.repeat(np.arange(len(x)), counts)
+        offset = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+        ids = self.members[np.repeat(first, counts) + offset]
+        b, px, py = self.boxes[ids], x[owner], y[owner]
+        hit = np.flatnonzero((b[:, 0] <= px) & (px < b[:, 2]) & (b[:, 1] <= py) & (py < b[:, 3]))
         found = np.full(len(x), -1, dtype=np.int64)
-        for i, cell in enumerate((iy * self.nx + ix).tolist()):
-            ids = self.members[self.starts[cell] : self.starts[cell + 1]]
-            b = self.boxes[ids]
-            hit = (b[:, 0] <= x[i]) & (x[i] < b[:, 2]) & (b[:, 1] <= y[i]) & (y[i] < b[:, 3])
-            if hit.any():
-                found[i] = ids[hit.argmax()]
+        # hits are in (point, box) order, so the first hit of a point is its lowest box
+        points, at = np.unique(owner[hit], return_index=True)
+        found[points] = ids[hit[at]]
         return found
 
-    def overlapping(self, xmin: float, ymin: float, xmax: float, ymax: float) -> np.ndarray:
+    def overlapping(self, xmin: float, ymin: float, xmax: float, ymax: float) -> list[int]:
         """Boxes whose interior meets the box's interior (touching edges do not count).
+
+        Runs in plain Python for a handful of candidates: NumPy's overhead on arrays this
+        small exceeds the work (this lookup runs once per chip read).
 
         Args:
             xmin: the box's left edge.
@@ -99,21 +107,24 @@ class FootprintGrid:
         Returns:
             box indices, ascending.
         """
-        (ix0, ix1), (iy0, iy1) = self._cells(np.array([xmin, xmax]), np.array([ymin, ymax]))
-        if ix0 == ix1 and iy0 == iy1:
-            cell = int(iy0) * self.nx + int(ix0)
-            ids = self.members[self.starts[cell] : self.starts[cell + 1]]
+        nx, cell, x0, y0 = self.nx, self.cell, self.x0, self.y0
+        ix0 = min(max(int((xmin - x0) // cell), 0), nx - 1)
+        ix1 = min(max(int((xmax - x0) // cell), 0), nx - 1)
+        iy0 = min(max(int((ymin - y0) // cell), 0), self.ny - 1)
+        iy1 = min(max(int((ymax - y0) // cell), 0), self.ny - 1)
+        starts, members = self.starts, self.members
+        if iy0 == iy1:
+            row = iy0 * nx
+            ids = members[starts[row + ix0] : starts[row + ix1 + 1]]
+            if ix0 != ix1:
+                ids = np.unique(ids)
         else:
-            rows = np.arange(iy0, iy1 + 1) * self.nx
+            rows = range(iy0 * nx, iy1 * nx + 1, nx)
             ids = np.unique(
-                np.concatenate(
-                    [
-                        self.members[self.starts[r + ix0] : self.starts[r + ix1 + 1]]
-                        for r in rows.tolist()
-                    ]
-                )
+                np.concatenate([members[starts[r + ix0] : starts[r + ix1 + 1]] for r in rows])
             )
-        b = self.boxes[ids]
-        hit = (b[:, 0] < xmax) & (b[:, 2] > xmin) & (b[:, 1] < ymax) & (b[:, 3] > ymin)
-        overlapping: np.ndarray = ids[hit]
-        return overlapping
+        return [
+            i
+            for i, (bx0, by0, bx1, by1) in zip(ids.tolist(), self.boxes[ids].tolist(), strict=True)
+            if bx0 < xmax and bx1 > xmin and by0 < ymax and by1 > ymin
+        ]

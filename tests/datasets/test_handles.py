@@ -161,6 +161,6 @@ def test_footprint_grid_finds_what_a_scan_of_every_box_finds() -> None:
             & (boxes[:, 1] < y0 + h)
             & (boxes[:, 3] > y0)
         )
-        np.testing.assert_array_equal(grid.overlapping(x0, y0, x0 + w, y0 + h), scan)
+        assert grid.overlapping(x0, y0, x0 + w, y0 + h) == scan.tolist()
     with pytest.raises(ValueError, match=r"\(n, 4\)"):
         FootprintGrid(np.zeros((0, 4)))
