@@ -315,7 +315,8 @@ class MultiBandGeoTIFF(RasterDataset):
             else ``B1``..``Bn``).
         nodata: value marking missing data (default: the files' own nodata value).
         transforms: applied to each sample.
-        cache: keep file handles open between reads.
+        cache: keep file handles open between reads: every file this process reads, up to
+            a budget from its file descriptor limit (``geodino.datasets.handles``).
         on_unreadable: ``raise`` on an unreadable file, or ``warn`` and skip it.
     """
 
@@ -576,7 +577,8 @@ class MultiBandGeoTIFF(RasterDataset):
     def _open_files(self) -> OpenFiles["_Handle"]:
         """This process's open files, each with its grid; created on the first read.
 
-        Every file the process reads stays open up to :func:`open_file_budget` files
+        Every file the process reads stays open up to
+        :func:`~geodino.datasets.handles.open_file_budget` files
         (TorchGeo keeps 128 per process, so past that nearly every chip reopened its file).
         The grid is kept with the handle: looking a handle up through TorchGeo's cache
         hashes the CRS (its WKT) on every chip, ~0.3 ms, and each attribute of rasterio's

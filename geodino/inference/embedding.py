@@ -194,7 +194,7 @@ def embed(
 
     The work is saved batch by batch in ``OUT.parts/``; a run that stops resumes there with
     the same arguments, and the folder is removed once the output is written. COGs are
-    assembled on disk window by window (no whole grid in memory; see :func:`_write_rasters`).
+    assembled on disk window by window, never as a whole grid in memory (docs/outputs.md).
 
     Several processes (``torchrun``, SLURM tasks, any launcher) share the rasters of one
     call: process ``rank`` of ``world_size`` embeds rasters ``rank``, ``rank +

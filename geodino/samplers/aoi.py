@@ -40,6 +40,13 @@ _EPS = 1e-9
 _SLACK = 1e-6
 
 
+def _distinct(geometries: np.ndarray) -> np.ndarray:
+    """The geometries without repeats (a file per date over the same tiles repeats each)."""
+    _, first = np.unique(shapely.to_wkb(geometries), return_index=True)
+    distinct: np.ndarray = geometries[np.sort(first)]
+    return distinct
+
+
 class AOISampler(GeoSampler):
     """Chips whose footprints lie inside AOI polygons, drawn at random or on a grid.
 
@@ -141,7 +148,7 @@ class AOISampler(GeoSampler):
         )
         self.epoch = 0
 
-        footprint = shapely.union_all(dataset.index.geometry.to_numpy())
+        footprint = shapely.union_all(_distinct(dataset.index.geometry.to_numpy()))
         if aoi is None:
             self.source = "the data footprint"
             self.aoi = GeoDataFrame(
