@@ -24,9 +24,8 @@ RESERVED_FDS = 256
 DATASET_SHARE = 0.5
 #: Handles kept at the least, whatever the limit.
 MIN_OPEN_FILES = 16
-#: Handles kept at the most: a local GeoTIFF's handle costs ~10-60 kB (its header and tile
-#: index), so this bounds a process's handles to a few hundred MB even with an unlimited
-#: descriptor limit.
+#: Handles kept at the most: each holds its file's header and tile index, so this bounds
+#: the memory of a process's handles even with an unlimited descriptor limit.
 MAX_OPEN_FILES = 8192
 
 
