@@ -23,14 +23,14 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import array_to_tensor, find_files
 
 from geodino.bands import described_band_names
+from geodino.datasets.footprints import FootprintGrid
+from geodino.datasets.handles import OpenFiles, open_file_budget
 from geodino.errors import DataError
 
 log = logging.getLogger(__name__)
 
 #: Suffixes indexed by default (compared case-insensitively).
 RASTER_SUFFIXES = (".tif", ".tiff")
-#: Open files a dataset keeps per process (TorchGeo's ``lru_cache(maxsize=128)``).
-_OPEN_FILES = 128
 #: File dtypes that chips keep on their way to the device (:meth:`MultiBandGeoTIFF.raw_sample`):
 #: exact in float32 and no larger than it; other dtypes are cast to float32 when read.
 RAW_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "float32"))
@@ -315,7 +315,8 @@ class MultiBandGeoTIFF(RasterDataset):
             else ``B1``..``Bn``).
         nodata: value marking missing data (default: the files' own nodata value).
         transforms: applied to each sample.
-        cache: keep file handles open between reads.
+        cache: keep file handles open between reads: every file this process reads, up to
+            a budget from its file descriptor limit (``geodino.datasets.handles``).
         on_unreadable: ``raise`` on an unreadable file, or ``warn`` and skip it.
     """
 
@@ -444,8 +445,8 @@ class MultiBandGeoTIFF(RasterDataset):
                 return sample
         return self[index]
 
-    def _file_boxes(self) -> tuple[np.ndarray, list[str]] | None:
-        """Footprints (xmin, ymin, xmax, ymax) and paths of the indexed files, once.
+    def _file_boxes(self) -> tuple[FootprintGrid, list[str]] | None:
+        """Footprints of the indexed files, bucketed for lookups, and their paths, once.
 
         None when files differ in time span, where TorchGeo's time filter must decide.
         """
@@ -456,7 +457,7 @@ class MultiBandGeoTIFF(RasterDataset):
                 (times.left == times.left[0]).all() and (times.right == times.right[0]).all()
             )
             boxes = np.asarray(self.index.geometry.bounds, dtype=np.float64)
-            cached = (boxes, list(self.index.filepath)) if uniform else ()
+            cached = (FootprintGrid(boxes), list(self.index.filepath)) if uniform else ()
             self.__dict__["_boxes"] = cached
         return cached or None
 
@@ -483,16 +484,11 @@ class MultiBandGeoTIFF(RasterDataset):
         if files is None:
             return None
         x, y, t = index
-        boxes, paths = files
-        hits = np.flatnonzero(
-            (boxes[:, 0] < x.stop)
-            & (boxes[:, 2] > x.start)
-            & (boxes[:, 1] < y.stop)
-            & (boxes[:, 3] > y.start)
-        )
+        footprints, paths = files
+        hits = footprints.overlapping(x.start, y.start, x.stop, y.stop)
         if len(hits) != 1:
             return None  # a mosaic: merge decides which file wins where
-        grid = self._open_file(paths[hits[0]])
+        grid = self._open_files()[paths[hits[0]]].grid
         if grid is None:
             return None  # a mask other than the nodata value: merge applies it
         read = self._read_warped if grid.warped else self._read_window
@@ -578,30 +574,44 @@ class MultiBandGeoTIFF(RasterDataset):
         window = windows.from_bounds(left, bottom, right, top, grid.reader.transform)
         return grid.read(self.band_indexes, window, (height, width), out, self.resampling)
 
-    def _open_file(self, path: str) -> "_OpenFile | None":
-        """TorchGeo's cached handle of a file and its grid, memoised by path.
+    def _open_files(self) -> OpenFiles["_Handle"]:
+        """This process's open files, each with its grid; created on the first read.
 
-        None where the file's mask is more than its nodata value.
-
-        Looking the handle up through TorchGeo's cache hashes the CRS (its WKT) and reads
-        the index's CRS on every chip, ~0.3 ms, and each attribute of rasterio's transform
-        costs microseconds: together a large part of a chip's cost when its pixels are
-        cached. Kept like the file boxes, from the first read on, for at most as many files
-        as TorchGeo keeps open; never pickled (loader workers open their own).
+        Every file the process reads stays open up to
+        :func:`~geodino.datasets.handles.open_file_budget` files
+        (TorchGeo keeps 128 per process, so past that nearly every chip reopened its file).
+        The grid is kept with the handle: looking a handle up through TorchGeo's cache
+        hashes the CRS (its WKT) on every chip, ~0.3 ms, and each attribute of rasterio's
+        transform costs microseconds. Never pickled: loader workers open their own.
         """
-        grids = self.__dict__.setdefault("_grids", {})
-        if path not in grids:
-            if len(grids) >= _OPEN_FILES:
-                grids.pop(next(iter(grids)))
-            src = self._cached_load_warp_file(path, self.crs)
-            grids[path] = _OpenFile.of(src, self.band_indexes)
-        opened: _OpenFile | None = grids[path]
-        return opened
+        files: OpenFiles[_Handle] | None = self.__dict__.get("_handles")
+        if files is None:
+            count = len(set(self.index.filepath)) if "filepath" in self.index else None
+            files = OpenFiles(open_file_budget(count), self._open_handle, _Handle.close)
+            self.__dict__["_handles"] = files
+        return files
+
+    def _open_handle(self, path: str) -> "_Handle":
+        reader = self._load_warp_file(path, self.crs)
+        if self.separate_files:  # one band per file, read through merge only
+            return _Handle(reader, None)
+        return _Handle(reader, _OpenFile.of(reader, self.band_indexes))
+
+    def _cached_load_warp_file(self, filepath: Any, crs: Any) -> Any:  # type: ignore[override]
+        """The file's handle from this process's open files (TorchGeo's merge reads through it).
+
+        Replaces TorchGeo's ``lru_cache`` of 128 handles per process, so that merged reads
+        (mosaics, per-band files, chips across a file's edge) keep as many files open as
+        windowed reads do, and no file is open twice.
+        """
+        if crs is not None and crs is not self.crs and crs != self.crs:
+            return self._load_warp_file(filepath, crs)
+        return self._open_files()[str(filepath)].reader
 
     def __getstate__(self) -> dict[str, Any]:
         """The dataset's attributes without open file handles, for loader workers."""
         state = self.__dict__.copy()
-        state.pop("_grids", None)
+        state.pop("_handles", None)
         return state
 
     def _load_warp_file(self, filepath: Any, crs: Any = None) -> Any:
@@ -612,6 +622,17 @@ class MultiBandGeoTIFF(RasterDataset):
             return super()._load_warp_file(filepath, crs)
         finally:
             self.__dict__["effective_nodata"] = saved
+
+
+class _Handle(NamedTuple):
+    """An open file (or TorchGeo's view of it) and its grid (None: reads go through merge)."""
+
+    reader: DatasetReader | WarpedVRT
+    grid: "_OpenFile | None"
+
+    def close(self) -> None:
+        """Close the file."""
+        self.reader.close()
 
 
 class _OpenFile(NamedTuple):

@@ -7,7 +7,7 @@ the red/green/blue colour interpretation, so that the file opens as a colour ima
 """
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp
+
+#: GDAL's block cache (bytes) while an output is assembled and translated to a COG.
+COG_CACHE_BYTES = 64 * 2**20
 
 
 def band_statistics(band: np.ndarray) -> dict[str, str] | None:
@@ -38,6 +41,65 @@ def band_statistics(band: np.ndarray) -> dict[str, str] | None:
         "STATISTICS_STDDEV": repr(float(values.std())),
         "STATISTICS_VALID_PERCENT": repr(100.0 * values.size / band.size),
     }
+
+
+def staging_profile(
+    width: int,
+    height: int,
+    count: int,
+    dtype: str,
+    crs: Any,
+    transform: Affine,
+    rgb: bool = False,
+    rows_per_strip: int | None = None,
+) -> dict[str, Any]:
+    """Profile of the GeoTIFF an output is assembled in before :func:`finish_cog`.
+
+    Floating-point data is float32 with NaN as nodata (blocks never written read as NaN);
+    uint8 data has no nodata.
+
+    Args:
+        width: pixels per row.
+        height: rows.
+        count: bands.
+        dtype: ``float32`` or ``uint8``.
+        crs: its CRS.
+        transform: its transform.
+        rgb: three bands to be marked red, green and blue.
+        rows_per_strip: rows per strip, one strip per band (``INTERLEAVE=BAND``), so that a
+            window of all bands touches one strip of each and a band reads whole; None: one
+            pixel-interleaved block.
+
+    Returns:
+        the rasterio profile.
+    """
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": None if dtype == "uint8" else float("nan"),
+    }
+    if rows_per_strip is not None:
+        profile |= {"blockysize": rows_per_strip, "interleave": "band"}
+    if rgb:
+        profile["photometric"] = "RGB"
+    return profile
+
+
+def cache_bytes(minimum: int = 0) -> int:
+    """GDAL's block cache while an output is assembled and translated.
+
+    Args:
+        minimum: bytes the writer needs cached at once (e.g. a row of windows).
+
+    Returns:
+        :data:`COG_CACHE_BYTES`, or ``minimum`` where that is larger.
+    """
+    return max(COG_CACHE_BYTES, minimum)
 
 
 def write_cog(
@@ -69,46 +131,76 @@ def write_cog(
     Raises:
         ValueError: if ``rgb`` is asked for another number of bands than three.
     """
-    from rasterio.shutil import copy as copy_raster
-
     if rgb and len(data) != 3:
         raise ValueError(f"an RGB GeoTIFF has three bands, not {len(data)} ({path}).")
     if data.dtype != np.uint8:
         data = data.astype(np.float32)
-    tmp = path.with_name(path.name + ".tmp.tif")
-    profile = {
-        "driver": "GTiff",
-        "width": data.shape[2],
-        "height": data.shape[1],
-        "count": len(data),
-        "dtype": data.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": None if data.dtype == np.uint8 else float("nan"),
-    }
-    if rgb:
-        profile["photometric"] = "RGB"
-    with rasterio.open(tmp, "w", **profile) as dst:
+    staged = path.with_name(path.name + ".tmp.tif")
+    profile = staging_profile(
+        data.shape[2], data.shape[1], len(data), data.dtype.name, crs, transform, rgb
+    )
+    with rasterio.open(staged, "w", **profile) as dst:
         dst.write(data)
+    return finish_cog(staged, path, names, tags, rgb)
+
+
+def finish_cog(
+    staged: Path,
+    path: Path,
+    names: Sequence[str],
+    tags: Mapping[str, Any],
+    rgb: bool = False,
+    advance: Callable[[int], object] | None = None,
+) -> Path:
+    """Describe an assembled GeoTIFF and translate it to a Cloud-Optimised GeoTIFF.
+
+    Band statistics are computed one band at a time from the file, and GDAL's block cache
+    is capped at :func:`cache_bytes` (GDAL's default is 5 % of the machine's memory), so
+    memory stays flat whatever the raster's size. ``staged`` is removed.
+
+    Args:
+        staged: the assembled GeoTIFF (see :func:`staging_profile`).
+        path: the COG to write.
+        names: band descriptions.
+        tags: metadata tags (non-strings stored as JSON).
+        rgb: mark the three bands as red, green and blue.
+        advance: called with 1 after each band's statistics and after the translation
+            (a progress bar's ``update``).
+
+    Returns:
+        the path.
+
+    Raises:
+        ValueError: if ``rgb`` is asked for another number of bands than three.
+    """
+    from rasterio.shutil import copy as copy_raster
+
+    step = advance or (lambda n: None)
+    with rasterio.Env(GDAL_CACHEMAX=cache_bytes()), rasterio.open(staged, "r+") as dst:
+        if rgb and dst.count != 3:
+            raise ValueError(f"an RGB GeoTIFF has three bands, not {dst.count} ({path}).")
         dst.descriptions = tuple(names)
         dst.update_tags(
             **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in tags.items()}
         )
-        for index, band in enumerate(data, 1):
-            statistics = band_statistics(band)
+        for index in range(1, dst.count + 1):
+            statistics = band_statistics(dst.read(index))
             if statistics:
                 dst.update_tags(index, **statistics)
+            step(1)
         if rgb:
             dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    copy_raster(
-        tmp,
-        path,
-        driver="COG",
-        COMPRESS="DEFLATE",
-        PREDICTOR="YES",
-        BLOCKSIZE=256,
-        OVERVIEWS="AUTO",
-        RESAMPLING="AVERAGE",
-    )
-    tmp.unlink()
+    with rasterio.Env(GDAL_CACHEMAX=cache_bytes()):
+        copy_raster(
+            staged,
+            path,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            PREDICTOR="YES",
+            BLOCKSIZE=256,
+            OVERVIEWS="AUTO",
+            RESAMPLING="AVERAGE",
+        )
+    staged.unlink()
+    step(1)
     return path

@@ -12,19 +12,22 @@ saved; tables are written from those batches chunk by chunk.
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 import torch
+from rasterio.windows import Window
 
+from geodino import pca as pca_fit
 from geodino.errors import DataError
-from geodino.inference.cog import write_cog
+from geodino.inference.cog import cache_bytes, finish_cog, staging_profile
 from geodino.inference.provenance import describe, provenance
 from geodino.inference.regions import RasterRegion, chip_pixels, plan_regions, read_window
 from geodino.inference.tables import (
@@ -34,13 +37,15 @@ from geodino.inference.tables import (
     vector_columns,
     write_table,
 )
-from geodino.pca import PCA_SAMPLES, fit_pca, project
+from geodino.pca import fit_pca, project
 from geodino.seeding import numpy_rng
 
 if TYPE_CHECKING:
     from geopandas import GeoDataFrame
 
     from geodino.export import PretrainedBackbone
+
+log = logging.getLogger(__name__)
 
 #: Output suffixes and what they write: patch embeddings as COGs, chip tables.
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -114,6 +119,42 @@ def embed_region(
     return grid, np.concatenate(cls)
 
 
+def process_share(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's rank and the number of processes sharing the work.
+
+    Args:
+        rank: given rank, or None to read ``RANK`` (torchrun) or ``SLURM_PROCID``.
+        world_size: given count, or None to read ``WORLD_SIZE`` or ``SLURM_NTASKS``.
+
+    Returns:
+        ``(rank, world_size)``, ``(0, 1)`` outside a launcher.
+
+    Raises:
+        DataError: if the rank is not in ``[0, world_size)``.
+    """
+
+    def environment(*names: str) -> int | None:
+        for name in names:
+            value = os.environ.get(name)
+            if value:
+                try:
+                    return int(value)
+                except ValueError:
+                    raise DataError(f"{name}={value!r} is not a whole number.") from None
+        return None
+
+    if world_size is None:
+        world_size = environment("WORLD_SIZE", "SLURM_NTASKS") or 1
+    if rank is None:
+        rank = environment("RANK", "SLURM_PROCID") or 0
+    if not 0 <= rank < world_size:
+        raise DataError(
+            f"rank {rank} is not one of the {world_size} processes (0 to {world_size - 1}); "
+            "check RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS."
+        )
+    return rank, world_size
+
+
 def _fingerprint(**values: Any) -> str:
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -146,11 +187,19 @@ def embed(
     overwrite: bool = False,
     progress: bool = True,
     chunk_rows: int = CHUNK_ROWS,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> list[Path]:
     """Embed rasters with a backbone and write Cloud-Optimised GeoTIFFs or a chip table.
 
     The work is saved batch by batch in ``OUT.parts/``; a run that stops resumes there with
-    the same arguments, and the folder is removed once the output is written.
+    the same arguments, and the folder is removed once the output is written. COGs are
+    assembled on disk window by window, never as a whole grid in memory (docs/outputs.md).
+
+    Several processes (``torchrun``, SLURM tasks, any launcher) share the rasters of one
+    call: process ``rank`` of ``world_size`` embeds rasters ``rank``, ``rank +
+    world_size``, ... of the list, writing the files a single process would write for them
+    and saving its work in ``OUT.rank<R>of<W>.parts/``. No process waits for another.
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
@@ -167,13 +216,18 @@ def embed(
         progress: show a progress bar.
         chunk_rows: rows of a chip table written at a time (the table is never held whole
             in memory).
+        rank: this process's share of the rasters (default: ``RANK`` or ``SLURM_PROCID``
+            from the environment, else 0).
+        world_size: processes sharing the rasters (default: ``WORLD_SIZE`` or
+            ``SLURM_NTASKS``, else 1).
 
     Returns:
-        the written files.
+        the files this process wrote.
 
     Raises:
         DataError: for a bad output suffix, an existing output, rasters with other bands than
-            the backbone's, or an AOI outside the rasters.
+            the backbone's, an AOI outside the rasters, a bad rank, or a table or ``pca``
+            asked of several processes (both need every raster in one process).
     """
     from tqdm.auto import tqdm
 
@@ -194,13 +248,27 @@ def embed(
             f"--pca {pca} must lie between 1 and the embedding size {backbone.embed_dim}."
         )
     chip = chip_pixels(backbone, chip_size)
+    rank, world_size = process_share(rank, world_size)
+    if world_size > 1 and (not as_raster or pca):
+        what = "one table of all rasters" if not as_raster else "a PCA fitted on all rasters"
+        raise DataError(
+            f"--out {out.name}{' with --pca' if pca else ''} asks for {what}, which one process "
+            f"must write; this is process {rank} of {world_size}. Embed across processes to "
+            ".tif outputs without --pca, or run this output in one process."
+        )
     regions = plan_regions(backbone, rasters, aoi)
     targets = _output_paths(out, regions) if as_raster else [out]
+    if world_size > 1:
+        regions, targets = regions[rank::world_size], targets[rank::world_size]
+        if not regions:
+            log.info("process %d of %d: no raster left to embed", rank, world_size)
+            return []
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise DataError(f"{', '.join(existing)} exists; pass --overwrite true to replace it.")
 
-    parts = out.with_name(out.name + ".parts")
+    share = "" if world_size == 1 else f".rank{rank}of{world_size}"
+    parts = out.with_name(f"{out.name}{share}.parts")
     key = _fingerprint(
         weights=str(Path(weights).resolve()),
         rasters=[str(r.path.resolve()) for r in regions],
@@ -242,34 +310,9 @@ def embed(
     part_files = [sorted(parts.glob(f"{i:03d}_*.npz")) for i in range(len(regions))]
     metadata = provenance(backbone, weights, chip)
     if as_raster:
-        grids = []
-        for region, files in zip(regions, part_files, strict=True):
-            grid = np.full((backbone.embed_dim, region.height, region.width), np.nan, np.float32)
-            for file in files:
-                with np.load(file) as part:
-                    for (r, c, h, w), values in zip(part["windows"], part["patches"], strict=True):
-                        grid[:, r : r + h, c : c + w] = values
-            grid[:, ~region.mask] = np.nan
-            grids.append(grid)
-        names = [f"emb_{j:03d}" for j in range(backbone.embed_dim)]
-        if pca:
-            flat = np.concatenate([g.reshape(len(g), -1).T for g in grids])
-            mean, components = fit_pca(flat[np.isfinite(flat).all(1)], pca)
-            grids = [
-                project(g.transpose(1, 2, 0), mean, components).transpose(2, 0, 1) for g in grids
-            ]
-            names = [f"pc{j + 1}" for j in range(pca)]
-            metadata["pca_components"] = str(pca)
-        for target, region, grid in zip(targets, regions, grids, strict=True):
-            write_cog(
-                target,
-                grid,
-                region.crs,
-                region.out_transform,
-                names,
-                {**metadata, "source_raster": str(region.path)},
-                rgb=pca == 3,
-            )
+        _write_rasters(
+            targets, regions, part_files, parts, backbone.embed_dim, chip, pca, metadata, progress
+        )
     else:
         _write_table(out, regions, part_files, pca, metadata, chunk_rows)
     shutil.rmtree(parts)
@@ -337,7 +380,7 @@ def _chip_frames(
 
 
 def _fit_table_pca(parts: Sequence[Sequence[Path]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of the saved CLS embeddings, fitted on at most PCA_SAMPLES of them."""
+    """PCA of the saved CLS embeddings, fitted on at most ``PCA_SAMPLES`` of them."""
     files = [file for region_files in parts for file in region_files]
     sizes = []
     for file in files:
@@ -345,8 +388,8 @@ def _fit_table_pca(parts: Sequence[Sequence[Path]], k: int) -> tuple[np.ndarray,
             sizes.append(len(part["windows"]))
     total = sum(sizes)
     keep = np.arange(total)
-    if total > PCA_SAMPLES:
-        keep = np.sort(numpy_rng(0).choice(total, PCA_SAMPLES, replace=False))
+    if total > pca_fit.PCA_SAMPLES:
+        keep = np.sort(numpy_rng(0).choice(total, pca_fit.PCA_SAMPLES, replace=False))
     samples, start = [], 0
     for file, size in zip(files, sizes, strict=True):
         rows = keep[(keep >= start) & (keep < start + size)] - start
@@ -355,3 +398,180 @@ def _fit_table_pca(parts: Sequence[Sequence[Path]], k: int) -> tuple[np.ndarray,
                 samples.append(part["cls"][rows])
         start += size
     return fit_pca(np.concatenate(samples), k)
+
+
+#: Bytes of embeddings read or written at a time while an output raster is assembled.
+CHUNK_BYTES = 16 * 2**20
+
+
+def _row_chunks(height: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    """Row ranges ``(start, stop)`` of about :data:`CHUNK_BYTES` each."""
+    rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    for start in range(0, height, rows):
+        yield start, min(start + rows, height)
+
+
+def _stage_grid(
+    path: Path,
+    region: RasterRegion,
+    files: Sequence[Path],
+    dim: int,
+    chip: int,
+    step: Callable[[int], object],
+) -> None:
+    """Write a region's saved patch embeddings into a ``dim``-band GeoTIFF, window by window.
+
+    Windows are written in the order they were embedded (a later window overwrites the
+    overlap of an earlier one, as in memory); what no window covers stays NaN, and pixels
+    outside the mask are set to NaN afterwards, a band-interleaved chunk of rows at a time.
+    One strip per band holds a row of windows, and GDAL's cache holds a few such rows.
+    """
+    strip = min(chip // region.patch, region.height)
+    profile = staging_profile(
+        region.width,
+        region.height,
+        dim,
+        "float32",
+        region.crs,
+        region.out_transform,
+        rows_per_strip=strip,
+    )
+    row_bytes = 4 * dim * region.width
+    with (
+        rasterio.Env(GDAL_CACHEMAX=cache_bytes(3 * strip * row_bytes)),
+        rasterio.open(path, "w+", **profile) as dst,
+    ):
+        for file in files:
+            with np.load(file) as part:
+                for (r, c, h, w), values in zip(part["windows"], part["patches"], strict=True):
+                    dst.write(values, window=Window(int(c), int(r), int(w), int(h)))
+            step(1)
+        if not region.mask.all():
+            for start, stop in _row_chunks(region.height, row_bytes):
+                window = Window(0, start, region.width, stop - start)
+                values = dst.read(window=window)
+                values[:, ~region.mask[start:stop]] = np.nan
+                dst.write(values, window=window)
+
+
+def _pixel_rows(path: Path) -> Iterator[np.ndarray]:
+    """A staged grid's pixels as (n, D) vectors, row-major, a chunk of rows at a time."""
+    with rasterio.open(path) as src:
+        for start, stop in _row_chunks(src.height, 4 * src.count * src.width):
+            values = src.read(window=Window(0, start, src.width, stop - start))
+            yield values.reshape(len(values), -1).T
+
+
+def _fit_grid_pca(staged: Sequence[Path], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The PCA of every finite pixel of the staged grids, fitted without holding them.
+
+    The same fit as :func:`~geodino.pca.fit_pca` on all finite pixels of the grids in
+    row-major order, raster after raster: the same ``PCA_SAMPLES`` of them are picked (by
+    their rank among the finite pixels) and passed in the same order.
+    """
+    total = 0
+    for path in staged:
+        for rows in _pixel_rows(path):
+            total += int(np.isfinite(rows).all(1).sum())
+    if total < 2:
+        raise DataError("PCA needs at least two embedding vectors; embed a larger region.")
+    keep = min(total, pca_fit.PCA_SAMPLES)
+    pick = (
+        numpy_rng(0).choice(total, keep, replace=False)
+        if total > pca_fit.PCA_SAMPLES
+        else np.arange(total)
+    )
+    order = np.argsort(pick)
+    wanted = pick[order]
+    samples: np.ndarray | None = None
+    seen = 0
+    for path in staged:
+        for rows in _pixel_rows(path):
+            finite = rows[np.isfinite(rows).all(1)]
+            if samples is None:
+                samples = np.empty((keep, rows.shape[1]), np.float32)
+            lo, hi = np.searchsorted(wanted, [seen, seen + len(finite)])
+            samples[order[lo:hi]] = finite[wanted[lo:hi] - seen]
+            seen += len(finite)
+    assert samples is not None
+    return fit_pca(samples, k)
+
+
+def _project_grid(
+    staged: Path, out: Path, projection: tuple[np.ndarray, np.ndarray], rgb: bool
+) -> None:
+    """Project a staged grid onto PCA components, a chunk of rows at a time, into ``out``."""
+    mean, components = projection
+    with rasterio.open(staged) as src:
+        profile = staging_profile(
+            src.width,
+            src.height,
+            len(components),
+            "float32",
+            src.crs,
+            src.transform,
+            rgb,
+            rows_per_strip=min(src.height, 64),
+        )
+        with rasterio.open(out, "w", **profile) as dst:
+            for start, stop in _row_chunks(src.height, 4 * src.count * src.width):
+                window = Window(0, start, src.width, stop - start)
+                values = src.read(window=window)
+                scores = project(values.transpose(1, 2, 0), mean, components)
+                dst.write(scores.transpose(2, 0, 1), window=window)
+    staged.unlink()
+
+
+def _write_rasters(
+    targets: Sequence[Path],
+    regions: Sequence[RasterRegion],
+    part_files: Sequence[Sequence[Path]],
+    parts: Path,
+    dim: int,
+    chip: int,
+    pca: int | None,
+    metadata: dict[str, str],
+    progress: bool,
+) -> None:
+    """Assemble each raster's embeddings on disk from its saved batches and write its COG.
+
+    Nothing holds a whole grid: windows go into a staged GeoTIFF in ``parts``, the PCA
+    (fitted on all rasters) is applied a chunk of rows at a time, band statistics are
+    read a band at a time, and GDAL's cache is capped (see
+    :func:`~geodino.inference.cog.finish_cog`). A progress bar per raster runs until its
+    COG is complete.
+    """
+    from tqdm.auto import tqdm
+
+    staged = [parts / f"{i:03d}_grid.tif" for i in range(len(regions))]
+    bands = pca or dim
+    bars = [
+        tqdm(
+            total=len(files) + bands + 1,
+            desc=f"writing {target.name}",
+            unit="step",
+            disable=not progress,
+        )
+        for target, files in zip(targets, part_files, strict=True)
+    ]
+    for path, region, files, bar in zip(staged, regions, part_files, bars, strict=True):
+        _stage_grid(path, region, files, dim, chip, bar.update)
+    names = [f"emb_{j:03d}" for j in range(dim)]
+    if pca:
+        projection = _fit_grid_pca(staged, pca)
+        projected = [path.with_name(path.stem + "_pca.tif") for path in staged]
+        for path, out in zip(staged, projected, strict=True):
+            _project_grid(path, out, projection, rgb=pca == 3)
+        staged = projected
+        names = [f"pc{j + 1}" for j in range(pca)]
+        metadata = {**metadata, "pca_components": str(pca)}
+    for path, target, region, bar in zip(staged, targets, regions, bars, strict=True):
+        finish_cog(
+            path,
+            target,
+            names,
+            {**metadata, "source_raster": str(region.path)},
+            rgb=pca == 3,
+            advance=bar.update,
+        )
+        bar.close()

@@ -21,6 +21,7 @@ from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import GeoSampler, Units
 
 from geodino.aoi import polygonal, read_aoi
+from geodino.datasets.footprints import FootprintGrid
 from geodino.errors import DataError
 from geodino.samplers.blocks import align_to_blocks, block_grids
 from geodino.samplers.geometry import erode_by_box, triangulate
@@ -37,6 +38,13 @@ _EPS = 1e-9
 #: Pixels a chip may stick out of the AOI at ``min_coverage=1``: AOI vertices that went
 #: through a CRS round trip (UTM -> EPSG:4326 file -> UTM) move by ~1e-9 m.
 _SLACK = 1e-6
+
+
+def _distinct(geometries: np.ndarray) -> np.ndarray:
+    """The geometries without repeats (a file per date over the same tiles repeats each)."""
+    _, first = np.unique(shapely.to_wkb(geometries), return_index=True)
+    distinct: np.ndarray = geometries[np.sort(first)]
+    return distinct
 
 
 class AOISampler(GeoSampler):
@@ -132,6 +140,7 @@ class AOISampler(GeoSampler):
                 "warped); chips are not aligned"
             )
             self.blocks = None
+        self._footprints = None if self.blocks is None else FootprintGrid(self.blocks[:, :4])
         self.seed = (
             int(generator.initial_seed())
             if generator is not None
@@ -139,7 +148,7 @@ class AOISampler(GeoSampler):
         )
         self.epoch = 0
 
-        footprint = shapely.union_all(dataset.index.geometry.to_numpy())
+        footprint = shapely.union_all(_distinct(dataset.index.geometry.to_numpy()))
         if aoi is None:
             self.source = "the data footprint"
             self.aoi = GeoDataFrame(
@@ -348,7 +357,7 @@ class AOISampler(GeoSampler):
     def _align(self, x0: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower-left corners moved onto the tiling of the file under each chip's centre."""
         assert self.blocks is not None
-        return align_to_blocks(self.blocks, x0, y0, self.size, self.res)
+        return align_to_blocks(self.blocks, x0, y0, self.size, self.res, self._footprints)
 
     def _covers(self, x0: np.ndarray | float, y0: np.ndarray | float) -> np.ndarray:
         """Whether chips with these lower-left corners meet ``min_coverage``."""

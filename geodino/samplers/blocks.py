@@ -6,6 +6,7 @@ import numpy as np
 from pyproj import CRS
 from torchgeo.datasets import GeoDataset
 
+from geodino.datasets.footprints import FootprintGrid
 from geodino.errors import DataError
 
 
@@ -61,12 +62,13 @@ def align_to_blocks(
     y0: np.ndarray,
     size: tuple[float, float],
     res: tuple[float, float],
+    footprints: FootprintGrid | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lower-left corners of chips moved onto the tiling of the file under each chip's centre.
 
     Each chip keeps the block it starts in and moves by less than a block, to the nearest of
     the ``slack + 1`` offsets at which it spans the fewest blocks; chips whose centre lies in
-    no listed file stay where they are.
+    no listed file stay where they are (the first listed file counts where several hold it).
 
     Args:
         blocks: the rows of :func:`block_grids`.
@@ -74,16 +76,18 @@ def align_to_blocks(
         y0: chips' bottom edges in CRS units.
         size: chip size ``(height, width)`` in CRS units.
         res: the dataset's resolution ``(x, y)``.
+        footprints: the files' footprints (``blocks[:, :4]``) bucketed once, so that each
+            call reads a few of them instead of all (built here when None).
 
     Returns:
         the moved left and bottom edges.
     """
     h, w = size
     b = blocks
-    cx, cy = (x0 + w / 2)[:, None], (y0 + h / 2)[:, None]
-    inside = (b[:, 0] <= cx) & (cx < b[:, 2]) & (b[:, 1] <= cy) & (cy < b[:, 3])
-    hit = inside.any(1)
-    f = inside.argmax(1)
+    grid = FootprintGrid(b[:, :4]) if footprints is None else footprints
+    f = grid.containing(x0 + w / 2, y0 + h / 2)
+    hit = f >= 0
+    f = np.maximum(f, 0)
     left, top, width, height, block_w, block_h = (b[f, k] for k in range(4, 10))
     rx, ry = res
     col = _snap_to_block(np.round((x0 - left) / rx), w / rx, width, block_w)
