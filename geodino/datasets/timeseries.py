@@ -8,6 +8,7 @@ import pandas as pd  # type: ignore[import-untyped]
 import torch
 from torchgeo.datasets import GeoDataset, RasterDataset
 
+from geodino.datasets.geotiff import MultiBandGeoTIFF
 from geodino.datasets.protocols import Multimodal, NamedBands, band_kinds_of, nodata_of
 from geodino.errors import ConfigError, DataError
 
@@ -169,4 +170,36 @@ class TimeSeries(GeoDataset):
         return sample
 
 
-__all__ = ["TimeSeries"]
+class DatedGeoTIFF(MultiBandGeoTIFF):
+    """GeoTIFFs whose file names carry their acquisition dates, given at run time.
+
+    A :class:`~geodino.datasets.MultiBandGeoTIFF` whose ``filename_regex`` and
+    ``date_format`` are arguments instead of class attributes, for tools that take them from
+    the command line (``geodino knn --date_regex``).
+
+    Args:
+        paths: files or folders.
+        filename_regex: regex of the file names with a ``(?P<date>...)`` group.
+        date_format: ``strptime`` format of the date group.
+        **kwargs: passed to :class:`~geodino.datasets.MultiBandGeoTIFF`.
+
+    Raises:
+        ConfigError: if the regex has no ``date`` group.
+    """
+
+    def __init__(
+        self, paths: Any, filename_regex: str, date_format: str = "%Y%m%d", **kwargs: Any
+    ) -> None:
+        """Set the dated naming, then index the files."""
+        if "(?P<date>" not in filename_regex:
+            raise ConfigError(
+                f"filename_regex {filename_regex!r} has no (?P<date>...) group; e.g. "
+                r"'^S2_(?P<date>\d{8})' with date_format '%Y%m%d'."
+            )
+        # TorchGeo reads both while indexing the files
+        self.filename_regex = filename_regex
+        self.date_format = date_format
+        super().__init__(paths, **kwargs)
+
+
+__all__ = ["DatedGeoTIFF", "TimeSeries"]

@@ -33,7 +33,7 @@ def data(dataset: Any, catalog: SeriesCatalog, **kwargs: Any) -> GeoDINODataModu
     return GeoDINODataModule(
         dataset,
         aoi=catalog.parcels,
-        chip_size=32,
+        chip_size=kwargs.pop("chip_size", 32),
         batch_size=2,
         statistics_chips=4,
         multicrop=kwargs.pop("multicrop", MULTICROP),
@@ -121,7 +121,7 @@ def test_an_s1_s2_series_of_pairs_pretrains(catalog: SeriesCatalog, tmp_path: Pa
 def test_a_single_date_model_refuses_series(catalog: SeriesCatalog, tmp_path: Path) -> None:
     series = TimeSeries(SeriesSentinel2(catalog.root), length=7, modality="s2")
     model = DINOv2Task(in_chans=13, model_kwargs=TINY, head_out_dim=64, head_hidden_dim=32)
-    with pytest.raises(ConfigError, match="single-modality ViT; set model.init_args.modalities"):
+    with pytest.raises(ConfigError, match=r"single-modality ViT; set model\.init_args\.modalities"):
         trainer(tmp_path, 1).fit(model, data(series, catalog))
 
 
@@ -138,3 +138,33 @@ def test_features_of_series_are_the_teachers_pooled_tokens(catalog: SeriesCatalo
     # the dates matter: the same images on other days embed differently
     shifted = extract_features(backbone, images, doy=torch.where(doy > 0, doy + 90, 0))
     assert not torch.allclose(features, shifted)
+
+
+def test_knn_reads_labelled_series_of_dated_rasters(catalog: SeriesCatalog, tmp_path: Path) -> None:
+    from geodino.evaluation.protocols import run_knn
+
+    series = TimeSeries(SeriesSentinel2(catalog.root), length=7, modality="s2")
+    model = task({"s2": 13}, fusion_kwargs={"temporal_pool": "attention"})
+    run = Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    run.fit(model, data(series, catalog, chip_size=28))
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    report = run_knn(
+        checkpoint,
+        catalog.parcels,
+        tmp_path / "knn",
+        ks=(1,),
+        rasters=[catalog.s2],
+        split_column="split",
+        date_regex=r"^S2_(?P<date>\d{8})",
+        chip_size=28,
+    )
+    assert report["train_samples"] + report["test_samples"] == 4  # the 4 parcels
+    assert set(report["baselines"]) == {"random_init", "band_stats", "rcf"}
+    assert 0 <= report["results"]["1"]["accuracy"] <= 1
