@@ -50,8 +50,7 @@ def task(modalities: dict[str, int], **kwargs: Any) -> DINOv2Task:
         head_hidden_dim=32,
         head_bottleneck_dim=16,
         lr_reference_batch=2,
-        checkpoint_every_n_steps=10**6,
-        **kwargs,
+        **{"checkpoint_every_n_steps": 10**6, **kwargs},
     )
 
 
@@ -144,7 +143,9 @@ def test_knn_reads_labelled_series_of_dated_rasters(catalog: SeriesCatalog, tmp_
     from geodino.evaluation.protocols import run_knn
 
     series = TimeSeries(SeriesSentinel2(catalog.root), length=7, modality="s2")
-    model = task({"s2": 13}, fusion_kwargs={"temporal_pool": "attention"})
+    model = task(
+        {"s2": 13}, fusion_kwargs={"temporal_pool": "attention"}, checkpoint_every_n_steps=1
+    )
     run = Trainer(
         max_steps=1,
         accelerator="cpu",
