@@ -218,8 +218,6 @@ def knn(
     baselines: bool = True,
     ks: tuple[int, ...] = (10, 20, 100),
     temperature: float = 0.07,
-    date_regex: str | None = None,
-    date_format: str = "%Y%m%d",
 ) -> None:
     """k-NN evaluation of a frozen backbone on a labelled source, metrics as JSON and PNGs.
 
@@ -254,10 +252,6 @@ def knn(
             architecture at random init on the same split(s) (--baselines false skips them).
         ks: neighbour counts, one report each.
         temperature: temperature of the vote weights.
-        date_regex: regex of the rasters' file names with a (?P<date>...) group: the rasters
-            are dated acquisitions and each label gets a time series of every date (for a
-            series checkpoint, docs/time-series.md), e.g. '^S2_(?P<date>[0-9]{8})'.
-        date_format: strptime format of the date group.
     """
     from geodino.evaluation.protocols import run_knn, summary
 
@@ -277,8 +271,6 @@ def knn(
         group_column=group_column,
         split_column=split_column,
         band_names=band_names,
-        date_regex=date_regex,
-        date_format=date_format,
     )
     _say(summary(report, out))
 

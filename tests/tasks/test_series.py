@@ -139,33 +139,18 @@ def test_features_of_series_are_the_teachers_pooled_tokens(catalog: SeriesCatalo
     assert not torch.allclose(features, shifted)
 
 
-def test_knn_reads_labelled_series_of_dated_rasters(catalog: SeriesCatalog, tmp_path: Path) -> None:
-    from geodino.evaluation.protocols import run_knn
+def test_labelled_series_of_dated_rasters(catalog: SeriesCatalog) -> None:
+    from geodino.evaluation import read_labelled_source
 
-    series = TimeSeries(SeriesSentinel2(catalog.root), length=7, modality="s2")
-    model = task(
-        {"s2": 13}, fusion_kwargs={"temporal_pool": "attention"}, checkpoint_every_n_steps=1
-    )
-    run = Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    run.fit(model, data(series, catalog, chip_size=28))
-    checkpoint = next(tmp_path.rglob("last.ckpt"))
-    report = run_knn(
-        checkpoint,
+    data = read_labelled_source(
         catalog.parcels,
-        tmp_path / "knn",
-        ks=(1,),
-        rasters=[catalog.s2],
+        [catalog.s2],
+        28,
         split_column="split",
         date_regex=r"^S2_(?P<date>\d{8})",
-        chip_size=28,
     )
-    assert report["train_samples"] + report["test_samples"] == 4  # the 4 parcels
-    assert set(report["baselines"]) == {"random_init", "band_stats", "rcf"}
-    assert 0 <= report["results"]["1"]["accuracy"] <= 1
+    assert data.images.shape == (4, 7, 13, 28, 28)  # the 4 parcels, every date
+    assert data.doy is not None and data.doy.shape == (4, 7)
+    assert data.doy[0].tolist() == sorted(data.doy[0].tolist()) and (data.doy > 0).all()
+    single = read_labelled_source(catalog.parcels, [catalog.s2], 28, split_column="split")
+    assert single.images.shape == (4, 13, 28, 28) and single.doy is None
