@@ -32,18 +32,33 @@ def demo_data(
     seed: int = 0,
     scene_size: int = 512,
     overwrite: bool = False,
+    series: bool = False,
 ) -> None:
     """Write the synthetic demo catalog: S2-like and S1 scenes, land-cover labels and an AOI.
 
     The catalog holds 13-band S2-like scenes in two UTM zones, S1 VV/VH scenes, land-cover
-    labels and an AOI GeoPackage.
+    labels and an AOI GeoPackage. With ``--series``, the seasonal time-series catalog
+    instead (8 dated S2 and S1 scenes over a year, parcels whose class is their number of
+    growing seasons; by default in geodino_demo/series, where configs/s2_series.yaml and
+    configs/s1s2_series.yaml read it).
 
     Args:
         out: folder to write the catalog into.
         seed: seed of the scenes; the same seed writes the same catalog.
         scene_size: side of each scene in pixels.
         overwrite: rewrite an existing catalog.
+        series: write the seasonal time-series catalog (docs/time-series.md).
     """
+    if series:
+        from geodino.demo.series import SERIES_ROOT, write_series_catalog
+
+        root = SERIES_ROOT if out == Path("geodino_demo/data") else out
+        seasonal = write_series_catalog(root, seed=seed, scene_size=scene_size)
+        _say(
+            f"seasonal catalog in {seasonal.root}: S2 {seasonal.s2}, S1 {seasonal.s1}, "
+            f"parcels {seasonal.parcels}; {len(seasonal.dates)} dates"
+        )
+        return
     from geodino.demo.catalog import write_demo_catalog
 
     catalog = write_demo_catalog(out, seed=seed, scene_size=scene_size, overwrite=overwrite)

@@ -286,21 +286,23 @@ class DINODataModule(LightningDataModule, ABC):
 
         Returns:
             the batch; in training with ``global_crops`` and ``local_crops`` instead of
-            ``image``.
+            ``image``. Time series (``image`` (B, T, C, H, W) with ``doy`` (B, T)) give crops
+            (n B, T, C, h, w) and keep ``doy``; padding steps (NaN) are filled like nodata.
         """
         if self.normalize is None:
             self._setup_transforms()
         assert self.normalize is not None and self.multicrop is not None
         self.normalize.to(batch["image"].device)
-        image = batch["image"].float()
-        if image.shape[1] != self.num_bands:
+        image = batch["image"].float()  # (B, C, H, W), or (B, T, C, H, W) time series
+        if image.shape[-3] != self.num_bands:
             raise DataError(
-                f"batch has {image.shape[1]} bands but the data module declares "
+                f"batch has {image.shape[-3]} bands but the data module declares "
                 f"{self.num_bands} ({self.band_names}); check the dataset's bands."
             )
         image = self.normalize.fill_nodata(image)
         if not torch.isfinite(image).all():
-            bad = (~torch.isfinite(image)).flatten(2).any(-1).any(0).nonzero().flatten()
+            bad = (~torch.isfinite(image)).flatten(-2).any(-1).flatten(0, -2).any(0)
+            bad = bad.nonzero().flatten()
             raise DataError(
                 "batch holds inf values in bands "
                 f"{[self.band_names[i] for i in bad.tolist()]}; set the files' nodata value "

@@ -110,6 +110,11 @@ class GeoChipDraw:
         hold marks no pixel, as in float32.
         """
         array = image.detach().cpu().numpy()
+        if array.ndim == 4:
+            # a time series (T, C, H, W): its padding steps (all NaN) hold no chip to judge;
+            # a pixel counts as nodata where a band of any acquired date misses
+            acquired = ~np.isnan(array).all(axis=(1, 2, 3))
+            array = array[acquired].reshape(-1, *array.shape[-2:])
         nodata = self.nodata
         if array.dtype.kind in "iu":
             info = np.iinfo(array.dtype)

@@ -45,7 +45,7 @@ class RawDraw(Protocol):
 
 
 #: Keys that travel from the workers to the device; everything else a dataset returns stays behind.
-_BATCH_KEYS = ("image", "bounds", "label", "mask")
+_BATCH_KEYS = ("image", "bounds", "label", "mask", "doy")
 
 
 def _keep(sample: Sample) -> Sample:

@@ -8,7 +8,8 @@ import pandas as pd  # type: ignore[import-untyped]
 import torch
 from torchgeo.datasets import GeoDataset, RasterDataset
 
-from geodino.datasets.protocols import NamedBands, nodata_of
+from geodino.datasets.geotiff import MultiBandGeoTIFF
+from geodino.datasets.protocols import Multimodal, NamedBands, band_kinds_of, nodata_of
 from geodino.errors import ConfigError, DataError
 
 Sample = dict[str, Any]
@@ -39,17 +40,24 @@ class TimeSeries(GeoDataset):
             ``date_format``).
         length: steps per sample (None: as many as the query finds).
         transforms: applied to each sample.
+        modality: name of the series' bands as one modality (the key of its patch
+            embedding in :class:`~geodino.models.FusionViT`, e.g. ``s2``); a multimodal
+            dataset (a :class:`~geodino.datasets.PairedDataset`) keeps its own modalities.
 
     Raises:
         ConfigError: if ``length`` is not >= 1.
         DataError: if the dataset's files carry no dates.
     """
 
+    #: what the data modules and :func:`~geodino.datasets.protocols.is_time_series` read
+    time_series = True
+
     def __init__(
         self,
-        dataset: RasterDataset,
+        dataset: GeoDataset,
         length: int | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        modality: str = "image",
     ) -> None:
         """Check the dataset's dates and share its index."""
         if length is not None and (isinstance(length, bool) or length < 1):
@@ -57,9 +65,14 @@ class TimeSeries(GeoDataset):
                 f"TimeSeries length={length} must be a whole number >= 1 (or "
                 "null for as many steps as the query finds)."
             )
+        if not modality.isidentifier():
+            raise ConfigError(
+                f"TimeSeries modality={modality!r} must be an identifier such as 's2' (it "
+                "names the modality's patch embedding)."
+            )
         times = dataset.index.index
         if (times.left == pd.Timestamp.min).any() or (times.right == pd.Timestamp.max).any():
-            undated = list(dataset.index.filepath[(times.left == pd.Timestamp.min)])[:3]
+            undated = list(dataset.index.get("filepath", dataset.index.geometry))[:3]
             raise DataError(
                 f"{type(dataset).__name__} has files without acquisition dates (e.g. "
                 f"{undated}); a time series needs a filename_regex with a (?P<date>...) group "
@@ -67,6 +80,7 @@ class TimeSeries(GeoDataset):
             )
         self.dataset = dataset
         self.length = length
+        self.modality = modality
         self.transforms = transforms
         self.index = dataset.index
         self._res = dataset.res
@@ -74,8 +88,21 @@ class TimeSeries(GeoDataset):
     @property
     def band_names(self) -> list[str]:
         """Names of the bands of each step, in channel order."""
-        names = self.dataset.band_names if isinstance(self.dataset, NamedBands) else None
-        return list(names or self.dataset.bands)
+        if isinstance(self.dataset, NamedBands) and self.dataset.band_names:
+            return list(self.dataset.band_names)
+        return list(self.dataset.bands) if isinstance(self.dataset, RasterDataset) else []
+
+    @property
+    def band_kinds(self) -> list[str]:
+        """``optical`` or ``sar`` per band of each step, the dataset's."""
+        return band_kinds_of(self.dataset, len(self.band_names))
+
+    @property
+    def band_groups(self) -> dict[str, int]:
+        """Band count of each modality: the dataset's, else all bands as ``modality``."""
+        if isinstance(self.dataset, Multimodal):
+            return dict(self.dataset.band_groups)
+        return {self.modality: len(self.band_names)}
 
     @property
     def nodata(self) -> float:
@@ -143,4 +170,36 @@ class TimeSeries(GeoDataset):
         return sample
 
 
-__all__ = ["TimeSeries"]
+class DatedGeoTIFF(MultiBandGeoTIFF):
+    """GeoTIFFs whose file names carry their acquisition dates, given at run time.
+
+    A :class:`~geodino.datasets.MultiBandGeoTIFF` whose ``filename_regex`` and
+    ``date_format`` are arguments instead of class attributes, for tools that take them from
+    the command line (``geodino knn --date_regex``).
+
+    Args:
+        paths: files or folders.
+        filename_regex: regex of the file names with a ``(?P<date>...)`` group.
+        date_format: ``strptime`` format of the date group.
+        **kwargs: passed to :class:`~geodino.datasets.MultiBandGeoTIFF`.
+
+    Raises:
+        ConfigError: if the regex has no ``date`` group.
+    """
+
+    def __init__(
+        self, paths: Any, filename_regex: str, date_format: str = "%Y%m%d", **kwargs: Any
+    ) -> None:
+        """Set the dated naming, then index the files."""
+        if "(?P<date>" not in filename_regex:
+            raise ConfigError(
+                f"filename_regex {filename_regex!r} has no (?P<date>...) group; e.g. "
+                r"'^S2_(?P<date>\d{8})' with date_format '%Y%m%d'."
+            )
+        # TorchGeo reads both while indexing the files
+        self.filename_regex = filename_regex
+        self.date_format = date_format
+        super().__init__(paths, **kwargs)
+
+
+__all__ = ["DatedGeoTIFF", "TimeSeries"]

@@ -136,7 +136,11 @@ def random_init_export(weights: str | Path, out_dir: str | Path, seed: int = 0) 
 
 
 def baseline_features(
-    images: Tensor, backbone: PretrainedBackbone, seed: int = 0, batch_size: int = 64
+    images: Tensor,
+    backbone: PretrainedBackbone,
+    seed: int = 0,
+    batch_size: int = 64,
+    doy: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Features of every baseline for the chips a backbone is evaluated on.
 
@@ -144,10 +148,12 @@ def baseline_features(
     statistics).
 
     Args:
-        images: (N, C, H, W) raw chips.
+        images: (N, C, H, W) raw chips, or (N, T, C, H, W) time series (the random
+            filters and band statistics then read the dates as bands).
         backbone: the evaluated backbone.
         seed: seed of the random filters and the random initialisation.
         batch_size: chips per forward pass.
+        doy: (N, T) days of year of time series.
 
     Returns:
         (N, D) features by baseline name (see :data:`BASELINES`).
@@ -157,9 +163,11 @@ def baseline_features(
     normalised = torch.cat(
         [backbone.normalize(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     )
+    if normalised.ndim == 5:
+        normalised = normalised.flatten(1, 2)
     twin = random_init_twin(backbone, seed)
     return {
-        "random_init": extract_features(twin.model, images, twin.normalize, batch_size),
+        "random_init": extract_features(twin.model, images, twin.normalize, batch_size, doy=doy),
         "rcf": random_conv_features(normalised, seed),
         "band_stats": band_statistics_features(normalised),
     }

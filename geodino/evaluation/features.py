@@ -16,22 +16,26 @@ def extract_features(
     transform: Callable[[Tensor], Tensor] | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    doy: Tensor | None = None,
 ) -> Tensor:
     """CLS features of images through a backbone in eval mode.
 
     Args:
         backbone: an encoder (:class:`~geodino.models.encoder.Encoder`, e.g. a timm ViT or a
             FusionViT); its class tokens are the features.
-        images: (N, C, H, W) raw or normalised images.
+        images: (N, C, H, W) raw or normalised images, or (N, T, C, H, W) time series
+            (with ``doy``) for a FusionViT.
         transform: applied to each batch on the device before the backbone (e.g. nodata
             filling and normalisation).
         batch_size: images per forward pass.
         device: where to run.
+        doy: (N, T) days of year of time series (0 for padding).
 
     Returns:
         (N, D) float32 CLS features on the CPU.
     """
     from geodino.models import as_encoder
+    from geodino.models.fusion import series_inputs
 
     encoder = as_encoder(backbone)
     was_training = backbone.training
@@ -41,7 +45,11 @@ def extract_features(
         batch = images[start : start + batch_size].to(device).float()
         if transform is not None:
             batch = transform(batch)
-        out.append(encoder.split_tokens(encoder.forward_tokens(batch))[0].float().cpu())
+        inputs: Tensor | dict[str, Tensor] = batch
+        if doy is not None:
+            days = doy[start : start + batch_size].to(device)
+            inputs = series_inputs(batch, days, encoder.modalities)
+        out.append(encoder.split_tokens(encoder.forward_tokens(inputs))[0].float().cpu())
     backbone.train(was_training)
     return torch.cat(out)
 

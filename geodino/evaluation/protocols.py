@@ -170,6 +170,8 @@ def labelled_features(
     split_column: str | None = None,
     band_names: Sequence[str] | None = None,
     batch_size: int = 64,
+    date_regex: str | None = None,
+    date_format: str = "%Y%m%d",
 ) -> tuple[LabelledImages, Tensor, Any]:
     """Read a backbone and a labelled source, check their bands, and extract CLS features.
 
@@ -183,6 +185,8 @@ def labelled_features(
         split_column: column fixing the split of vector labels.
         band_names: band names of folder/JSON images.
         batch_size: images per forward pass.
+        date_regex: regex of dated raster file names: read time series of the rasters.
+        date_format: ``strptime`` format of the date group.
 
     Returns:
         the labelled images, their (N, D) features and the backbone.
@@ -199,9 +203,13 @@ def labelled_features(
         group_column,
         split_column,
         band_names,
+        date_regex,
+        date_format,
     )
-    backbone.check_bands(data.band_names, data.images.shape[1], str(data.source))
-    features = extract_features(backbone.model, data.images, backbone.normalize, batch_size)
+    backbone.check_bands(data.band_names, data.images.shape[-3], str(data.source))
+    features = extract_features(
+        backbone.model, data.images, backbone.normalize, batch_size, doy=data.doy
+    )
     return data, features, backbone
 
 
@@ -230,7 +238,7 @@ def _method_features(
 
     methods = {BACKBONE: features}
     if baselines:
-        methods.update(baseline_features(data.images, backbone, seed))
+        methods.update(baseline_features(data.images, backbone, seed, doy=data.doy))
     return methods
 
 

@@ -26,13 +26,14 @@ class LabelledImages:
     """Images, their class and group, as an evaluation reads them.
 
     Args:
-        images: (N, C, H, W) raw images.
+        images: (N, C, H, W) raw images, or (N, T, C, H, W) time series.
         labels: (N,) class indices.
         class_names: name of each class index.
         groups: group of each image (e.g. ``group_id``), or None when the source has none.
         band_names: names of the bands when the source names them, else None.
         split: ``train``/``test`` of each image when the source fixes the split, else None.
         source: what was read, for messages and reports.
+        doy: (N, T) days of year of time series (0 for padding), else None.
     """
 
     images: Tensor
@@ -42,6 +43,7 @@ class LabelledImages:
     band_names: list[str] | None = None
     split: list[str] | None = None
     source: str = ""
+    doy: Tensor | None = None
 
     def __len__(self) -> int:
         """Number of images."""
@@ -103,8 +105,14 @@ def read_vector_source(
     group_column: str = "group_id",
     split_column: str | None = None,
     band_names: Sequence[str] | None = None,
+    date_regex: str | None = None,
+    date_format: str = "%Y%m%d",
 ) -> LabelledImages:
     """Chips of rasters centred on labelled points or polygons (their representative point).
+
+    With ``date_regex`` the rasters are dated acquisitions and each chip is a time series of
+    every date under it (:class:`~geodino.datasets.TimeSeries`, padded to the number of
+    dates), with its days of year.
 
     Args:
         source: a vector file (GeoPackage, GeoJSON, Shapefile, GeoParquet) or a GeoDataFrame.
@@ -117,16 +125,20 @@ def read_vector_source(
             split is fixed by the source.
         band_names: names of the rasters' bands, one per band (default: their band
             descriptions, when these name the bands).
+        date_regex: regex of the raster file names with a ``(?P<date>...)`` group: read
+            time series.
+        date_format: ``strptime`` format of the date group.
 
     Returns:
-        one chip per feature.
+        one chip (or series) per feature.
 
     Raises:
         DataError: for a missing file or column, no CRS, or no feature over the rasters.
     """
     import geopandas as gpd
 
-    from geodino.datasets import MultiBandGeoTIFF
+    from geodino.datasets import MultiBandGeoTIFF, TimeSeries
+    from geodino.datasets.timeseries import DatedGeoTIFF
 
     if isinstance(source, gpd.GeoDataFrame):
         gdf, name = source, "the labels GeoDataFrame"
@@ -153,7 +165,15 @@ def read_vector_source(
             )
     if not rasters:
         raise DataError(f"{name} is a vector source: pass --rasters with the imagery under it.")
-    dataset = MultiBandGeoTIFF(list(rasters), band_names=band_names)
+    dataset: MultiBandGeoTIFF = (
+        MultiBandGeoTIFF(list(rasters), band_names=band_names)
+        if date_regex is None
+        else DatedGeoTIFF(list(rasters), date_regex, date_format, band_names=band_names)
+    )
+    series = None
+    if date_regex is not None:
+        series = TimeSeries(dataset, length=len(set(dataset.index.index)))
+    doys = []
     xres, yres = dataset.res
     bounds = dataset.bounds
     points = gdf.to_crs(dataset.crs).geometry.representative_point()
@@ -172,7 +192,13 @@ def read_vector_source(
         ):
             outside.append(row)
             continue
-        chips.append(dataset[slice(x0, x1, xres), slice(y0, y1, yres)]["image"])
+        query = (slice(x0, x1, xres), slice(y0, y1, yres), bounds[2])
+        if series is None:
+            chips.append(dataset[query]["image"])
+        else:
+            sample = series[query]
+            chips.append(sample["image"])
+            doys.append(sample["doy"])
         keep.append(row)
     if not keep:
         raise DataError(
@@ -204,7 +230,14 @@ def read_vector_source(
     stand_ins = names == [f"B{i + 1}" for i in range(len(names))]
     named = names if band_names or not stand_ins else None
     return LabelledImages(
-        torch.stack(chips), torch.as_tensor(labels), class_names, groups, named, split, name
+        torch.stack(chips),
+        torch.as_tensor(labels),
+        class_names,
+        groups,
+        named,
+        split,
+        name,
+        torch.stack(doys) if doys else None,
     )
 
 
@@ -216,6 +249,8 @@ def read_labelled_source(
     group_column: str = "group_id",
     split_column: str | None = None,
     band_names: Sequence[str] | None = None,
+    date_regex: str | None = None,
+    date_format: str = "%Y%m%d",
 ) -> LabelledImages:
     """Read any labelled source: class folders, JSON annotations or labelled vector features.
 
@@ -229,6 +264,9 @@ def read_labelled_source(
         group_column: group column of vector features.
         split_column: column fixing the train/test split of vector features.
         band_names: band names of the images or rasters, when the files do not name them.
+        date_regex: regex of dated raster file names (a ``(?P<date>...)`` group): vector
+            features then read time series of the rasters.
+        date_format: ``strptime`` format of the date group.
 
     Returns:
         the labelled images.
@@ -240,7 +278,15 @@ def read_labelled_source(
 
     if isinstance(source, gpd.GeoDataFrame):
         return read_vector_source(
-            source, rasters or [], chip_size, label_column, group_column, split_column, band_names
+            source,
+            rasters or [],
+            chip_size,
+            label_column,
+            group_column,
+            split_column,
+            band_names,
+            date_regex,
+            date_format,
         )
     path = Path(source)
     if path.is_dir():
@@ -251,7 +297,15 @@ def read_labelled_source(
         return read_folder_source(path, band_names)
     if path.suffix.lower() in VECTOR_SUFFIXES:
         return read_vector_source(
-            path, rasters or [], chip_size, label_column, group_column, split_column, band_names
+            path,
+            rasters or [],
+            chip_size,
+            label_column,
+            group_column,
+            split_column,
+            band_names,
+            date_regex,
+            date_format,
         )
     raise DataError(
         f"labelled source {path} is neither a class folder (with labels.txt), a JSON "

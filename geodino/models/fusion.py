@@ -120,6 +120,56 @@ def split_modalities(images: Tensor, modalities: Mapping[str, int]) -> dict[str,
     return dict(zip(modalities, parts, strict=True))
 
 
+def series_inputs(
+    images: Tensor, doy: Tensor, modalities: Mapping[str, int] | None
+) -> dict[str, Tensor]:
+    """The :class:`FusionViT` input of stacked time series: one series per modality.
+
+    Args:
+        images: (n B, T, C, H, W) series whose bands are the modalities' bands stacked in
+            order, e.g. n multi-crop views of a batch of B series, view-major.
+        doy: (B, T) days of year (0 for padding), repeated for the n views.
+        modalities: the model's modalities (None: a single-date backbone).
+
+    Returns:
+        ``{modality: (n B, T, C_m, H, W), f"{modality}_doy": (n B, T)}``.
+
+    Raises:
+        ConfigError: if the backbone takes no time series (no modalities).
+        DataError: if the shapes do not fit together.
+    """
+    if modalities is None:
+        raise ConfigError(
+            "the data are time series (B, T, C, H, W) but the backbone is a single-date ViT; "
+            "set model.init_args.modalities (e.g. {s2: 13}) for a FusionViT, which embeds "
+            "each date and pools them (docs/time-series.md)."
+        )
+    if images.ndim != 5 or doy.ndim != 2 or images.shape[1] != doy.shape[1]:
+        raise DataError(
+            f"time series of shape {tuple(images.shape)} with days of year of shape "
+            f"{tuple(doy.shape)}: expected (n B, T, C, H, W) and (B, T)."
+        )
+    views, rest = divmod(images.shape[0], max(doy.shape[0], 1))
+    if rest or views < 1:
+        raise DataError(
+            f"{images.shape[0]} series cannot be views of the {doy.shape[0]} series whose "
+            "days of year were given; give one (B, T) row per series."
+        )
+    days = doy.to(images.device).repeat(views, 1)
+    total = sum(modalities.values())
+    if images.shape[2] != total:
+        raise DataError(
+            f"time series of {images.shape[2]} bands cannot be split into the modalities "
+            f"{dict(modalities)} ({total} bands); check the data's band groups."
+        )
+    parts = torch.split(images, list(modalities.values()), dim=2)
+    out: dict[str, Tensor] = {}
+    for name, part in zip(modalities, parts, strict=True):
+        out[name] = part
+        out[name + DOY_SUFFIX] = days
+    return out
+
+
 def sinusoidal_doy_embedding(doy: Tensor, dim: int) -> Tensor:
     """Fixed embedding of days of year: sines and cosines of harmonics of the annual cycle.
 
@@ -818,6 +868,7 @@ __all__ = [
     "FusionViT",
     "check_modalities",
     "draw_modality_dropout",
+    "series_inputs",
     "sinusoidal_doy_embedding",
     "split_modalities",
 ]

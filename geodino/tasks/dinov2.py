@@ -18,7 +18,7 @@ from geodino.errors import ConfigError
 from geodino.export import BackboneSpec
 from geodino.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from geodino.models import DINOHead, Encoder, PackedEncoder, as_encoder
-from geodino.models.fusion import check_modalities, draw_modality_dropout
+from geodino.models.fusion import check_modalities, draw_modality_dropout, series_inputs
 from geodino.tasks.loss_check import DeferredLossCheck
 from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
@@ -448,10 +448,21 @@ class DINOv2Task(BaseTask):
         return masks.to(device, non_blocking=True)
 
     def _tokens(
-        self, which: Literal["student", "teacher"], images: Tensor, masks: Tensor | None = None
+        self,
+        which: Literal["student", "teacher"],
+        images: Tensor,
+        masks: Tensor | None = None,
+        doy: Tensor | None = None,
     ) -> Tensor:
-        """Backbone tokens of crops; a multimodal student sees modality-dropped inputs."""
+        """Backbone tokens of crops; a multimodal student sees modality-dropped inputs.
+
+        Crops of time series (n B, T, C, h, w) go in as one series per modality, with the
+        batch's (B, T) days of year repeated for the n views.
+        """
         encoder = self._encoder(which)
+        inputs: Tensor | dict[str, Tensor] = images
+        if doy is not None:
+            inputs = series_inputs(images, doy, encoder.modalities)
         present = None
         p = self.hparams.get("modality_dropout", 0.0)
         if which == "student" and p > 0 and encoder.modalities is not None:
@@ -469,7 +480,7 @@ class DINOv2Task(BaseTask):
             present = {m: v.to(images.device) for m, v in present.items()}
         forward = self._compile(which, False, encoder.forward_tokens)
         tokens: Tensor = forward(
-            images, masks, self.mask_token if masks is not None else None, present
+            inputs, masks, self.mask_token if masks is not None else None, present
         )
         return tokens
 
@@ -491,7 +502,7 @@ class DINOv2Task(BaseTask):
         tokens: list[Tensor] = forward(crops, masks, token)
         return tokens
 
-    def _branch(self, which: Literal["student", "teacher"]) -> Branch:
+    def _branch(self, which: Literal["student", "teacher"], doy: Tensor | None = None) -> Branch:
         modules = self.student if which == "student" else self.teacher
         heads = dict(modules.items())
         encoder = self._encoder(which)
@@ -499,14 +510,15 @@ class DINOv2Task(BaseTask):
         # the student's modality dropout draws per crop size, so it keeps separate passes
         dropout = self.hparams["modality_dropout"] > 0 and encoder.modalities is not None
         if (
-            which == "student"
+            doy is None
+            and which == "student"
             and self.hparams["pack_crops"]
             and isinstance(encoder, PackedEncoder)
             and not dropout
         ):
             encode_packed = functools.partial(self._packed_tokens, encoder)
         return Branch(
-            encode=lambda crops, masks: self._tokens(which, crops, masks),
+            encode=lambda crops, masks: self._tokens(which, crops, masks, doy),
             split=encoder.split_tokens,
             dino_head=heads["dino_head"],
             ibot_head=heads.get("ibot_head", heads["dino_head"]),
@@ -526,9 +538,12 @@ class DINOv2Task(BaseTask):
             global_crops = global_crops.contiguous(memory_format=torch.channels_last)
             if local_crops.ndim == 4:  # without local crops, an empty 1-d tensor
                 local_crops = local_crops.contiguous(memory_format=torch.channels_last)
+        # time series: one iBOT mask per crop, shared by its dates, since the backbone
+        # pools the dates into one token per patch before the blocks (docs/time-series.md)
+        doy = batch.get("doy")
         return self.objective(
-            self._branch("student"),
-            self._branch("teacher"),
+            self._branch("student", doy),
+            self._branch("teacher", doy),
             Criteria(self.dino_loss, self.ibot_loss, self.koleo_loss),
             global_crops,
             local_crops,
@@ -587,11 +602,13 @@ class DINOv2Task(BaseTask):
         """Log collapse diagnostics of teacher features on validation chips.
 
         Args:
-            batch: ``image`` (B, C, H, W) normalised.
+            batch: ``image`` (B, C, H, W) normalised, or (B, T, C, H, W) with ``doy``.
             batch_idx: batch index.
         """
-        tokens = self(batch["image"])
-        cls = self._encoder("teacher").split_tokens(tokens)[0]
+        encoder = self._encoder("teacher")
+        images, doy = batch["image"], batch.get("doy")
+        tokens = self(images if doy is None else series_inputs(images, doy, encoder.modalities))
+        cls = encoder.split_tokens(tokens)[0]
         std = F.normalize(cls.float(), dim=-1).std(0).mean()
         self.log("val/teacher_feature_std", std, batch_size=cls.shape[0])
 

@@ -19,7 +19,7 @@ with probabilities 0.0 / 0.9 / 0.5. Here ``blur_p`` is the probability actually 
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -906,26 +906,35 @@ class MultiCrop(nn.Module):
     ) -> dict[str, Tensor]:
         """Crops of a batch, view-major as DINOv2 stacks them.
 
+        A batch of time series (B, T, C, H, W) is cropped as one image of T x C bands: each
+        crop keeps its geometry (box, flip, turns) on every date, and its photometric draws
+        (brightness, contrast, blur, dB offset) apply to every date alike, so the crops keep
+        the series' trajectory (the signal a series carries) while the per-band jitter and
+        the speckle, which real acquisitions also vary, are drawn per date and band.
+
         Args:
-            images: (B, C, H, W) images in physical units (reflectance, dB), nodata already
-                filled; converted to float32.
+            images: (B, C, H, W) images, or (B, T, C, H, W) time series, in physical units
+                (reflectance, dB), nodata already filled; converted to float32.
             generator: CPU source of every random choice (same state -> identical crops);
                 None uses torch's default generator.
 
         Returns:
             ``global_crops`` (2B, C, G, G) and ``local_crops`` (N*B, C, l, l): first view 0 of
-            every image, then view 1, and so on.
+            every image, then view 1, and so on; (2B, T, C, G, G) and (N*B, T, C, l, l) for
+            time series.
 
         Raises:
-            DataError: if ``images`` is not a 4-D batch.
+            DataError: if ``images`` is not a 4-D or 5-D batch.
             ConfigError: if ``band_kinds`` does not match the channels, the RGB operations
-                meet non-RGB images, or the generator is not a CPU generator.
+                meet non-RGB images or time series, or the generator is not a CPU generator.
         """
-        if images.ndim != 4 or min(images.shape[-2:]) < 1:
+        if images.ndim not in (4, 5) or min(images.shape[-2:]) < 1:
             raise DataError(
-                f"multi-crop needs images of shape (B, C, H, W), got "
-                f"{tuple(images.shape)}; batch the chips before cropping."
+                f"multi-crop needs images of shape (B, C, H, W) or time series of shape "
+                f"(B, T, C, H, W), got {tuple(images.shape)}; batch the chips before cropping."
             )
+        if images.ndim == 5:
+            return self._series(images, generator)
         if generator is not None and generator.device.type != "cpu":
             raise ConfigError(
                 f"multi-crop draws its choices on the CPU but got a generator on "
@@ -959,6 +968,20 @@ class MultiCrop(nn.Module):
                 images, local_plan, self.recipe.local_crops_size, kinds, noise
             ),
         }
+
+    def _series(self, images: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Crops of (B, T, C, H, W) time series: the dates folded into the bands and back."""
+        batch, steps, channels, height, width = images.shape
+        if self.rgb:
+            raise ConfigError(
+                "the RGB colour operations (saturation, hue, grayscale_p, solarize_p) take "
+                f"3-band images, not time series of shape {tuple(images.shape)}; use the "
+                "'optical' preset for series."
+            )
+        kinds = self._kinds(channels)
+        folded = MultiCrop.from_recipe(replace(self.recipe, band_kinds=tuple(kinds) * steps))
+        crops = folded(images.reshape(batch, steps * channels, height, width), generator)
+        return {k: v.unflatten(1, (steps, channels)) for k, v in crops.items()}
 
 
 def _select(plan: _Plan, rows: slice) -> _Plan:

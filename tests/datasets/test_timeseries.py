@@ -134,3 +134,9 @@ def test_paired_dataset_refuses_a_time_series_modality(catalog) -> None:
     root, _ = catalog
     with pytest.raises(DataError, match=r"modality 's2' is a time series.*s2_doy"):
         PairedDataset({"s2": TimeSeries(DatedScenes(root)), "s1": DatedScenes(root)})
+
+
+def test_time_series_guide_runs(run_doc_page) -> None:
+    namespace = run_doc_page("time-series.md")
+    assert namespace["features"].shape == (1, 32)
+    assert namespace["doy"][0].tolist()[-1] == 0
