@@ -296,9 +296,7 @@ class FaultProxy(_Server):
         """Requests seen whose path contains ``match`` (and of ``method``)."""
         with self._lock:
             return sum(
-                1
-                for m, p, _ in self.requests
-                if match in p and (method is None or m == method)
+                1 for m, p, _ in self.requests if match in p and (method is None or m == method)
             )
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:

@@ -403,9 +403,9 @@ class STACCatalog(MultiBandGeoTIFF):
             first, last = self._spans(table)
             try:
                 if start is not None:
-                    keep &= last >= np.datetime64(_naive_utc(start))
+                    keep &= last >= _naive_utc(start)
                 if end is not None:
-                    keep &= first <= np.datetime64(_naive_utc(end))
+                    keep &= first <= _naive_utc(end)
             except ValueError as error:
                 raise DataError(
                     f"start/end ({start!r}, {end!r}) is not an ISO 8601 date or time "
@@ -576,13 +576,6 @@ class STACCatalog(MultiBandGeoTIFF):
         value: str = self._hrefs[asset][row].as_py()
         return value
 
-    def _environment(self) -> None:
-        """Enter the GDAL settings once in this process (loader workers enter their own)."""
-        if self.__dict__.get("_env_pid") != os.getpid():
-            env = self.remote.env()
-            env.__enter__()
-            self.__dict__["_env"], self.__dict__["_env_pid"] = env, os.getpid()
-
     def _rows(self, x: slice, y: slice, t: slice) -> np.ndarray:
         """Rows of the items under a chip (sharing area with it), in index order."""
         chip = shapely.box(x.start, y.start, x.stop, y.stop)
@@ -612,7 +605,6 @@ class STACCatalog(MultiBandGeoTIFF):
                 ``on_unreadable="raise"``).
         """
         x, y, t = self._disambiguate_slice(index)
-        self._environment()
         while True:
             rows = self._rows(x, y, t)
             if not len(rows):
@@ -649,8 +641,11 @@ class STACCatalog(MultiBandGeoTIFF):
         attempts = self.remote.read_attempts
         for attempt in range(attempts):
             try:
-                # a retry opens the files afresh: a cached handle may hold a broken state
-                parts = [self._read_asset(g, rows, x, y, attempt > 0) for g in self._groups()]
+                # GDAL's options are global to the process: entered around each read (~50
+                # us), two catalogs with different endpoints can be read side by side
+                with self.remote.env():
+                    # a retry opens the files afresh: a cached handle may hold a broken state
+                    parts = [self._read_asset(g, rows, x, y, attempt > 0) for g in self._groups()]
                 return torch.cat(parts)
             except _Failed as failure:
                 if not is_transient(failure.error) or attempt + 1 == attempts:
@@ -730,10 +725,9 @@ class STACCatalog(MultiBandGeoTIFF):
         self.__dict__.setdefault("_dead", set()).add(failure.row)
 
     def __getstate__(self) -> dict[str, Any]:
-        """The dataset without this process's GDAL environment, for loader workers."""
+        """The dataset without this process's list of unreadable items, for loader workers."""
         state = super().__getstate__()
-        for key in ("_env", "_env_pid", "_dead"):
-            state.pop(key, None)
+        state.pop("_dead", None)
         return state
 
 
@@ -799,9 +793,10 @@ def _fill(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(np.isnat(values), fallback, values)
 
 
-def _naive_utc(text: str) -> pd.Timestamp:
+def _naive_utc(text: str) -> np.datetime64:
     stamp = pd.Timestamp(text)
-    return stamp.tz_convert(None) if stamp.tzinfo is not None else stamp
+    stamp = stamp.tz_convert(None) if stamp.tzinfo is not None else stamp
+    return stamp.as_unit("ns").to_datetime64()
 
 
 def _first_line(error: BaseException) -> str:
