@@ -292,7 +292,7 @@ def test_an_object_deleted_mid_run_is_named(
 def test_a_truncated_object_is_named(
     scenes: tuple[Path, list[Scene]], s3_server, tmp_path: Path
 ) -> None:
-    root, items = scenes
+    _, items = scenes
     catalog = s3_catalog(scenes, s3_server, "cut")
     data = items[0].files["nir"].read_bytes()
     s3_server.put_bytes(data[: len(data) // 2], "geodino-cogs", "cut/S2A_31_a/B08.tif")
