@@ -76,18 +76,44 @@ class _AssetInfo:
     data: bool
 
 
-def read_items(path: str | Path) -> pa.Table:
-    """The items of a STAC-GeoParquet file or a STAC ItemCollection JSON, as an Arrow table.
+#: Fields of an asset that indexing and reading use (the rest is never read from Parquet).
+_ASSET_FIELDS = ("href", "proj:transform", "proj:shape", "proj:code", "proj:epsg")
+#: Item columns too large to be worth reading for an index (nested, or not properties).
+_SKIPPED = {"assets", "links", "geometry", "bbox", "stac_extensions"}
 
-    JSON items are laid out as stac-geoparquet lays them out: item properties as columns,
-    ``assets`` as a struct column.
+
+@dataclass
+class CatalogItems:
+    """The items of a STAC catalog: their properties, and what their assets hold.
+
+    Args:
+        path: the catalog file.
+        properties: one row per item: ``id``, ``datetime`` and the other properties (and
+            item-level ``proj:*``); the assets, links and geometry are left out.
+        infos: what each asset holds (from the first items that have it).
+        load: reads the index fields (:data:`_ASSET_FIELDS`) of some assets, one struct
+            array per asset key.
+    """
+
+    path: Path
+    properties: pa.Table
+    infos: list[_AssetInfo]
+    load: Callable[[Sequence[str]], dict[str, pa.StructArray]]
+
+
+def read_items(path: str | Path) -> CatalogItems:
+    """The items of a STAC-GeoParquet file or a STAC ItemCollection JSON.
+
+    Of a Parquet file only the item properties and, later, the index fields of the chosen
+    assets are read (a tenth of a Sentinel-2 catalog's bytes). JSON items are laid out as
+    stac-geoparquet lays them out: item properties as columns, ``assets`` as a struct.
 
     Args:
         path: ``.parquet``/``.geoparquet``, or ``.json``/``.geojson`` (an ItemCollection,
             a FeatureCollection of items or a list of items).
 
     Returns:
-        one row per item.
+        the items.
 
     Raises:
         DataError: if the file is missing, unreadable or holds no items.
@@ -100,24 +126,59 @@ def read_items(path: str | Path) -> pa.Table:
         )
     try:
         if path.suffix.lower() in (".json", ".geojson"):
-            table = _json_items(json.loads(path.read_text()), path)
-        else:
-            table = pq.read_table(path)
+            return _in_memory(_json_items(json.loads(path.read_text()), path), path)
+        return _parquet_items(path)
     except (OSError, ValueError, pa.ArrowException) as error:
         raise DataError(
             f"STAC catalog {path} cannot be read ({str(error).splitlines()[0]}); it must be "
             "STAC-GeoParquet (stac-geoparquet, rustac or `geodino catalog`) or an "
             "ItemCollection JSON."
         ) from None
-    missing = [c for c in ("id", "assets") if c not in table.column_names]
+
+
+def _check_layout(path: Path, names: Sequence[str], rows: int) -> None:
+    missing = [c for c in ("id", "assets") if c not in names]
     if missing:
         raise DataError(
-            f"STAC catalog {path} has no {missing} column(s) (columns: "
-            f"{table.column_names[:12]}); it is not in the stac-geoparquet layout of items."
+            f"STAC catalog {path} has no {missing} column(s) (columns: {list(names)[:12]}); "
+            "it is not in the stac-geoparquet layout of items."
         )
-    if table.num_rows == 0:
+    if rows == 0:
         raise DataError(f"STAC catalog {path} holds no items; widen the search that wrote it.")
-    return table
+
+
+def _in_memory(table: pa.Table, path: Path) -> CatalogItems:
+    _check_layout(path, table.column_names, table.num_rows)
+    assets = table.column("assets").combine_chunks()
+
+    def load(keys: Sequence[str]) -> dict[str, pa.StructArray]:
+        return {key: assets.field(key) for key in keys}
+
+    properties = table.select([c for c in table.column_names if c not in _SKIPPED])
+    return CatalogItems(path, properties, _asset_infos(assets), load)
+
+
+def _parquet_items(path: Path) -> CatalogItems:
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    _check_layout(path, schema.names, parquet.metadata.num_rows)
+    first = next(parquet.iter_batches(batch_size=1024, columns=["assets"]))
+    infos = _asset_infos(first.column("assets"))
+    properties = pq.read_table(path, columns=[n for n in schema.names if n not in _SKIPPED])
+    asset_type = schema.field("assets").type
+
+    def load(keys: Sequence[str]) -> dict[str, pa.StructArray]:
+        out = {}
+        for key in keys:
+            kind = asset_type.field(key).type
+            names = [f for f in _ASSET_FIELDS if kind.get_field_index(f) >= 0]
+            # sub-field paths read one leaf each; their names are the leaves' names
+            table = pq.read_table(path, columns=[f"assets.{key}.{f}" for f in names])
+            columns = [table.column(i).combine_chunks() for i in range(table.num_columns)]
+            out[key] = pa.StructArray.from_arrays(columns, names=names)
+        return out
+
+    return CatalogItems(path, properties, infos, load)
 
 
 def _json_items(document: Any, path: Path) -> pa.Table:
@@ -344,12 +405,16 @@ class STACCatalog(MultiBandGeoTIFF):
         self.remote = remote or RemoteSettings()
         self.on_unreadable = on_unreadable
         self.unreadable: list[str] = []
-        table = read_items(catalog)
-        keep = self._filter(table, max_cloud_cover, start, end, query)
-        table = table.filter(pa.array(keep))
-        assets = table.column("assets").combine_chunks()
-        described = _asset_infos(assets)
+        items = read_items(catalog)
+        described = items.infos
         self.band_assets = resolve_bands(described, bands)
+        table = items.properties
+        keep = self._filter(table, max_cloud_cover, start, end, query)
+        assets = items.load(list(dict.fromkeys(b.asset for b in self.band_assets)))
+        if not keep.all():
+            mask = pa.array(keep)
+            table = table.filter(mask)
+            assets = {k: v.filter(mask) for k, v in assets.items()}
         index, self._hrefs, resolutions, grid_res = self._build(table, assets, crs, res)
         self._base = os.path.dirname(os.path.abspath(self.catalog))
         infos = [
@@ -462,7 +527,7 @@ class STACCatalog(MultiBandGeoTIFF):
     def _build(
         self,
         table: pa.Table,
-        assets: pa.StructArray,
+        assets: dict[str, pa.StructArray],
         crs: CRS | None,
         res: float | tuple[float, float] | None,
     ) -> tuple[GeoDataFrame, dict[str, pa.Array], dict[str, float], tuple[float, float]]:
@@ -480,7 +545,7 @@ class STACCatalog(MultiBandGeoTIFF):
         hrefs: dict[str, pa.Array] = {}
         codes: dict[str, pa.Array | None] = {}
         for key in keys:
-            asset = assets.field(key)
+            asset = assets[key]
             href = _field(asset, "href")
             transform = _matrix(_field(asset, "proj:transform"), 6, table.num_rows)
             shape = _matrix(_field(asset, "proj:shape"), 2, table.num_rows)
@@ -525,7 +590,7 @@ class STACCatalog(MultiBandGeoTIFF):
         code = codes[finest]
         assert code is not None
         code = code.take(pa.array(rows))
-        first, last = self._spans(table.take(pa.array(rows)))
+        first, last = (times[rows] for times in self._spans(table))
         dst = CRS.from_user_input(crs if crs is not None else code[0].as_py())
         footprints, res0 = _footprints(transform, shape, code, dst)
         if res is None:
@@ -753,27 +818,38 @@ class _Unreadable(_Failed):
 def _footprints(
     transform: np.ndarray, shape: np.ndarray, codes: pa.Array, dst: CRS
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Items' grid footprints in ``dst`` (edges densified where warped), and the first's res."""
+    """Items' grid footprints in ``dst`` (edges densified where warped), and the first's res.
+
+    Items on one grid (a tile's acquisitions) share one polygon: each distinct grid is
+    built, warped and held once.
+    """
+    encoded = pc.dictionary_encode(codes)
+    groups = encoded.indices.to_numpy(zero_copy_only=False).astype(np.float64)
     left, top = transform[:, 2], transform[:, 5]
     right = left + transform[:, 0] * shape[:, 1]
     bottom = top + transform[:, 4] * shape[:, 0]
-    boxes = shapely.box(left, bottom, right, top)
-    encoded = pc.dictionary_encode(codes)
-    groups = encoded.indices.to_numpy(zero_copy_only=False)
+    keys = np.ascontiguousarray(np.column_stack([left, bottom, right, top, groups]))
+    rows = keys.view(np.dtype((np.void, keys.dtype.itemsize * keys.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    grids = keys[first]
+    boxes = shapely.box(grids[:, 0], grids[:, 1], grids[:, 2], grids[:, 3])
     res: tuple[float, float] | None = None
     for i, code in enumerate(encoded.dictionary.to_pylist()):
-        members = np.flatnonzero(groups == i)
+        members = np.flatnonzero(grids[:, 4] == i)
         src = CRS.from_user_input(code)
+        holds_first = bool(groups[0] == i)
         if src == dst:
-            if res is None and members[0] == 0:
+            if holds_first:
                 res = (float(transform[0, 0]), float(-transform[0, 4]))
             continue
-        # 32 points per edge: UTM-to-UTM bends edges by well under a pixel between them
-        step = np.maximum(right - left, top - bottom)[members] / 32
-        dense = shapely.segmentize(boxes[members], step)
+        # 8 segments per edge: adjacent UTM zones bend a tile's edges by well under a pixel
+        extent = np.maximum(
+            grids[members, 2] - grids[members, 0], grids[members, 3] - grids[members, 1]
+        )
+        dense = shapely.segmentize(boxes[members], extent / 8)
         project = Transformer.from_crs(src, dst, always_xy=True)
         boxes[members] = shapely.transform(dense, project.transform, interleaved=False)
-        if res is None and members[0] == 0:
+        if holds_first:
             warped, _, _ = calculate_default_transform(
                 src,
                 dst,
@@ -786,7 +862,7 @@ def _footprints(
             )
             res = (float(warped.a), float(-warped.e))
     assert res is not None
-    return boxes, res
+    return boxes[inverse.ravel()], res
 
 
 def _fill(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -796,7 +872,7 @@ def _fill(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
 def _naive_utc(text: str) -> np.datetime64:
     stamp = pd.Timestamp(text)
     stamp = stamp.tz_convert(None) if stamp.tzinfo is not None else stamp
-    return stamp.as_unit("ns").to_datetime64()
+    return np.datetime64(stamp.as_unit("ns").to_datetime64(), "ns")
 
 
 def _first_line(error: BaseException) -> str:
