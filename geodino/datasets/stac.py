@@ -740,7 +740,29 @@ class STACCatalog(MultiBandGeoTIFF):
     def _read_asset(
         self, bands: list[BandAsset], rows: np.ndarray, x: slice, y: slice, fresh: bool
     ) -> torch.Tensor:
-        """Bands of one asset under a chip: the items' files merged as TorchGeo merges them."""
+        """Bands of one asset under a chip: the items' files merged as TorchGeo merges them.
+
+        With a nodata value the items are read one by one, in index order, until no pixel
+        is missing: the pixels of rasterio's merge of them all (the first valid value
+        wins), without reading the items under a full chip (a tile's other acquisitions).
+        """
+        nodata = self.effective_nodata
+        dest: np.ndarray | None = None
+        for batch in [rows] if nodata is None else [rows[i : i + 1] for i in range(len(rows))]:
+            part = self._merge(bands, batch, x, y, fresh)
+            if dest is None:
+                dest = part
+            else:
+                np.copyto(dest, part, where=_missing(dest, nodata) & ~_missing(part, nodata))
+            if nodata is None or not _missing(dest, nodata).any():
+                break
+        assert dest is not None
+        return array_to_tensor(dest)
+
+    def _merge(
+        self, bands: list[BandAsset], rows: np.ndarray, x: slice, y: slice, fresh: bool
+    ) -> np.ndarray:
+        """Some items' files of one asset merged onto a chip's grid by rasterio."""
         key = bands[0].asset
         handles = []
         for row in rows:
@@ -754,13 +776,13 @@ class STACCatalog(MultiBandGeoTIFF):
             except (RasterioError, OSError) as error:
                 raise _Failed(href, int(row), error) from None
         try:
-            dest, _ = rasterio.merge.merge(
+            dest: np.ndarray = rasterio.merge.merge(
                 handles,
                 bounds=(x.start, y.start, x.stop, y.stop),
                 res=(x.step, y.step),
                 indexes=[b.index for b in bands],
                 resampling=self.resampling,
-            )
+            )[0]
         except (RasterioError, OSError) as error:
             hrefs = [self.href(key, int(r)) for r in rows]
             culprit = next(
@@ -771,7 +793,7 @@ class STACCatalog(MultiBandGeoTIFF):
             if fresh:
                 for handle in handles:
                     handle.close()
-        return array_to_tensor(dest)
+        return dest
 
     def _give_up(self, failure: "_Unreadable") -> None:
         """Apply ``on_unreadable`` to an object that stays unreadable."""
@@ -863,6 +885,14 @@ def _footprints(
             res = (float(warped.a), float(-warped.e))
     assert res is not None
     return boxes[inverse.ravel()], res
+
+
+def _missing(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Where pixels hold no data: NaN, or the nodata value."""
+    missing = np.isnan(pixels) if pixels.dtype.kind == "f" else np.zeros(pixels.shape, bool)
+    if nodata is not None and not math.isnan(nodata):
+        missing |= pixels == nodata
+    return missing
 
 
 def _fill(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:

@@ -323,3 +323,33 @@ def test_loader_workers_read_the_same_chips(local: Path) -> None:
     dataset = STACCatalog(local, bands=BANDS)
     for a, b in zip(batches(dataset, 0), batches(dataset, 2), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_overlapping_items_read_one_by_one_give_rasterio_merge_of_all(
+    scenes: tuple[Path, list[Scene]], local: Path
+) -> None:
+    import rasterio
+    import rasterio.merge
+
+    _, items = scenes
+    dataset = STACCatalog(local, bands=BANDS)
+    # chips across the overlap of the two 31N items, partly outside the first one
+    x0, y0 = 735000.0 + 1000, 4985000.0 - 1000
+    for dx in (0, 120, 240):
+        x = slice(x0 + dx, x0 + dx + 400, 10)
+        y = slice(y0 - 400, y0, 10)
+        got = dataset[(x, y, dataset.bounds[2])]["image"]
+        for channel, (key, _) in enumerate(
+            zip(["blue", "red", "nir", "swir16"], BANDS, strict=True)
+        ):
+            files = [rasterio.open(s.files[key]) for s in items[:2]]
+            want, _ = rasterio.merge.merge(
+                files,
+                bounds=(x.start, y.start, x.stop, y.stop),
+                res=(10, 10),
+                resampling=dataset.resampling,
+            )
+            for f in files:
+                f.close()
+            np.testing.assert_array_equal(got[channel].numpy(), want[0].astype("float32"))
+        assert (got == 0).float().mean() < 0.5
