@@ -14,6 +14,7 @@ Usage (see the fixtures in tests/conftest.py)::
 """
 
 import http.client
+import json
 import logging
 import os
 import re
@@ -338,3 +339,135 @@ class FaultProxy(_Server):
             pass  # the client gave up (a stall past its timeout)
         finally:
             upstream.close()
+
+
+class STACAPIServer(_Server):
+    """A tiny STAC API on 127.0.0.1: a landing page and ``/search`` (GET and POST), paged.
+
+    It filters by ``collections``, ``bbox`` (against each item's bbox) and the ``query``
+    ``{"eo:cloud_cover": {"lt": x}}``, and pages with ``limit`` and a ``token``, as STAC APIs do.
+
+    Args:
+        items: the STAC items (dicts) it serves.
+    """
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        server = self
+        self.items = items
+        self.searches = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                parts = urlsplit(self.path)
+                if parts.path.rstrip("/") == "/search":
+                    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                    body: dict[str, Any] = {}
+                    if "collections" in params:
+                        body["collections"] = params["collections"].split(",")
+                    if "bbox" in params:
+                        body["bbox"] = [float(v) for v in params["bbox"].split(",")]
+                    for key in ("limit", "token"):
+                        if key in params:
+                            body[key] = params[key]
+                    if "query" in params:
+                        body["query"] = json.loads(params["query"])
+                    self._json(server._search(body))
+                elif parts.path in ("", "/"):
+                    self._json(server._landing())
+                else:
+                    self.send_error(404)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                self._json(server._search(body))
+
+            def _json(self, document: dict[str, Any]) -> None:
+                data = json.dumps(document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/geo+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The API's root URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _landing(self) -> dict[str, Any]:
+        return {
+            "type": "Catalog",
+            "id": "geodino-test",
+            "description": "a STAC API for the tests",
+            "stac_version": "1.0.0",
+            "conformsTo": [
+                "https://api.stacspec.org/v1.0.0/core",
+                "https://api.stacspec.org/v1.0.0/item-search",
+                "https://api.stacspec.org/v1.0.0/item-search#query",
+            ],
+            "links": [
+                {"rel": "self", "href": self.url, "type": "application/json"},
+                {"rel": "root", "href": self.url, "type": "application/json"},
+                {
+                    "rel": "search",
+                    "href": f"{self.url}/search",
+                    "type": "application/geo+json",
+                    "method": "POST",
+                },
+                {
+                    "rel": "search",
+                    "href": f"{self.url}/search",
+                    "type": "application/geo+json",
+                    "method": "GET",
+                },
+            ],
+        }
+
+    def _search(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.searches += 1
+        found = []
+        for item in self.items:
+            if body.get("collections") and item.get("collection") not in body["collections"]:
+                continue
+            if body.get("bbox"):
+                w, s, e, n = body["bbox"]
+                iw, is_, ie, in_ = item["bbox"]
+                if iw > e or ie < w or is_ > n or in_ < s:
+                    continue
+            limit = ((body.get("query") or {}).get("eo:cloud_cover") or {}).get("lt")
+            if limit is not None and not item["properties"]["eo:cloud_cover"] < limit:
+                continue
+            found.append(item)
+        start = int(body.get("token") or 0)
+        size = int(body.get("limit") or 10)
+        page = found[start : start + size]
+        links = []
+        if start + size < len(found):
+            links.append(
+                {
+                    "rel": "next",
+                    "href": f"{self.url}/search",
+                    "method": "POST",
+                    "type": "application/geo+json",
+                    "body": {**body, "token": str(start + size)},
+                }
+            )
+        return {"type": "FeatureCollection", "features": page, "links": links}

@@ -136,33 +136,43 @@ def item(scene: Scene, href: Callable[[Path], str]) -> dict[str, Any]:
     }
 
 
-def write_items(
-    scenes: list[Scene], path: Path, href: Callable[[Path], str] = lambda p: str(p)
-) -> Path:
-    """Write the scenes' items as STAC-GeoParquet (``.parquet``) or ItemCollection JSON."""
-    rows = [item(s, href) for s in scenes]
-    if path.suffix == ".json":
-        features = []
-        for row in rows:
-            props = {
-                k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v)
-                for k, v in row.items()
-                if k not in ("type", "stac_version", "stac_extensions", "id", "bbox", "assets")
+def features(scenes: list[Scene], href: Callable[[Path], str] = str) -> list[dict[str, Any]]:
+    """The scenes' items as STAC API / ItemCollection JSON features."""
+    out = []
+    for row in (item(s, href) for s in scenes):
+        props = {
+            k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v)
+            for k, v in row.items()
+            if k not in ("type", "stac_version", "stac_extensions", "id", "bbox", "assets")
+            and k != "collection"
+        }
+        b = row["bbox"]
+        w, s, e, n = b["xmin"], b["ymin"], b["xmax"], b["ymax"]
+        out.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "stac_extensions": [],
+                "id": row["id"],
+                "collection": row["collection"],
+                "bbox": [w, s, e, n],
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]],
+                },
+                "properties": props,
+                "assets": row["assets"],
+                "links": [],
             }
-            b = row["bbox"]
-            features.append(
-                {
-                    "type": "Feature",
-                    "stac_version": "1.1.0",
-                    "id": row["id"],
-                    "bbox": [b["xmin"], b["ymin"], b["xmax"], b["ymax"]],
-                    "geometry": None,
-                    "properties": props,
-                    "assets": row["assets"],
-                    "links": [],
-                }
-            )
-        path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        )
+    return out
+
+
+def write_items(scenes: list[Scene], path: Path, href: Callable[[Path], str] = str) -> Path:
+    """Write the scenes' items as STAC-GeoParquet (``.parquet``) or ItemCollection JSON."""
+    if path.suffix == ".json":
+        document = {"type": "FeatureCollection", "features": features(scenes, href)}
+        path.write_text(json.dumps(document))
     else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        pq.write_table(pa.Table.from_pylist([item(s, href) for s in scenes]), path)
     return path

@@ -353,3 +353,73 @@ def test_overlapping_items_read_one_by_one_give_rasterio_merge_of_all(
                 f.close()
             np.testing.assert_array_equal(got[channel].numpy(), want[0].astype("float32"))
         assert (got == 0).float().mean() < 0.5
+
+
+def test_geodino_catalog_writes_a_search_as_stac_geoparquet(
+    scenes: tuple[Path, list[Scene]], local: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.servers import STACAPIServer
+    from tests.stac_catalogs import features
+
+    _, items = scenes
+    with STACAPIServer(features(items)) as api:
+        out = tmp_path / "search.parquet"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "geodino",
+                "catalog",
+                api.url,
+                "--out",
+                str(out),
+                "--collections",
+                "sentinel-2-l2a",
+                "--bbox",
+                "5",
+                "40",
+                "8",
+                "50",
+                "--max_cloud_cover",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "2 items" in run.stdout
+        assert api.searches >= 1
+        again = subprocess.run(
+            [sys.executable, "-m", "geodino", "catalog", api.url, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert again.returncode == 2 and "--overwrite" in again.stderr
+    table = pq.read_table(out)
+    assert table.schema.field("datetime").type == pa.timestamp("us", tz="UTC")
+    assert b"geo" in table.schema.metadata
+    searched = STACCatalog(out, bands=BANDS)
+    assert list(searched.index["id"]) == ["S2A_31_a", "S2A_32_c"]
+    reference = STACCatalog(local, bands=BANDS, max_cloud_cover=30)
+    assert searched.index.geometry.equals(reference.index.geometry)
+    same_chips(searched, reference, queries(reference, 4))
+
+
+def test_the_search_pages_through_the_api(scenes: tuple[Path, list[Scene]]) -> None:
+    from geodino.stac_search import search_items
+    from tests.servers import STACAPIServer
+    from tests.stac_catalogs import features
+
+    _, items = scenes
+    many = [dict(f, id=f"{f['id']}_{i}") for i in range(7) for f in features(items)]
+    with STACAPIServer(many) as api:
+        found = list(search_items(api.url, ["sentinel-2-l2a"], limit=4))
+        assert len(found) == 21 and api.searches == 6
+        assert len(list(search_items(api.url, max_items=5, limit=4))) == 5
+    with pytest.raises(ConfigError, match=r"cannot be searched.*root"):
+        list(search_items(api.url))
