@@ -5,11 +5,12 @@ stac-geoparquet layout with pyarrow (four per-band assets at 10 m and one at 20 
 two UTM zones, hrefs on s3:// that are never opened), then measures in a fresh process per
 size: the index build (``STACCatalog(...)``: reading the file, resolving bands, footprints
 in the dataset CRS), its peak RSS growth, the lookup of the items under a random chip (what
-each read does first) and the draw of a random chip by ``AOISampler`` (its build, then
-``sample``). For comparison it builds ``MultiBandGeoTIFF`` (which opens every file) over
-10^3 and 10^4 tiny local GeoTIFFs and prints the ratio per item.
+each read does first) and, with ``--sampler``, the draw of a random chip by ``AOISampler``
+(its build, then ``sample``). For comparison it builds ``MultiBandGeoTIFF`` (which opens
+every file) over 10^3 and 10^4 tiny local GeoTIFFs and prints the ratio per item.
 
-    python benchmarks/stac_index.py [--items 10000 100000] [--million] [--files 1000 10000]
+    python benchmarks/stac_index.py [--items 10000 100000] [--million] [--sampler]
+        [--files 1000 10000]
 """
 
 import argparse
@@ -100,8 +101,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_stac(path: str) -> dict[str, float]:
-    """Run in a fresh process: build, lookups and draws on one catalog."""
+def measure_stac(path: str, sampler: bool = False) -> dict[str, float]:
+    """Run in a fresh process: build, lookups and (with ``sampler``) draws on one catalog."""
     from geodino.datasets import STACCatalog
     from geodino.samplers import AOISampler
     from geodino.seeding import torch_generator
@@ -121,13 +122,15 @@ def measure_stac(path: str) -> dict[str, float]:
         y0 = rng.uniform(y.start, y.stop - 2560)
         dataset._rows(slice(x0, x0 + 2560, 10), slice(y0, y0 + 2560, 10), t)
     lookup = (time.perf_counter() - start) / 200
-    start = time.perf_counter()
-    sampler = AOISampler(dataset, None, 256, length=1000, generator=torch_generator(0))
-    sampler_build = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(200):
-        sampler.sample(i)
-    draw = (time.perf_counter() - start) / 200
+    sampler_build = draw = float("nan")
+    if sampler:
+        start = time.perf_counter()
+        chips = AOISampler(dataset, None, 256, length=1000, generator=torch_generator(0))
+        sampler_build = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(200):
+            chips.sample(i)
+        draw = (time.perf_counter() - start) / 200
     return {
         "items": items,
         "build_s": build,
@@ -159,7 +162,7 @@ def measure_files(root: str) -> dict[str, float]:
 
 def _child(kind: str, target: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, target],
+        [sys.executable, __file__, "--child", kind, target, *sys.argv[1:]],
         capture_output=True,
         text=True,
         check=True,
@@ -173,12 +176,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--million", action="store_true", help="also 10^6 items")
     parser.add_argument("--files", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument(
+        "--sampler", action="store_true", help="also build AOISampler and time its draws"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, target = args.child
-        result = measure_stac(target) if kind == "stac" else measure_files(target)
+        result = measure_stac(target, args.sampler) if kind == "stac" else measure_files(target)
         sys.stdout.write(json.dumps(result) + "\n")
         return
     from scaling import write_catalog

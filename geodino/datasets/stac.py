@@ -37,7 +37,7 @@ from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform
 from torchgeo.datasets.utils import array_to_tensor
 
-from geodino.datasets.geotiff import MultiBandGeoTIFF, RasterInfo, resolve_nodata
+from geodino.datasets.geotiff import RAW_DTYPES, MultiBandGeoTIFF, RasterInfo, resolve_nodata
 from geodino.datasets.remote import RemoteSettings, gdal_path, is_transient
 from geodino.errors import DataError
 
@@ -669,6 +669,23 @@ class STACCatalog(MultiBandGeoTIFF):
             DataError: naming the href of an object that cannot be read (with
                 ``on_unreadable="raise"``).
         """
+        return self._sample(index, raw=False)
+
+    def raw_sample(self, index: Any, out: np.ndarray | None = None) -> dict[str, Any]:
+        """The chip at a query in the files' dtype (e.g. uint16), for the device to cast.
+
+        ``image.float()`` equals ``self[index]["image"]``; transforms are not applied.
+
+        Args:
+            index: the query.
+            out: unused (the bands of several files are merged, then stacked).
+
+        Returns:
+            the sample (``image``, ``bounds``, ``transform``).
+        """
+        return self._sample(index, raw=True)
+
+    def _sample(self, index: Any, raw: bool) -> dict[str, Any]:
         x, y, t = self._disambiguate_slice(index)
         while True:
             rows = self._rows(x, y, t)
@@ -679,29 +696,28 @@ class STACCatalog(MultiBandGeoTIFF):
                 break
             except _Unreadable as failure:
                 self._give_up(failure)
+        # numpy, not torch: torch's small ops wait on its thread pool on a busy CPU
+        if raw and data.dtype in RAW_DTYPES:
+            image = torch.from_numpy(data)
+        elif self.dtype == torch.float32:
+            image = torch.from_numpy(data.astype(np.float32))
+        else:
+            image = array_to_tensor(data).to(self.dtype)
+        bounds = [x.start, x.stop, x.step, y.start, y.stop, y.step]
+        times = [pd.Timestamp(t.start).timestamp(), pd.Timestamp(t.stop).timestamp(), t.step]
+        transform = [x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0]
+        # the dtype torch.tensor gives a list of floats, as TorchGeo's samples have
+        default = np.dtype(str(torch.get_default_dtype()).removeprefix("torch."))
         sample: dict[str, Any] = {
-            "bounds": torch.tensor(
-                [
-                    x.start,
-                    x.stop,
-                    x.step,
-                    y.start,
-                    y.stop,
-                    y.step,
-                    pd.Timestamp(t.start).timestamp(),
-                    pd.Timestamp(t.stop).timestamp(),
-                    t.step,
-                ]
-            ),
-            "transform": torch.tensor(
-                [x.step, 0.0, x.start, 0.0, -y.step, y.stop, 0.0, 0.0, 1.0],
-                dtype=torch.get_default_dtype(),
-            ),
-            "image": data.to(self.dtype),
+            "bounds": torch.from_numpy(np.array(bounds + times, dtype=default)),
+            "transform": torch.from_numpy(np.array(transform, dtype=default)),
+            "image": image,
         }
-        return sample if self.transforms is None else self.transforms(sample)
+        if raw or self.transforms is None:
+            return sample
+        return self.transforms(sample)
 
-    def _read(self, rows: np.ndarray, x: slice, y: slice) -> torch.Tensor:
+    def _read(self, rows: np.ndarray, x: slice, y: slice) -> np.ndarray:
         """Every chosen band under a chip, retrying errors of the server or the network."""
         attempts = self.remote.read_attempts
         for attempt in range(attempts):
@@ -711,7 +727,7 @@ class STACCatalog(MultiBandGeoTIFF):
                 with self.remote.env():
                     # a retry opens the files afresh: a cached handle may hold a broken state
                     parts = [self._read_asset(g, rows, x, y, attempt > 0) for g in self._groups()]
-                return torch.cat(parts)
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
             except _Failed as failure:
                 if not is_transient(failure.error) or attempt + 1 == attempts:
                     raise _Unreadable(failure.href, failure.row, failure.error) from None
@@ -739,7 +755,7 @@ class STACCatalog(MultiBandGeoTIFF):
 
     def _read_asset(
         self, bands: list[BandAsset], rows: np.ndarray, x: slice, y: slice, fresh: bool
-    ) -> torch.Tensor:
+    ) -> np.ndarray:
         """Bands of one asset under a chip: the items' files merged as TorchGeo merges them.
 
         With a nodata value the items are read one by one, in index order, until no pixel
@@ -757,7 +773,7 @@ class STACCatalog(MultiBandGeoTIFF):
             if nodata is None or not _missing(dest, nodata).any():
                 break
         assert dest is not None
-        return array_to_tensor(dest)
+        return dest
 
     def _merge(
         self, bands: list[BandAsset], rows: np.ndarray, x: slice, y: slice, fresh: bool
