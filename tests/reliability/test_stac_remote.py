@@ -23,6 +23,8 @@ from tests.servers import TEST_CREDENTIALS
 from tests.stac_catalogs import two_zone_scenes, write_items
 
 BANDS = ["B02", "red", "nir", "swir16"]
+#: seconds a fit may take: every chip is a request to the local server (slow on a loaded CI)
+FIT_TIMEOUT = 900
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_fit_from_s3_resumes_exactly_after_sigkill(
     # the chips equal the local files' (the test above): one uninterrupted run is the reference
     tmp, _, s3 = catalogs
     remote = settings(s3_server)
-    out = geodino("fit", "--config", str(stac_config(tmp, "s3", s3, remote)))
+    out = geodino("fit", "--config", str(stac_config(tmp, "s3", s3, remote)), timeout=FIT_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     expected = final_weights(tmp / "s3")
     # credentials come from the environment and are written nowhere
@@ -120,10 +122,20 @@ def test_fit_from_s3_resumes_exactly_after_sigkill(
         if path.is_file():
             assert secret not in path.read_bytes(), path
     kill = [{"class_path": "faults.KillMidStep", "init_args": {"step": 15}}]
-    killed = geodino("fit", "--config", str(stac_config(tmp, "cut", s3, remote, callbacks=kill)))
+    killed = geodino(
+        "fit",
+        "--config",
+        str(stac_config(tmp, "cut", s3, remote, callbacks=kill)),
+        timeout=FIT_TIMEOUT,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     resumed = geodino(
-        "fit", "--config", str(stac_config(tmp, "cut", s3, remote)), "--ckpt_path", "last"
+        "fit",
+        "--config",
+        str(stac_config(tmp, "cut", s3, remote)),
+        "--ckpt_path",
+        "last",
+        timeout=FIT_TIMEOUT,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same(final_weights(tmp / "cut"), expected)
@@ -138,7 +150,9 @@ def test_fit_names_an_object_that_stays_unreadable(
     broken = tmp / "broken.parquet"
     pq.write_table(pa.Table.from_pylist(rows), broken)
     remote = settings(s3_server) | {"max_retry": 0}
-    out = geodino("fit", "--config", str(stac_config(tmp, "broken", broken, remote)))
+    out = geodino(
+        "fit", "--config", str(stac_config(tmp, "broken", broken, remote)), timeout=FIT_TIMEOUT
+    )
     assert out.returncode == 2, out.stderr[-3000:]
     assert "s3://geodino-fit/S2A_31_a/B0X.tif (item S2A_31_a" in out.stderr
     assert "gone" in out.stderr and "Traceback" not in out.stderr
