@@ -68,6 +68,47 @@ def demo_data(
     )
 
 
+def catalog(
+    url: str,
+    out: Path = Path("catalog.parquet"),
+    collections: list[str] | None = None,
+    bbox: list[float] | None = None,
+    datetime: str | None = None,
+    max_cloud_cover: float | None = None,
+    max_items: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Search a STAC API and write the items as STAC-GeoParquet for geodino.datasets.STACCatalog.
+
+    Usage: geodino catalog URL --out items.parquet --collections sentinel-2-l2a --bbox W S E N
+    --datetime 2024-06-01/2024-08-31 [--max_cloud_cover 20]. The search is the only step that
+    needs the STAC API; the file it writes is what training reads (needs pystac-client:
+    pip install 'geodino[stac]').
+
+    Args:
+        url: the STAC API's root URL.
+        out: the STAC-GeoParquet file to write.
+        collections: collection ids to search.
+        bbox: west south east north, in degrees.
+        datetime: an instant or an interval (start/end).
+        max_cloud_cover: keep items whose eo:cloud_cover is below this (percent).
+        max_items: stop after this many items.
+        overwrite: replace an existing file.
+    """
+    from geodino.errors import ConfigError
+    from geodino.stac_search import search_items, write_geoparquet
+
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite true to replace it.")
+    items = []
+    for item in search_items(url, collections, bbox, datetime, max_cloud_cover, max_items):
+        items.append(item)
+        if len(items) % 1000 == 0:
+            _say(f"{len(items)} items ...")
+    path = write_geoparquet(items, out)
+    _say(f"{len(items)} items -> {path}")
+
+
 def stats(
     config: Path,
     out: Path = Path("band_stats.yaml"),
@@ -440,6 +481,7 @@ _HIDDEN: set[str | int] = {"data_overrides"}
 TOOLS: dict[str, Callable[..., Any]] = {
     "demo": demo,
     "demo-data": demo_data,
+    "catalog": catalog,
     "stats": stats,
     "export": export,
     "embed": embed,

@@ -52,7 +52,7 @@ def table(cls: type, prefix: str) -> str:
 def render() -> str:
     """The whole page."""
     from geodino.datamodules import FolderDINODataModule, GeoDINODataModule
-    from geodino.datasets import PairedDataset
+    from geodino.datasets import PairedDataset, RemoteSettings, STACCatalog
     from geodino.tasks import Classification, DINOv2Task, Segmentation
     from geodino.transforms.multicrop import MultiCrop
 
@@ -83,6 +83,16 @@ def render() -> str:
             "data.init_args.dataset: `geodino.datasets.PairedDataset` (multimodal pairs)",
             PairedDataset,
             "data.init_args.dataset.init_args.",
+        ),
+        (
+            "data.init_args.dataset: `geodino.datasets.STACCatalog` (STAC catalogs, cloud.md)",
+            STACCatalog,
+            "data.init_args.dataset.init_args.",
+        ),
+        (
+            "data.init_args.dataset.init_args.remote: `geodino.datasets.RemoteSettings`",
+            RemoteSettings,
+            "data.init_args.dataset.init_args.remote.",
         ),
     ]
     parts = [HEADER]

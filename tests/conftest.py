@@ -91,3 +91,21 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_export_writer():
     """:func:`write_tiny_export`, for tests that need other patch sizes or seeds."""
     return write_tiny_export
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 for the session (tests/servers.py)."""
+    from tests.servers import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A fault-injecting proxy in front of :func:`s3_server`, fresh for each test."""
+    from tests.servers import FaultProxy
+
+    with FaultProxy(s3_server.port) as proxy:
+        yield proxy

@@ -83,6 +83,19 @@ def test_torchgeo_privates() -> None:
             f"torchgeo RasterDataset.{name}({', '.join(parameters[1:])})",
             "geodino.datasets.geotiff / geodino.datasets.sentinel",
         )
+    # geodino/datasets/stac.py sets what RasterDataset.__init__ would (its index opens every
+    # file) and reads queries as GeoDataset does
+    disambiguate = getattr(RasterDataset, "_disambiguate_slice", None)
+    _check(
+        disambiguate is not None and _parameters(disambiguate) == ["self", "index"],
+        "torchgeo GeoDataset._disambiguate_slice(index)",
+        "geodino.datasets.stac.STACCatalog",
+    )
+    _check(
+        RasterDataset._res == (0.0, 0.0) and "_res" in inspect.getsource(RasterDataset),
+        "torchgeo GeoDataset._res (what the res property returns)",
+        "geodino.datasets.stac.STACCatalog",
+    )
 
 
 def test_timm_uses_public_apis_only() -> None:

@@ -15,8 +15,9 @@ import pathlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import geopandas as gpd
@@ -377,6 +378,80 @@ def json_invalid(tmp: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
 
 
 GEO = "tests/datasets/test_geotiff.py"
+
+
+# --- STAC catalogs (tests/datasets/test_stac.py and test_stac_remote.py go deeper) ----------
+def stac_catalog(folder: Path, edit: Callable[[list[dict]], None]) -> Path:
+    """A two-item STAC-GeoParquet catalog of local COGs, edited before it is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.stac_catalogs import Scene, item, write_scene
+
+    scenes = [
+        write_scene(
+            folder / "cogs",
+            Scene(f"S2_{i}", 32631, (500000 + i * 2000, 5000000), datetime(2024, 6, 1 + i), 5.0),
+            i,
+            side=64,
+        )
+        for i in range(2)
+    ]
+    rows = [item(s, str) for s in scenes]
+    edit(rows)
+    path = folder / "items.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def read_stac(path: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
+    """Index and read a chip of each item strictly, then with ``on_unreadable="warn"``."""
+    from geodino.datasets import STACCatalog
+
+    def read(on_unreadable: str) -> STACCatalog:
+        dataset = STACCatalog(path, bands=["red", "swir16"], on_unreadable=on_unreadable)
+        for box in dataset.index.geometry.bounds.to_numpy():
+            x, y = box[0] + 160, box[3] - 160
+            query = (slice(x, x + 160, 10), slice(y - 160, y, 10), dataset.bounds[2])
+            with suppress(IndexError):  # the item was left out
+                dataset[query]
+        return dataset
+
+    strict = catch(lambda: read("raise"))
+    if strict.error is None:
+        return strict
+    caplog.clear()
+    try:
+        lenient = read("warn")
+    except DataError:
+        return strict
+    return Outcome(error=strict.error, skipped=len(lenient.unreadable), log=caplog.text)
+
+
+def stac_missing_asset(folder: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
+    return read_stac(stac_catalog(folder, lambda rows: rows[1]["assets"].pop("swir16")), caplog)
+
+
+def stac_no_grid(folder: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
+    def edit(rows: list[dict]) -> None:
+        rows[1]["assets"]["red"]["proj:transform"] = None
+
+    return read_stac(stac_catalog(folder, edit), caplog)
+
+
+def stac_missing_object(folder: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
+    path = stac_catalog(folder, lambda rows: None)
+    (folder / "cogs" / "S2_1" / "B04.tif").unlink()
+    return read_stac(path, caplog)
+
+
+def stac_truncated_object(folder: Path, caplog: pytest.LogCaptureFixture) -> Outcome:
+    path = stac_catalog(folder, lambda rows: None)
+    cog = folder / "cogs" / "S2_1" / "B11.tif"
+    cog.write_bytes(cog.read_bytes()[: cog.stat().st_size // 2])
+    return read_stac(path, caplog)
+
+
 CASES = [
     Case(
         "zero-byte",
@@ -642,6 +717,46 @@ CASES = [
         "DataError naming the file",
         "bad.json",
         json_invalid,
+    ),
+    Case(
+        "stac-missing-asset",
+        "STAC item without the asset of a chosen band",
+        "STACCatalog",
+        "error",
+        "DataError naming the item and the asset (no file opened); with warn the item is "
+        "left out, logged and listed",
+        "S2_1",
+        stac_missing_asset,
+        "tests/datasets/test_stac.py",
+    ),
+    Case(
+        "stac-no-grid",
+        "STAC item without `proj:transform`",
+        "STACCatalog",
+        "error",
+        "as missing asset, naming `proj:transform`",
+        "proj:transform",
+        stac_no_grid,
+    ),
+    Case(
+        "stac-missing-object",
+        "asset href to a file (or object) that is gone",
+        "STACCatalog",
+        "error",
+        "DataError at the read naming the href and the item; warn leaves the item out",
+        "S2_1/B04.tif",
+        stac_missing_object,
+        "tests/datasets/test_stac.py",
+    ),
+    Case(
+        "stac-truncated-object",
+        "asset COG cut in half",
+        "STACCatalog",
+        "error",
+        "as gone, saying the object is damaged",
+        "S2_1/B11.tif",
+        stac_truncated_object,
+        "tests/datasets/test_stac.py",
     ),
 ]
 
