@@ -1,7 +1,7 @@
 """Band names: one canonical spelling, shared by the data sources and the weight loaders."""
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 _S2_NUMBERED = re.compile(r"B0?(\d{1,2})")
 
@@ -145,20 +145,21 @@ def _lookup(table: dict[str, float], name: str) -> float | None:
 
 def band_identities(
     band_names: Sequence[str],
-    sensor: str | None = None,
-    extra: dict[str, float] | None = None,
+    sensor: str | Sequence[str] | None = None,
+    extra: Mapping[str, float] | None = None,
     source: str = "the data",
 ) -> list[float]:
     """The identity of each band: its centre wavelength in nm, or a SAR polarisation's id.
 
-    A name is looked up in ``extra`` first, then in the ``sensor``'s table of
-    :data:`SENSOR_BANDS`; without a sensor, SAR polarisations and names that mean one
-    wavelength in every table that has them resolve, and a name that means different bands
-    in different sensors (``B8``: Landsat panchromatic, Sentinel-2 NIR) is refused.
+    A name is looked up in ``extra`` first, then in the tables of :data:`SENSOR_BANDS` that
+    ``sensor`` names (the first that has it wins, so ``[sentinel2, worldview3]`` reads
+    ``B11`` as Sentinel-2's SWIR band); without a sensor, a name resolves when it means one
+    identity in every table that has it, and one that means different bands in different
+    sensors (``B8``: Landsat panchromatic, Sentinel-2 NIR) is refused.
 
     Args:
         band_names: names of the bands, in channel order.
-        sensor: a key of :data:`SENSOR_BANDS`, or None.
+        sensor: a key of :data:`SENSOR_BANDS`, several in order of preference, or None.
         extra: more ``{band name: wavelength in nm}`` (e.g. from a config), before the tables.
         source: what the bands belong to, for messages.
 
@@ -168,32 +169,30 @@ def band_identities(
     Raises:
         ValueError: for an unknown sensor, an unknown band or an ambiguous one.
     """
-    if sensor is not None and sensor not in SENSOR_BANDS:
+    sensors = [sensor] if isinstance(sensor, str) else list(sensor or ())
+    unknown = [s for s in sensors if s not in SENSOR_BANDS]
+    if unknown:
         raise ValueError(
-            f"sensor {sensor!r} of {source} is unknown; choose one of {sorted(SENSOR_BANDS)} "
+            f"sensor {unknown[0]!r} of {source} is unknown; choose among {sorted(SENSOR_BANDS)} "
             "or give the bands' wavelengths (band_wavelengths: {name: nm})."
         )
-    extra = {key.strip().upper(): float(value) for key, value in (extra or {}).items()}
+    folded = {key.strip().upper(): float(value) for key, value in (extra or {}).items()}
     out = []
     for name in band_names:
-        if name.strip().upper() in extra:
-            out.append(extra[name.strip().upper()])
+        if name.strip().upper() in folded:
+            out.append(folded[name.strip().upper()])
             continue
-        if sensor is not None:
-            found = _lookup(SENSOR_BANDS[sensor], name)
-            candidates = {} if found is None else {sensor: found}
-        else:
-            candidates = {
-                key: value
-                for key, table in SENSOR_BANDS.items()
-                if (value := _lookup(table, name)) is not None
-            }
-        values = set(candidates.values())
-        if len(values) == 1:
-            out.append(values.pop())
+        candidates = {
+            key: value
+            for key in sensors or sorted(SENSOR_BANDS)
+            if (value := _lookup(SENSOR_BANDS[key], name)) is not None
+        }
+        values = list(dict.fromkeys(candidates.values()))
+        if values and (sensors or len(values) == 1):
+            out.append(values[0])
             continue
         if not values:
-            where = f"sensor {sensor!r}" if sensor else "any sensor's table"
+            where = f"the tables of {sensors}" if sensors else "any sensor's table"
             raise ValueError(
                 f"band {name!r} of {source} is not in {where}; give the source's sensor (one "
                 f"of {sorted(SENSOR_BANDS)}) or its centre wavelength in nm in the config "

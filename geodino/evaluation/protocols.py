@@ -200,7 +200,7 @@ def labelled_features(
         split_column,
         band_names,
     )
-    backbone.check_bands(data.band_names, data.images.shape[1], str(data.source))
+    backbone = backbone.for_bands(data.band_names, data.images.shape[1], str(data.source))
     features = extract_features(backbone.model, data.images, backbone.normalize, batch_size)
     return data, features, backbone
 

@@ -28,8 +28,8 @@ def create_encoder(
 
     A :class:`~geodino.models.FusionViT` when the arguments name ``modalities``, a
     :class:`~geodino.models.PanopticonViT` when ``model`` is a Panopticon architecture
-    (:data:`~geodino.models.panopticon.PANOPTICON_ARCHS`) or the arguments name
-    ``band_ids``, else a timm ViT (:func:`~geodino.models.build_backbone`).
+    (:data:`~geodino.models.panopticon.PANOPTICON_ARCHS`, any size through the timm
+    arguments), else a timm ViT (:func:`~geodino.models.build_backbone`).
 
     Args:
         model: timm architecture name (of the shared transformer, for a fusion model), or
@@ -37,7 +37,8 @@ def create_encoder(
         in_chans: number of input bands (all modalities' bands stacked).
         model_kwargs: architecture arguments: ``timm.create_model`` ones, and for a fusion
             model ``modalities``, ``fusion`` and the other FusionViT arguments; for a
-            Panopticon model ``band_ids``, ``attn_dim``, ``attn_heads`` (see
+            Panopticon model ``sensors``, ``band_wavelengths``, ``band_ids``, ``attn_dim``,
+            ``attn_heads`` (see
             :func:`~geodino.models.panopticon.build_panopticon`).
         weights: initial weights (see :func:`~geodino.models.build_backbone`).
         band_names: names of the input bands, to adapt ``weights``.
@@ -48,6 +49,6 @@ def create_encoder(
     kwargs = dict(model_kwargs or {})
     if "modalities" in kwargs:
         return FusionViT(model, weights=weights, band_names=band_names, **kwargs)
-    if model in PANOPTICON_ARCHS or "band_ids" in kwargs:
+    if model in PANOPTICON_ARCHS:
         return build_panopticon(model, in_chans, weights=weights, band_names=band_names, **kwargs)
     return build_backbone(model, in_chans, weights=weights, band_names=band_names, **kwargs)

@@ -22,6 +22,7 @@ from timm.models import VisionTransformer
 from torch import Tensor
 from torchgeo.models.panopticon import PanopticonPE
 
+from geodino.bands import band_identities
 from geodino.errors import ConfigError, DataError, WeightsError
 from geodino.models.encoder import Encoder, EncoderArchitecture, EncoderInput
 from geodino.models.timm_adapter import TimmViTEncoder, check_masks, run_blocks
@@ -266,7 +267,7 @@ class PanopticonViT(TimmViTEncoder):
         """The same encoder (shared parameters) whose default bands are some of its own.
 
         Args:
-            band_names: names among ``band_names`` (matched case-insensitively).
+            band_names: names among ``band_names``.
 
         Returns:
             a shallow copy taking those bands.
@@ -274,15 +275,15 @@ class PanopticonViT(TimmViTEncoder):
         Raises:
             DataError: for a band the backbone does not know.
         """
-        known = [name.upper() for name in self.band_names or ()]
-        unknown = [name for name in band_names if name.upper() not in known]
+        known = list(self.band_names or ())
+        unknown = [name for name in band_names if name not in known]
         if unknown or self.band_ids is None:
             raise DataError(
                 f"bands {unknown or list(band_names)} are not among this backbone's bands "
                 f"{list(self.band_names or ())}: it has no statistics or identity for them. "
                 "Give data with a subset of its bands, or pretrain with a source that has them."
             )
-        index = [known.index(name.upper()) for name in band_names]
+        index = [known.index(name) for name in band_names]
         out = copy.copy(self)  # parameters and modules stay shared
         out.band_names = tuple(band_names)
         out.band_ids = tuple(self.band_ids[i] for i in index)
@@ -313,6 +314,8 @@ def build_panopticon(
     weights: "str | Path | WeightsEnum | None" = None,
     band_names: Sequence[str] | None = None,
     band_ids: Sequence[float] | None = None,
+    sensors: str | Sequence[str] | None = None,
+    band_wavelengths: Mapping[str, float] | None = None,
     attn_dim: int | None = None,
     attn_heads: int | None = None,
     img_size: int = 224,
@@ -328,7 +331,10 @@ def build_panopticon(
         weights: Panopticon weights (e.g. ``Panopticon_Weights.VIT_BASE14``, found in the
             local torch hub cache, never downloaded) or a file of a ``geodino export``.
         band_names: names of the default bands.
-        band_ids: their identities (:func:`geodino.bands.band_identities`).
+        band_ids: their identities; default: looked up by name in the tables of
+            ``sensors`` and in ``band_wavelengths`` (:func:`geodino.bands.band_identities`).
+        sensors: sensors whose tables name the default bands, in order of preference.
+        band_wavelengths: more ``{band name: wavelength in nm}``.
         attn_dim: width of the channel attention (default: the architecture's, else 3 x
             the embedding width, as Panopticon's 2304 for 768).
         attn_heads: heads of the channel attention (default: the architecture's, else 4).
@@ -343,6 +349,11 @@ def build_panopticon(
         WeightsError: if the weights do not fit.
     """
     trunk, default_attn, default_heads = PANOPTICON_ARCHS.get(model, (model, 0, 4))
+    if band_ids is None and band_names is not None:
+        try:
+            band_ids = band_identities(band_names, sensors, band_wavelengths, "the backbone")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if band_ids is not None and len(band_ids) != len(band_names or band_ids):
         raise ConfigError(
             f"band_ids has {len(band_ids)} values for bands {list(band_names or ())}; give one "
