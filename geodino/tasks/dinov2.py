@@ -22,6 +22,7 @@ from geodino.models.fusion import check_modalities, draw_modality_dropout
 from geodino.tasks.loss_check import DeferredLossCheck
 from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
+from geodino.tasks.spectral import SpectralBatch, spectral
 from geodino.transforms.masking import sample_ibot_masks
 
 #: Parameters without weight decay, as in DINOv2: biases, norms and layer-scale gammas.
@@ -491,10 +492,33 @@ class DINOv2Task(BaseTask):
         tokens: list[Tensor] = forward(crops, masks, token)
         return tokens
 
-    def _branch(self, which: Literal["student", "teacher"]) -> Branch:
+    def _spectral_tokens(
+        self,
+        which: Literal["student", "teacher"],
+        crops: Tensor,
+        masks: Tensor | None,
+        bands: SpectralBatch,
+    ) -> Tensor:
+        """Tokens of crops of bands with identities, hiding each crop's masked bands."""
+        encoder = spectral(self._encoder(which))
+        forward = self._compile(f"{which}_spectral", False, encoder.forward_spectral)
+        token = self.mask_token if masks is not None else None
+        tokens: Tensor = forward(crops, bands.band_ids, bands.band_mask(crops), masks, token)
+        return tokens
+
+    def _branch(
+        self, which: Literal["student", "teacher"], bands: SpectralBatch | None = None
+    ) -> Branch:
         modules = self.student if which == "student" else self.teacher
         heads = dict(modules.items())
         encoder = self._encoder(which)
+        if bands is not None:  # crops of several sensors: band identities and masks
+            return Branch(
+                encode=lambda crops, masks: self._spectral_tokens(which, crops, masks, bands),
+                split=encoder.split_tokens,
+                dino_head=heads["dino_head"],
+                ibot_head=heads.get("ibot_head", heads["dino_head"]),
+            )
         encode_packed = None
         # the student's modality dropout draws per crop size, so it keeps separate passes
         dropout = self.hparams["modality_dropout"] > 0 and encoder.modalities is not None
@@ -526,9 +550,10 @@ class DINOv2Task(BaseTask):
             global_crops = global_crops.contiguous(memory_format=torch.channels_last)
             if local_crops.ndim == 4:  # without local crops, an empty 1-d tensor
                 local_crops = local_crops.contiguous(memory_format=torch.channels_last)
+        bands = SpectralBatch.from_batch(batch)
         return self.objective(
-            self._branch("student"),
-            self._branch("teacher"),
+            self._branch("student", bands),
+            self._branch("teacher", bands),
             Criteria(self.dino_loss, self.ibot_loss, self.koleo_loss),
             global_crops,
             local_crops,
@@ -590,7 +615,11 @@ class DINOv2Task(BaseTask):
             batch: ``image`` (B, C, H, W) normalised.
             batch_idx: batch index.
         """
-        tokens = self(batch["image"])
+        ids = batch.get("band_ids")
+        if ids is not None:
+            tokens = spectral(self._encoder("teacher")).forward_spectral(batch["image"], ids)
+        else:
+            tokens = self(batch["image"])
         cls = self._encoder("teacher").split_tokens(tokens)[0]
         std = F.normalize(cls.float(), dim=-1).std(0).mean()
         self.log("val/teacher_feature_std", std, batch_size=cls.shape[0])
