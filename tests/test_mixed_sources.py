@@ -4,12 +4,15 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 import torch
 from lightning.pytorch import Trainer
 
+from geodino.cli import main
 from geodino.datamodules import MixedGeoDataModule, MixedSampleStream
 from geodino.datasets import MultiBandGeoTIFF
 from geodino.demo import DemoSentinel1, DemoSentinel2, write_demo_catalog
@@ -221,3 +224,35 @@ def test_fit_resumes_exactly_and_exports_a_backbone_for_any_band_subset(
         view = backbone.for_bands(list(names), len(names), "chips")
         tokens = view.tokens(image)
         assert tokens.shape == (2, 5, 32) and torch.isfinite(tokens).all()
+
+    # the commands take each source and a 4-band S2 subset, named in the files' descriptions
+    subset = tmp_path / "s2_rgbn.tif"
+    with rasterio.open(demo / "s2" / "zone31_north.tif") as src:
+        profile = {**src.profile, "count": 4}
+        data = src.read([4, 3, 2, 8])
+        labels_path = demo / "labels" / "zone31_north.tif"
+    with rasterio.open(subset, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = ("B04", "B03", "B02", "B08")
+    out = tmp_path / "rgbn.gpkg"
+    assert main(["embed", str(paths["json"].parent), str(subset), "--out", str(out)]) == 0
+    assert len(gpd.read_file(out)) > 0
+    with rasterio.open(labels_path) as src:
+        classes = src.read(1)
+        transform, crs = src.transform, src.crs
+    rows, cols = np.mgrid[8:56:6, 8:56:6]
+    points = gpd.GeoDataFrame(
+        {"label": classes[rows, cols].ravel()},
+        geometry=[
+            shapely.Point(transform * (c + 0.5, r + 0.5))
+            for r, c in zip(rows.ravel(), cols.ravel(), strict=True)
+        ],
+        crs=crs,
+    )
+    points[points.label != 255].to_file(tmp_path / "points.gpkg")
+    for raster in (demo / "s1" / "zone31_north.tif", subset):
+        report = tmp_path / raster.stem
+        argv = ["knn", str(paths["json"].parent), str(tmp_path / "points.gpkg"), "--rasters"]
+        argv += [str(raster), "--out", str(report), "--chip_size", "14", "--baselines", "false"]
+        assert main(argv) == 0
+        assert (report / "knn.json").is_file()
