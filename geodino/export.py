@@ -40,6 +40,9 @@ _SIZE_KWARGS = {
     "pos_drop_rate",
     "patch_drop_rate",
 }
+#: Arguments of a wavelength-aware backbone that name its default bands: they change no
+#: weight's shape, so a backbone built with them still matches the architecture's default.
+_BAND_KWARGS = {"band_ids", "sensors", "band_wavelengths"}
 #: File names inside an export folder.
 WEIGHTS_FILE, SIDECAR_FILE, CHECKPOINT_FILE = (
     "backbone.safetensors",
@@ -403,15 +406,16 @@ def write_export(
 
     model_kwargs = dict(model_kwargs or {})
     arch_kwargs = {k: v for k, v in model_kwargs.items() if k not in _SIZE_KWARGS}
-    if arch_kwargs:
+    overrides = {k: v for k, v in arch_kwargs.items() if k not in _BAND_KWARGS}
+    if overrides:
         log.warning(
             "%s was trained with architecture overrides %s: timm's and TorchGeo's default "
             "build of it will not match; load it with geodino (load_backbone, build_backbone "
             "or geodino.tasks).",
             model,
-            arch_kwargs,
+            overrides,
         )
-    reference = BackboneSpec(model, in_chans, arch_kwargs).build()
+    reference = BackboneSpec(model, in_chans, arch_kwargs, tuple(bands or ())).build()
     state = {k: v.contiguous() for k, v in resample_to_default(state, reference).items()}
     train_size = model_kwargs.get("img_size")
     arch = reference.architecture()
@@ -430,7 +434,7 @@ def write_export(
         num_prefix_tokens=arch.num_prefix_tokens,
         embed_dim=arch.embed_dim,
         extra=dict(extra or {}),
-        torchgeo_compatible=not arch_kwargs,
+        torchgeo_compatible=not overrides,
         geodino_version=__version__,
     )
     meta = record.to_json()
@@ -442,7 +446,7 @@ def write_export(
     # TorchGeo builds timm's default architecture of the name and loads with strict=False: a
     # shallower backbone of the same width would load partly and silently keep random blocks.
     # Without `model`, TorchGeo refuses the file instead; geodino reads it either way.
-    name_key = "model" if not arch_kwargs else "geodino_model"
+    name_key = "model" if not overrides else "geodino_model"
     torch.save(
         {
             "hyper_parameters": {name_key: model, "in_channels": in_chans, "in_chans": in_chans},
@@ -526,6 +530,49 @@ class PretrainedBackbone:
                     "to match."
                 )
 
+    def for_bands(
+        self, band_names: Sequence[str] | None, count: int, source: str
+    ) -> "PretrainedBackbone":
+        """This backbone ready for data with these bands.
+
+        A fixed-band backbone is itself after :meth:`check_bands`; a wavelength-aware one
+        (:class:`~geodino.models.PanopticonViT`) takes any subset of the bands it was trained
+        on, in any order, and comes back restricted to them (shared weights).
+
+        Args:
+            band_names: names of the data's bands (None or empty when the data has none).
+            count: number of bands of the data.
+            source: the data's name, for messages.
+
+        Returns:
+            the backbone for these bands.
+
+        Raises:
+            DataError: if the data's bands do not fit.
+        """
+        from geodino.models import PanopticonViT
+
+        if not isinstance(self.model, PanopticonViT):
+            self.check_bands(band_names, count, source)
+            return self
+        if not band_names or len(band_names) != count:
+            raise DataError(
+                f"{source} does not name its {count} bands, which a wavelength-aware backbone "
+                f"({self.source}) needs to pick their identities; name them (band descriptions "
+                f"or band_names) among {self.band_names}."
+            )
+        if list(band_names) == self.band_names:
+            return self
+        model = self.model.select_bands(band_names)
+        statistics = self.statistics.select(band_names) if self.statistics is not None else None
+        return PretrainedBackbone(
+            model,
+            list(band_names),
+            statistics,
+            self.source,
+            self.meta,
+        )
+
     def normalize(self, images: Tensor) -> Tensor:
         """Fill nodata and standardise raw images with the training statistics.
 
@@ -575,7 +622,7 @@ def load_backbone(
         WeightsError: if ``source`` is neither, its files are missing or damaged, or it holds
             a multimodal backbone.
     """
-    from geodino.models import build_backbone
+    from geodino.models import TimmViTEncoder
     from geodino.transforms.normalize import BandStatistics
 
     path = Path(source)
@@ -601,13 +648,8 @@ def load_backbone(
             "evaluation take single-modality backbones so far. Fine-tune it with "
             "geodino.tasks.Segmentation(weights=...), which builds fusion exports."
         )
-    model = build_backbone(
-        spec.model,
-        spec.in_chans,
-        weights=weights,
-        band_names=spec.band_names or None,
-        **spec.model_kwargs,
-    )
+    model = spec.build(weights)
+    assert isinstance(model, TimmViTEncoder)  # multimodal backbones were refused above
     if weights is None:
         model.load_state_dict(backbone_state_dict(ckpt, which), strict=False)
     statistics = BandStatistics(**stats) if stats else None

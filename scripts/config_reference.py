@@ -51,7 +51,7 @@ def table(cls: type, prefix: str) -> str:
 
 def render() -> str:
     """The whole page."""
-    from geodino.datamodules import FolderDINODataModule, GeoDINODataModule
+    from geodino.datamodules import FolderDINODataModule, GeoDINODataModule, MixedGeoDataModule
     from geodino.datasets import PairedDataset, RemoteSettings, STACCatalog
     from geodino.tasks import Classification, DINOv2Task, Segmentation
     from geodino.transforms.multicrop import MultiCrop
@@ -69,6 +69,11 @@ def render() -> str:
             "model.init_args.",
         ),
         ("data: `geodino.datamodules.GeoDINODataModule`", GeoDINODataModule, "data.init_args."),
+        (
+            "data: `geodino.datamodules.MixedGeoDataModule` (several sensors, see any-sensor.md)",
+            MixedGeoDataModule,
+            "data.init_args.",
+        ),
         (
             "data: `geodino.datamodules.FolderDINODataModule`",
             FolderDINODataModule,

@@ -206,7 +206,7 @@ def labelled_features(
         date_regex,
         date_format,
     )
-    backbone.check_bands(data.band_names, data.images.shape[-3], str(data.source))
+    backbone = backbone.for_bands(data.band_names, data.images.shape[-3], str(data.source))
     features = extract_features(
         backbone.model, data.images, backbone.normalize, batch_size, doy=data.doy
     )

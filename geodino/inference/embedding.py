@@ -29,7 +29,13 @@ from geodino import pca as pca_fit
 from geodino.errors import DataError
 from geodino.inference.cog import cache_bytes, finish_cog, staging_profile
 from geodino.inference.provenance import describe, provenance
-from geodino.inference.regions import RasterRegion, chip_pixels, plan_regions, read_window
+from geodino.inference.regions import (
+    RasterRegion,
+    chip_pixels,
+    for_rasters,
+    plan_regions,
+    read_window,
+)
 from geodino.inference.tables import (
     CHUNK_ROWS,
     TABLE_FORMATS,
@@ -242,7 +248,7 @@ def embed(
             f"vector table of chip polygons with CLS embeddings ({tables})."
         )
     as_raster = suffix in RASTER_SUFFIXES
-    backbone = load_backbone(weights)
+    backbone = for_rasters(load_backbone(weights), rasters)
     if pca is not None and not 1 <= pca <= backbone.embed_dim:
         raise DataError(
             f"--pca {pca} must lie between 1 and the embedding size {backbone.embed_dim}."

@@ -212,6 +212,34 @@ def _check_raster(backbone: "PretrainedBackbone", path: Path) -> None:
         raise DataError(f"raster {path} cannot be read ({error}); check the path.") from None
 
 
+def for_rasters(
+    backbone: "PretrainedBackbone", rasters: Sequence[str | Path]
+) -> "PretrainedBackbone":
+    """The backbone ready for the bands of the rasters (named by the first one's descriptions).
+
+    A wavelength-aware backbone comes back restricted to those bands; a fixed-band one as it
+    is (:func:`plan_regions` checks every raster against it).
+
+    Args:
+        backbone: the frozen backbone.
+        rasters: the raster files.
+
+    Returns:
+        the backbone for the rasters' bands.
+
+    Raises:
+        DataError: if the first raster cannot be read or its bands do not fit.
+    """
+    if not rasters:
+        return backbone
+    path = Path(rasters[0])
+    try:
+        with rasterio.open(path) as src:
+            return backbone.for_bands(_raster_bands(src), src.count, f"raster {path}")
+    except rasterio.errors.RasterioIOError as error:
+        raise DataError(f"raster {path} cannot be read ({error}); check the path.") from None
+
+
 def plan_regions(
     backbone: "PretrainedBackbone", rasters: Sequence[str | Path], aoi: Any = None
 ) -> list[RasterRegion]:

@@ -1,4 +1,4 @@
-"""Building the encoder an architecture names: a timm ViT, or a FusionViT over modalities."""
+"""Building the encoder an architecture names: a timm ViT, a FusionViT or a Panopticon ViT."""
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from geodino.models.backbones import build_backbone
 from geodino.models.fusion import FusionViT
+from geodino.models.panopticon import PANOPTICON_ARCHS, PanopticonViT, build_panopticon
 from geodino.models.timm_adapter import TimmViTEncoder
 
 if TYPE_CHECKING:
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 #: The encoders geodino builds: ``nn.Module`` objects implementing
 #: :class:`~geodino.models.encoder.Encoder` (for static typing, which has no intersection type).
-EncoderModule = TimmViTEncoder | FusionViT
+EncoderModule = TimmViTEncoder | FusionViT | PanopticonViT
 
 
 def create_encoder(
@@ -23,16 +24,22 @@ def create_encoder(
     weights: "str | Path | WeightsEnum | None" = None,
     band_names: Sequence[str] | None = None,
 ) -> EncoderModule:
-    """The encoder of an architecture, a timm ViT or a FusionViT.
+    """The encoder of an architecture: a timm ViT, a FusionViT or a Panopticon ViT.
 
-    A :class:`~geodino.models.FusionViT` when the arguments name ``modalities``, else a timm
-    ViT (:func:`~geodino.models.build_backbone`).
+    A :class:`~geodino.models.FusionViT` when the arguments name ``modalities``, a
+    :class:`~geodino.models.PanopticonViT` when ``model`` is a Panopticon architecture
+    (:data:`~geodino.models.panopticon.PANOPTICON_ARCHS`, any size through the timm
+    arguments), else a timm ViT (:func:`~geodino.models.build_backbone`).
 
     Args:
-        model: timm architecture name (of the shared transformer, for a fusion model).
+        model: timm architecture name (of the shared transformer, for a fusion model), or
+            a Panopticon architecture such as ``panopticon_vitb14``.
         in_chans: number of input bands (all modalities' bands stacked).
         model_kwargs: architecture arguments: ``timm.create_model`` ones, and for a fusion
-            model ``modalities``, ``fusion`` and the other FusionViT arguments.
+            model ``modalities``, ``fusion`` and the other FusionViT arguments; for a
+            Panopticon model ``sensors``, ``band_wavelengths``, ``band_ids``, ``attn_dim``,
+            ``attn_heads`` (see
+            :func:`~geodino.models.panopticon.build_panopticon`).
         weights: initial weights (see :func:`~geodino.models.build_backbone`).
         band_names: names of the input bands, to adapt ``weights``.
 
@@ -42,4 +49,6 @@ def create_encoder(
     kwargs = dict(model_kwargs or {})
     if "modalities" in kwargs:
         return FusionViT(model, weights=weights, band_names=band_names, **kwargs)
+    if model in PANOPTICON_ARCHS:
+        return build_panopticon(model, in_chans, weights=weights, band_names=band_names, **kwargs)
     return build_backbone(model, in_chans, weights=weights, band_names=band_names, **kwargs)

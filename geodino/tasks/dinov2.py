@@ -22,6 +22,7 @@ from geodino.models.fusion import check_modalities, draw_modality_dropout, serie
 from geodino.tasks.loss_check import DeferredLossCheck
 from geodino.tasks.objective import Branch, Criteria, DINOv2Objective
 from geodino.tasks.schedules import CosineSchedule
+from geodino.tasks.spectral import SpectralBatch, spectral
 from geodino.transforms.masking import sample_ibot_masks
 
 #: Parameters without weight decay, as in DINOv2: biases, norms and layer-scale gammas.
@@ -502,10 +503,36 @@ class DINOv2Task(BaseTask):
         tokens: list[Tensor] = forward(crops, masks, token)
         return tokens
 
-    def _branch(self, which: Literal["student", "teacher"], doy: Tensor | None = None) -> Branch:
+    def _spectral_tokens(
+        self,
+        which: Literal["student", "teacher"],
+        crops: Tensor,
+        masks: Tensor | None,
+        bands: SpectralBatch,
+    ) -> Tensor:
+        """Tokens of crops of bands with identities, hiding each crop's masked bands."""
+        encoder = spectral(self._encoder(which))
+        forward = self._compile(f"{which}_spectral", False, encoder.forward_spectral)
+        token = self.mask_token if masks is not None else None
+        tokens: Tensor = forward(crops, bands.band_ids, bands.band_mask(crops), masks, token)
+        return tokens
+
+    def _branch(
+        self,
+        which: Literal["student", "teacher"],
+        doy: Tensor | None = None,
+        bands: SpectralBatch | None = None,
+    ) -> Branch:
         modules = self.student if which == "student" else self.teacher
         heads = dict(modules.items())
         encoder = self._encoder(which)
+        if bands is not None:  # crops of several sensors: band identities and masks
+            return Branch(
+                encode=lambda crops, masks: self._spectral_tokens(which, crops, masks, bands),
+                split=encoder.split_tokens,
+                dino_head=heads["dino_head"],
+                ibot_head=heads.get("ibot_head", heads["dino_head"]),
+            )
         encode_packed = None
         # the student's modality dropout draws per crop size, so it keeps separate passes
         dropout = self.hparams["modality_dropout"] > 0 and encoder.modalities is not None
@@ -541,9 +568,10 @@ class DINOv2Task(BaseTask):
         # time series: one iBOT mask per crop, shared by its dates, since the backbone
         # pools the dates into one token per patch before the blocks (docs/time-series.md)
         doy = batch.get("doy")
+        bands = SpectralBatch.from_batch(batch)
         return self.objective(
-            self._branch("student", doy),
-            self._branch("teacher", doy),
+            self._branch("student", doy, bands),
+            self._branch("teacher", doy, bands),
             Criteria(self.dino_loss, self.ibot_loss, self.koleo_loss),
             global_crops,
             local_crops,
@@ -606,8 +634,13 @@ class DINOv2Task(BaseTask):
             batch_idx: batch index.
         """
         encoder = self._encoder("teacher")
-        images, doy = batch["image"], batch.get("doy")
-        tokens = self(images if doy is None else series_inputs(images, doy, encoder.modalities))
+        images, doy, ids = batch["image"], batch.get("doy"), batch.get("band_ids")
+        if ids is not None:
+            tokens = spectral(encoder).forward_spectral(images, ids)
+        elif doy is not None:
+            tokens = self(series_inputs(images, doy, encoder.modalities))
+        else:
+            tokens = self(images)
         cls = encoder.split_tokens(tokens)[0]
         std = F.normalize(cls.float(), dim=-1).std(0).mean()
         self.log("val/teacher_feature_std", std, batch_size=cls.shape[0])

@@ -1,0 +1,258 @@
+"""Mixed-sensor pretraining: one-source batches, weights, sharding, resume, fit and export."""
+
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from lightning.pytorch import Trainer
+
+from geodino.cli import main
+from geodino.datamodules import MixedGeoDataModule, MixedSampleStream
+from geodino.datasets import MultiBandGeoTIFF
+from geodino.demo import DemoSentinel1, DemoSentinel2, write_demo_catalog
+from geodino.demo.eightband import (
+    EIGHT_BANDS,
+    DemoWorldView3,
+    resampling_matrix,
+    write_eightband_scenes,
+)
+from geodino.errors import ConfigError
+from geodino.export import export_backbone, load_backbone
+from geodino.models import PanopticonViT
+from geodino.tasks import DINOv2Task
+from geodino.transforms.spectral import draw_band_masks
+
+MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2}
+MODEL_KWARGS = {
+    "img_size": 28,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "attn_dim": 32,
+    "attn_heads": 2,
+    "sensors": ["sentinel2", "sentinel1", "worldview3"],
+}
+
+
+def source_draw(source: int):
+    def draw(position: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.full((source + 1, 2, 2), float(position))}
+
+    return draw
+
+
+def stream_batches(rank: int, world: int, start: int = 0, workers: int = 1, n: int = 40) -> list:
+    stream = MixedSampleStream(
+        [source_draw(i) for i in range(3)], [2.0, 1.0, 1.0], 7, 4, start, rank, world
+    )
+    out = []
+    for worker in range(workers):
+        positions = stream.positions(worker, workers)
+        for _ in range(n // workers):
+            batch = stream.read_batch(list(islice(positions, 4)))
+            out.append((batch["source"], batch["image"][:, 0, 0, 0].long().tolist()))
+    return sorted(out, key=lambda b: b[1][0])
+
+
+def test_stream_batches_hold_one_source_drawn_by_weight() -> None:
+    batches = stream_batches(0, 1, n=400)
+    for source, _ in batches:
+        assert isinstance(source, int)
+    # the image's band count is its source's: every batch holds one source
+    counts = Counter(source for source, _ in batches)
+    assert abs(counts[0] / 400 - 0.5) < 0.08 and abs(counts[1] / 400 - 0.25) < 0.08
+
+
+def test_stream_shards_ranks_on_one_source_per_step_and_resumes() -> None:
+    ranks = [stream_batches(rank, 2) for rank in range(2)]
+    positions = [p for batches in ranks for _, chunk in batches for p in chunk]
+    assert sorted(positions) == list(range(2 * 40 * 4))
+    # at every step all ranks read the same source (same band set, same shapes)
+    assert [s for s, _ in ranks[0]] == [s for s, _ in ranks[1]]
+    # workers take whole batches: the same batches whatever their number
+    assert stream_batches(1, 2, workers=2) == ranks[1]
+    # a stream resumed at step 10 continues exactly
+    assert stream_batches(1, 2, start=10 * 4 * 2, n=30) == ranks[1][10:]
+
+
+def test_band_masks_keep_a_random_subset() -> None:
+    masks = draw_band_masks(400, 6, 0.5, 2, torch.Generator().manual_seed(0))
+    kept = (~masks).sum(1)
+    assert kept.min() >= 2 and kept.max() == 6
+    assert 0.4 < (kept < 6).float().mean() < 0.6
+    assert not draw_band_masks(5, 1, 1.0).any()  # one band: nothing to hide
+    with pytest.raises(ConfigError, match="min_bands"):
+        draw_band_masks(1, 3, 0.5, 0)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_catalog(tmp_path_factory.mktemp("demo"), seed=0, scene_size=64).root
+
+
+def data_module(root: Path, **kwargs: object) -> MixedGeoDataModule:
+    args = {
+        "weights": [2.0, 1.0, 1.0],
+        "aoi": root / "aoi.gpkg",
+        "aoi_query": "split == 'train'",
+        "chip_size": 28,
+        "min_coverage": 0.5,
+        "max_nodata": 0.5,
+        "batch_size": 4,
+        "statistics_chips": 4,
+        "multicrop": MULTICROP,
+        **kwargs,
+    }
+    sources = [DemoSentinel2(root), DemoSentinel1(root), DemoWorldView3(root)]
+    return MixedGeoDataModule(sources, **args)  # type: ignore[arg-type]
+
+
+def test_eightband_scenes_resample_the_s2_spectra(demo: Path) -> None:
+    matrix = resampling_matrix()
+    np.testing.assert_allclose(matrix.sum(1), 1.0)
+    folder = write_eightband_scenes(demo)
+    assert folder == demo / "wv3" and len(list(folder.glob("*.tif"))) == 4
+    with rasterio.open(demo / "s2" / "zone31_north.tif") as s2:
+        spectra = s2.read().astype(float)
+    with rasterio.open(demo / "wv3" / "zone31_north.tif") as wv3:
+        assert wv3.descriptions == EIGHT_BANDS
+        eight = wv3.read().astype(float)
+    valid = (spectra > 0).all(0)
+    expected = np.einsum("es,shw->ehw", matrix, spectra)
+    np.testing.assert_allclose(eight[:, valid], expected[:, valid], atol=0.5)
+
+
+def test_data_module_bands_statistics_and_device_batches(demo: Path) -> None:
+    dm = data_module(demo)
+    assert dm.band_names[:2] == ["B01", "B02"] and dm.band_names[13:15] == ["VV", "VH"]
+    assert len(dm.band_names) == dm.num_bands == 23 and dm.band_groups is None
+    assert dm.band_ids[11] == 1613.7 and dm.band_ids[13:15] == [-1.0, -2.0]
+    assert dm.band_kinds[13:15] == ["sar", "sar"] and dm.band_kinds[15] == "optical"
+    dm.setup("fit")
+    assert dm.statistics is not None and dm.statistics.band_names == dm.band_names
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    dm.trainer = trainer
+    trainer.state.stage = "train"  # on_after_batch_transfer multi-crops training batches only
+    loader = iter(dm.train_dataloader())
+    seen = set()
+    for _ in range(6):
+        raw = next(loader)
+        batch = dm.on_after_batch_transfer(raw, 0)
+        source = raw["source"]
+        seen.add(source)
+        bands = len(dm.source_bands[source])
+        assert batch["global_crops"].shape == (8, bands, 28, 28)
+        assert batch["local_crops"].shape == (8, bands, 14, 14)
+        assert batch["global_band_mask"].shape == (8, bands)
+        assert not batch["global_band_mask"].all(1).any()
+        assert batch["band_ids"].tolist() == pytest.approx(dm.source_ids[source])
+        assert torch.isfinite(batch["global_crops"]).all()
+    assert len(seen) >= 2
+
+
+def test_sources_must_agree_on_band_identities(demo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"band 'B2' of dataset 0 .*band_wavelengths"):
+        MixedGeoDataModule(
+            [MultiBandGeoTIFF(demo / "s2", band_names=["B2", *[f"x{i}" for i in range(12)]])]
+        )
+    # WorldView-3's blue is 482 nm, SuperDove's 490 nm: one name, two bands
+    superdove = ["coastal_blue", "blue", "green_i", "green", "yellow", "red", "rededge", "nir"]
+    with pytest.raises(ConfigError, match=r"band 'blue' of dataset 1 .* is 490 .* 482"):
+        MixedGeoDataModule(
+            [DemoWorldView3(demo), MultiBandGeoTIFF(demo / "wv3", band_names=superdove)],
+            sensors=[None, "superdove"],
+        )
+
+
+def fit(root: Path, out: Path, steps: int, ckpt: str | None = None) -> Trainer:
+    torch.manual_seed(0)  # the initial weights
+    dm = data_module(root)
+    task = DINOv2Task(
+        model="panopticon_vitb14",
+        in_chans=23,
+        model_kwargs=MODEL_KWARGS,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        lr_reference_batch=8,
+        koleo_loss_weight=0.0,
+        checkpoint_every_n_steps=2,
+        keep_last_k=5,
+    )
+    trainer = Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=out,
+    )
+    trainer.fit(task, dm, ckpt_path=ckpt)
+    return trainer
+
+
+def test_fit_resumes_exactly_and_exports_a_backbone_for_any_band_subset(
+    demo: Path, tmp_path: Path
+) -> None:
+    straight = fit(demo, tmp_path / "straight", 4)
+    expected = straight.lightning_module.state_dict()
+    # the same run resumed from its step-2 checkpoint ends with the same weights
+    middle = tmp_path / "straight" / "checkpoints" / "step00000002.ckpt"
+    resumed = fit(demo, tmp_path / "resumed", 4, str(middle))
+    got = resumed.lightning_module.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+    paths = export_backbone(
+        tmp_path / "straight" / "checkpoints" / "last.ckpt", tmp_path / "export"
+    )
+    backbone = load_backbone(paths["json"].parent)
+    assert isinstance(backbone.model, PanopticonViT) and backbone.in_chans == 23
+    images = {
+        ("B04", "B03", "B02", "B08"): torch.rand(2, 4, 28, 28) * 3000,
+        ("VV",): -torch.rand(2, 1, 28, 28) * 20,
+        tuple(EIGHT_BANDS): torch.rand(2, 8, 28, 28) * 3000,
+    }
+    for names, image in images.items():
+        view = backbone.for_bands(list(names), len(names), "chips")
+        tokens = view.tokens(image)
+        assert tokens.shape == (2, 5, 32) and torch.isfinite(tokens).all()
+
+    # the commands take each source and a 4-band S2 subset, named in the files' descriptions
+    subset = tmp_path / "s2_rgbn.tif"
+    with rasterio.open(demo / "s2" / "zone31_north.tif") as src:
+        profile = {**src.profile, "count": 4}
+        data = src.read([4, 3, 2, 8])
+        labels_path = demo / "labels" / "zone31_north.tif"
+    with rasterio.open(subset, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = ("B04", "B03", "B02", "B08")
+    out = tmp_path / "rgbn.gpkg"
+    assert main(["embed", str(paths["json"].parent), str(subset), "--out", str(out)]) == 0
+    assert len(gpd.read_file(out)) > 0
+    with rasterio.open(labels_path) as src:
+        classes = src.read(1)
+        transform, crs = src.transform, src.crs
+    rows, cols = np.mgrid[8:56:6, 8:56:6]
+    points = gpd.GeoDataFrame(
+        {"label": classes[rows, cols].ravel()},
+        geometry=[
+            shapely.Point(transform * (c + 0.5, r + 0.5))
+            for r, c in zip(rows.ravel(), cols.ravel(), strict=True)
+        ],
+        crs=crs,
+    )
+    points[points.label != 255].to_file(tmp_path / "points.gpkg")
+    for raster in (demo / "s1" / "zone31_north.tif", subset):
+        report = tmp_path / raster.stem
+        argv = ["knn", str(paths["json"].parent), str(tmp_path / "points.gpkg"), "--rasters"]
+        argv += [str(raster), "--out", str(report), "--chip_size", "14", "--baselines", "false"]
+        assert main(argv) == 0
+        assert (report / "knn.json").is_file()
