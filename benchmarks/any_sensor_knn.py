@@ -246,6 +246,7 @@ def main() -> None:
     task = DINOv2Task(
         model="panopticon_vitb14",
         in_chans=len(mixed_data.band_names),
+        band_names=mixed_data.band_names,
         model_kwargs=panopticon,
         **recipe(args),
     )
