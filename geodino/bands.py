@@ -49,6 +49,21 @@ def described_band_names(descriptions: Sequence[str | None]) -> list[str] | None
 #: so that they never meet an optical wavelength.
 SAR_POLARISATIONS: dict[str, float] = {"VV": -1.0, "VH": -2.0, "HH": -3.0, "HV": -4.0}
 
+#: Landsat 8 and 9 OLI/TIRS band centres (nm): the two carry the same instruments' bands.
+_LANDSAT_8_9: dict[str, float] = {
+    "B1": 443.0,
+    "B2": 482.0,
+    "B3": 561.4,
+    "B4": 654.6,
+    "B5": 864.7,
+    "B6": 1608.9,
+    "B7": 2200.7,
+    "B8": 589.5,
+    "B9": 1373.4,
+    "B10": 10895.0,
+    "B11": 12005.0,
+}
+
 #: Centre wavelengths in nm of the bands of common sensors, under their usual band names
 #: (matched case-insensitively; Sentinel-2 names also as ``B2``/``B8a``, Landsat ones also
 #: as ``SR_B2``). Sentinel-1 bands are its polarisations.
@@ -69,32 +84,8 @@ SENSOR_BANDS: dict[str, dict[str, float]] = {
         "B12": 2202.4,
     },
     "sentinel1": dict(SAR_POLARISATIONS),
-    "landsat8": {
-        "B1": 443.0,
-        "B2": 482.0,
-        "B3": 561.4,
-        "B4": 654.6,
-        "B5": 864.7,
-        "B6": 1608.9,
-        "B7": 2200.7,
-        "B8": 589.5,
-        "B9": 1373.4,
-        "B10": 10895.0,
-        "B11": 12005.0,
-    },
-    "landsat9": {
-        "B1": 443.0,
-        "B2": 482.0,
-        "B3": 561.4,
-        "B4": 654.6,
-        "B5": 864.7,
-        "B6": 1608.9,
-        "B7": 2200.7,
-        "B8": 589.5,
-        "B9": 1373.4,
-        "B10": 10895.0,
-        "B11": 12005.0,
-    },
+    "landsat8": dict(_LANDSAT_8_9),
+    "landsat9": dict(_LANDSAT_8_9),
     # PlanetScope SuperDove (PSB.SD), 8 bands
     "superdove": {
         "coastal_blue": 443.0,

@@ -64,6 +64,28 @@ class _Server:
         self.stop()
 
 
+class _HTTPServer(_Server):
+    """A threaded HTTP server on a free port of 127.0.0.1."""
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
 class S3Server(_Server):
     """moto's standalone S3-compatible server on 127.0.0.1 (a real HTTP server, in a thread)."""
 
@@ -163,7 +185,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
             self.wfile.write(part)
 
 
-class RangeHTTPServer(_Server):
+class RangeHTTPServer(_HTTPServer):
     """A threaded HTTP server of a folder on 127.0.0.1, with Range requests.
 
     Args:
@@ -172,22 +194,7 @@ class RangeHTTPServer(_Server):
 
     def __init__(self, root: Path) -> None:
         handler = type("Handler", (_RangeHandler,), {"root": Path(root).resolve()})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._listen(handler)
 
 
 @dataclass
@@ -219,7 +226,7 @@ class Fault:
         return True
 
 
-class FaultProxy(_Server):
+class FaultProxy(_HTTPServer):
     """An HTTP proxy on 127.0.0.1 in front of a server, injecting faults and latency.
 
     Requests are forwarded unchanged (method, path, headers, body: S3 signatures stay valid),
@@ -256,10 +263,7 @@ class FaultProxy(_Server):
             def do_DELETE(self) -> None:
                 proxy._handle(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._listen(Handler)
 
     @property
     def endpoint(self) -> str:
@@ -270,13 +274,6 @@ class FaultProxy(_Server):
     def url(self) -> str:
         """The proxy's base URL."""
         return f"http://{self.endpoint}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def fail(
         self, match: str, status: int | None = None, stall: float = 0.0, times: int | None = None
@@ -341,7 +338,7 @@ class FaultProxy(_Server):
             upstream.close()
 
 
-class STACAPIServer(_Server):
+class STACAPIServer(_HTTPServer):
     """A tiny STAC API on 127.0.0.1: a landing page and ``/search`` (GET and POST), paged.
 
     It filters by ``collections``, ``bbox`` (against each item's bbox) and the ``query``
@@ -395,22 +392,7 @@ class STACAPIServer(_Server):
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The API's root URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._listen(Handler)
 
     def _landing(self) -> dict[str, Any]:
         return {
