@@ -106,4 +106,4 @@ def datamodule_from_config(path: str | Path, overrides: Sequence[str] = ()) -> A
         cfg = parser.parse_args(["--data", section, *overrides])
     except Exception as error:  # jsonargparse reports every config problem this way
         raise ConfigError(f"config file {path}, section 'data': {error}") from error
-    return parser.instantiate_classes(cfg).data
+    return parser.instantiate(cfg).data
