@@ -553,7 +553,7 @@ def _write_rasters(
     bands = pca or dim
     bars = [
         tqdm(
-            total=len(files) + bands + 1,
+            total=len(files) + bands + 2,
             desc=f"writing {target.name}",
             unit="step",
             disable=not progress,
