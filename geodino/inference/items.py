@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -110,6 +111,18 @@ def item_name(item_id: str) -> str:
     return item_id.replace(os.sep, "_").replace("/", "_")
 
 
+@dataclass(frozen=True)
+class _AssetGrid:
+    """An asset file's GDAL path and grid, as its header gives them."""
+
+    path: str
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    dtype: str
+
+
 def item_vrt(catalog: STACCatalog, row: int) -> str:
     """The VRT (XML) of an item's chosen bands on the grid of its finest band.
 
@@ -128,7 +141,7 @@ def item_vrt(catalog: STACCatalog, row: int) -> str:
     """
     item = catalog.index["id"].iloc[row]
     base = os.path.dirname(os.path.abspath(catalog.catalog))
-    grids: dict[str, tuple[str, Any, Affine, int, int, str]] = {}
+    grids: dict[str, _AssetGrid] = {}
     for band in catalog.band_assets:
         if band.asset in grids:
             continue
@@ -136,32 +149,29 @@ def item_vrt(catalog: STACCatalog, row: int) -> str:
         path = gdal_path(href, base)
         try:
             with rasterio.open(path) as src:
-                grids[band.asset] = (
-                    path,
-                    src.crs,
-                    src.transform,
-                    src.width,
-                    src.height,
-                    src.dtypes[0],
+                grids[band.asset] = _AssetGrid(
+                    path, src.crs, src.transform, src.width, src.height, src.dtypes[0]
                 )
         except rasterio.errors.RasterioIOError as error:
             raise DataError(
                 f"{href} (asset {band.asset} of item {item} of {catalog.catalog}) cannot be "
                 f"read ({error}); check the href, the credentials and catalog.remote."
             ) from None
-    _, crs, grid, width, height, _ = min(grids.values(), key=lambda g: g[2].a)
-    other = sorted(k for k, g in grids.items() if g[1] != crs)
+    finest = min(grids.values(), key=lambda g: g.transform.a)
+    crs, grid = finest.crs, finest.transform
+    other = sorted(k for k, g in grids.items() if g.crs != crs)
     if other:
         raise DataError(
             f"item {item} of {catalog.catalog}: assets {other} are not in {crs} as its "
             "finest band is; embed needs an item's bands on one CRS."
         )
-    dtype = GDAL_TYPES[np.result_type(*(g[5] for g in grids.values())).name]
+    dtype = GDAL_TYPES[np.result_type(*(g.dtype for g in grids.values())).name]
     nodata = catalog.effective_nodata
     resampling = catalog.resampling.name
     bands = []
     for number, band in enumerate(catalog.band_assets, start=1):
-        path, _, transform, w, h, _ = grids[band.asset]
+        asset = grids[band.asset]
+        w, h, transform = asset.width, asset.height, asset.transform
         col, top = ~grid @ (transform.c, transform.f)
         scale_x, scale_y = transform.a / grid.a, transform.e / grid.e
         source = "ComplexSource" if nodata is not None else "SimpleSource"
@@ -173,7 +183,7 @@ def item_vrt(catalog: STACCatalog, row: int) -> str:
             lines.append(f"<NoDataValue>{nodata!r}</NoDataValue>")
         lines += [
             f'<{source} resampling="{resampling}">',
-            f'<SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>',
+            f'<SourceFilename relativeToVRT="0">{escape(asset.path)}</SourceFilename>',
             f"<SourceBand>{band.index}</SourceBand>",
             f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
             f'<DstRect xOff="{col!r}" yOff="{top!r}" xSize="{w * scale_x!r}" '
@@ -186,7 +196,7 @@ def item_vrt(catalog: STACCatalog, row: int) -> str:
     geotransform = ", ".join(repr(v) for v in grid.to_gdal())
     return "\n".join(
         [
-            f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+            f'<VRTDataset rasterXSize="{finest.width}" rasterYSize="{finest.height}">',
             f"<SRS>{escape(crs.to_wkt())}</SRS>",
             f"<GeoTransform>{geotransform}</GeoTransform>",
             *bands,
