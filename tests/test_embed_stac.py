@@ -132,6 +132,7 @@ def test_cli_embeds_named_items_an_aoi_of_the_catalog_or_a_config(
     export: Path,
     scenes: tuple[Path, list[Scene]],
     catalog: Path,
+    local_rasters: list[Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -152,6 +153,10 @@ def test_cli_embeds_named_items_an_aoi_of_the_catalog_or_a_config(
     assert main([*args, "--bbox", *bbox, "--out", str(tmp_path / "b.tif")]) == 0
     with rasterio.open(tmp_path / "b.tif") as src:
         assert src.tags()["source_raster"].startswith("item S2A_32_c ")
+    # the same bbox over the item's local GeoTIFF: the same embeddings
+    local = ["embed", str(export), str(local_rasters[2]), "--chip_size", "28", "--bbox", *bbox]
+    assert main([*local, "--out", str(tmp_path / "local_b.tif")]) == 0
+    np.testing.assert_array_equal(read(tmp_path / "local_b.tif")[0], read(tmp_path / "b.tif")[0])
     # a training config's catalog, with its filters
     config = tmp_path / "config.yaml"
     dataset = {
@@ -180,6 +185,8 @@ def test_cli_embeds_named_items_an_aoi_of_the_catalog_or_a_config(
     assert "covers none of the 3 items" in capsys.readouterr().err
     assert main(["embed", str(export), "x.tif", "--catalog", str(catalog)]) == 2
     assert "give rasters or --catalog, not both" in capsys.readouterr().err
+    assert main([*args, "--bbox", "6", "45", "7", "--out", str(tmp_path / "n.tif")]) == 2
+    assert "must be west south east north in degrees" in capsys.readouterr().err
 
 
 def test_items_in_s3_embed_as_local_ones(
