@@ -202,15 +202,20 @@ def embed(
     weights: Path,
     rasters: list[Path],
     out: Path = Path("embeddings.tif"),
+    catalog: Path | None = None,
+    items: list[str] | None = None,
     aoi: Path | None = None,
+    bbox: list[float] | None = None,
     pca: int | None = None,
     chip_size: int | None = None,
     batch_size: int = 16,
     overwrite: bool = False,
 ) -> None:
-    """Embed rasters (inside an AOI) as a GeoTIFF of patch embeddings or a table of chips.
+    """Embed rasters or STAC items (inside an AOI) as GeoTIFFs of patch embeddings or a table.
 
-    Usage: geodino embed WEIGHTS RASTER... --out OUT [--aoi AOI] [--pca K]. A .tif OUT is a
+    Usage: geodino embed WEIGHTS RASTER... --out OUT [--aoi AOI | --bbox W S E N] [--pca K],
+    or geodino embed WEIGHTS --catalog ITEMS.parquet [--items ID...] --out OUT ... to embed
+    items of a STAC catalog as rasters of the backbone's bands. A .tif OUT is a
     Cloud-Optimised GeoTIFF of patch embeddings on the raster's grid coarsened by the patch
     size (one pixel per patch, bands emb_000... or pc1...); a .gpkg (GeoPackage), .fgb
     (FlatGeobuf), .parquet (GeoParquet) or .geojson OUT holds chip polygons with their CLS
@@ -219,28 +224,62 @@ def embed(
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
-        rasters: GeoTIFFs with the backbone's bands, in its order.
-        out: .tif (one file per raster when several are given), or .gpkg, .fgb, .parquet or
-            .geojson (one table).
+        rasters: GeoTIFFs with the backbone's bands, in its order (none with --catalog).
+        out: .tif (one file per raster or item when several are given, OUT_<stem or item
+            id>.tif), or .gpkg, .fgb, .parquet or .geojson (one table).
+        catalog: a STAC-GeoParquet or ItemCollection JSON file, or a geodino config whose
+            dataset is a STACCatalog (its filters and remote settings are used): embed its
+            items, each on the grid of its finest band.
+        items: ids of the catalog's items to embed (default: all, or those under the AOI).
         aoi: AOI polygons (GeoPackage, GeoJSON, Shapefile): embed only inside them.
+        bbox: west south east north in degrees (EPSG:4326), instead of --aoi.
         pca: reduce the embeddings to this many principal components.
         chip_size: window side in pixels (default: the size the backbone was trained at).
         batch_size: windows per forward pass.
         overwrite: replace an existing output.
     """
+    from geodino.errors import ConfigError
     from geodino.inference import embed as run_embed
+    from geodino.inference import embed_items
 
-    paths = run_embed(
-        weights,
-        rasters,
-        out,
-        aoi=aoi,
-        pca=pca,
-        chip_size=chip_size,
-        batch_size=batch_size,
-        overwrite=overwrite,
-    )
+    if catalog is not None and rasters:
+        raise ConfigError("give rasters or --catalog, not both.")
+    if catalog is None and not rasters:
+        raise ConfigError("give the rasters to embed, or --catalog ITEMS.parquet.")
+    if items and catalog is None:
+        raise ConfigError("--items names items of a STAC catalog: give --catalog too.")
+    if bbox is not None and aoi is not None:
+        raise ConfigError("give --aoi or --bbox, not both.")
+    region: Any = aoi
+    if bbox is not None:
+        region = _bbox_aoi(bbox)
+    options: dict[str, Any] = {
+        "aoi": region,
+        "pca": pca,
+        "chip_size": chip_size,
+        "batch_size": batch_size,
+        "overwrite": overwrite,
+    }
+    if catalog is not None:
+        paths = embed_items(weights, catalog, out, items=items, **options)
+    else:
+        paths = run_embed(weights, rasters, out, **options)
     _say("\n".join(f"embeddings  {path}" for path in paths))
+
+
+def _bbox_aoi(bbox: Sequence[float]) -> Any:
+    """An AOI of one box in degrees (EPSG:4326), from ``--bbox W S E N``."""
+    from geopandas import GeoDataFrame
+    from shapely.geometry import box
+
+    from geodino.errors import ConfigError
+
+    if len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3]):
+        raise ConfigError(
+            f"--bbox {list(bbox)} must be west south east north in degrees, west < east and "
+            "south < north (e.g. --bbox 6 45.5 8 46.5)."
+        )
+    return GeoDataFrame(geometry=[box(*bbox)], crs="EPSG:4326")
 
 
 def knn(

@@ -138,5 +138,34 @@ def test_progress_runs_until_the_file_is_complete(
     raster = write_raster(tmp_path / "scene.tif", 56, 84, seed=4)
     embed(tiny_export, [raster], tmp_path / "emb.tif", chip_size=28, batch_size=2)
     err = capsys.readouterr().err
-    # 3 saved batches (6 windows) + 32 bands' statistics + the COG translation
-    assert "writing emb.tif: 100%" in err and "36/36" in err
+    # 3 saved batches (6 windows) + 32 bands' statistics + the overviews + the translation
+    assert "writing emb.tif: 100%" in err and "37/37" in err
+
+
+def test_cog_is_band_interleaved_with_the_overviews_gdal_builds(tmp_path: Path) -> None:
+    # a staged grid as embed stages it (band-interleaved strips), wider than one tile, NaN
+    # in places: the overviews built band by band are the COG driver's levels, the first
+    # equal to its own (it resamples the next ones in another order)
+    from rasterio.shutil import copy
+
+    from geodino.inference.cog import finish_cog, staging_profile
+
+    data = np.random.default_rng(0).normal(size=(5, 300, 530)).astype(np.float32)
+    data[:, :37, :101] = np.nan
+    data[2, 200:] = np.nan
+    transform = from_origin(500_000.0, 5_200_000.0, 140.0, 140.0)
+    profile = staging_profile(530, 300, 5, "float32", CRS, transform, rows_per_strip=16)
+    staged = tmp_path / "staged.tif"
+    with rasterio.open(staged, "w", **profile) as dst:
+        dst.write(data)
+    reference = tmp_path / "reference.tif"
+    copy(staged, reference, driver="COG", BLOCKSIZE=256, OVERVIEWS="AUTO", RESAMPLING="AVERAGE")
+    out = finish_cog(staged, tmp_path / "out.tif", [f"e{j}" for j in range(5)], {})
+    with rasterio.open(out) as src, rasterio.open(reference) as ref:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "BAND"
+        assert src.overviews(1) == ref.overviews(1) == [2, 4]
+        np.testing.assert_array_equal(src.read(), data)
+        shape = (5, 150, 265)
+        np.testing.assert_array_equal(src.read(out_shape=shape), ref.read(out_shape=shape))
+    assert not staged.exists()

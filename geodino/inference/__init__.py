@@ -2,6 +2,7 @@
 
 - :mod:`~geodino.inference.regions`: the part of each raster to embed and its windows.
 - :mod:`~geodino.inference.embedding`: ``geodino embed`` (GeoTIFF / chip table, resumable).
+- :mod:`~geodino.inference.items`: ``geodino embed --catalog`` (STAC items as rasters).
 - :mod:`~geodino.inference.search`: ``geodino similar`` (cosine similarity to a query).
 - :mod:`~geodino.inference.maps`: ``geodino maps`` (PCA and attention figures).
 - :mod:`~geodino.inference.cog`: the Cloud-Optimised GeoTIFF writer (statistics, overviews).
@@ -20,6 +21,7 @@ from geodino.inference.embedding import (
     embed_batches,
     embed_region,
 )
+from geodino.inference.items import embed_items
 from geodino.inference.maps import write_maps
 from geodino.inference.provenance import describe, provenance
 from geodino.inference.regions import RasterRegion, plan_region, plan_regions, read_window
@@ -45,6 +47,7 @@ __all__ = [
     "describe",
     "embed",
     "embed_batches",
+    "embed_items",
     "embed_region",
     "fit_pca",
     "plan_region",

@@ -14,10 +14,14 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 
 #: GDAL's block cache (bytes) while an output is assembled and translated to a COG.
 COG_CACHE_BYTES = 64 * 2**20
+#: Side of a COG's tiles in pixels; overviews are built until the smallest fits one tile.
+COG_BLOCK = 256
+#: Rows per strip of a staged GeoTIFF written whole (:func:`write_cog`).
+STAGING_ROWS = 64
 
 
 def band_statistics(band: np.ndarray) -> dict[str, str] | None:
@@ -67,8 +71,8 @@ def staging_profile(
         transform: its transform.
         rgb: three bands to be marked red, green and blue.
         rows_per_strip: rows per strip, one strip per band (``INTERLEAVE=BAND``), so that a
-            window of all bands touches one strip of each and a band reads whole; None: one
-            pixel-interleaved block.
+            window of all bands touches one strip of each, a band reads whole and GDAL builds
+            the overviews band by band; None: pixel-interleaved strips.
 
     Returns:
         the rasterio profile.
@@ -136,12 +140,40 @@ def write_cog(
     if data.dtype != np.uint8:
         data = data.astype(np.float32)
     staged = path.with_name(path.name + ".tmp.tif")
+    height = data.shape[1]
     profile = staging_profile(
-        data.shape[2], data.shape[1], len(data), data.dtype.name, crs, transform, rgb
+        data.shape[2],
+        height,
+        len(data),
+        data.dtype.name,
+        crs,
+        transform,
+        rgb,
+        rows_per_strip=min(height, STAGING_ROWS),
     )
     with rasterio.open(staged, "w", **profile) as dst:
         dst.write(data)
     return finish_cog(staged, path, names, tags, rgb)
+
+
+def overview_factors(width: int, height: int, block: int = COG_BLOCK) -> list[int]:
+    """The overview levels GDAL's COG driver builds with ``OVERVIEWS=AUTO``.
+
+    Halving (rounding down, as the driver counts) until neither side exceeds one tile.
+
+    Args:
+        width: pixels per row.
+        height: rows.
+        block: the tile side.
+
+    Returns:
+        the decimation factors, ``[2, 4, ...]``; empty when the raster fits one tile.
+    """
+    factors: list[int] = []
+    while width > block or height > block:
+        width, height = width // 2, height // 2
+        factors.append(2 ** (len(factors) + 1))
+    return factors
 
 
 def finish_cog(
@@ -154,9 +186,21 @@ def finish_cog(
 ) -> Path:
     """Describe an assembled GeoTIFF and translate it to a Cloud-Optimised GeoTIFF.
 
-    Band statistics are computed one band at a time from the file, and GDAL's block cache
-    is capped at :func:`cache_bytes` (GDAL's default is 5 % of the machine's memory), so
-    memory stays flat whatever the raster's size. ``staged`` is removed.
+    Band statistics are computed one band at a time from the file, the overviews are built
+    in it (average, NaN ignored; band by band where ``staged`` is band-interleaved, as
+    :func:`staging_profile` lays it out with ``rows_per_strip``), and GDAL copies it into
+    the COG, band-interleaved (``INTERLEAVE=BAND``: a tile holds one band, so a viewer
+    showing three bands of an embedding reads three tiles, not all of them), or
+    pixel-interleaved for the three bands of a colour image. GDAL's block cache is capped
+    at :func:`cache_bytes` (GDAL's default is 5 % of the machine's memory), so memory stays
+    flat whatever the raster's size.
+
+    Why not the COG driver's own overviews and default layout: it builds missing overviews
+    from all bands at once and writes pixel-interleaved tiles of all bands (100 MB per
+    256-px tile at 384 float32 bands), so with a capped cache each block is written many
+    times over (a 384-band grid of 586 x 586 pixels was not written after 45 minutes).
+    Built and copied band by band, the same file takes seconds (docs/performance.md).
+    ``staged`` is removed.
 
     Args:
         staged: the assembled GeoTIFF (see :func:`staging_profile`).
@@ -164,8 +208,8 @@ def finish_cog(
         names: band descriptions.
         tags: metadata tags (non-strings stored as JSON).
         rgb: mark the three bands as red, green and blue.
-        advance: called with 1 after each band's statistics and after the translation
-            (a progress bar's ``update``).
+        advance: called with 1 after each band's statistics, after the overviews and
+            after the translation (a progress bar's ``update``).
 
     Returns:
         the path.
@@ -190,6 +234,10 @@ def finish_cog(
             step(1)
         if rgb:
             dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        factors = overview_factors(dst.width, dst.height)
+        if factors:
+            dst.build_overviews(factors, Resampling.average)
+        step(1)
     with rasterio.Env(GDAL_CACHEMAX=cache_bytes()):
         copy_raster(
             staged,
@@ -197,9 +245,9 @@ def finish_cog(
             driver="COG",
             COMPRESS="DEFLATE",
             PREDICTOR="YES",
-            BLOCKSIZE=256,
-            OVERVIEWS="AUTO",
-            RESAMPLING="AVERAGE",
+            BLOCKSIZE=COG_BLOCK,
+            INTERLEAVE="PIXEL" if rgb else "BAND",
+            OVERVIEWS="FORCE_USE_EXISTING",
         )
     staged.unlink()
     step(1)

@@ -125,6 +125,23 @@ def embed_region(
     return grid, np.concatenate(cls)
 
 
+def window_row_bytes(region: RasterRegion, chip: int) -> int:
+    """Bytes of the raster's blocks that a row of windows touches, all bands.
+
+    Args:
+        region: the region.
+        chip: window side in pixels.
+
+    Returns:
+        the bytes GDAL's cache must hold for each block to be read once per row of windows.
+    """
+    with rasterio.open(region.path) as src:
+        block = src.block_shapes[0][0]
+        itemsize = max(np.dtype(d).itemsize for d in src.dtypes)
+        rows = (math.ceil(chip / block) + 1) * block
+        return int(rows * src.width * src.count * itemsize)
+
+
 def process_share(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """This process's rank and the number of processes sharing the work.
 
@@ -173,10 +190,18 @@ def _save_part(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _output_paths(out: Path, regions: Sequence[RasterRegion]) -> list[Path]:
-    if len(regions) == 1:
+def output_paths(out: Path, stems: Sequence[str]) -> list[Path]:
+    """The COG of each raster: ``out`` for one, ``OUT_<stem>.tif`` for several.
+
+    Args:
+        out: the output asked for.
+        stems: the rasters' file stems (item ids), in order.
+
+    Returns:
+        one path per raster (stems that repeat are numbered).
+    """
+    if len(stems) == 1:
         return [out]
-    stems = [r.path.stem for r in regions]
     if len(set(stems)) < len(stems):
         stems = [f"{i:03d}_{s}" for i, s in enumerate(stems)]
     return [out.with_name(f"{out.stem}_{s}{out.suffix}") for s in stems]
@@ -235,11 +260,50 @@ def embed(
             the backbone's, an AOI outside the rasters, a bad rank, or a table or ``pca``
             asked of several processes (both need every raster in one process).
     """
-    from tqdm.auto import tqdm
-
     from geodino.export import load_backbone
 
     out = Path(out)
+    as_raster = output_kind(out)
+    backbone = for_rasters(load_backbone(weights), rasters)
+    rank, world_size = process_share(rank, world_size)
+    check_share(out, as_raster, pca, rank, world_size)
+    regions = plan_regions(backbone, rasters, aoi)
+    targets = output_paths(out, [r.path.stem for r in regions]) if as_raster else [out]
+    if world_size > 1:
+        regions, targets = regions[rank::world_size], targets[rank::world_size]
+        if not regions:
+            log.info("process %d of %d: no raster left to embed", rank, world_size)
+            return []
+    share = "" if world_size == 1 else f".rank{rank}of{world_size}"
+    return embed_regions(
+        backbone,
+        weights,
+        regions,
+        targets,
+        out,
+        aoi=aoi,
+        pca=pca,
+        chip_size=chip_size,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        progress=progress,
+        chunk_rows=chunk_rows,
+        share=share,
+    )
+
+
+def output_kind(out: Path) -> bool:
+    """Whether ``out`` asks for COGs (True) or a chip table (False).
+
+    Args:
+        out: the output file.
+
+    Returns:
+        True for ``.tif``/``.tiff``.
+
+    Raises:
+        DataError: for another suffix.
+    """
     suffix = out.suffix.lower()
     if suffix not in RASTER_SUFFIXES + TABLE_SUFFIXES:
         tables = ", ".join(TABLE_SUFFIXES)
@@ -247,14 +311,22 @@ def embed(
             f"--out {out}: give a .tif (patch embeddings as a Cloud-Optimised GeoTIFF) or a "
             f"vector table of chip polygons with CLS embeddings ({tables})."
         )
-    as_raster = suffix in RASTER_SUFFIXES
-    backbone = for_rasters(load_backbone(weights), rasters)
-    if pca is not None and not 1 <= pca <= backbone.embed_dim:
-        raise DataError(
-            f"--pca {pca} must lie between 1 and the embedding size {backbone.embed_dim}."
-        )
-    chip = chip_pixels(backbone, chip_size)
-    rank, world_size = process_share(rank, world_size)
+    return suffix in RASTER_SUFFIXES
+
+
+def check_share(out: Path, as_raster: bool, pca: int | None, rank: int, world_size: int) -> None:
+    """Refuse outputs that one process must write when several share the work.
+
+    Args:
+        out: the output.
+        as_raster: whether it is COGs.
+        pca: principal components asked for.
+        rank: this process.
+        world_size: processes sharing the work.
+
+    Raises:
+        DataError: for a table or ``pca`` asked of several processes.
+    """
     if world_size > 1 and (not as_raster or pca):
         what = "one table of all rasters" if not as_raster else "a PCA fitted on all rasters"
         raise DataError(
@@ -262,22 +334,62 @@ def embed(
             f"must write; this is process {rank} of {world_size}. Embed across processes to "
             ".tif outputs without --pca, or run this output in one process."
         )
-    regions = plan_regions(backbone, rasters, aoi)
-    targets = _output_paths(out, regions) if as_raster else [out]
-    if world_size > 1:
-        regions, targets = regions[rank::world_size], targets[rank::world_size]
-        if not regions:
-            log.info("process %d of %d: no raster left to embed", rank, world_size)
-            return []
+
+
+def embed_regions(
+    backbone: "PretrainedBackbone",
+    weights: str | Path,
+    regions: Sequence[RasterRegion],
+    targets: Sequence[Path],
+    out: Path,
+    aoi: Any = None,
+    pca: int | None = None,
+    chip_size: int | None = None,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+    share: str = "",
+) -> list[Path]:
+    """Embed planned regions into their outputs (the work of :func:`embed` once planned).
+
+    Args:
+        backbone: the backbone, ready for the regions' bands.
+        weights: where it was loaded from (recorded in the outputs).
+        regions: this process's regions.
+        targets: their COGs, or ``[out]`` for a chip table.
+        out: the output asked for (the saved work goes in ``OUT<share>.parts/``).
+        aoi: the AOI the regions were planned with (part of the saved work's key).
+        pca: principal components.
+        chip_size: window side in pixels (default: the backbone's training size).
+        batch_size: windows per forward pass.
+        overwrite: replace existing outputs and discard saved parts.
+        progress: show progress bars.
+        chunk_rows: rows of a chip table written at a time.
+        share: ``.rank<R>of<W>`` when several processes share the work, else empty.
+
+    Returns:
+        the files written.
+
+    Raises:
+        DataError: for an existing output, saved work of other arguments or a bad ``pca``.
+    """
+    from tqdm.auto import tqdm
+
+    as_raster = output_kind(out)
+    if pca is not None and not 1 <= pca <= backbone.embed_dim:
+        raise DataError(
+            f"--pca {pca} must lie between 1 and the embedding size {backbone.embed_dim}."
+        )
+    chip = chip_pixels(backbone, chip_size)
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise DataError(f"{', '.join(existing)} exists; pass --overwrite true to replace it.")
 
-    share = "" if world_size == 1 else f".rank{rank}of{world_size}"
     parts = out.with_name(f"{out.name}{share}.parts")
     key = _fingerprint(
         weights=str(Path(weights).resolve()),
-        rasters=[str(r.path.resolve()) for r in regions],
+        rasters=[r.label or str(r.path.resolve()) for r in regions],
         aoi=str(aoi),
         chip=chip,
         batch_size=batch_size,
@@ -303,14 +415,16 @@ def embed(
     for i, region in enumerate(regions):
         done = {int(p.stem.split("_")[1]) for p in parts.glob(f"{i:03d}_*.npz")}
         bar.update(len(done))
-        for index, windows, cls, patches in embed_batches(
-            backbone, region, chip, batch_size, skip=done
-        ):
-            arrays = {"windows": np.asarray(windows), "cls": cls}
-            if as_raster:
-                arrays["patches"] = patches
-            _save_part(parts / f"{i:03d}_{index:06d}.npz", **arrays)
-            bar.update(1)
+        # GDAL's default cache (5 % of the machine's memory) would keep the raster's blocks
+        with rasterio.Env(GDAL_CACHEMAX=cache_bytes(window_row_bytes(region, chip))):
+            for index, windows, cls, patches in embed_batches(
+                backbone, region, chip, batch_size, skip=done
+            ):
+                arrays = {"windows": np.asarray(windows), "cls": cls}
+                if as_raster:
+                    arrays["patches"] = patches
+                _save_part(parts / f"{i:03d}_{index:06d}.npz", **arrays)
+                bar.update(1)
     bar.close()
 
     part_files = [sorted(parts.glob(f"{i:03d}_*.npz")) for i in range(len(regions))]
@@ -322,7 +436,7 @@ def embed(
     else:
         _write_table(out, regions, part_files, pca, metadata, chunk_rows)
     shutil.rmtree(parts)
-    return targets
+    return list(targets)
 
 
 def _write_table(
@@ -374,7 +488,7 @@ def _chip_frames(
                 columns = vector_columns(values)
             yield gpd.GeoDataFrame(
                 {
-                    "raster": str(region.path),
+                    "raster": region.source,
                     "row": [region.row + w[0] * p for w in windows],
                     "col": [region.col + w[1] * p for w in windows],
                     "size": [w[2] * p for w in windows],
@@ -553,7 +667,7 @@ def _write_rasters(
     bands = pca or dim
     bars = [
         tqdm(
-            total=len(files) + bands + 1,
+            total=len(files) + bands + 2,
             desc=f"writing {target.name}",
             unit="step",
             disable=not progress,
@@ -576,7 +690,7 @@ def _write_rasters(
             path,
             target,
             names,
-            {**metadata, "source_raster": str(region.path)},
+            {**metadata, "source_raster": region.source},
             rgb=pca == 3,
             advance=bar.update,
         )

@@ -40,6 +40,8 @@ class RasterRegion:
         width: region width in patches.
         patch: patch side in pixels.
         mask: (height, width) bool, True for embedding pixels to keep (inside the AOI).
+        label: what outputs name as the region's source (default: the path), e.g. ``item
+            ID of CATALOG`` for a STAC item read through a VRT in memory.
     """
 
     path: Path
@@ -51,6 +53,12 @@ class RasterRegion:
     width: int
     patch: int
     mask: np.ndarray
+    label: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The region's source as outputs name it: its label, else its path."""
+        return self.label or str(self.path)
 
     @property
     def out_transform(self) -> Affine:
