@@ -304,7 +304,7 @@ def open_catalog(catalog: STACCatalog | str | Path, bands: Sequence[str] | None)
         parsed = parser.parse_object({"dataset": arguments})
     except Exception as error:  # jsonargparse reports every config problem this way
         raise DataError(f"config {catalog}, data.init_args.dataset: {error}") from None
-    source: STACCatalog = parser.instantiate_classes(parsed).dataset
+    source: STACCatalog = parser.instantiate(parsed).dataset
     return source
 
 
