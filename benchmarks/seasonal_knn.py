@@ -6,9 +6,10 @@ same distribution of spectra, only the trajectory over the year tells them apart
 get the same recipe (configs/s2_series.yaml, sizes and steps from the command line), the same
 number of steps and the same batch size on the chips of the training parcels:
 
-- ``series``: a FusionViT on (T, C, H, W) series of the 8 dates (day-of-year embedding,
-  attention pool over the dates), pretrained through the time-series multi-crop;
-- ``series_mean``: the same with the mean pool (which sees only the mean image; a control);
+- ``series``: a FusionViT on (T, C, H, W) series of the 8 dates (day-of-year embedding, the
+  config's temporal layer, attention pool over the dates), pretrained through the
+  time-series multi-crop;
+- ``series_mean``: the same with the mean pool;
 - ``single``: a timm ViT on single-date chips (every date of every training chip is a sample).
 
 The scenes are read once with rasterio and training chips cut from them in memory, so the CPU
@@ -18,10 +19,14 @@ on each date (mean, min and max over the dates) and, as a trajectory baseline be
 single-date setting, on its features of all dates concatenated. Random initialisation of each
 architecture is evaluated beside it.
 
-    python benchmarks/seasonal_knn.py --steps 600 --out /tmp/seasonal_knn
+    python benchmarks/seasonal_knn.py --steps 600 --out /tmp/seasonal_knn --seed 1
     python benchmarks/seasonal_knn.py --steps 2 --scene-size 128 --pool 32   # smoke test
 
-The JSON written to OUT/seasonal_knn.json holds every accuracy, the settings and the times.
+The JSON written to OUT/seasonal_knn.json holds every accuracy, the settings and the times:
+the whole fit and the median wall and CPU seconds of a step (from one step's end to the next:
+loading, multi-crop and the step). Torch runs on ``--threads`` threads, one by default: on a
+CPU shared with other jobs, a second thread's spin-waits at every parallel region cost far
+more than it gains (10 s a step against 0.1 s, docs/time-series.md).
 """
 
 import argparse
