@@ -175,6 +175,8 @@ def train(
     else:
         pool_kind = "attention" if run == "series" else "mean"
         model_args["fusion_kwargs"] = {**model_args["fusion_kwargs"], "temporal_pool": pool_kind}
+        if args.temporal_layers is not None:
+            model_args["fusion_kwargs"]["temporal_layers"] = args.temporal_layers
         dataset = ChipPool(pool, names, doy)
     seed_everything(args.seed, workers=True)
     datamodule = FolderDINODataModule(
@@ -262,6 +264,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--local-crops", type=int, default=2)
     parser.add_argument("--head-out-dim", type=int, default=1024)
+    parser.add_argument("--temporal-layers", type=int, help="default: the config's")
     parser.add_argument("--statistics-chips", type=int, default=64)
     parser.add_argument("--pool", type=int, default=512, help="training series cut once")
     parser.add_argument("--scene-size", type=int, default=512)
