@@ -111,7 +111,8 @@ def series_batches(
         batch_size: windows per forward pass.
 
     Yields:
-        a batch's windows and their (B, D) CLS embeddings.
+        a batch's windows and their (B, D) CLS embeddings, NaN for a window without a valid
+        pixel on any date.
     """
     windows = region.windows(chip_size // region.patch)
     days = torch.tensor([day.timetuple().tm_yday for day, _ in stack], dtype=torch.float32)
@@ -124,11 +125,13 @@ def series_batches(
                     [np.stack([read_window(src, region, w) for src in sources]) for w in batch]
                 )
             )
-            # a date with nothing valid in the window is a missing acquisition there
+            # a date with nothing valid in the window is a missing acquisition there; a
+            # window with no valid date at all goes through whole and comes out as NaN
             observed = ~torch.isnan(images).all(dim=(2, 3, 4))
-            doy = torch.where(observed, days, 0.0)
-            tokens = backbone.tokens(images, doy)
-            yield batch, tokens[:, 0].float().numpy()
+            empty = ~observed.any(1, keepdim=True)
+            doy = torch.where(observed | empty, days, 0.0)
+            cls = backbone.tokens(images, doy)[:, 0].float()
+            yield batch, cls.masked_fill(empty, float("nan")).numpy()
     finally:
         for src in sources:
             src.close()

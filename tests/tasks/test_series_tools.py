@@ -148,3 +148,20 @@ def test_a_date_stack_needs_a_series_backbone_and_one_grid(
         dst.transform = dst.transform * dst.transform.translation(1, 0)
     with pytest.raises(DataError, match="not on the grid"):
         embed_series(checkpoint, [moved], tmp_path / "b.gpkg", DATES)
+
+
+def test_a_window_without_any_valid_date_embeds_as_nan(
+    catalog: SeriesCatalog, checkpoint: Path, tmp_path: Path
+) -> None:
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    for path in sorted(catalog.s2.glob("S2_*.tif"))[:3]:
+        copy = stack / path.name
+        copy.write_bytes(path.read_bytes())
+        with rasterio.open(copy, "r+") as dst:  # nodata (0) under the first window
+            dst.write(np.zeros((13, 28, 28), np.uint16), window=((0, 28), (0, 28)))
+    table = gpd.read_file(embed_series(checkpoint, [stack], tmp_path / "a.gpkg", DATES))
+    columns = [c for c in table.columns if c.startswith("emb_")]
+    first = (table["row"] == 0) & (table["col"] == 0)
+    assert table.loc[first, columns].isna().all(axis=None)
+    assert np.isfinite(table.loc[~first, columns].to_numpy()).all()
