@@ -6,9 +6,10 @@ same distribution of spectra, only the trajectory over the year tells them apart
 get the same recipe (configs/s2_series.yaml, sizes and steps from the command line), the same
 number of steps and the same batch size on the chips of the training parcels:
 
-- ``series``: a FusionViT on (T, C, H, W) series of the 8 dates (day-of-year embedding,
-  attention pool over the dates), pretrained through the time-series multi-crop;
-- ``series_mean``: the same with the mean pool (which sees only the mean image; a control);
+- ``series``: a FusionViT on (T, C, H, W) series of the 8 dates (day-of-year embedding, the
+  config's temporal layer, attention pool over the dates), pretrained through the
+  time-series multi-crop;
+- ``series_mean``: the same with the mean pool;
 - ``single``: a timm ViT on single-date chips (every date of every training chip is a sample).
 
 The scenes are read once with rasterio and training chips cut from them in memory, so the CPU
@@ -18,10 +19,14 @@ on each date (mean, min and max over the dates) and, as a trajectory baseline be
 single-date setting, on its features of all dates concatenated. Random initialisation of each
 architecture is evaluated beside it.
 
-    python benchmarks/seasonal_knn.py --steps 600 --out /tmp/seasonal_knn
+    python benchmarks/seasonal_knn.py --steps 600 --out /tmp/seasonal_knn --seed 1
     python benchmarks/seasonal_knn.py --steps 2 --scene-size 128 --pool 32   # smoke test
 
-The JSON written to OUT/seasonal_knn.json holds every accuracy, the settings and the times.
+The JSON written to OUT/seasonal_knn.json holds every accuracy, the settings and the times:
+the whole fit and the median wall and CPU seconds of a step (from one step's end to the next:
+loading, multi-crop and the step). Torch runs on ``--threads`` threads, one by default: on a
+CPU shared with other jobs, a second thread's spin-waits at every parallel region cost far
+more than it gains (10 s a step against 0.1 s, docs/time-series.md).
 """
 
 import argparse
@@ -34,11 +39,37 @@ import numpy as np
 import rasterio
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "s2_series.yaml"
 RUNS = ("series", "series_mean", "single")
+
+
+class StepTimer(Callback):
+    """Wall and CPU seconds from one step's end to the next: loading, multi-crop and step."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._last: tuple[float, float] | None = None
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        now = (time.perf_counter(), time.process_time())
+        if self._last is not None:
+            self.wall.append(now[0] - self._last[0])
+            self.cpu.append(now[1] - self._last[1])
+        self._last = now
+
+    def seconds(self) -> dict[str, float]:
+        """Median wall and CPU seconds per step (the first step, warm-up, not counted)."""
+        if not self.wall:
+            return {"step_wall_seconds": float("nan"), "step_cpu_seconds": float("nan")}
+        return {
+            "step_wall_seconds": round(float(np.median(self.wall)), 4),
+            "step_cpu_seconds": round(float(np.median(self.cpu)), 4),
+        }
 
 
 class ChipPool(torch.utils.data.Dataset):
@@ -114,8 +145,12 @@ def labelled_chips(scenes: Tensor, parcels: Any, size: int) -> dict[str, tuple[T
 
 def train(
     run: str, pool: Tensor, doy: Tensor, names: list[str], args: argparse.Namespace
-) -> tuple[Any, Any, float]:
-    """Pretrain one run on the pooled chips; return the task, data module and seconds."""
+) -> tuple[Any, Any, float, dict[str, float]]:
+    """Pretrain one run on the pooled chips.
+
+    Returns the task, the data module, the seconds of the whole fit and the median seconds
+    per step.
+    """
     from lightning.pytorch import Trainer, seed_everything
 
     from geodino.datamodules import FolderDINODataModule
@@ -140,17 +175,20 @@ def train(
     else:
         pool_kind = "attention" if run == "series" else "mean"
         model_args["fusion_kwargs"] = {**model_args["fusion_kwargs"], "temporal_pool": pool_kind}
+        if args.temporal_layers is not None:
+            model_args["fusion_kwargs"]["temporal_layers"] = args.temporal_layers
         dataset = ChipPool(pool, names, doy)
-    seed_everything(0, workers=True)
+    seed_everything(args.seed, workers=True)
     datamodule = FolderDINODataModule(
         dataset,
         batch_size=args.batch_size,
-        seed=0,
+        seed=args.seed,
         statistics_chips=args.statistics_chips,
         multicrop=multicrop,
     )
     datamodule.setup("fit")  # band statistics, outside the timed steps
     task = DINOv2Task(**model_args)
+    timer = StepTimer()
     trainer = Trainer(
         max_steps=args.steps,
         accelerator="cpu",
@@ -160,10 +198,11 @@ def train(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(args.out / run),
+        callbacks=[timer],
     )
     start = time.perf_counter()
     trainer.fit(task, datamodule)
-    return task, datamodule, time.perf_counter() - start
+    return task, datamodule, time.perf_counter() - start, timer.seconds()
 
 
 def knn_scores(
@@ -225,11 +264,14 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--local-crops", type=int, default=2)
     parser.add_argument("--head-out-dim", type=int, default=1024)
+    parser.add_argument("--temporal-layers", type=int, help="default: the config's")
     parser.add_argument("--statistics-chips", type=int, default=64)
     parser.add_argument("--pool", type=int, default=512, help="training series cut once")
     parser.add_argument("--scene-size", type=int, default=512)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="of the training (not the catalog)")
+    # one thread: on a shared CPU a second thread's spin-waits cost far more than it gains
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
     parser.add_argument("--out", type=Path, default=Path("seasonal_knn"))
     args = parser.parse_args()
@@ -264,9 +306,9 @@ def main() -> None:
     }
     path = args.out / "seasonal_knn.json"
     for run in args.runs:
-        task, datamodule, seconds = train(run, pool, doy, names, args)
+        task, datamodule, seconds, per_step = train(run, pool, doy, names, args)
         hp = task.hparams
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         if hp.get("modalities"):
             random_init: nn.Module = FusionViT(
                 hp["model"],
@@ -280,7 +322,7 @@ def main() -> None:
         entry: dict[str, Any] = {
             "train_seconds": round(seconds, 1),
             "steps": args.steps,
-            "seconds_per_step": round(seconds / max(args.steps, 1), 3),
+            **per_step,
             "final_loss": float(task.trainer.callback_metrics.get("train_loss", float("nan"))),
         }
         series = run != "single"

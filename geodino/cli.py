@@ -210,6 +210,8 @@ def embed(
     chip_size: int | None = None,
     batch_size: int = 16,
     overwrite: bool = False,
+    date_regex: str | None = None,
+    date_format: str = "%Y%m%d",
 ) -> None:
     """Embed rasters or STAC items (inside an AOI) as GeoTIFFs of patch embeddings or a table.
 
@@ -237,6 +239,10 @@ def embed(
         chip_size: window side in pixels (default: the size the backbone was trained at).
         batch_size: windows per forward pass.
         overwrite: replace an existing output.
+        date_regex: the rasters are one date stack of a time-series backbone, dated by this
+            regex of their names (a ``(?P<date>...)`` group): OUT is a table with one
+            embedding per window from every date (docs/time-series.md).
+        date_format: ``strptime`` format of the date group.
     """
     from geodino.errors import ConfigError
     from geodino.inference import embed as run_embed
@@ -260,6 +266,16 @@ def embed(
         "batch_size": batch_size,
         "overwrite": overwrite,
     }
+    if date_regex is not None:
+        if catalog is not None:
+            raise ConfigError("--date_regex embeds a date stack of rasters, not --catalog items.")
+        from geodino.inference.series import embed_series
+
+        table = embed_series(
+            weights, rasters, out, date_regex, date_format, region, chip_size, batch_size, overwrite
+        )
+        _say(f"embeddings  {table}")
+        return
     if catalog is not None:
         paths = embed_items(weights, catalog, out, items=items, **options)
     else:
@@ -298,6 +314,8 @@ def knn(
     baselines: bool = True,
     ks: tuple[int, ...] = (10, 20, 100),
     temperature: float = 0.07,
+    date_regex: str | None = None,
+    date_format: str = "%Y%m%d",
 ) -> None:
     """k-NN evaluation of a frozen backbone on a labelled source, metrics as JSON and PNGs.
 
@@ -332,6 +350,10 @@ def knn(
             architecture at random init on the same split(s) (--baselines false skips them).
         ks: neighbour counts, one report each.
         temperature: temperature of the vote weights.
+        date_regex: the rasters are dated acquisitions (a regex of their names with a
+            ``(?P<date>...)`` group): each label gets the time series of every date under it,
+            for a time-series backbone (docs/time-series.md).
+        date_format: ``strptime`` format of the date group.
     """
     from geodino.evaluation.protocols import run_knn, summary
 
@@ -351,6 +373,8 @@ def knn(
         group_column=group_column,
         split_column=split_column,
         band_names=band_names,
+        date_regex=date_regex,
+        date_format=date_format,
     )
     _say(summary(report, out))
 

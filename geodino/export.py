@@ -21,7 +21,7 @@ from geodino.errors import DataError, WeightsError
 from geodino.weights_io import load_checkpoint
 
 if TYPE_CHECKING:
-    from geodino.models import EncoderModule, TimmViTEncoder
+    from geodino.models import EncoderModule, FusionViT, TimmViTEncoder
     from geodino.transforms.normalize import BandStatistics
 
 log = logging.getLogger(__name__)
@@ -465,14 +465,15 @@ class PretrainedBackbone:
     """A frozen backbone with what it needs to read data: bands and band statistics.
 
     Args:
-        model: the timm ViT encoder, in eval mode.
+        model: the encoder in eval mode: a timm ViT, or a FusionViT (multimodal and time-series
+            backbones: :meth:`tokens` then takes stacked bands or, with days of year, series).
         band_names: the bands it was trained on, in channel order (empty if unknown).
         statistics: the band statistics it was trained with (None if unknown).
         source: the export folder or checkpoint it was read from.
         meta: the export sidecar (``backbone.json``) or what the checkpoint tells of it.
     """
 
-    model: "TimmViTEncoder"
+    model: "TimmViTEncoder | FusionViT"
     band_names: list[str]
     statistics: "BandStatistics | None"
     source: str
@@ -579,7 +580,7 @@ class PretrainedBackbone:
         Without statistics, images are taken as already normalised (nodata becomes 0).
 
         Args:
-            images: (B, C, H, W) raw values.
+            images: (B, C, H, W) raw values, or (B, T, C, H, W) time series.
 
         Returns:
             the backbone's input.
@@ -592,17 +593,31 @@ class PretrainedBackbone:
         out: Tensor = normalize(normalize.fill_nodata(images.float()))
         return out
 
+    @property
+    def takes_series(self) -> bool:
+        """Whether the backbone embeds time series (a FusionViT: it pools the dates)."""
+        return self.model.modalities is not None
+
     @torch.no_grad()
-    def tokens(self, images: Tensor) -> Tensor:
-        """Normalised tokens [CLS, registers, patches] of raw images.
+    def tokens(self, images: Tensor, doy: Tensor | None = None) -> Tensor:
+        """Normalised tokens [CLS, registers, patches] of raw images or time series.
 
         Args:
-            images: (B, C, H, W) raw values.
+            images: (B, C, H, W) raw values, or (B, T, C, H, W) time series with ``doy``.
+            doy: (B, T) days of year of time series (0 for a missing date).
 
         Returns:
-            (B, 1 + R + N, D) tokens.
+            (B, 1 + R + N, D) tokens, one sequence per image or series.
+
+        Raises:
+            ConfigError: if series are given to a backbone that takes none.
         """
-        return self.model.forward_tokens(self.normalize(images))
+        inputs = self.normalize(images)
+        if doy is None:
+            return self.model.forward_tokens(inputs)
+        from geodino.models.fusion import series_inputs
+
+        return self.model.forward_tokens(series_inputs(inputs, doy, self.model.modalities))
 
 
 def load_backbone(
@@ -619,10 +634,8 @@ def load_backbone(
         the backbone in eval mode, with its bands and statistics.
 
     Raises:
-        WeightsError: if ``source`` is neither, its files are missing or damaged, or it holds
-            a multimodal backbone.
+        WeightsError: if ``source`` is neither, or its files are missing or damaged.
     """
-    from geodino.models import TimmViTEncoder
     from geodino.transforms.normalize import BandStatistics
 
     path = Path(source)
@@ -642,14 +655,13 @@ def load_backbone(
         size = spec.model_kwargs.get("img_size")
         meta = {"model": spec.model, "train_img_size": size if isinstance(size, int) else None}
         weights = None
-    if spec.modalities is not None:
-        raise WeightsError(
-            f"{source} holds a multimodal FusionViT ({spec.modalities}); embeddings and "
-            "evaluation take single-modality backbones so far. Fine-tune it with "
-            "geodino.tasks.Segmentation(weights=...), which builds fusion exports."
-        )
-    model = spec.build(weights)
-    assert isinstance(model, TimmViTEncoder)  # multimodal backbones were refused above
+    if weights is not None and spec.modalities is not None:
+        from geodino.tasks.pretrained import build_encoder
+
+        # a FusionViT's export is its whole state dict, not initial weights of a timm ViT
+        model = build_encoder(path, spec.model, spec.in_chans, spec.model_kwargs)
+    else:
+        model = spec.build(weights)
     if weights is None:
         model.load_state_dict(backbone_state_dict(ckpt, which), strict=False)
     statistics = BandStatistics(**stats) if stats else None

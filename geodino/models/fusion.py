@@ -29,9 +29,12 @@ year of 0 marks a missing acquisition (padding). Each acquisition is patch-embed
 day-of-year embedding (``doy_embedding``: ``sinusoidal``, harmonics of the annual cycle, or
 ``learned``, one vector per day, zero at first) is added, and the acquisitions are pooled per
 patch (``temporal_pool``: ``mean`` over the valid acquisitions, or ``attention``, a learned
-query scoring each acquisition, uniform at first) into one token per patch, before fusion. A
-sample with no valid acquisition of a modality lacks that modality, as under modality dropout.
-Both pools ignore the order of the acquisitions. Single-date (B, C, H, W) input is unchanged.
+query scoring each acquisition, uniform at first) into one token per patch, before fusion. With
+``temporal_layers``, the acquisitions of each patch first attend to each other through that
+many pre-norm transformer layers (the day-of-year embedding is their position), so that the
+pooled token can hold the patch's trajectory, not only a blend of its dates. A sample with no
+valid acquisition of a modality lacks that modality, as under modality dropout. Single-date
+(B, C, H, W) input is unchanged.
 """
 
 import copy
@@ -43,6 +46,8 @@ import torch
 from timm.layers.mlp import Mlp
 from timm.layers.pos_embed import resample_abs_pos_embed
 from timm.layers.weight_init import trunc_normal_
+from timm.models import named_apply
+from timm.models.vision_transformer import init_weights_vit_timm
 from torch import Tensor, nn
 
 from geodino.errors import ConfigError, DataError
@@ -308,6 +313,8 @@ class FusionViT(nn.Module):
         temporal_pool: pool over the acquisitions of time-series input, ``mean`` over the
             valid ones or ``attention`` (``temporal_query`` and ``temporal_norm``, a mean at
             first).
+        temporal_layers: transformer layers over the acquisitions of each patch before the
+            temporal pool (``temporal_blocks``; 0: none, the pool alone sees the dates).
         **timm_kwargs: more ``timm.create_model`` arguments (img_size, depth, embed_dim, ...).
 
     Raises:
@@ -327,6 +334,7 @@ class FusionViT(nn.Module):
         band_names: Sequence[str] | None = None,
         doy_embedding: str = "sinusoidal",
         temporal_pool: str = "mean",
+        temporal_layers: int = 0,
         **timm_kwargs: Any,
     ) -> None:
         """Build the shared transformer with timm and the per-modality parts around it."""
@@ -350,6 +358,8 @@ class FusionViT(nn.Module):
             raise ConfigError(
                 f"xattn_layers={xattn_layers}: cross-attention fusion needs at least 1 layer."
             )
+        if isinstance(temporal_layers, bool) or temporal_layers < 0:
+            raise ConfigError(f"temporal_layers={temporal_layers} must be a whole number >= 0.")
         if not 0.0 <= xattn_dropout < 1.0:
             raise ConfigError(f"xattn_dropout={xattn_dropout} must lie in [0, 1).")
         self.fusion = fusion
@@ -429,6 +439,22 @@ class FusionViT(nn.Module):
         if temporal_pool == "attention":
             self.temporal_norm = nn.LayerNorm(dim, eps=1e-6)
             self.temporal_query = nn.Parameter(torch.zeros(dim))
+        self.temporal_layers = temporal_layers
+        if temporal_layers:
+            heads = cast(int, cast(nn.Module, vit.blocks[0].attn).num_heads)
+            self.temporal_blocks = nn.ModuleList(
+                nn.TransformerEncoderLayer(
+                    dim,
+                    heads,
+                    dim_feedforward=4 * dim,
+                    dropout=0.0,
+                    activation="gelu",
+                    layer_norm_eps=1e-6,
+                    batch_first=True,
+                    norm_first=True,
+                )
+                for _ in range(temporal_layers)
+            )
 
         # the shared transformer, as timm built it (same parameter names as a timm ViT)
         self.cls_token = vit.cls_token
@@ -439,6 +465,36 @@ class FusionViT(nn.Module):
         self.norm_pre = vit.norm_pre
         self.blocks = vit.blocks
         self.norm = vit.norm
+
+    def init_weights(self) -> None:
+        """Draw every parameter afresh, as at construction (timm's ViT initialisation).
+
+        The draws come from torch's global generator, as timm's; this gives the random-init
+        twin of a trained backbone (:func:`~geodino.evaluation.baselines.random_init_twin`).
+        """
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        # linear layers truncated normal, every other layer (norms, patch convolutions) reset
+        named_apply(init_weights_vit_timm, self)
+        for module in self.modules():
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+                nn.init.xavier_uniform_(module.in_proj_weight)
+                if module.in_proj_bias is not None:
+                    nn.init.zeros_(module.in_proj_bias)
+        for param in self.modality_embeds.values():
+            trunc_normal_(param, std=0.02)
+        if self.fusion == "linear":
+            for layer in self.fuse.values():
+                nn.init.eye_(cast(nn.Linear, layer).weight)
+            nn.init.zeros_(self.fuse_bias)
+        if self.doy_embedding == "learned":
+            nn.init.zeros_(self.doy_embed.weight)
+        if self.temporal_pool == "attention":
+            nn.init.zeros_(self.temporal_query)
 
     # --- inputs ------------------------------------------------------------------------
     def _inputs(self, batch: ModalityBatch | Tensor) -> dict[str, Tensor]:
@@ -529,6 +585,8 @@ class FusionViT(nn.Module):
         x = x + days.reshape(b, t, 1, 1, -1)
         # padded acquisitions (NaN images) must not reach the pool, not even times 0
         x = torch.where(valid.reshape(b, t, 1, 1, 1), x, 0.0)
+        if self.temporal_layers:
+            x = self._attend_dates(x, valid)
         if self.temporal_pool == "mean":
             weights = valid.to(x.dtype).reshape(b, t, 1, 1)
             weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
@@ -539,6 +597,22 @@ class FusionViT(nn.Module):
             scores = torch.where(valid.any(1).reshape(b, 1, 1, 1), scores, 0.0)
             weights = scores.softmax(dim=1)
         return (weights.unsqueeze(-1) * x).sum(1), valid.any(1)
+
+    def _attend_dates(self, x: Tensor, valid: Tensor) -> Tensor:
+        """Run the temporal blocks over the acquisitions of each patch of (B, T, h, w, D) tokens.
+
+        Padded acquisitions are keys of no query and come back as zeros.
+        """
+        b, t, h, w, d = x.shape
+        sequences = x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, d)
+        # a sample with no valid acquisition attends to everything (no all-masked rows, whose
+        # softmax is NaN); it is dropped after the pool
+        padding = ~valid & valid.any(1, keepdim=True)
+        padding = padding.repeat_interleave(h * w, dim=0)
+        for block in self.temporal_blocks:
+            sequences = block(sequences, src_key_padding_mask=padding)
+        x = sequences.reshape(b, h, w, t, d).permute(0, 3, 1, 2, 4)
+        return torch.where(valid.reshape(b, t, 1, 1, 1), x, 0.0)
 
     def _embed(self, name: str, image: Tensor) -> Tensor:
         """(B, h, w, D) patch tokens of one modality, its modality embedding added."""
@@ -786,7 +860,7 @@ class FusionViT(nn.Module):
             0 for embeddings, prefix tokens and the fusion layers before the shared blocks,
             ``i + 1`` for block ``i``, ``depth + 1`` for the rest.
         """
-        if name.startswith((*EMBEDDING_PARAMETERS, "modality_embeds", "fuse", "xattn")):
+        if name.startswith((*EMBEDDING_PARAMETERS, "modality_embeds", "fuse", "xattn", "temporal")):
             return 0
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
@@ -831,7 +905,8 @@ class FusionViT(nn.Module):
         """Architecture, modalities and fusion mode, for printed models."""
         return (
             f"arch={self.arch}, modalities={self.modalities}, fusion={self.fusion}, "
-            f"doy_embedding={self.doy_embedding}, temporal_pool={self.temporal_pool}"
+            f"doy_embedding={self.doy_embedding}, temporal_pool={self.temporal_pool}, "
+            f"temporal_layers={self.temporal_layers}"
         )
 
 

@@ -228,9 +228,9 @@ def test_time_series_pools_into_the_single_date_layout(fusion: str) -> None:
     assert alone.shape == single.shape and not torch.allclose(alone, tokens)
 
 
-@pytest.mark.parametrize("pool", ["mean", "attention"])
-def test_order_of_acquisitions_does_not_matter(pool: str) -> None:
-    model = tiny("linear", BANDS, temporal_pool=pool)
+@pytest.mark.parametrize(("pool", "layers"), [("mean", 0), ("attention", 0), ("mean", 1)])
+def test_order_of_acquisitions_does_not_matter(pool: str, layers: int) -> None:
+    model = tiny("linear", BANDS, temporal_pool=pool, temporal_layers=layers)
     if pool == "attention":
         with torch.no_grad():  # away from its uniform start
             model.temporal_query.normal_(0, 3.0)
@@ -240,9 +240,9 @@ def test_order_of_acquisitions_does_not_matter(pool: str) -> None:
     torch.testing.assert_close(model.forward_features(shuffled), model.forward_features(batch))
 
 
-@pytest.mark.parametrize("pool", ["mean", "attention"])
-def test_padded_acquisitions_are_ignored(pool: str) -> None:
-    model = tiny("xattn", BANDS, temporal_pool=pool)
+@pytest.mark.parametrize(("pool", "layers"), [("mean", 0), ("attention", 0), ("attention", 1)])
+def test_padded_acquisitions_are_ignored(pool: str, layers: int) -> None:
+    model = tiny("xattn", BANDS, temporal_pool=pool, temporal_layers=layers)
     if pool == "attention":
         with torch.no_grad():
             model.temporal_query.normal_(0, 3.0)
@@ -263,6 +263,36 @@ def test_padded_acquisitions_are_ignored(pool: str) -> None:
     torch.testing.assert_close(tokens[1], model.forward_features({"s1": batch["s1"][1:]})[0])
     with pytest.raises(DataError, match="no valid acquisition"):
         model.forward_features({"s2": padded["s2"], "s2_doy": padded["s2_doy"]})
+
+
+def test_temporal_layers_see_which_date_held_which_image() -> None:
+    """The mean pool of linear embeddings is the embedding of the mean image: swapping two
+    dates' images changes nothing. Dates that attend to each other first see the swap."""
+    batch = series(steps=4)
+    swapped = dict(batch, s2=batch["s2"][:, [1, 0, 2, 3]])
+    pooled = tiny("early", BANDS, temporal_pool="mean")
+    torch.testing.assert_close(pooled.forward_features(swapped), pooled.forward_features(batch))
+    attending = tiny("early", BANDS, temporal_pool="mean", temporal_layers=1)
+    tokens = attending.forward_features(batch)
+    assert not torch.allclose(attending.forward_features(swapped), tokens, atol=1e-3)
+    assert sum(k.startswith("temporal_blocks.0.") for k in attending.state_dict()) > 0
+    assert attending.layer_id("temporal_blocks.0.linear1.weight") == 0
+    with pytest.raises(ConfigError, match="temporal_layers"):
+        tiny("early", BANDS, temporal_layers=-1)
+
+
+def test_init_weights_draws_a_fresh_twin() -> None:
+    model = tiny("linear", BANDS, temporal_pool="attention", temporal_layers=1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    model.init_weights()
+    fresh = model.state_dict()
+    assert all(not torch.equal(fresh[k], trained[k]) for k in trained)
+    assert fresh["temporal_query"].abs().sum() == 0  # a uniform pool, as at construction
+    torch.testing.assert_close(fresh["fuse.s1.weight"], torch.eye(64))
 
 
 @pytest.mark.parametrize("embedding", ["sinusoidal", "learned"])
