@@ -656,10 +656,17 @@ def load_backbone(
         meta = {"model": spec.model, "train_img_size": size if isinstance(size, int) else None}
         weights = None
     if weights is not None and spec.modalities is not None:
-        from geodino.tasks.pretrained import build_encoder
+        from geodino.weights_io import read_safetensors
 
         # a FusionViT's export is its whole state dict, not initial weights of a timm ViT
-        model = build_encoder(path, spec.model, spec.in_chans, spec.model_kwargs)
+        model = spec.build()
+        try:
+            model.load_state_dict(read_safetensors(weights))
+        except RuntimeError as error:
+            raise WeightsError(
+                f"{weights} does not fit the FusionViT its sidecar describes "
+                f"({str(error).splitlines()[0]} ...); export the backbone again."
+            ) from None
     else:
         model = spec.build(weights)
     if weights is None:
