@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: timm keyword arguments that change only the input size handling, not the weights' shapes
-#: beyond the position embedding (which export resamples), or only regularise training:
-#: neither is part of the exported architecture.
+#: beyond the position embedding (which export resamples), or only regularise or initialise
+#: training: neither is part of the exported architecture.
 _SIZE_KWARGS = {
     "img_size",
     "dynamic_img_size",
@@ -39,6 +39,8 @@ _SIZE_KWARGS = {
     "proj_drop_rate",
     "pos_drop_rate",
     "patch_drop_rate",
+    "channel_query_std",
+    "sar_embedding_std",
 }
 #: Arguments of a wavelength-aware backbone that name its default bands: they change no
 #: weight's shape, so a backbone built with them still matches the architecture's default.

@@ -173,13 +173,13 @@ def attention_maps(model: "VisionTransformer", images: Tensor) -> Tensor:
         (B, 1 + R, H / patch, W / patch) attention weights averaged over heads; each map
         sums to at most 1 (the rest goes to the prefix tokens).
     """
-    from geodino.models import patch_size
+    from geodino.models import forward_tokens, patch_size
 
     attn = cast("Attention", model.blocks[-1].attn)
     captured: dict[str, Tensor] = {}
     hook = attn.register_forward_pre_hook(lambda _, args: captured.update(x=args[0]))
     try:
-        model.forward_features(images)
+        forward_tokens(model, images)  # the encoder's own embedding (a Panopticon's too)
     finally:
         hook.remove()
     x = captured["x"]
@@ -225,12 +225,12 @@ def plot_feature_maps(backbone: Any, image: Tensor, out: str | Path, title: str 
     Returns:
         the PNG path.
     """
-    from geodino.models import split_tokens
+    from geodino.models import forward_tokens, split_tokens
 
     plt = _pyplot()
     x = backbone.normalize(image[None])
     with torch.no_grad():
-        tokens = backbone.model.forward_features(x)
+        tokens = forward_tokens(backbone.model, x)
     patches = split_tokens(backbone.model, tokens)[2][0]
     p = backbone.patch_size
     grid = (image.shape[-2] // p, image.shape[-1] // p)

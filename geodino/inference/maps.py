@@ -16,6 +16,7 @@ from geodino.inference.provenance import provenance
 from geodino.inference.regions import (
     RasterRegion,
     chip_pixels,
+    for_rasters,
     plan_regions,
     point_in_crs,
     read_window,
@@ -42,7 +43,8 @@ def write_maps(
 
     Args:
         weights: a ``geodino export`` folder or a ``geodino fit`` checkpoint.
-        raster: a GeoTIFF with the backbone's bands.
+        raster: a GeoTIFF with the backbone's bands (a wavelength-aware backbone: any
+            subset of them, named in the band descriptions).
         out_dir: folder for ``pca_map.png``, ``pca_map.tif`` and ``attention.png``.
         aoi: AOI polygons: map only inside them.
         point: centre ``(x, y)`` of the attention chip (default: the region's centre).
@@ -61,7 +63,7 @@ def write_maps(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = load_backbone(weights)
+    backbone = for_rasters(load_backbone(weights), [raster])
     region = plan_regions(backbone, [raster], aoi)[0]
     chip = chip_pixels(backbone, chip_size)
     if embeddings is not None:

@@ -308,6 +308,34 @@ class PanopticonViT(TimmViTEncoder):
         )
 
 
+def init_channel_attention(
+    patch_embed: PanopticonPE, query_std: float = 1.0, sar_std: float = 0.0
+) -> None:
+    """Re-draw the channel attention's query and the SAR polarisations' embeddings.
+
+    TorchGeo draws the query from N(0, 1) and zeroes the SAR embeddings. From scratch that
+    leaves the attention over bands nearly uniform (its logits have a std of ~0.5 at any
+    width), so every patch token starts as the projection of the *mean* of its bands and
+    VV cannot be told from VH by identity; a larger query makes each head attend to bands
+    of its own from the first step.
+
+    Args:
+        patch_embed: the Panopticon patch embedding.
+        query_std: std of the query (TorchGeo: 1.0).
+        sar_std: std of the transmit, receive and orbit embeddings of SAR bands (TorchGeo:
+            0, all polarisations alike).
+    """
+    chnfus = patch_embed.chnfus
+    with torch.no_grad():
+        chnfus.query.normal_(0.0, query_std)
+        embedding = chnfus.chnemb
+        for table in (embedding.embed_transmit, embedding.embed_receive, embedding.embed_orbit):
+            if sar_std > 0:
+                table.normal_(0.0, sar_std)
+            else:
+                table.zero_()
+
+
 def build_panopticon(
     model: str = "panopticon_vitb14",
     in_chans: int | None = None,
@@ -319,6 +347,8 @@ def build_panopticon(
     attn_dim: int | None = None,
     attn_heads: int | None = None,
     img_size: int = 224,
+    channel_query_std: float = 4.0,
+    sar_embedding_std: float = 0.5,
     **timm_kwargs: Any,
 ) -> PanopticonViT:
     """A Panopticon backbone, as :class:`torchgeo.models.Panopticon` builds it, at any size.
@@ -339,6 +369,10 @@ def build_panopticon(
             the embedding width, as Panopticon's 2304 for 768).
         attn_heads: heads of the channel attention (default: the architecture's, else 4).
         img_size: image size of the stored position grid.
+        channel_query_std: std of the channel attention's query at initialisation
+            (:func:`init_channel_attention`; TorchGeo's 1.0 starts nearly uniform over bands).
+        sar_embedding_std: std of the SAR polarisations' embeddings at initialisation
+            (TorchGeo's 0 starts VV and VH alike).
         **timm_kwargs: more ``timm.create_model`` arguments (embed_dim, depth, num_heads...).
 
     Returns:
@@ -386,6 +420,7 @@ def build_panopticon(
         img_size=img_size,
         chnfus_cfg={"attn_cfg": {"num_heads": attn_heads or default_heads}},
     )
+    init_channel_attention(vit.patch_embed, channel_query_std, sar_embedding_std)
     encoder = cast(PanopticonViT, PanopticonViT.adopt(vit, band_names))
     encoder.band_ids = tuple(float(v) for v in band_ids) if band_ids is not None else None
     encoder.in_chans = len(encoder.band_ids or ())
@@ -428,4 +463,10 @@ def _load_weights(encoder: PanopticonViT, weights: "str | Path | WeightsEnum") -
     encoder.load_state_dict(state)
 
 
-__all__ = ["PANOPTICON_ARCHS", "PanopticonViT", "SpectralEncoder", "build_panopticon"]
+__all__ = [
+    "PANOPTICON_ARCHS",
+    "PanopticonViT",
+    "SpectralEncoder",
+    "build_panopticon",
+    "init_channel_attention",
+]
