@@ -11,12 +11,15 @@ merge as :class:`~geodino.datasets.Sentinel2` reads per-band files: bands at 20 
 resampled onto the grid of the finest band, items in other CRSs (UTM zones) are warped.
 """
 
+import contextlib
 import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,7 +40,14 @@ from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform
 from torchgeo.datasets.utils import array_to_tensor
 
-from geodino.datasets.geotiff import RAW_DTYPES, MultiBandGeoTIFF, RasterInfo, resolve_nodata
+from geodino.datasets.geotiff import (
+    RAW_DTYPES,
+    MultiBandGeoTIFF,
+    RasterInfo,
+    _Handle,
+    resolve_nodata,
+)
+from geodino.datasets.handles import OpenFiles, open_file_budget
 from geodino.datasets.remote import RemoteSettings, gdal_path, is_transient
 from geodino.errors import DataError
 
@@ -724,9 +734,8 @@ class STACCatalog(MultiBandGeoTIFF):
             try:
                 # GDAL's options are global to the process: entered around each read (~50
                 # us), two catalogs with different endpoints can be read side by side
-                with self.remote.env():
-                    # a retry opens the files afresh: a cached handle may hold a broken state
-                    parts = [self._read_asset(g, rows, x, y, attempt > 0) for g in self._groups()]
+                # a retry opens the files afresh: a cached handle may hold a broken state
+                parts = self._read_groups(rows, x, y, attempt > 0)
                 return parts[0] if len(parts) == 1 else np.concatenate(parts)
             except _Failed as failure:
                 if not is_transient(failure.error) or attempt + 1 == attempts:
@@ -743,6 +752,46 @@ class STACCatalog(MultiBandGeoTIFF):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _read_groups(self, rows: np.ndarray, x: slice, y: slice, fresh: bool) -> list[np.ndarray]:
+        """Each asset's bands under a chip: one after another, or in ``concurrent_reads`` threads.
+
+        Each thread enters the remote settings itself (rasterio keeps a thread's GDAL options
+        to that thread). Files are opened one at a time (the open-file cache is shared);
+        their tiles are read concurrently.
+        """
+        groups = self._groups()
+        nodata = self.effective_nodata
+        # threads hold their handles while they read: none may be closed to make room
+        room = len(rows) * len(groups) <= self._open_files().capacity
+        if self.remote.concurrent_reads == 1 or len(groups) == 1 or not room:
+            with self.remote.env():
+                return [self._read_asset(g, rows, x, y, fresh, nodata) for g in groups]
+
+        def read(group: list[BandAsset]) -> np.ndarray:
+            with self.remote.env():
+                return self._read_asset(group, rows, x, y, fresh, nodata)
+
+        return list(self._pool().map(read, groups))
+
+    def _open_files(self) -> OpenFiles[Any]:
+        """This process's open files, as many as the items times the chosen assets allow."""
+        files: OpenFiles[Any] | None = self.__dict__.get("_handles")
+        if files is None:
+            count = len(self.index) * len(self._hrefs)
+            files = OpenFiles(open_file_budget(count), self._open_handle, _Handle.close)
+            self.__dict__["_handles"] = files
+        return files
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """This process's reader threads (a loader worker forked from a parent makes its own)."""
+        owner, pool = self.__dict__.get("_threads", (None, None))
+        if owner != os.getpid() or pool is None:
+            pool = ThreadPoolExecutor(self.remote.concurrent_reads, "geodino-read")
+            self.__dict__["_threads"] = (os.getpid(), pool)
+            self.__dict__["_opening"] = threading.Lock()
+        assert isinstance(pool, ThreadPoolExecutor)
+        return pool
+
     def _groups(self) -> list[list[BandAsset]]:
         """Consecutive chosen bands of one asset, read together."""
         groups: list[list[BandAsset]] = []
@@ -754,7 +803,13 @@ class STACCatalog(MultiBandGeoTIFF):
         return groups
 
     def _read_asset(
-        self, bands: list[BandAsset], rows: np.ndarray, x: slice, y: slice, fresh: bool
+        self,
+        bands: list[BandAsset],
+        rows: np.ndarray,
+        x: slice,
+        y: slice,
+        fresh: bool,
+        nodata: float | None,
     ) -> np.ndarray:
         """Bands of one asset under a chip: the items' files merged as TorchGeo merges them.
 
@@ -762,7 +817,6 @@ class STACCatalog(MultiBandGeoTIFF):
         is missing: the pixels of rasterio's merge of them all (the first valid value
         wins), without reading the items under a full chip (a tile's other acquisitions).
         """
-        nodata = self.effective_nodata
         dest: np.ndarray | None = None
         for batch in [rows] if nodata is None else [rows[i : i + 1] for i in range(len(rows))]:
             part = self._merge(bands, batch, x, y, fresh)
@@ -781,16 +835,19 @@ class STACCatalog(MultiBandGeoTIFF):
         """Some items' files of one asset merged onto a chip's grid by rasterio."""
         key = bands[0].asset
         handles = []
-        for row in rows:
-            href = self.href(key, int(row))
-            path = gdal_path(href, self._base)
-            try:
-                if fresh:
-                    handles.append(self._load_warp_file(path, self.crs))
-                else:
-                    handles.append(self._cached_load_warp_file(path, self.crs))
-            except (RasterioError, OSError) as error:
-                raise _Failed(href, int(row), error) from None
+        # threads open one file at a time: the open-file cache and the nodata a file is
+        # opened with are shared by the threads
+        with self.__dict__.get("_opening") or contextlib.nullcontext():
+            for row in rows:
+                href = self.href(key, int(row))
+                path = gdal_path(href, self._base)
+                try:
+                    if fresh:
+                        handles.append(self._load_warp_file(path, self.crs))
+                    else:
+                        handles.append(self._cached_load_warp_file(path, self.crs))
+                except (RasterioError, OSError) as error:
+                    raise _Failed(href, int(row), error) from None
         try:
             dest: np.ndarray = rasterio.merge.merge(
                 handles,
@@ -830,7 +887,8 @@ class STACCatalog(MultiBandGeoTIFF):
     def __getstate__(self) -> dict[str, Any]:
         """The dataset without this process's list of unreadable items, for loader workers."""
         state = super().__getstate__()
-        state.pop("_dead", None)
+        for key in ("_dead", "_threads", "_opening"):
+            state.pop(key, None)
         return state
 
 

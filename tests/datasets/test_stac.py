@@ -423,3 +423,37 @@ def test_the_search_pages_through_the_api(scenes: tuple[Path, list[Scene]]) -> N
         assert len(list(search_items(api.url, max_items=5, limit=4))) == 5
     with pytest.raises(ConfigError, match=r"cannot be searched.*root"):
         list(search_items(api.url))
+
+
+def test_concurrent_reads_wait_for_one_round_trip_per_chip(
+    scenes: tuple[Path, list[Scene]], local: Path, s3_server
+) -> None:
+    """With ``concurrent_reads`` the four band files of a chip are read in parallel threads."""
+    import time
+
+    from_disk = STACCatalog(local, bands=BANDS)
+    where = queries(from_disk, 2, size=8)
+    latency = 0.08
+    with FaultProxy(s3_server.port, latency=latency) as proxy:
+        seconds, requests = {}, {}
+        for threads in (1, 4):
+            # objects of their own: GDAL keeps the ranges it read per process
+            catalog = s3_catalog(scenes, s3_server, f"threads{threads}")
+            dataset = STACCatalog(
+                catalog, bands=BANDS, remote=remote(proxy, concurrent_reads=threads)
+            )
+            dataset[first_query(dataset)]  # opens every band file of the first item
+            proxy.clear()
+            start = time.perf_counter()
+            same_chips(dataset, from_disk, where)
+            seconds[threads] = time.perf_counter() - start
+            requests[threads] = proxy.count(method="GET")
+    # one after another, every request costs a round trip; in threads they overlap
+    assert min(requests.values()) >= 4
+    assert seconds[1] >= requests[1] * latency
+    assert seconds[4] / requests[4] < 0.6 * seconds[1] / requests[1]
+
+
+def test_concurrent_reads_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="concurrent_reads must be >= 1"):
+        RemoteSettings(concurrent_reads=0)
