@@ -603,6 +603,12 @@ class STACCatalog(MultiBandGeoTIFF):
         first, last = (times[rows] for times in self._spans(table))
         dst = CRS.from_user_input(crs if crs is not None else code[0].as_py())
         footprints, res0 = _footprints(transform, shape, code, dst)
+        encoded = pc.dictionary_encode(code)
+        same_crs = np.array([CRS.from_user_input(c) == dst for c in encoded.dictionary.to_pylist()])
+        # items whose finest band lies on a grid in the dataset's CRS (no warp): their
+        # footprints are their grids, which block-aligned chips need
+        self._native = same_crs[encoded.indices.to_numpy(zero_copy_only=False)]
+        self._finest = finest
         if res is None:
             res = res0
         xy = (float(res), float(res)) if isinstance(res, int | float) else tuple(map(float, res))
@@ -618,6 +624,52 @@ class STACCatalog(MultiBandGeoTIFF):
         )
         kept = {k: v.take(pa.array(rows)) for k, v in hrefs.items()}
         return index, kept, resolutions, (xy[0], xy[1])
+
+    def block_grids(self, res: tuple[float, float]) -> np.ndarray:
+        """The internal tiling of the items read on the dataset's own grid, from the index.
+
+        Each item's grid is its footprint (``proj:transform``, ``proj:shape``); the block
+        size is read once, from the first such item's COG (the items of a collection share
+        their tiling), instead of opening every file.
+
+        Args:
+            res: the dataset's resolution ``(x, y)``.
+
+        Returns:
+            one row per distinct grid, as :func:`geodino.samplers.blocks.block_grids` gives
+            them: footprint (xmin, ymin, xmax, ymax), origin (left, top), size and block
+            size in pixels (width, height, block width, block height); empty when no item
+            is read without a warp.
+        """
+        native = np.flatnonzero(self._native)
+        if not len(native):
+            return np.zeros((0, 10))
+        bounds = shapely.bounds(np.asarray(self.index.geometry.array[native]))
+        grids, first = np.unique(bounds, axis=0, return_index=True)
+        grids = grids[np.argsort(first)]  # in index order: the first listed grid counts
+        href = self.href(self._finest, int(native[0]))
+        with self.remote.env(), rasterio.open(gdal_path(href, self._base)) as src:
+            block_h, block_w = src.block_shapes[0]
+            step = (abs(src.transform.a), abs(src.transform.e))
+        if not (math.isclose(step[0], res[0]) and math.isclose(step[1], res[1])):
+            return np.zeros((0, 10))
+        left, bottom, right, top = grids.T
+        width = np.round((right - left) / res[0])
+        height = np.round((top - bottom) / res[1])
+        return np.column_stack(
+            [
+                left,
+                bottom,
+                right,
+                top,
+                left,
+                top,
+                width,
+                height,
+                np.full(len(grids), float(block_w)),
+                np.full(len(grids), float(block_h)),
+            ]
+        )
 
     def _reject(self, ids: pa.Array, bad: np.ndarray, what: str, key: str) -> None:
         rows = np.flatnonzero(bad)

@@ -457,3 +457,40 @@ def test_concurrent_reads_wait_for_one_round_trip_per_chip(
 def test_concurrent_reads_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="concurrent_reads must be >= 1"):
         RemoteSettings(concurrent_reads=0)
+
+
+def test_block_aligned_chips_take_the_tiling_from_the_index_and_one_read(
+    scenes: tuple[Path, list[Scene]],
+) -> None:
+    import rasterio
+
+    root, items = scenes
+    # only the first item's files exist: the tiling must not open the others
+    catalog = write_items(
+        items,
+        root / "aligned.parquet",
+        lambda p: str(p) if p.parent.name == items[0].id else f"/nowhere/{p.name}",
+    )
+    dataset = STACCatalog(catalog, bands=BANDS)
+    expected = []
+    for scene in items[:2]:  # the 32N item is warped: it has no tiling on the dataset's grid
+        with rasterio.open(scene.files["blue"]) as src:
+            t, (block_h, block_w) = src.transform, src.block_shapes[0]
+            left, bottom, right, top = src.bounds
+            expected.append((left, bottom, right, top, t.c, t.f, src.width, src.height))
+            expected[-1] += (block_w, block_h)
+    np.testing.assert_allclose(dataset.block_grids(dataset.res), expected)
+    sampler = AOISampler(
+        dataset, None, 24, length=60, block_aligned=True, generator=torch_generator(0)
+    )
+    grid = expected[0]
+    aligned = 0
+    for x, y, _ in sampler:
+        centre = ((x.start + x.stop) / 2, (y.start + y.stop) / 2)
+        if not (grid[0] <= centre[0] < grid[2] and grid[1] <= centre[1] < grid[3]):
+            continue
+        col, row = round((x.start - grid[4]) / 10), round((grid[5] - y.stop) / 10)
+        # a 24-px chip inside one 32-px block of the first item's COGs
+        assert col % 32 + 24 <= 32 and row % 32 + 24 <= 32
+        aligned += 1
+    assert aligned >= 10
