@@ -602,7 +602,7 @@ class STACCatalog(MultiBandGeoTIFF):
         code = code.take(pa.array(rows))
         first, last = (times[rows] for times in self._spans(table))
         dst = CRS.from_user_input(crs if crs is not None else code[0].as_py())
-        footprints, res0 = _footprints(transform, shape, code, dst)
+        footprints, res0, distinct, footprint_of = _footprints(transform, shape, code, dst)
         encoded = pc.dictionary_encode(code)
         same_crs = np.array([CRS.from_user_input(c) == dst for c in encoded.dictionary.to_pylist()])
         # items whose finest band lies on a grid in the dataset's CRS (no warp): their
@@ -623,6 +623,7 @@ class STACCatalog(MultiBandGeoTIFF):
             crs=dst,
         )
         kept = {k: v.take(pa.array(rows)) for k, v in hrefs.items()}
+        self._items = _ItemLookup.of(index, distinct, footprint_of, first, last)
         return index, kept, resolutions, (xy[0], xy[1])
 
     def block_grids(self, res: tuple[float, float]) -> np.ndarray:
@@ -706,6 +707,13 @@ class STACCatalog(MultiBandGeoTIFF):
     def _rows(self, x: slice, y: slice, t: slice) -> np.ndarray:
         """Rows of the items under a chip (sharing area with it), in index order."""
         chip = shapely.box(x.start, y.start, x.stop, y.stop)
+        items: _ItemLookup | None = self.__dict__.get("_items")
+        if items is not None and items.index is self.index:
+            rows = items.under(chip, t)
+            dead = self.__dict__.get("_dead")
+            if dead:
+                rows = rows[~np.isin(rows, list(dead))]
+            return rows
         rows = np.sort(self.index.sindex.query(chip, predicate="intersects"))
         geometries = self.index.geometry.array[rows]
         rows = rows[~shapely.touches(np.asarray(geometries), chip)]
@@ -951,6 +959,98 @@ def _declared_nodata(infos: Sequence[_AssetInfo], band: BandAsset) -> float | No
     return None if value is None else float(value)
 
 
+@dataclass
+class _ItemLookup:
+    """The items under a chip, looked up among the distinct footprints.
+
+    A catalog holds many acquisitions of each tile, which share a footprint: a chip is
+    tested against the few distinct footprints (an R-tree of them), then their items' time
+    spans (arrays), so that a lookup costs about the same at 10^3 and 10^6 items.
+
+    Args:
+        index: the index it was built for (a replaced index falls back to its R-tree).
+        grids: the distinct footprints.
+        members: item rows grouped by footprint, ascending within each.
+        starts: where each footprint's rows start in ``members`` (one more than ``grids``).
+        first: each item's first acquisition time (naive UTC, ns).
+        last: each item's last acquisition time.
+    """
+
+    index: GeoDataFrame
+    grids: np.ndarray
+    members: np.ndarray
+    starts: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        index: GeoDataFrame,
+        grids: np.ndarray,
+        grid_of: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray,
+    ) -> "_ItemLookup":
+        """Group the rows by footprint.
+
+        Args:
+            index: the index.
+            grids: the distinct footprints.
+            grid_of: each row's footprint.
+            first: each row's first acquisition time.
+            last: each row's last acquisition time.
+
+        Returns:
+            the lookup.
+        """
+        members = np.argsort(grid_of, kind="stable")
+        starts = np.searchsorted(grid_of[members], np.arange(len(grids) + 1))
+        return cls(
+            index,
+            grids,
+            members,
+            starts,
+            first.astype("datetime64[ns]"),
+            last.astype("datetime64[ns]"),
+        )
+
+    def under(self, chip: shapely.Geometry, t: slice) -> np.ndarray:
+        """Rows of the items sharing area with a chip and time with ``t``, in index order.
+
+        Args:
+            chip: the chip's box.
+            t: its time span.
+
+        Returns:
+            the rows.
+        """
+        tree = self.__dict__.get("_tree")
+        if tree is None:  # built in each process (loader workers receive the arrays)
+            tree = self.__dict__["_tree"] = shapely.STRtree(self.grids)
+        hits = tree.query(chip, predicate="intersects")
+        hits = hits[~shapely.touches(self.grids[hits], chip)]
+        if not len(hits):
+            return np.zeros(0, dtype=np.int64)
+        rows = np.sort(
+            np.concatenate([self.members[self.starts[g] : self.starts[g + 1]] for g in hits])
+        )
+        start = np.datetime64(pd.Timestamp(t.start).as_unit("ns").to_datetime64(), "ns")
+        stop = np.datetime64(pd.Timestamp(t.stop).as_unit("ns").to_datetime64(), "ns")
+        keep = (self.first[rows] <= stop) & (self.last[rows] >= start)
+        return np.asarray(rows[keep], dtype=np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The lookup without its R-tree (rebuilt where it is unpickled).
+
+        Returns:
+            the attributes to pickle.
+        """
+        state = dict(self.__dict__)
+        state.pop("_tree", None)
+        return state
+
+
 class _Failed(Exception):
     """A read of one object failed (maybe transiently)."""
 
@@ -965,11 +1065,11 @@ class _Unreadable(_Failed):
 
 def _footprints(
     transform: np.ndarray, shape: np.ndarray, codes: pa.Array, dst: CRS
-) -> tuple[np.ndarray, tuple[float, float]]:
+) -> tuple[np.ndarray, tuple[float, float], np.ndarray, np.ndarray]:
     """Items' grid footprints in ``dst`` (edges densified where warped), and the first's res.
 
     Items on one grid (a tile's acquisitions) share one polygon: each distinct grid is
-    built, warped and held once.
+    built, warped and held once. Also returns the distinct footprints and each item's.
     """
     encoded = pc.dictionary_encode(codes)
     groups = encoded.indices.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -1010,7 +1110,7 @@ def _footprints(
             )
             res = (float(warped.a), float(-warped.e))
     assert res is not None
-    return boxes[inverse.ravel()], res
+    return boxes[inverse.ravel()], res, boxes, inverse.ravel()
 
 
 def _missing(pixels: np.ndarray, nodata: float | None) -> np.ndarray:

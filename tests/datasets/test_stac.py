@@ -494,3 +494,31 @@ def test_block_aligned_chips_take_the_tiling_from_the_index_and_one_read(
         assert col % 32 + 24 <= 32 and row % 32 + 24 <= 32
         aligned += 1
     assert aligned >= 10
+
+
+def test_items_under_a_chip_are_found_among_distinct_footprints(local: Path) -> None:
+    import pandas as pd
+    import shapely
+
+    dataset = STACCatalog(local, bands=BANDS)
+    index = dataset.index
+    x, y, t = dataset.bounds
+    rng = np.random.default_rng(0)
+    mid = t.start + (t.stop - t.start) / 2
+    spans = [t, slice(t.start, mid, 1), slice(mid, t.stop, 1), slice(t.stop, t.stop, 1)]
+    found = 0
+    for _ in range(200):
+        x0, y0 = rng.uniform(x.start - 500, x.stop), rng.uniform(y.start - 500, y.stop)
+        size = rng.choice([80.0, 640.0, 2000.0])
+        span = spans[rng.integers(len(spans))]
+        chip = shapely.box(x0, y0, x0 + size, y0 + size)
+        # every item's own footprint and time span, tested one by one
+        shares = shapely.intersects(index.geometry.array, chip) & ~shapely.touches(
+            index.geometry.array, chip
+        )
+        overlaps = index.index.overlaps(pd.Interval(span.start, span.stop, closed="both"))
+        expected = np.flatnonzero(shares & overlaps)
+        rows = dataset._rows(slice(x0, x0 + size, 10.0), slice(y0, y0 + size, 10.0), span)
+        np.testing.assert_array_equal(rows, expected)
+        found += len(rows) > 0
+    assert found > 20
