@@ -822,8 +822,8 @@ class STACCatalog(MultiBandGeoTIFF):
         """Each asset's bands under a chip: one after another, or in ``concurrent_reads`` threads.
 
         Each thread enters the remote settings itself (rasterio keeps a thread's GDAL options
-        to that thread). Files are opened one at a time (the open-file cache is shared);
-        their tiles are read concurrently.
+        to that thread). Files are opened one at a time (the open-file cache is shared), after
+        their headers were fetched concurrently; their tiles are read concurrently.
         """
         groups = self._groups()
         nodata = self.effective_nodata
@@ -901,9 +901,12 @@ class STACCatalog(MultiBandGeoTIFF):
         """Some items' files of one asset merged onto a chip's grid by rasterio."""
         key = bands[0].asset
         handles = []
+        opening = self.__dict__.get("_opening")
+        if opening is not None and not fresh:
+            self._fetch_headers(key, rows)
         # threads open one file at a time: the open-file cache and the nodata a file is
         # opened with are shared by the threads
-        with self.__dict__.get("_opening") or contextlib.nullcontext():
+        with opening or contextlib.nullcontext():
             for row in rows:
                 href = self.href(key, int(row))
                 path = gdal_path(href, self._base)
@@ -933,6 +936,22 @@ class STACCatalog(MultiBandGeoTIFF):
                 for handle in handles:
                     handle.close()
         return dest
+
+    def _fetch_headers(self, key: str, rows: np.ndarray) -> None:
+        """Read the headers of remote files not open yet, in this thread.
+
+        Threads open files one at a time; reading a header first, concurrently, leaves it
+        in GDAL's per-process cache of ranges, so that the open itself costs no round trip.
+        An error is left to the open, which names the href.
+        """
+        files = self._open_files()
+        for row in rows:
+            path = gdal_path(self.href(key, int(row)), self._base)
+            if path.startswith("/vsi") and path not in files:
+                try:
+                    rasterio.open(path).close()
+                except (RasterioError, OSError):
+                    return
 
     def _give_up(self, failure: "_Unreadable") -> None:
         """Apply ``on_unreadable`` to an object that stays unreadable."""
