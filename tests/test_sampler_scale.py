@@ -31,7 +31,8 @@ def tiles(side: int, gap: float, step: float = 640.0, shift: float = 0.0) -> np.
     x0 = 300000 + col * step + (row % 2) * shift
     y0 = 5000000 - row * step
     boxes = shapely.box(x0, y0 - step + gap, x0 + step - gap, y0)
-    return np.concatenate([boxes, boxes[:3]])  # repeats: a tile's other acquisitions
+    # repeats: a tile's other acquisitions, as the same object (STAC) or equal copies (files)
+    return np.concatenate([boxes, boxes[:3], shapely.from_wkb(shapely.to_wkb(boxes[3:6]))])
 
 
 def old_erosion(geometry: shapely.Geometry, half_w: float, half_h: float) -> shapely.Geometry:
