@@ -15,7 +15,8 @@ side by side on a grid in one UTM zone, 1 px apart) with rasterio, then measures
   every catalog alike.
 
 Then, without files, the draw-side cost at ``--index`` footprints (default 10^6): building
-``AOISampler`` over a synthetic index of touching footprints and drawing from it, and the
+``AOISampler`` over a synthetic index of touching footprints, and of footprints 1 px
+apart, and drawing from it, and the
 two lookups that used to scan every footprint per chip (the file under a chip, for
 ``block_aligned`` draws and for windowed reads) against that scan.
 
@@ -159,8 +160,11 @@ class Catalog:
         }
 
 
-def synthetic_index(count: int) -> Any:
-    """A GeoDataset of ``count`` touching 64-px footprints on a square grid, without files."""
+def synthetic_index(count: int, gap: float = 0.0) -> Any:
+    """A GeoDataset of ``count`` 64-px footprints on a square grid, without files.
+
+    ``gap`` CRS units separate neighbours (0: they touch; the catalogs above leave 1 px).
+    """
     from torchgeo.datasets import GeoDataset
 
     side = int(np.ceil(np.sqrt(count)))
@@ -180,26 +184,34 @@ def synthetic_index(count: int) -> Any:
 
     dataset = Footprints()
     dataset.index = GeoDataFrame(
-        index=times, geometry=shapely.box(x0, y0, x0 + span, y0 + span), crs="EPSG:32631"
+        index=times,
+        geometry=shapely.box(x0, y0 + gap, x0 + span - gap, y0 + span),
+        crs="EPSG:32631",
     )
     dataset._res = (RES, RES)  # the setter prints a message
     return dataset
 
 
 def measure_index(count: int, chip: int) -> dict[str, float]:
-    """Sampler build and draws over ``count`` footprints; the per-chip lookups against scans."""
+    """Sampler build and draws over ``count`` footprints; the per-chip lookups against scans.
+
+    The sampler is built twice: over touching footprints (one polygon) and over footprints
+    1 px apart (``count`` polygons, as the catalogs above).
+    """
     from geodino.datasets.footprints import FootprintGrid
     from geodino.samplers import AOISampler
 
-    dataset = synthetic_index(count)
-    start = time.perf_counter()
-    sampler = AOISampler(dataset, None, chip, length=1000)
-    sampler_s = time.perf_counter() - start
-    draws = 2000
-    start = time.perf_counter()
-    for i in range(draws):
-        sampler.sample(i)
-    draw_us = 1e6 * (time.perf_counter() - start) / draws
+    times = {}
+    for name, gap in (("", 0.0), ("gapped_", RES)):
+        dataset = synthetic_index(count, gap)
+        start = time.perf_counter()
+        sampler = AOISampler(dataset, None, chip, length=1000)
+        times[f"{name}sampler_s"] = time.perf_counter() - start
+        draws = 2000
+        start = time.perf_counter()
+        for i in range(draws):
+            sampler.sample(i)
+        times[f"{name}draw_us"] = 1e6 * (time.perf_counter() - start) / draws
 
     boxes = np.asarray(dataset.index.geometry.bounds)
     start = time.perf_counter()
@@ -229,8 +241,7 @@ def measure_index(count: int, chip: int) -> dict[str, float]:
     scan_us = 1e6 * (time.perf_counter() - start) / scans
     return {
         "footprints": count,
-        "sampler_s": sampler_s,
-        "draw_us": draw_us,
+        **times,
         "grid_build_s": grid_s,
         "chip_lookup_us": overlap_us,
         "block_lookup_us_per_8": contain_us,
@@ -293,12 +304,14 @@ def main() -> None:
     index_rows = [measure_index(n, args.chip) for n in args.index]
     if index_rows:
         print(
-            f"\n{'footprints':>10} {'sampler s':>10} {'draw us':>8} {'grid s':>7} "
+            f"\n{'footprints':>10} {'sampler s':>10} {'draw us':>8} {'gapped s':>9} "
+            f"{'gapped draw us':>15} {'grid s':>7} "
             f"{'chip lookup us':>15} {'block lookup us/8':>18} {'scan us':>8} {'scan/lookup':>12}"
         )
     for r in index_rows:
         print(
             f"{r['footprints']:>10} {r['sampler_s']:>10.2f} {r['draw_us']:>8.1f} "
+            f"{r['gapped_sampler_s']:>9.2f} {r['gapped_draw_us']:>15.1f} "
             f"{r['grid_build_s']:>7.2f} {r['chip_lookup_us']:>15.1f} "
             f"{r['block_lookup_us_per_8']:>18.1f} {r['scan_us']:>8.0f} "
             f"{r['scan_us'] / r['chip_lookup_us']:>11.0f}x"

@@ -242,6 +242,9 @@ class FaultProxy(_HTTPServer):
         self.latency = latency
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, str]] = []
+        #: the most requests the proxy held at once since :meth:`clear`
+        self.max_in_flight = 0
+        self._in_flight = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -289,6 +292,7 @@ class FaultProxy(_HTTPServer):
         with self._lock:
             self.faults.clear()
             self.requests.clear()
+            self.max_in_flight = 0
 
     def count(self, match: str = "", method: str | None = None) -> int:
         """Requests seen whose path contains ``match`` (and of ``method``)."""
@@ -298,6 +302,16 @@ class FaultProxy(_HTTPServer):
             )
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._answer(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
         method, path = request.command, request.path
         with self._lock:
             self.requests.append((method, path, request.headers.get("Range", "")))

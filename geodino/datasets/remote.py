@@ -120,6 +120,9 @@ class RemoteSettings:
             files it keeps open.
         allowed_extensions: suffixes GDAL may open over HTTP without probing for side-car
             files (``CPL_VSIL_CURL_ALLOWED_EXTENSIONS``).
+        concurrent_reads: band files (assets) of one chip read at once, each in its own
+            thread with these settings entered: a chip of four per-band COGs then waits for
+            one round trip instead of four. 1 reads them one after another.
         options: further GDAL configuration options (e.g. ``GDAL_HTTP_MULTIPLEX``); keys that
             hold credentials are refused.
 
@@ -139,6 +142,7 @@ class RemoteSettings:
     read_attempts: int = 3
     cache_bytes: int = 4 * 2**20
     allowed_extensions: tuple[str, ...] = (".tif", ".tiff", ".TIF", ".TIFF")
+    concurrent_reads: int = 1
     options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,6 +164,11 @@ class RemoteSettings:
             raise ConfigError(
                 f"remote max_retry ({self.max_retry}) and retry_delay ({self.retry_delay}) "
                 f"must be >= 0 and read_attempts ({self.read_attempts}) >= 1."
+            )
+        if self.concurrent_reads < 1:
+            raise ConfigError(
+                f"remote concurrent_reads must be >= 1 (1: one file at a time), got "
+                f"{self.concurrent_reads}."
             )
         if self.cache_bytes < 0:
             raise ConfigError(f"remote cache_bytes must be >= 0, got {self.cache_bytes}.")

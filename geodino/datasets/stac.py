@@ -11,12 +11,15 @@ merge as :class:`~geodino.datasets.Sentinel2` reads per-band files: bands at 20 
 resampled onto the grid of the finest band, items in other CRSs (UTM zones) are warped.
 """
 
+import contextlib
 import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,7 +40,14 @@ from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform
 from torchgeo.datasets.utils import array_to_tensor
 
-from geodino.datasets.geotiff import RAW_DTYPES, MultiBandGeoTIFF, RasterInfo, resolve_nodata
+from geodino.datasets.geotiff import (
+    RAW_DTYPES,
+    MultiBandGeoTIFF,
+    RasterInfo,
+    _Handle,
+    resolve_nodata,
+)
+from geodino.datasets.handles import OpenFiles, open_file_budget
 from geodino.datasets.remote import RemoteSettings, gdal_path, is_transient
 from geodino.errors import DataError
 
@@ -168,14 +178,20 @@ def _parquet_items(path: Path) -> CatalogItems:
     asset_type = schema.field("assets").type
 
     def load(keys: Sequence[str]) -> dict[str, pa.StructArray]:
-        out = {}
+        fields = {}
         for key in keys:
             kind = asset_type.field(key).type
-            names = [f for f in _ASSET_FIELDS if kind.get_field_index(f) >= 0]
-            # sub-field paths read one leaf each; their names are the leaves' names
-            table = pq.read_table(path, columns=[f"assets.{key}.{f}" for f in names])
-            columns = [table.column(i).combine_chunks() for i in range(table.num_columns)]
+            fields[key] = [f for f in _ASSET_FIELDS if kind.get_field_index(f) >= 0]
+        # one read of every leaf (a read per asset costs ten times more: each one walks
+        # the nested schema); sub-field paths come back in order, named by their leaves
+        table = pq.read_table(
+            path, columns=[f"assets.{key}.{f}" for key, names in fields.items() for f in names]
+        )
+        out, i = {}, 0
+        for key, names in fields.items():
+            columns = [table.column(i + k).combine_chunks() for k in range(len(names))]
             out[key] = pa.StructArray.from_arrays(columns, names=names)
+            i += len(names)
         return out
 
     return CatalogItems(path, properties, infos, load)
@@ -592,7 +608,13 @@ class STACCatalog(MultiBandGeoTIFF):
         code = code.take(pa.array(rows))
         first, last = (times[rows] for times in self._spans(table))
         dst = CRS.from_user_input(crs if crs is not None else code[0].as_py())
-        footprints, res0 = _footprints(transform, shape, code, dst)
+        footprints, res0, distinct, footprint_of = _footprints(transform, shape, code, dst)
+        encoded = pc.dictionary_encode(code)
+        same_crs = np.array([CRS.from_user_input(c) == dst for c in encoded.dictionary.to_pylist()])
+        # items whose finest band lies on a grid in the dataset's CRS (no warp): their
+        # footprints are their grids, which block-aligned chips need
+        self._native = same_crs[encoded.indices.to_numpy(zero_copy_only=False)]
+        self._finest = finest
         if res is None:
             res = res0
         xy = (float(res), float(res)) if isinstance(res, int | float) else tuple(map(float, res))
@@ -607,7 +629,54 @@ class STACCatalog(MultiBandGeoTIFF):
             crs=dst,
         )
         kept = {k: v.take(pa.array(rows)) for k, v in hrefs.items()}
+        self._items = _ItemLookup.of(index, distinct, footprint_of, first, last)
         return index, kept, resolutions, (xy[0], xy[1])
+
+    def block_grids(self, res: tuple[float, float]) -> np.ndarray:
+        """The internal tiling of the items read on the dataset's own grid, from the index.
+
+        Each item's grid is its footprint (``proj:transform``, ``proj:shape``); the block
+        size is read once, from the first such item's COG (the items of a collection share
+        their tiling), instead of opening every file.
+
+        Args:
+            res: the dataset's resolution ``(x, y)``.
+
+        Returns:
+            one row per distinct grid, as :func:`geodino.samplers.blocks.block_grids` gives
+            them: footprint (xmin, ymin, xmax, ymax), origin (left, top), size and block
+            size in pixels (width, height, block width, block height); empty when no item
+            is read without a warp.
+        """
+        native = np.flatnonzero(self._native)
+        if not len(native):
+            return np.zeros((0, 10))
+        bounds = shapely.bounds(np.asarray(self.index.geometry.array[native]))
+        grids, first = np.unique(bounds, axis=0, return_index=True)
+        grids = grids[np.argsort(first)]  # in index order: the first listed grid counts
+        href = self.href(self._finest, int(native[0]))
+        with self.remote.env(), rasterio.open(gdal_path(href, self._base)) as src:
+            block_h, block_w = src.block_shapes[0]
+            step = (abs(src.transform.a), abs(src.transform.e))
+        if not (math.isclose(step[0], res[0]) and math.isclose(step[1], res[1])):
+            return np.zeros((0, 10))
+        left, bottom, right, top = grids.T
+        width = np.round((right - left) / res[0])
+        height = np.round((top - bottom) / res[1])
+        return np.column_stack(
+            [
+                left,
+                bottom,
+                right,
+                top,
+                left,
+                top,
+                width,
+                height,
+                np.full(len(grids), float(block_w)),
+                np.full(len(grids), float(block_h)),
+            ]
+        )
 
     def _reject(self, ids: pa.Array, bad: np.ndarray, what: str, key: str) -> None:
         rows = np.flatnonzero(bad)
@@ -644,6 +713,13 @@ class STACCatalog(MultiBandGeoTIFF):
     def _rows(self, x: slice, y: slice, t: slice) -> np.ndarray:
         """Rows of the items under a chip (sharing area with it), in index order."""
         chip = shapely.box(x.start, y.start, x.stop, y.stop)
+        items: _ItemLookup | None = self.__dict__.get("_items")
+        if items is not None and items.index is self.index:
+            rows = items.under(chip, t)
+            dead = self.__dict__.get("_dead")
+            if dead:
+                rows = rows[~np.isin(rows, list(dead))]
+            return rows
         rows = np.sort(self.index.sindex.query(chip, predicate="intersects"))
         geometries = self.index.geometry.array[rows]
         rows = rows[~shapely.touches(np.asarray(geometries), chip)]
@@ -724,9 +800,8 @@ class STACCatalog(MultiBandGeoTIFF):
             try:
                 # GDAL's options are global to the process: entered around each read (~50
                 # us), two catalogs with different endpoints can be read side by side
-                with self.remote.env():
-                    # a retry opens the files afresh: a cached handle may hold a broken state
-                    parts = [self._read_asset(g, rows, x, y, attempt > 0) for g in self._groups()]
+                # a retry opens the files afresh: a cached handle may hold a broken state
+                parts = self._read_groups(rows, x, y, attempt > 0)
                 return parts[0] if len(parts) == 1 else np.concatenate(parts)
             except _Failed as failure:
                 if not is_transient(failure.error) or attempt + 1 == attempts:
@@ -743,6 +818,46 @@ class STACCatalog(MultiBandGeoTIFF):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _read_groups(self, rows: np.ndarray, x: slice, y: slice, fresh: bool) -> list[np.ndarray]:
+        """Each asset's bands under a chip: one after another, or in ``concurrent_reads`` threads.
+
+        Each thread enters the remote settings itself (rasterio keeps a thread's GDAL options
+        to that thread). Files are opened one at a time (the open-file cache is shared), after
+        their headers were fetched concurrently; their tiles are read concurrently.
+        """
+        groups = self._groups()
+        nodata = self.effective_nodata
+        # threads hold their handles while they read: none may be closed to make room
+        room = len(rows) * len(groups) <= self._open_files().capacity
+        if self.remote.concurrent_reads == 1 or len(groups) == 1 or not room:
+            with self.remote.env():
+                return [self._read_asset(g, rows, x, y, fresh, nodata) for g in groups]
+
+        def read(group: list[BandAsset]) -> np.ndarray:
+            with self.remote.env():
+                return self._read_asset(group, rows, x, y, fresh, nodata)
+
+        return list(self._pool().map(read, groups))
+
+    def _open_files(self) -> OpenFiles[Any]:
+        """This process's open files, as many as the items times the chosen assets allow."""
+        files: OpenFiles[Any] | None = self.__dict__.get("_handles")
+        if files is None:
+            count = len(self.index) * len(self._hrefs)
+            files = OpenFiles(open_file_budget(count), self._open_handle, _Handle.close)
+            self.__dict__["_handles"] = files
+        return files
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """This process's reader threads (a loader worker forked from a parent makes its own)."""
+        owner, pool = self.__dict__.get("_threads", (None, None))
+        if owner != os.getpid() or pool is None:
+            pool = ThreadPoolExecutor(self.remote.concurrent_reads, "geodino-read")
+            self.__dict__["_threads"] = (os.getpid(), pool)
+            self.__dict__["_opening"] = threading.Lock()
+        assert isinstance(pool, ThreadPoolExecutor)
+        return pool
+
     def _groups(self) -> list[list[BandAsset]]:
         """Consecutive chosen bands of one asset, read together."""
         groups: list[list[BandAsset]] = []
@@ -754,7 +869,13 @@ class STACCatalog(MultiBandGeoTIFF):
         return groups
 
     def _read_asset(
-        self, bands: list[BandAsset], rows: np.ndarray, x: slice, y: slice, fresh: bool
+        self,
+        bands: list[BandAsset],
+        rows: np.ndarray,
+        x: slice,
+        y: slice,
+        fresh: bool,
+        nodata: float | None,
     ) -> np.ndarray:
         """Bands of one asset under a chip: the items' files merged as TorchGeo merges them.
 
@@ -762,7 +883,6 @@ class STACCatalog(MultiBandGeoTIFF):
         is missing: the pixels of rasterio's merge of them all (the first valid value
         wins), without reading the items under a full chip (a tile's other acquisitions).
         """
-        nodata = self.effective_nodata
         dest: np.ndarray | None = None
         for batch in [rows] if nodata is None else [rows[i : i + 1] for i in range(len(rows))]:
             part = self._merge(bands, batch, x, y, fresh)
@@ -781,16 +901,22 @@ class STACCatalog(MultiBandGeoTIFF):
         """Some items' files of one asset merged onto a chip's grid by rasterio."""
         key = bands[0].asset
         handles = []
-        for row in rows:
-            href = self.href(key, int(row))
-            path = gdal_path(href, self._base)
-            try:
-                if fresh:
-                    handles.append(self._load_warp_file(path, self.crs))
-                else:
-                    handles.append(self._cached_load_warp_file(path, self.crs))
-            except (RasterioError, OSError) as error:
-                raise _Failed(href, int(row), error) from None
+        opening = self.__dict__.get("_opening")
+        if opening is not None and not fresh:
+            self._fetch_headers(key, rows)
+        # threads open one file at a time: the open-file cache and the nodata a file is
+        # opened with are shared by the threads
+        with opening or contextlib.nullcontext():
+            for row in rows:
+                href = self.href(key, int(row))
+                path = gdal_path(href, self._base)
+                try:
+                    if fresh:
+                        handles.append(self._load_warp_file(path, self.crs))
+                    else:
+                        handles.append(self._cached_load_warp_file(path, self.crs))
+                except (RasterioError, OSError) as error:
+                    raise _Failed(href, int(row), error) from None
         try:
             dest: np.ndarray = rasterio.merge.merge(
                 handles,
@@ -811,6 +937,22 @@ class STACCatalog(MultiBandGeoTIFF):
                     handle.close()
         return dest
 
+    def _fetch_headers(self, key: str, rows: np.ndarray) -> None:
+        """Read the headers of remote files not open yet, in this thread.
+
+        Threads open files one at a time; reading a header first, concurrently, leaves it
+        in GDAL's per-process cache of ranges, so that the open itself costs no round trip.
+        An error is left to the open, which names the href.
+        """
+        files = self._open_files()
+        for row in rows:
+            path = gdal_path(self.href(key, int(row)), self._base)
+            if path.startswith("/vsi") and path not in files:
+                try:
+                    rasterio.open(path).close()
+                except (RasterioError, OSError):
+                    return
+
     def _give_up(self, failure: "_Unreadable") -> None:
         """Apply ``on_unreadable`` to an object that stays unreadable."""
         reason = _first_line(failure.error)
@@ -830,7 +972,8 @@ class STACCatalog(MultiBandGeoTIFF):
     def __getstate__(self) -> dict[str, Any]:
         """The dataset without this process's list of unreadable items, for loader workers."""
         state = super().__getstate__()
-        state.pop("_dead", None)
+        for key in ("_dead", "_threads", "_opening"):
+            state.pop(key, None)
         return state
 
 
@@ -839,6 +982,98 @@ def _declared_nodata(infos: Sequence[_AssetInfo], band: BandAsset) -> float | No
     info = next(i for i in infos if i.key == band.asset)
     value = info.nodata[band.index - 1] if band.index - 1 < len(info.nodata) else None
     return None if value is None else float(value)
+
+
+@dataclass
+class _ItemLookup:
+    """The items under a chip, looked up among the distinct footprints.
+
+    A catalog holds many acquisitions of each tile, which share a footprint: a chip is
+    tested against the few distinct footprints (an R-tree of them), then their items' time
+    spans (arrays), so that a lookup costs about the same at 10^3 and 10^6 items.
+
+    Args:
+        index: the index it was built for (a replaced index falls back to its R-tree).
+        grids: the distinct footprints.
+        members: item rows grouped by footprint, ascending within each.
+        starts: where each footprint's rows start in ``members`` (one more than ``grids``).
+        first: each item's first acquisition time (naive UTC, ns).
+        last: each item's last acquisition time.
+    """
+
+    index: GeoDataFrame
+    grids: np.ndarray
+    members: np.ndarray
+    starts: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        index: GeoDataFrame,
+        grids: np.ndarray,
+        grid_of: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray,
+    ) -> "_ItemLookup":
+        """Group the rows by footprint.
+
+        Args:
+            index: the index.
+            grids: the distinct footprints.
+            grid_of: each row's footprint.
+            first: each row's first acquisition time.
+            last: each row's last acquisition time.
+
+        Returns:
+            the lookup.
+        """
+        members = np.argsort(grid_of, kind="stable")
+        starts = np.searchsorted(grid_of[members], np.arange(len(grids) + 1))
+        return cls(
+            index,
+            grids,
+            members,
+            starts,
+            first.astype("datetime64[ns]"),
+            last.astype("datetime64[ns]"),
+        )
+
+    def under(self, chip: shapely.Geometry, t: slice) -> np.ndarray:
+        """Rows of the items sharing area with a chip and time with ``t``, in index order.
+
+        Args:
+            chip: the chip's box.
+            t: its time span.
+
+        Returns:
+            the rows.
+        """
+        tree = self.__dict__.get("_tree")
+        if tree is None:  # built in each process (loader workers receive the arrays)
+            tree = self.__dict__["_tree"] = shapely.STRtree(self.grids)
+        hits = tree.query(chip, predicate="intersects")
+        hits = hits[~shapely.touches(self.grids[hits], chip)]
+        if not len(hits):
+            return np.zeros(0, dtype=np.int64)
+        rows = np.sort(
+            np.concatenate([self.members[self.starts[g] : self.starts[g + 1]] for g in hits])
+        )
+        start = np.datetime64(pd.Timestamp(t.start).as_unit("ns").to_datetime64(), "ns")
+        stop = np.datetime64(pd.Timestamp(t.stop).as_unit("ns").to_datetime64(), "ns")
+        keep = (self.first[rows] <= stop) & (self.last[rows] >= start)
+        return np.asarray(rows[keep], dtype=np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The lookup without its R-tree (rebuilt where it is unpickled).
+
+        Returns:
+            the attributes to pickle.
+        """
+        state = dict(self.__dict__)
+        state.pop("_tree", None)
+        return state
 
 
 class _Failed(Exception):
@@ -855,11 +1090,11 @@ class _Unreadable(_Failed):
 
 def _footprints(
     transform: np.ndarray, shape: np.ndarray, codes: pa.Array, dst: CRS
-) -> tuple[np.ndarray, tuple[float, float]]:
+) -> tuple[np.ndarray, tuple[float, float], np.ndarray, np.ndarray]:
     """Items' grid footprints in ``dst`` (edges densified where warped), and the first's res.
 
     Items on one grid (a tile's acquisitions) share one polygon: each distinct grid is
-    built, warped and held once.
+    built, warped and held once. Also returns the distinct footprints and each item's.
     """
     encoded = pc.dictionary_encode(codes)
     groups = encoded.indices.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -900,7 +1135,7 @@ def _footprints(
             )
             res = (float(warped.a), float(-warped.e))
     assert res is not None
-    return boxes[inverse.ravel()], res
+    return boxes[inverse.ravel()], res, boxes, inverse.ravel()
 
 
 def _missing(pixels: np.ndarray, nodata: float | None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The internal tiling (blocks) of raster files, and chips aligned with it."""
 
 import math
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from pyproj import CRS
@@ -10,8 +11,20 @@ from geodino.datasets.footprints import FootprintGrid
 from geodino.errors import DataError
 
 
+@runtime_checkable
+class KnownTiling(Protocol):
+    """A source that knows its files' grids and tiling without opening them (STAC items)."""
+
+    def block_grids(self, res: tuple[float, float]) -> np.ndarray:
+        """Rows as :func:`block_grids` gives them."""
+        ...
+
+
 def block_grids(dataset: GeoDataset, res: tuple[float, float]) -> np.ndarray:
     """The internal tiling of every file read on the dataset's own grid.
+
+    A source that knows its tiling (:class:`KnownTiling`, e.g. a STAC catalog, whose items'
+    grids are in its index) gives it; otherwise every file is opened.
 
     Args:
         dataset: a raster dataset whose index lists its files (``filepath``); of a
@@ -31,6 +44,8 @@ def block_grids(dataset: GeoDataset, res: tuple[float, float]) -> np.ndarray:
     from geodino.datasets.protocols import Modalities
 
     source = next(iter(dataset.modalities.values())) if isinstance(dataset, Modalities) else dataset
+    if isinstance(source, KnownTiling):
+        return source.block_grids(res)
     if "filepath" not in source.index.columns:
         raise DataError(
             f"block_aligned needs a raster dataset whose index lists its files; "

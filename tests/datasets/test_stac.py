@@ -423,3 +423,101 @@ def test_the_search_pages_through_the_api(scenes: tuple[Path, list[Scene]]) -> N
         assert len(list(search_items(api.url, max_items=5, limit=4))) == 5
     with pytest.raises(ConfigError, match=r"cannot be searched.*root"):
         list(search_items(api.url))
+
+
+def test_concurrent_reads_overlap_the_band_files_of_a_chip(
+    scenes: tuple[Path, list[Scene]], local: Path, s3_server
+) -> None:
+    """With ``concurrent_reads`` the four band files of a chip are read in parallel threads."""
+    from_disk = STACCatalog(local, bands=BANDS)
+    where = queries(from_disk, 1, size=8)
+    with FaultProxy(s3_server.port) as proxy:
+        overlap, requests = {}, {}
+        for threads in (1, 4):
+            # objects of their own: GDAL keeps the ranges it read per process
+            catalog = s3_catalog(scenes, s3_server, f"threads{threads}")
+            dataset = STACCatalog(
+                catalog, bands=BANDS, remote=remote(proxy, concurrent_reads=threads)
+            )
+            proxy.latency = 0.0
+            dataset[first_query(dataset)]  # opens every band file of the first item
+            proxy.clear()
+            # long enough that threads reading at once are seen at once by the proxy
+            proxy.latency = 0.3
+            same_chips(dataset, from_disk, where)
+            overlap[threads] = proxy.max_in_flight
+            requests[threads] = proxy.count(method="GET")
+    # one band file after another, a chip's requests wait for each other (GDAL overlaps
+    # only the ranges of one file); in threads the files' requests are in flight together
+    assert min(requests.values()) >= 4
+    assert overlap[4] >= 3 and overlap[4] > overlap[1], overlap
+
+
+def test_concurrent_reads_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="concurrent_reads must be >= 1"):
+        RemoteSettings(concurrent_reads=0)
+
+
+def test_block_aligned_chips_take_the_tiling_from_the_index_and_one_read(
+    scenes: tuple[Path, list[Scene]],
+) -> None:
+    import rasterio
+
+    root, items = scenes
+    # only the first item's files exist: the tiling must not open the others
+    catalog = write_items(
+        items,
+        root / "aligned.parquet",
+        lambda p: str(p) if p.parent.name == items[0].id else f"/nowhere/{p.name}",
+    )
+    dataset = STACCatalog(catalog, bands=BANDS)
+    expected = []
+    for scene in items[:2]:  # the 32N item is warped: it has no tiling on the dataset's grid
+        with rasterio.open(scene.files["blue"]) as src:
+            t, (block_h, block_w) = src.transform, src.block_shapes[0]
+            left, bottom, right, top = src.bounds
+            expected.append((left, bottom, right, top, t.c, t.f, src.width, src.height))
+            expected[-1] += (block_w, block_h)
+    np.testing.assert_allclose(dataset.block_grids(dataset.res), expected)
+    sampler = AOISampler(
+        dataset, None, 24, length=60, block_aligned=True, generator=torch_generator(0)
+    )
+    grid = expected[0]
+    aligned = 0
+    for x, y, _ in sampler:
+        centre = ((x.start + x.stop) / 2, (y.start + y.stop) / 2)
+        if not (grid[0] <= centre[0] < grid[2] and grid[1] <= centre[1] < grid[3]):
+            continue
+        col, row = round((x.start - grid[4]) / 10), round((grid[5] - y.stop) / 10)
+        # a 24-px chip inside one 32-px block of the first item's COGs
+        assert col % 32 + 24 <= 32 and row % 32 + 24 <= 32
+        aligned += 1
+    assert aligned >= 10
+
+
+def test_items_under_a_chip_are_found_among_distinct_footprints(local: Path) -> None:
+    import pandas as pd
+    import shapely
+
+    dataset = STACCatalog(local, bands=BANDS)
+    index = dataset.index
+    x, y, t = dataset.bounds
+    rng = np.random.default_rng(0)
+    mid = t.start + (t.stop - t.start) / 2
+    spans = [t, slice(t.start, mid, 1), slice(mid, t.stop, 1), slice(t.stop, t.stop, 1)]
+    found = 0
+    for _ in range(200):
+        x0, y0 = rng.uniform(x.start - 500, x.stop), rng.uniform(y.start - 500, y.stop)
+        size = rng.choice([80.0, 640.0, 2000.0])
+        span = spans[rng.integers(len(spans))]
+        chip = shapely.box(x0, y0, x0 + size, y0 + size)
+        # every item's own footprint and time span, tested one by one
+        shares = shapely.intersects(index.geometry.array, chip) & ~shapely.touches(
+            index.geometry.array, chip
+        )
+        overlaps = index.index.overlaps(pd.Interval(span.start, span.stop, closed="both"))
+        expected = np.flatnonzero(shares & overlaps)
+        rows = dataset._rows(slice(x0, x0 + size, 10.0), slice(y0, y0 + size, 10.0), span)
+        np.testing.assert_array_equal(rows, expected)
+        found += len(rows) > 0
+    assert found > 20
