@@ -250,6 +250,9 @@ def main() -> None:
         help="the teacher's global crops keep all bands; only the student's draw subsets",
     )
     parser.add_argument("--patch-embed-lr-mult", type=float, default=1.0)
+    parser.add_argument(
+        "--spectral-subsets", type=float, default=0.5, help="chance that a crop sees a subset"
+    )
     parser.add_argument("--mixed-only", action="store_true", help="skip the fixed models")
     parser.add_argument("--out", type=Path, default=Path("/tmp/any_sensor_knn"))
     parser.add_argument(
@@ -272,6 +275,7 @@ def main() -> None:
         [sources[k] for k in SOURCES],
         weights=args.weights,
         teacher_all_bands=args.teacher_all_bands,
+        spectral_subsets=args.spectral_subsets,
         **data_args(args, root),
     )
     panopticon = {

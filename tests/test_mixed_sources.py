@@ -178,6 +178,26 @@ def test_teacher_all_bands_hides_bands_from_the_student_only(demo: Path) -> None
     assert SpectralBatch.from_batch(batch).band_mask(crops, "teacher") is student  # type: ignore[union-attr]
 
 
+def test_patch_embed_lr_mult_covers_the_whole_channel_attention(demo: Path) -> None:
+    # the from-scratch any-sensor recipe trains the band mixing faster than the ViT body
+    dm = data_module(demo)
+    task = DINOv2Task(
+        model="panopticon_vitb14",
+        in_chans=23,
+        band_names=dm.band_names,
+        model_kwargs=MODEL_KWARGS,
+        layerwise_decay=1.0,
+        patch_embed_lr_mult=4.0,
+    )
+    groups = task.configure_optimizers().param_groups
+    mult = {id(p): g["lr_multiplier"] for g in groups for p in g["params"]}
+    named = dict(task.student["backbone"].named_parameters())
+    embedding = [n for n in named if n.startswith("patch_embed.")]
+    assert any(".chnfus." in n for n in embedding) and any(".conv3d." in n for n in embedding)
+    assert {mult[id(named[n])] for n in embedding} == {4.0}
+    assert {mult[id(p)] for n, p in named.items() if n.startswith("blocks.")} == {1.0}
+
+
 def test_sources_must_agree_on_band_identities(demo: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"band 'B2' of dataset 0 .*band_wavelengths"):
         MixedGeoDataModule(
