@@ -26,6 +26,7 @@ from geodino.errors import ConfigError
 from geodino.export import export_backbone, load_backbone
 from geodino.models import PanopticonViT
 from geodino.tasks import DINOv2Task
+from geodino.tasks.spectral import SpectralBatch
 from geodino.transforms.spectral import draw_band_masks
 
 MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2}
@@ -154,6 +155,47 @@ def test_data_module_bands_statistics_and_device_batches(demo: Path) -> None:
         assert batch["band_ids"].tolist() == pytest.approx(dm.source_ids[source])
         assert torch.isfinite(batch["global_crops"]).all()
     assert len(seen) >= 2
+
+
+def test_teacher_all_bands_hides_bands_from_the_student_only(demo: Path) -> None:
+    dm = data_module(demo, spectral_subsets=1.0, teacher_all_bands=True)
+    dm.setup("fit")
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    dm.trainer = trainer
+    trainer.state.stage = "train"
+    raw = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(raw, 0)
+    bands = SpectralBatch.from_batch(batch)
+    assert bands is not None
+    crops = batch["global_crops"]
+    student = bands.band_mask(crops, "student")
+    teacher = bands.band_mask(crops, "teacher")
+    assert student is not None and student.any(1).all()  # every student crop sees a subset
+    assert teacher is not None and teacher.shape == student.shape and not teacher.any()
+    assert bands.band_mask(batch["local_crops"], "student") is not None
+    # without the option the teacher hides what the student's global crop hides
+    batch.pop("teacher_band_mask")
+    assert SpectralBatch.from_batch(batch).band_mask(crops, "teacher") is student  # type: ignore[union-attr]
+
+
+def test_patch_embed_lr_mult_covers_the_whole_channel_attention(demo: Path) -> None:
+    # the from-scratch any-sensor recipe trains the band mixing faster than the ViT body
+    dm = data_module(demo)
+    task = DINOv2Task(
+        model="panopticon_vitb14",
+        in_chans=23,
+        band_names=dm.band_names,
+        model_kwargs=MODEL_KWARGS,
+        layerwise_decay=1.0,
+        patch_embed_lr_mult=4.0,
+    )
+    groups = task.configure_optimizers().param_groups
+    mult = {id(p): g["lr_multiplier"] for g in groups for p in g["params"]}
+    named = dict(task.student["backbone"].named_parameters())
+    embedding = [n for n in named if n.startswith("patch_embed.")]
+    assert any(".chnfus." in n for n in embedding) and any(".conv3d." in n for n in embedding)
+    assert {mult[id(named[n])] for n in embedding} == {4.0}
+    assert {mult[id(p)] for n, p in named.items() if n.startswith("blocks.")} == {1.0}
 
 
 def test_sources_must_agree_on_band_identities(demo: Path, tmp_path: Path) -> None:

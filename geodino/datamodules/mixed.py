@@ -147,6 +147,9 @@ class MixedGeoDataModule(DINODataModule):
         spectral_subsets: chance that a crop sees a random subset of its bands (0: every
             crop sees all of them).
         min_bands: fewest bands a crop keeps.
+        teacher_all_bands: the teacher's global crops keep all their bands, only the
+            student's crops draw subsets (Panopticon's recipe); False hides the same bands
+            from the teacher's global crops as from the student's.
         aoi: AOI file or GeoDataFrame shared by the sources; None samples each source's
             footprint.
         aoi_query: pandas query selecting training polygons.
@@ -178,6 +181,7 @@ class MixedGeoDataModule(DINODataModule):
         band_wavelengths: dict[str, float] | None = None,
         spectral_subsets: float = 0.5,
         min_bands: int = 1,
+        teacher_all_bands: bool = False,
         aoi: str | Path | GeoDataFrame | None = None,
         aoi_query: str | None = None,
         val_query: str | None = None,
@@ -220,6 +224,7 @@ class MixedGeoDataModule(DINODataModule):
         self.weights = weights
         self.spectral_subsets = spectral_subsets
         self.min_bands = min_bands
+        self.teacher_all_bands = teacher_all_bands
         self.aoi = aoi
         self.aoi_query = aoi_query
         self.val_query = val_query
@@ -428,7 +433,8 @@ class MixedGeoDataModule(DINODataModule):
         Returns:
             the batch with ``band_ids`` (C,) and, in training, ``global_crops``,
             ``local_crops``, ``global_band_mask`` and ``local_band_mask`` (True for a band
-            hidden from a crop) instead of ``image``.
+            hidden from a crop) instead of ``image``, and ``teacher_band_mask`` (the
+            teacher's global crops) with ``teacher_all_bands``.
 
         Raises:
             DataError: for a batch without a source or with bands other than its source's.
@@ -470,6 +476,8 @@ class MixedGeoDataModule(DINODataModule):
             out[f"{kind}_band_mask"] = draw_band_masks(
                 count, len(names), self.spectral_subsets, self.min_bands, generator
             ).to(image.device)
+        if self.teacher_all_bands:
+            out["teacher_band_mask"] = torch.zeros_like(out["global_band_mask"])
         return out
 
 

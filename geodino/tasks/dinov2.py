@@ -514,7 +514,7 @@ class DINOv2Task(BaseTask):
         encoder = spectral(self._encoder(which))
         forward = self._compile(f"{which}_spectral", False, encoder.forward_spectral)
         token = self.mask_token if masks is not None else None
-        tokens: Tensor = forward(crops, bands.band_ids, bands.band_mask(crops), masks, token)
+        tokens: Tensor = forward(crops, bands.band_ids, bands.band_mask(crops, which), masks, token)
         return tokens
 
     def _branch(

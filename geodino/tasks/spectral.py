@@ -2,12 +2,14 @@
 
 A mixed-sensor data module (:class:`~geodino.datamodules.MixedGeoDataModule`) delivers
 ``band_ids`` (C,) with each batch and, in training, a band mask per crop
-(``global_band_mask``, ``local_band_mask``); the task hands them to a
+(``global_band_mask``, ``local_band_mask``, and ``teacher_band_mask`` where the teacher's
+global crops hide other bands than the student's); the task hands them to a
 :class:`~geodino.models.SpectralEncoder` with the crops they belong to.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import Tensor
 
@@ -22,10 +24,13 @@ class SpectralBatch:
     Args:
         band_ids: (C,) identities of the batch's bands.
         band_masks: per group of crops, keyed by (crops, side), (crops, C) bool masks.
+        teacher_band_mask: (crops, C) mask of the teacher's global crops; None: the
+            student's.
     """
 
     band_ids: Tensor
     band_masks: dict[tuple[int, int], Tensor]
+    teacher_band_mask: Tensor | None = field(default=None)
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, object]) -> "SpectralBatch | None":
@@ -45,17 +50,23 @@ class SpectralBatch:
             crops, mask = batch.get(f"{kind}_crops"), batch.get(f"{kind}_band_mask")
             if isinstance(crops, Tensor) and crops.ndim == 4 and isinstance(mask, Tensor):
                 masks[(crops.shape[0], crops.shape[-1])] = mask
-        return cls(ids, masks)
+        teacher = batch.get("teacher_band_mask")
+        return cls(ids, masks, teacher if isinstance(teacher, Tensor) else None)
 
-    def band_mask(self, crops: Tensor) -> Tensor | None:
+    def band_mask(
+        self, crops: Tensor, which: Literal["student", "teacher"] = "student"
+    ) -> Tensor | None:
         """The band mask of a group of crops (None: every band visible).
 
         Args:
             crops: (B_i, C, H, W) crops of the batch.
+            which: the branch that embeds them (the teacher takes only global crops).
 
         Returns:
             their (B_i, C) mask.
         """
+        if which == "teacher" and self.teacher_band_mask is not None:
+            return self.teacher_band_mask
         return self.band_masks.get((crops.shape[0], crops.shape[-1]))
 
 
