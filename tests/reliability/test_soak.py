@@ -1,6 +1,7 @@
 """Long-run soak at small scale: thousands of CPU steps with loader workers.
 
-Opt-in (``pytest -m soak``). A tiny DINOv2Task trains on a GeoTIFF catalog with two
+Opt-in (``pytest -m soak``). A tiny DINOv2Task trains on a GeoTIFF catalog (local files, or
+a STAC-GeoParquet catalog of COGs in the tests' S3 server on 127.0.0.1) with two
 persistent loader workers and atomic checkpoints every 500 steps; every 100 steps the test
 records the resident memory (RSS) of the main process and of the workers and their open
 file descriptors. After warm-up the RSS must stay within 10 % of its warm-up value and no
@@ -19,8 +20,9 @@ from harness import write_catalog
 from lightning.pytorch import Callback, Trainer
 
 from geodino.datamodules import GeoDINODataModule
-from geodino.datasets import MultiBandGeoTIFF
+from geodino.datasets import MultiBandGeoTIFF, RemoteSettings, STACCatalog
 from geodino.tasks import DINOv2Task
+from tests.stac_catalogs import two_zone_scenes, write_items
 
 STEPS = int(os.environ.get("GEODINO_SOAK_STEPS", "5000"))
 WARMUP = max(100, STEPS // 10)
@@ -69,9 +71,30 @@ class Probe(Callback):
         )
 
 
-@pytest.mark.soak
-def test_soak_memory_and_file_handles_stay_flat(tmp_path: Path) -> None:
+def local_tiles(tmp_path: Path, request: pytest.FixtureRequest) -> MultiBandGeoTIFF:
     write_catalog(tmp_path / "tiles")
+    return MultiBandGeoTIFF(tmp_path / "tiles")
+
+
+def s3_items(tmp_path: Path, request: pytest.FixtureRequest) -> STACCatalog:
+    s3_server = request.getfixturevalue("s3_server")
+    cogs = tmp_path / "cogs"
+    scenes = two_zone_scenes(cogs)
+
+    def href(path: Path) -> str:
+        return s3_server.upload(path, "geodino-soak", str(path.relative_to(cogs)))
+
+    remote = RemoteSettings(endpoint=s3_server.endpoint, https=False, virtual_hosting=False)
+    catalog = write_items(scenes, tmp_path / "s3.parquet", href)
+    return STACCatalog(catalog, bands=["B02", "red", "nir", "swir16"], remote=remote)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("source", [local_tiles, s3_items], ids=["local", "s3"])
+def test_soak_memory_and_file_handles_stay_flat(
+    tmp_path: Path, request: pytest.FixtureRequest, source: Any
+) -> None:
+    dataset = source(tmp_path, request)
     model = DINOv2Task(
         model="vit_small_patch14_reg4_dinov2",
         in_chans=4,
@@ -84,7 +107,7 @@ def test_soak_memory_and_file_handles_stay_flat(tmp_path: Path) -> None:
         lr_reference_batch=8,
     )
     data = GeoDINODataModule(
-        MultiBandGeoTIFF(tmp_path / "tiles"),
+        dataset,
         chip_size=28,
         batch_size=4,
         num_workers=2,
