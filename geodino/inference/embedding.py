@@ -274,7 +274,6 @@ def embed(
         if not regions:
             log.info("process %d of %d: no raster left to embed", rank, world_size)
             return []
-    share = "" if world_size == 1 else f".rank{rank}of{world_size}"
     return embed_regions(
         backbone,
         weights,
@@ -288,7 +287,8 @@ def embed(
         overwrite=overwrite,
         progress=progress,
         chunk_rows=chunk_rows,
-        share=share,
+        rank=rank,
+        world_size=world_size,
     )
 
 
@@ -349,7 +349,8 @@ def embed_regions(
     overwrite: bool = False,
     progress: bool = True,
     chunk_rows: int = CHUNK_ROWS,
-    share: str = "",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[Path]:
     """Embed planned regions into their outputs (the work of :func:`embed` once planned).
 
@@ -358,7 +359,8 @@ def embed_regions(
         weights: where it was loaded from (recorded in the outputs).
         regions: this process's regions.
         targets: their COGs, or ``[out]`` for a chip table.
-        out: the output asked for (the saved work goes in ``OUT<share>.parts/``).
+        out: the output asked for (the saved work goes in ``OUT.parts/``, or
+            ``OUT.rank<R>of<W>.parts/`` when several processes share the work).
         aoi: the AOI the regions were planned with (part of the saved work's key).
         pca: principal components.
         chip_size: window side in pixels (default: the backbone's training size).
@@ -366,7 +368,8 @@ def embed_regions(
         overwrite: replace existing outputs and discard saved parts.
         progress: show progress bars.
         chunk_rows: rows of a chip table written at a time.
-        share: ``.rank<R>of<W>`` when several processes share the work, else empty.
+        rank: this process's rank among those sharing the work.
+        world_size: processes sharing the work.
 
     Returns:
         the files written.
@@ -386,6 +389,7 @@ def embed_regions(
     if existing and not overwrite:
         raise DataError(f"{', '.join(existing)} exists; pass --overwrite true to replace it.")
 
+    share = "" if world_size == 1 else f".rank{rank}of{world_size}"
     parts = out.with_name(f"{out.name}{share}.parts")
     key = _fingerprint(
         weights=str(Path(weights).resolve()),

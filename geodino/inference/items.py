@@ -393,5 +393,6 @@ def embed_items(
             overwrite=overwrite,
             progress=progress,
             chunk_rows=chunk_rows,
-            share="" if world_size == 1 else f".rank{rank}of{world_size}",
+            rank=rank,
+            world_size=world_size,
         )
