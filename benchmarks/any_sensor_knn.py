@@ -44,7 +44,7 @@ from geodino.demo import DemoLandCover, DemoSentinel1, DemoSentinel2, write_demo
 from geodino.demo.catalog import LABEL_NODATA, DemoCatalog
 from geodino.demo.eightband import EIGHT_BANDS, DemoWorldView3
 from geodino.evaluation import extract_features, knn_accuracy, read_labelled_chips
-from geodino.models import PanopticonViT, create_encoder
+from geodino.models import SpectralViT, create_encoder
 from geodino.samplers import AOISampler
 from geodino.tasks import DINOv2Task
 from geodino.transforms.normalize import BandStatistics, Normalize
@@ -165,7 +165,7 @@ def score(
     bands: list[str],
 ) -> tuple[float, bool]:
     """k-NN accuracy of a model on chips restricted to ``bands`` (missing ones mean-filled)."""
-    if isinstance(model, PanopticonViT):
+    if isinstance(model, SpectralViT):
         model = model.select_bands(bands)
         model_bands = bands
     filled = [b for b in model_bands if b not in bands]
@@ -257,6 +257,19 @@ def main() -> None:
     parser.add_argument(
         "--spectral-subsets", type=float, default=0.5, help="chance that a crop sees a subset"
     )
+    parser.add_argument(
+        "--mixed-arch",
+        choices=("panopticon", "dofa"),
+        default="panopticon",
+        help="patch embedding of the mixed model: Panopticon's channel attention or DOFA's "
+        "wavelength-generated kernels",
+    )
+    parser.add_argument(
+        "--mixed-kwargs",
+        type=json.loads,
+        default={},
+        help="more model_kwargs of the mixed model, as JSON (e.g. '{\"channel_query_std\": 16}')",
+    )
     parser.add_argument("--mixed-only", action="store_true", help="skip the fixed models")
     parser.add_argument("--out", type=Path, default=Path("/tmp/any_sensor_knn"))
     parser.add_argument(
@@ -282,17 +295,24 @@ def main() -> None:
         spectral_subsets=args.spectral_subsets,
         **data_args(args, root),
     )
-    panopticon = {
-        **trunk(args),
-        "attn_dim": args.attn_dim,
-        "attn_heads": args.attn_heads,
-        "sensors": ["sentinel2", "sentinel1", "worldview3"],
-    }
+    sensors = {"sensors": ["sentinel2", "sentinel1", "worldview3"]}
+    if args.mixed_arch == "dofa":
+        arch = "dofa_base_patch16_224"
+        spectral = {**trunk(args), "patch_size": 14, **sensors}
+    else:
+        arch = "panopticon_vitb14"
+        spectral = {
+            **trunk(args),
+            "attn_dim": args.attn_dim,
+            "attn_heads": args.attn_heads,
+            **sensors,
+        }
+    spectral |= args.mixed_kwargs
     task = DINOv2Task(
-        model="panopticon_vitb14",
+        model=arch,
         in_chans=len(mixed_data.band_names),
         band_names=mixed_data.band_names,
-        model_kwargs=panopticon,
+        model_kwargs=spectral,
         **recipe(args),
     )
     seconds["mixed"], guards["mixed"] = train(task, mixed_data, 3 * args.steps)
@@ -300,12 +320,13 @@ def main() -> None:
     models["mixed"] = (task.teacher["backbone"], mixed_data.statistics, mixed_data.band_names)
     torch.manual_seed(args.seed)
     random = create_encoder(
-        "panopticon_vitb14",
-        len(mixed_data.band_names),
-        panopticon,
-        band_names=mixed_data.band_names,
+        arch, len(mixed_data.band_names), spectral, band_names=mixed_data.band_names
     )
-    models["random_init_panopticon"] = (random, mixed_data.statistics, mixed_data.band_names)
+    models[f"random_init_{args.mixed_arch}"] = (
+        random,
+        mixed_data.statistics,
+        mixed_data.band_names,
+    )
 
     for source in () if args.mixed_only else SOURCES:
         torch.manual_seed(args.seed)

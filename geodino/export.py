@@ -44,7 +44,7 @@ _SIZE_KWARGS = {
 }
 #: Arguments of a wavelength-aware backbone that name its default bands: they change no
 #: weight's shape, so a backbone built with them still matches the architecture's default.
-_BAND_KWARGS = {"band_ids", "sensors", "band_wavelengths"}
+_BAND_KWARGS = {"band_ids", "sensors", "band_wavelengths", "sar_wavelengths"}
 #: File names inside an export folder.
 WEIGHTS_FILE, SIDECAR_FILE, CHECKPOINT_FILE = (
     "backbone.safetensors",
@@ -539,8 +539,9 @@ class PretrainedBackbone:
         """This backbone ready for data with these bands.
 
         A fixed-band backbone is itself after :meth:`check_bands`; a wavelength-aware one
-        (:class:`~geodino.models.PanopticonViT`) takes any subset of the bands it was trained
-        on, in any order, and comes back restricted to them (shared weights).
+        (:class:`~geodino.models.SpectralViT`: Panopticon, DOFA) takes any subset of the
+        bands it was trained on, in any order, and comes back restricted to them (shared
+        weights).
 
         Args:
             band_names: names of the data's bands (None or empty when the data has none).
@@ -553,9 +554,9 @@ class PretrainedBackbone:
         Raises:
             DataError: if the data's bands do not fit.
         """
-        from geodino.models import PanopticonViT
+        from geodino.models import SpectralViT
 
-        if not isinstance(self.model, PanopticonViT):
+        if not isinstance(self.model, SpectralViT):
             self.check_bands(band_names, count, source)
             return self
         if not band_names or len(band_names) != count:

@@ -24,7 +24,7 @@ from geodino.demo.eightband import (
 )
 from geodino.errors import ConfigError
 from geodino.export import export_backbone, load_backbone
-from geodino.models import PanopticonViT
+from geodino.models import DofaViT, PanopticonViT
 from geodino.tasks import DINOv2Task
 from geodino.tasks.spectral import SpectralBatch
 from geodino.transforms.spectral import draw_band_masks
@@ -212,13 +212,24 @@ def test_sources_must_agree_on_band_identities(demo: Path, tmp_path: Path) -> No
         )
 
 
-def fit(root: Path, out: Path, steps: int, ckpt: str | None = None) -> Trainer:
+#: a DOFA backbone of the same size
+DOFA_KWARGS = {k: v for k, v in MODEL_KWARGS.items() if not k.startswith("attn_")}
+
+
+def fit(
+    root: Path,
+    out: Path,
+    steps: int,
+    ckpt: str | None = None,
+    model: str = "panopticon_vitb14",
+    model_kwargs: dict[str, object] = MODEL_KWARGS,
+) -> Trainer:
     torch.manual_seed(0)  # the initial weights
     dm = data_module(root)
     task = DINOv2Task(
-        model="panopticon_vitb14",
+        model=model,
         in_chans=23,
-        model_kwargs=MODEL_KWARGS,
+        model_kwargs=model_kwargs,
         head_out_dim=64,
         head_hidden_dim=32,
         head_bottleneck_dim=16,
@@ -298,3 +309,21 @@ def test_fit_resumes_exactly_and_exports_a_backbone_for_any_band_subset(
         argv += [str(raster), "--out", str(report), "--chip_size", "14", "--baselines", "false"]
         assert main(argv) == 0
         assert (report / "knn.json").is_file()
+
+
+def test_dofa_pretrains_on_mixed_sources_and_embeds_each(demo: Path, tmp_path: Path) -> None:
+    """DOFA's generated kernels train from one-source batches with spectral multi-crop."""
+    kwargs = {**DOFA_KWARGS, "patch_size": 14}
+    trainer = fit(demo, tmp_path / "dofa", 3, model="dofa_base_patch16_224", model_kwargs=kwargs)
+    torch.manual_seed(0)
+    initial = DINOv2Task(model="dofa_base_patch16_224", in_chans=23, model_kwargs=kwargs)
+    key = "patch_embed.weight_generator.fc_weight.weight"
+    trained = trainer.lightning_module.student["backbone"].state_dict()[key]
+    assert not torch.equal(trained, initial.student["backbone"].state_dict()[key])
+    paths = export_backbone(tmp_path / "dofa" / "checkpoints" / "last.ckpt", tmp_path / "export")
+    backbone = load_backbone(paths["json"].parent)
+    assert isinstance(backbone.model, DofaViT) and backbone.in_chans == 23
+    for names in (["B04", "B03", "B02", "B08"], ["VV"], list(EIGHT_BANDS)):
+        view = backbone.for_bands(names, len(names), "chips")
+        tokens = view.tokens(torch.rand(2, len(names), 28, 28) * 3000)
+        assert tokens.shape == (2, 5, 32) and torch.isfinite(tokens).all()

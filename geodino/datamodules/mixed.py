@@ -2,7 +2,7 @@
 
 One run draws from several sources (e.g. Sentinel-2, Sentinel-1 and an 8-band commercial
 catalog), each with a sampling weight, for a wavelength-aware backbone
-(:class:`~geodino.models.PanopticonViT`). Every batch comes from one source, drawn per step
+(:class:`~geodino.models.SpectralViT`). Every batch comes from one source, drawn per step
 (as Clay's sampler does): its chips keep their own bands, so a batch costs what its bands
 cost, where padding every chip to the union of all bands costs the union's for every chip
 (docs/any-sensor.md measures both). Batches carry the identity of each band (``band_ids``:

@@ -86,7 +86,7 @@ def spectral(encoder: Encoder) -> SpectralEncoder:
         raise ConfigError(
             f"the data deliver bands of several sensors with their identities, but the "
             f"backbone ({type(encoder).__name__}) has a fixed band set; use a wavelength-aware "
-            "one (model: panopticon_vitb14, sizes in model_kwargs)."
+            "one (model: panopticon_vitb14 or dofa_base_patch16_224, sizes in model_kwargs)."
         )
     return encoder
 

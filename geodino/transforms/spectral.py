@@ -1,6 +1,6 @@
 """Spectral multi-crop: each crop sees a random subset of its bands (as Panopticon trains).
 
-A wavelength-aware backbone (:class:`~geodino.models.PanopticonViT`) takes a band mask beside
+A wavelength-aware backbone (:class:`~geodino.models.SpectralViT`) takes a band mask beside
 the images; hiding random bands from each view teaches it to embed any subset of a sensor's
 bands alike (RGB+NIR of a Sentinel-2 scene, Sentinel-2 without SWIR, one SAR polarisation).
 """

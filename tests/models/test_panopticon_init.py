@@ -1,4 +1,4 @@
-"""From scratch, a Panopticon patch embedding starts attending to bands of its own."""
+"""From scratch, each head of a Panopticon patch embedding starts on a band of its own."""
 
 import math
 
@@ -26,8 +26,8 @@ def build(**kwargs: float) -> PanopticonViT:
     return model
 
 
-def band_attention_entropy(model: PanopticonViT, images: torch.Tensor) -> float:
-    """Entropy over bands of each head's channel attention, as a fraction of log C."""
+def band_attention(model: PanopticonViT, images: torch.Tensor) -> torch.Tensor:
+    """Each head's channel attention over the bands of each patch, (B, L, heads, C)."""
     pe = model.patch_embed
     ids = torch.tensor(model.band_ids).expand(images.shape[0], -1).clone()
     x, _, _ = pe.conv3d(images)  # (B, C, L, D)
@@ -36,7 +36,12 @@ def band_attention_entropy(model: PanopticonViT, images: torch.Tensor) -> float:
     heads, dim = attn.num_heads, x.shape[-1]
     keys = attn.inproj_k(x).unflatten(-1, (heads, dim // heads))  # (B, C, L, H, d)
     query = pe.chnfus.query.reshape(heads, dim // heads) * attn.scale
-    weights = torch.einsum("bclhd,hd->blhc", keys, query).softmax(-1)
+    return torch.einsum("bclhd,hd->blhc", keys, query).softmax(-1)
+
+
+def band_attention_entropy(model: PanopticonViT, images: torch.Tensor) -> float:
+    """Entropy over bands of each head's channel attention, as a fraction of log C."""
+    weights = band_attention(model, images)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
     return float(entropy) / math.log(images.shape[1])
 
@@ -44,10 +49,13 @@ def band_attention_entropy(model: PanopticonViT, images: torch.Tensor) -> float:
 @torch.no_grad()
 def test_channel_attention_starts_selective_and_sar_polarisations_apart() -> None:
     images = torch.randn(8, 13, 28, 28)
-    ours, torchgeo = build(), build(channel_query_std=1.0, sar_embedding_std=0.0)
+    ours = build()
+    torchgeo = build(
+        channel_query_std=1.0, sar_embedding_std=0.0, band_conv_scale=1.0, spread_heads=False
+    )
     # TorchGeo's initialisation: nearly uniform attention, every patch the mean of its bands
     assert band_attention_entropy(torchgeo, images) > 0.9
-    assert band_attention_entropy(ours, images) < 0.75
+    assert band_attention_entropy(ours, images) < 0.15
     sar = torch.tensor([[-1.0, -2.0]])
     vv, vh = torchgeo.patch_embed.chnfus.chnemb(sar.clone())[0]
     assert torch.equal(vv, vh)
@@ -55,3 +63,20 @@ def test_channel_attention_starts_selective_and_sar_polarisations_apart() -> Non
     assert not torch.allclose(vv, vh)
     # an initialisation, not an architecture: the same tensors, loadable either way
     assert ours.state_dict().keys() == torchgeo.state_dict().keys()
+
+
+@torch.no_grad()
+def test_each_head_starts_on_a_band_of_its_own_whatever_the_pixels() -> None:
+    """The heads are spread over the default bands; identities, not pixels, choose the band."""
+    model = build()
+    weights = band_attention(model, torch.randn(8, 13, 28, 28))  # (B, L, heads, C)
+    # 4 heads over 13 bands sorted by wavelength: B01, B05, B8A, B12
+    assert weights.mean((0, 1)).argmax(-1).tolist() == [0, 4, 8, 12]
+    assert weights.amax(-1).mean() > 0.9
+    other = band_attention(model, torch.randn(8, 13, 28, 28) * 3)
+    assert (other.mean((0, 1)) - weights.mean((0, 1))).abs().max() < 0.1
+    # with a random query and TorchGeo's band projection the pixels choose (the old init)
+    drawn = build(band_conv_scale=1.0, spread_heads=False, channel_query_std=4.0)
+    first = band_attention(drawn, torch.randn(8, 13, 28, 28)).flatten(0, 1)
+    spread = 0.5 * (first[:, None] - first[None, :]).abs().sum(-1).mean()
+    assert spread > 0.3  # total variation between the patches' attention
