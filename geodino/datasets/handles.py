@@ -11,6 +11,7 @@ beyond it.
 
 import logging
 import resource
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -69,6 +70,10 @@ class OpenFiles[H]:
         self.capacity = capacity
         self._open, self._close = open_file, close_file
         self._handles: OrderedDict[str, H] = OrderedDict()
+        # Handles still open when the interpreter exits are closed before its teardown: GDAL
+        # closing them afterwards calls back into a half-finalised Python, which prints
+        # "Error in sys.excepthook" for every such file.
+        self._finalizer = weakref.finalize(self, _close_all, self._handles, close_file)
         #: Files opened so far (first opens and reopens after eviction).
         self.opens = 0
         #: Handles closed to make room.
@@ -123,5 +128,10 @@ class OpenFiles[H]:
 
     def close(self) -> None:
         """Close every handle."""
-        while self._handles:
-            self._close(self._handles.popitem(last=False)[1])
+        _close_all(self._handles, self._close)
+
+
+def _close_all[H](handles: "OrderedDict[str, H]", close_file: Callable[[H], None]) -> None:
+    """Close and forget every handle, least recently used first."""
+    while handles:
+        close_file(handles.popitem(last=False)[1])
