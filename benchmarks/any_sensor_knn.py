@@ -4,8 +4,9 @@ Part (a) of issue 15's evaluation. On the demo catalog (Sentinel-2, Sentinel-1 a
 WorldView-3-like scenes derived from its S2), after the same CPU budget in optimiser steps:
 
 - ``mixed``: one Panopticon backbone (:class:`~geodino.models.PanopticonViT`) pretrained on
-  all three sources (:class:`~geodino.datamodules.MixedGeoDataModule`, one source a step,
-  spectral multi-crop) for ``3 x --steps`` steps;
+  all three sources (:class:`~geodino.datamodules.MixedGeoDataModule`, one source a step
+  drawn with ``--weights``, default S2:S1:WV3 = 2:1:2 as ``configs/any_sensor.yaml``,
+  spectral multi-crop) for ``3 x --steps`` steps (``--mixed-arch dofa``: a DOFA backbone);
 - ``fixed_s2``, ``fixed_s1``, ``fixed_wv3``: one timm DINOv2 ViT of the same width and depth
   per source, ``--steps`` steps each (together the mixed model's step count).
 
@@ -16,7 +17,8 @@ model cannot take a subset; it is scored on it with the missing bands filled wit
 (0 after normalisation), the usual workaround, and marked ``filled``. Every model is scored
 at its random initialisation too, and every run reports what its collapse guard saw. All
 runs use the demo recipe that holds (docs/recipe.md: KoLeo 0.1, LayerScale 1.0, teacher
-temperature 0.04); the mixed model's channel attention has 16 heads, twice the ViT's width.
+temperature 0.04); the mixed model's channel attention has 16 heads, twice the ViT's width,
+each starting on a band of its own.
 
     python benchmarks/any_sensor_knn.py --steps 300 --seed 0 --out /tmp/any_sensor_knn
     python benchmarks/any_sensor_knn.py --steps 300 --seed 1 --mixed-only --teacher-all-bands
@@ -246,7 +248,11 @@ def main() -> None:
         "--eval-stride", type=int, default=7, help="stride of the labelled k-NN chips (px)"
     )
     parser.add_argument(
-        "--weights", type=float, nargs=3, default=[1.0, 1.0, 1.0], help="S2, S1, WV3 weights"
+        "--weights",
+        type=float,
+        nargs=3,
+        default=[2.0, 1.0, 2.0],
+        help="S2, S1, WV3 sampling weights of the mixed model's steps",
     )
     parser.add_argument(
         "--teacher-all-bands",

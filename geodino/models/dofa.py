@@ -13,15 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import timm
 import torch
-from timm.models import VisionTransformer
 from torch import Tensor
 from torchgeo.models.dofa import DOFAEmbedding
 
 from geodino.bands import SAR_POLARISATIONS
 from geodino.errors import ConfigError, DataError
-from geodino.models.spectral_vit import SpectralViT, default_band_ids, load_spectral_weights
+from geodino.models.spectral_vit import (
+    SpectralViT,
+    create_trunk,
+    default_band_ids,
+    load_spectral_weights,
+)
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
@@ -165,18 +168,7 @@ def build_dofa(
             f"sar_wavelengths names {sorted(set(sar) - set(SAR_POLARISATIONS))}, which are not "
             f"polarisations; give wavelengths for {sorted(SAR_POLARISATIONS)}."
         )
-    timm_kwargs.pop("dynamic_img_size", None)  # positions are resampled for any size
-    try:
-        vit = timm.create_model(
-            trunk, pretrained=False, num_classes=0, img_size=img_size, **timm_kwargs
-        )
-    except (RuntimeError, TypeError, ValueError, AssertionError) as error:
-        raise ConfigError(
-            f"timm cannot build {trunk!r} with {timm_kwargs} ({type(error).__name__}: {error}); "
-            f"use one of {sorted(DOFA_ARCHS)} or a timm ViT name."
-        ) from None
-    if not isinstance(vit, VisionTransformer):
-        raise ConfigError(f"{trunk!r} is a {type(vit).__name__}, not a timm VisionTransformer.")
+    vit = create_trunk(trunk, img_size, list(DOFA_ARCHS), **timm_kwargs)
     patch = int(vit.patch_embed.patch_size[0])
     vit.patch_embed = DOFAEmbedding(
         dynamic_embed_dim=128, kernel_size=patch, embed_dim=int(vit.embed_dim)

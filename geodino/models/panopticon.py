@@ -13,16 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import timm
 import torch
-from timm.models import VisionTransformer
 from torch import Tensor
 from torchgeo.models.panopticon import PanopticonPE
 
-from geodino.errors import ConfigError
 from geodino.models.spectral_vit import (
     SpectralEncoder,
     SpectralViT,
+    create_trunk,
     default_band_ids,
     load_spectral_weights,
 )
@@ -175,18 +173,7 @@ def build_panopticon(
     """
     trunk, default_attn, default_heads = PANOPTICON_ARCHS.get(model, (model, 0, 4))
     ids = default_band_ids(in_chans, band_names, band_ids, sensors, band_wavelengths)
-    timm_kwargs.pop("dynamic_img_size", None)  # the Panopticon embedding takes any size
-    try:
-        vit = timm.create_model(
-            trunk, pretrained=False, num_classes=0, img_size=img_size, **timm_kwargs
-        )
-    except (RuntimeError, TypeError, ValueError, AssertionError) as error:
-        raise ConfigError(
-            f"timm cannot build {trunk!r} with {timm_kwargs} ({type(error).__name__}: {error}); "
-            f"use one of {sorted(PANOPTICON_ARCHS)} or a timm DINOv2 ViT name."
-        ) from None
-    if not isinstance(vit, VisionTransformer):
-        raise ConfigError(f"{trunk!r} is a {type(vit).__name__}, not a timm VisionTransformer.")
+    vit = create_trunk(trunk, img_size, list(PANOPTICON_ARCHS), **timm_kwargs)
     dim = int(vit.embed_dim)
     width = attn_dim or default_attn or 3 * dim
     patch = vit.patch_embed.patch_size

@@ -10,12 +10,15 @@ through :meth:`SpectralViT.forward_spectral`, a subset of its own through
 
 import copy
 import math
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import timm
 import torch
 from timm.layers.pos_embed import resample_abs_pos_embed
+from timm.models import VisionTransformer
 from torch import Tensor
 
 from geodino.errors import ConfigError, DataError, WeightsError
@@ -70,7 +73,7 @@ class SpectralEncoder(Encoder, Protocol):
         ...
 
 
-class SpectralViT(TimmViTEncoder):
+class SpectralViT(TimmViTEncoder, metaclass=ABCMeta):
     """A timm ViT whose patch embedding takes each band's identity.
 
     ``band_names`` and ``band_ids`` are the bands :meth:`forward_tokens` takes (the encoder
@@ -82,10 +85,11 @@ class SpectralViT(TimmViTEncoder):
     band_ids: tuple[float, ...] | None
 
     @property
+    @abstractmethod
     def stored_grid(self) -> tuple[int, int]:
         """Patch grid of the stored position embedding."""
-        raise NotImplementedError
 
+    @abstractmethod
     def patch_tokens(self, images: Tensor, band_ids: Tensor, band_mask: Tensor | None) -> Tensor:
         """Patch tokens of images whose bands have these identities, before positions.
 
@@ -97,7 +101,6 @@ class SpectralViT(TimmViTEncoder):
         Returns:
             (B, h * w, D).
         """
-        raise NotImplementedError
 
     def _band_tensor(self, images: Tensor) -> Tensor:
         """The default bands' identities, checked against the images."""
@@ -308,6 +311,39 @@ class SpectralViT(TimmViTEncoder):
         )
 
 
+def create_trunk(
+    trunk: str, img_size: int, architectures: Sequence[str], **timm_kwargs: Any
+) -> VisionTransformer:
+    """The timm ViT a wavelength-aware patch embedding is put in front of.
+
+    Args:
+        trunk: timm architecture name.
+        img_size: image size of the stored position grid.
+        architectures: the wavelength-aware architecture names, for the error message.
+        **timm_kwargs: more ``timm.create_model`` arguments (``dynamic_img_size`` is dropped:
+            positions are resampled for any size).
+
+    Returns:
+        the ViT, without classifier.
+
+    Raises:
+        ConfigError: if timm cannot build it or it is no ViT.
+    """
+    timm_kwargs.pop("dynamic_img_size", None)
+    try:
+        vit = timm.create_model(
+            trunk, pretrained=False, num_classes=0, img_size=img_size, **timm_kwargs
+        )
+    except (RuntimeError, TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(
+            f"timm cannot build {trunk!r} with {timm_kwargs} ({type(error).__name__}: {error}); "
+            f"use one of {sorted(architectures)} or a timm ViT name."
+        ) from None
+    if not isinstance(vit, VisionTransformer):
+        raise ConfigError(f"{trunk!r} is a {type(vit).__name__}, not a timm VisionTransformer.")
+    return vit
+
+
 def default_band_ids(
     in_chans: int | None,
     band_names: Sequence[str] | None,
@@ -402,6 +438,7 @@ def load_spectral_weights(
 __all__ = [
     "SpectralEncoder",
     "SpectralViT",
+    "create_trunk",
     "default_band_ids",
     "load_spectral_weights",
 ]
