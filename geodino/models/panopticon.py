@@ -78,6 +78,7 @@ def init_channel_attention(
     sar_std: float = 0.0,
     conv_scale: float = 1.0,
     spread_over: Sequence[float] | None = None,
+    target_logit: float = 16.0,
 ) -> None:
     """Re-draw the channel attention's query, the SAR embeddings and the band projection.
 
@@ -95,8 +96,12 @@ def init_channel_attention(
             0, all polarisations alike).
         conv_scale: factor on TorchGeo's initial weights of the per-band patch projection.
         spread_over: band identities to spread the heads over: head h's query points at
-            the key of the h-th of them in evenly spaced order (norm as a random query of
-            ``query_std``); None draws the query at random.
+            the key of the h-th of them in evenly spaced order; None draws the query at
+            random.
+        target_logit: with ``spread_over``, the attention logit of each head's own band:
+            the same sharpness at any width (a query of fixed norm gives logits that grow
+            with the width: ~17 at 96 wide, ~75 at ViT-B's 2304, where the softmax is
+            saturated and the query learns nothing).
     """
     chnfus = patch_embed.chnfus
     with torch.no_grad():
@@ -114,8 +119,8 @@ def init_channel_attention(
             targets = [order[round(h * (len(order) - 1) / max(heads - 1, 1))] for h in range(heads)]
             keys = chnfus.xattn.inproj_k(embedding(torch.tensor([targets]))[0])
             keys = keys.unflatten(-1, (heads, -1))[torch.arange(heads), torch.arange(heads)]
-            norm = query_std * keys.shape[-1] ** 0.5
-            chnfus.query.copy_((keys / keys.norm(dim=-1, keepdim=True) * norm).reshape(1, 1, -1))
+            query = keys * target_logit / (keys.square().sum(-1, keepdim=True) * chnfus.xattn.scale)
+            chnfus.query.copy_(query.reshape(1, 1, -1))
 
 
 def build_panopticon(
@@ -132,7 +137,7 @@ def build_panopticon(
     channel_query_std: float = 16.0,
     sar_embedding_std: float = 0.5,
     band_conv_scale: float = 0.05,
-    spread_heads: bool = True,
+    channel_query_logit: float | None = 16.0,
     **timm_kwargs: Any,
 ) -> PanopticonViT:
     """A Panopticon backbone, as :class:`torchgeo.models.Panopticon` builds it, at any size.
@@ -153,15 +158,17 @@ def build_panopticon(
             the embedding width, as Panopticon's 2304 for 768).
         attn_heads: heads of the channel attention (default: the architecture's, else 4).
         img_size: image size of the stored position grid.
-        channel_query_std: std of the channel attention's query at initialisation
-            (:func:`init_channel_attention`; TorchGeo's 1.0 starts nearly uniform over bands).
+        channel_query_std: std of the channel attention's query when it is drawn at random
+            (``channel_query_logit`` None, or no default bands; TorchGeo's 1.0 starts nearly
+            uniform over bands).
         sar_embedding_std: std of the SAR polarisations' embeddings at initialisation
             (TorchGeo's 0 starts VV and VH alike).
         band_conv_scale: factor on the initial weights of the per-band patch projection
             (TorchGeo's: 1); smaller lets the band identities, not the pixels, decide which
             bands each head of the channel attention takes.
-        spread_heads: start each head of the channel attention on its own band among the
-            default bands, spread evenly over their identities (else a random query).
+        channel_query_logit: start each head of the channel attention on its own band
+            among the default bands, spread evenly over their identities, with this logit
+            (:func:`init_channel_attention`); None draws the query at random.
         **timm_kwargs: more ``timm.create_model`` arguments (embed_dim, depth, num_heads...).
 
     Returns:
@@ -189,7 +196,8 @@ def build_panopticon(
         channel_query_std,
         sar_embedding_std,
         band_conv_scale,
-        ids if spread_heads else None,
+        ids if channel_query_logit is not None else None,
+        channel_query_logit or 0.0,
     )
     encoder = cast(PanopticonViT, PanopticonViT.adopt(vit, band_names))
     encoder.band_ids = ids

@@ -51,7 +51,7 @@ def test_channel_attention_starts_selective_and_sar_polarisations_apart() -> Non
     images = torch.randn(8, 13, 28, 28)
     ours = build()
     torchgeo = build(
-        channel_query_std=1.0, sar_embedding_std=0.0, band_conv_scale=1.0, spread_heads=False
+        channel_query_std=1.0, sar_embedding_std=0.0, band_conv_scale=1.0, channel_query_logit=None
     )
     # TorchGeo's initialisation: nearly uniform attention, every patch the mean of its bands
     assert band_attention_entropy(torchgeo, images) > 0.9
@@ -76,7 +76,27 @@ def test_each_head_starts_on_a_band_of_its_own_whatever_the_pixels() -> None:
     other = band_attention(model, torch.randn(8, 13, 28, 28) * 3)
     assert (other.mean((0, 1)) - weights.mean((0, 1))).abs().max() < 0.1
     # with a random query and TorchGeo's band projection the pixels choose (the old init)
-    drawn = build(band_conv_scale=1.0, spread_heads=False, channel_query_std=4.0)
+    drawn = build(band_conv_scale=1.0, channel_query_logit=None, channel_query_std=4.0)
     first = band_attention(drawn, torch.randn(8, 13, 28, 28)).flatten(0, 1)
     spread = 0.5 * (first[:, None] - first[None, :]).abs().sum(-1).mean()
     assert spread > 0.3  # total variation between the patches' attention
+
+
+@torch.no_grad()
+def test_each_head_starts_with_the_same_logit_on_its_band_at_any_width() -> None:
+    """A query of fixed norm saturates the softmax at ViT-B's width; a fixed logit does not."""
+    for kwargs in (
+        {**SMALL, "attn_dim": 96, "attn_heads": 16},
+        {"depth": 1, "sensors": "sentinel2"},
+    ):
+        torch.manual_seed(0)
+        model = create_encoder("panopticon_vitb14", 13, kwargs, band_names=S2)
+        assert isinstance(model, PanopticonViT)
+        chnfus = model.patch_embed.chnfus
+        heads = chnfus.xattn.num_heads
+        embeddings = chnfus.chnemb(torch.tensor([model.band_ids]))[0]  # (C, D)
+        keys = chnfus.xattn.inproj_k(embeddings).unflatten(-1, (heads, -1))  # (C, H, d)
+        query = chnfus.query.reshape(heads, -1)
+        logits = torch.einsum("chd,hd->hc", keys, query) * chnfus.xattn.scale
+        targets = [round(h * 12 / (heads - 1)) for h in range(heads)]  # spread over 13 bands
+        torch.testing.assert_close(logits[torch.arange(heads), targets], torch.full((heads,), 16.0))
