@@ -78,7 +78,7 @@ def init_channel_attention(
     sar_std: float = 0.0,
     conv_scale: float = 1.0,
     spread_over: Sequence[float] | None = None,
-    target_logit: float = 16.0,
+    target_logit: float = 24.0,
 ) -> None:
     """Re-draw the channel attention's query, the SAR embeddings and the band projection.
 
@@ -137,7 +137,7 @@ def build_panopticon(
     channel_query_std: float = 16.0,
     sar_embedding_std: float = 0.5,
     band_conv_scale: float = 0.05,
-    channel_query_logit: float | None = 16.0,
+    channel_query_logit: float | None = 24.0,
     **timm_kwargs: Any,
 ) -> PanopticonViT:
     """A Panopticon backbone, as :class:`torchgeo.models.Panopticon` builds it, at any size.

@@ -99,4 +99,4 @@ def test_each_head_starts_with_the_same_logit_on_its_band_at_any_width() -> None
         query = chnfus.query.reshape(heads, -1)
         logits = torch.einsum("chd,hd->hc", keys, query) * chnfus.xattn.scale
         targets = [round(h * 12 / (heads - 1)) for h in range(heads)]  # spread over 13 bands
-        torch.testing.assert_close(logits[torch.arange(heads), targets], torch.full((heads,), 16.0))
+        torch.testing.assert_close(logits[torch.arange(heads), targets], torch.full((heads,), 24.0))
