@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import shapely
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from geodino.cli import main
 from geodino.datamodules import MixedGeoDataModule, MixedSampleStream
@@ -223,6 +223,7 @@ def fit(
     ckpt: str | None = None,
     model: str = "panopticon_vitb14",
     model_kwargs: dict[str, object] = MODEL_KWARGS,
+    callbacks: list[Callback] | None = None,
 ) -> Trainer:
     torch.manual_seed(0)  # the initial weights
     dm = data_module(root)
@@ -230,6 +231,7 @@ def fit(
         model=model,
         in_chans=23,
         model_kwargs=model_kwargs,
+        source_heads=3,
         head_out_dim=64,
         head_hidden_dim=32,
         head_bottleneck_dim=16,
@@ -246,9 +248,73 @@ def fit(
         enable_model_summary=False,
         deterministic=True,
         default_root_dir=out,
+        callbacks=callbacks,
     )
     trainer.fit(task, dm, ckpt_path=ckpt)
     return trainer
+
+
+class SourceLog(Callback):
+    """The source of every training batch."""
+
+    def __init__(self) -> None:
+        self.sources: list[int] = []
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: object, batch: dict, i: int
+    ) -> None:
+        self.sources.append(batch["source"])
+
+
+def test_each_source_trains_heads_of_its_own(demo: Path, tmp_path: Path) -> None:
+    log = SourceLog()
+    trainer = fit(demo, tmp_path / "heads", 6, callbacks=[log])
+    task = trainer.lightning_module
+    torch.manual_seed(0)
+    initial = DINOv2Task(
+        model="panopticon_vitb14",
+        in_chans=23,
+        model_kwargs=MODEL_KWARGS,
+        source_heads=3,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+    )
+    learnt = set(log.sources[1:])  # the warm-up's first step has a learning rate of 0
+    assert 0 < len(learnt) < 3, log.sources  # some heads trained, one not (seed 0)
+    for source, key in enumerate(("dino_head", "dino_head_1", "dino_head_2")):
+        trained = task.student[key].mlp[0].weight
+        changed = not torch.equal(trained, initial.student[key].mlp[0].weight)
+        assert changed == (source in learnt), (key, log.sources)
+        # the teacher follows the student's head of that source only
+        teacher = task.teacher[key].mlp[0].weight
+        kept = torch.allclose(teacher, initial.teacher[key].mlp[0].weight, rtol=0, atol=1e-6)
+        assert kept != (source in learnt), key
+
+
+def test_source_heads_must_cover_the_sources() -> None:
+    task = DINOv2Task(
+        model="panopticon_vitb14",
+        in_chans=23,
+        model_kwargs=MODEL_KWARGS,
+        source_heads=2,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+    )
+    batch = SpectralBatch(torch.tensor([-1.0, -2.0]), {}, source=2)
+    with pytest.raises(ConfigError, match=r"source_heads=2.*source 2.*number of the data"):
+        task._branch("student", bands=batch)
+    with pytest.raises(ConfigError, match="source None"):
+        task._branch("student")
+    assert (
+        task._branch("teacher", bands=SpectralBatch(batch.band_ids, {}, source=1)).dino_head
+        is (task.teacher["dino_head_1"])
+    )
+    with pytest.raises(ConfigError, match="source_heads must be >= 1"):
+        DINOv2Task(
+            model="panopticon_vitb14", in_chans=23, model_kwargs=MODEL_KWARGS, source_heads=0
+        )
 
 
 def test_fit_resumes_exactly_and_exports_a_backbone_for_any_band_subset(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torchgeo.tasks import BaseTask
 
 from geodino.callbacks import CollapseGuard, TrainingSummary
@@ -63,6 +64,11 @@ class DINOv2Task(BaseTask):
         head_nlayers: MLP layers of the heads.
         ibot_separate_head: give iBOT its own head (else it shares the DINO head).
         ibot_head_out_dim: prototypes of a separate iBOT head.
+        source_heads: DINO (and separate iBOT) heads, one per source of a mixed-sensor
+            data module (:class:`~geodino.datamodules.MixedGeoDataModule`, whose batches say
+            their source): source *i*'s batches train head *i*, so that each sensor's chips
+            spread over prototypes of their own (docs/any-sensor.md measures it); 1 shares
+            one head. Under DDP it needs ``strategy: ddp_find_unused_parameters_true``.
         dino_loss_weight: weight of the DINO loss.
         ibot_loss_weight: weight of the iBOT loss (0 disables masking).
         koleo_loss_weight: weight of the KoLeo regulariser (0 disables it).
@@ -124,6 +130,7 @@ class DINOv2Task(BaseTask):
         head_nlayers: int = 3,
         ibot_separate_head: bool = False,
         ibot_head_out_dim: int = 65536,
+        source_heads: int = 1,
         dino_loss_weight: float = 1.0,
         ibot_loss_weight: float = 1.0,
         koleo_loss_weight: float = 0.1,
@@ -162,6 +169,8 @@ class DINOv2Task(BaseTask):
             )
         if in_chans < 1:
             raise ConfigError(f"in_chans must be >= 1, got {in_chans}.")
+        if source_heads < 1:
+            raise ConfigError(f"source_heads must be >= 1, got {source_heads}.")
         if modalities is not None:
             total = sum(check_modalities(modalities).values())
             if in_chans != total:
@@ -190,11 +199,13 @@ class DINOv2Task(BaseTask):
             bottleneck_dim=hp["head_bottleneck_dim"],
             nlayers=hp["head_nlayers"],
         )
-        student = nn.ModuleDict(
-            {"backbone": backbone, "dino_head": DINOHead(dim, hp["head_out_dim"], **head_args)}
-        )
-        if hp["ibot_separate_head"]:
-            student["ibot_head"] = DINOHead(dim, hp["ibot_head_out_dim"], **head_args)
+        student = nn.ModuleDict({"backbone": backbone})
+        for source in range(hp.get("source_heads", 1)):
+            student[_head_key("dino_head", source)] = DINOHead(dim, hp["head_out_dim"], **head_args)
+            if hp["ibot_separate_head"]:
+                student[_head_key("ibot_head", source)] = DINOHead(
+                    dim, hp["ibot_head_out_dim"], **head_args
+                )
         self.student = student
         if hp["channels_last"]:
             # a ViT's only 4-d weights are its patch-embedding convolutions
@@ -346,9 +357,9 @@ class DINOv2Task(BaseTask):
         groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
         named = [(f"backbone.{n}", p) for n, p in backbone.named_parameters()]
         named += [("mask_token", self.mask_token)]
-        for head in ("dino_head", "ibot_head"):
-            if head in self.student:
-                named += [(f"{head}.{n}", p) for n, p in self.student[head].named_parameters()]
+        for head, module in self.student.items():
+            if head != "backbone":
+                named += [(f"{head}.{n}", p) for n, p in module.named_parameters()]
         for name, param in named:
             if not param.requires_grad:
                 continue
@@ -375,8 +386,25 @@ class DINOv2Task(BaseTask):
         )
 
     def on_fit_start(self) -> None:
-        """Build the schedules once the trainer knows the run length and world size."""
+        """Build the schedules once the trainer knows the run length and world size.
+
+        Raises:
+            ConfigError: for heads per source under DDP that does not look for the
+                parameters a step leaves unused (the other sources' heads).
+        """
         self._schedule = self._schedules()
+        heads = self.hparams.get("source_heads", 1)
+        wrapped = self.trainer.strategy.model
+        if (
+            heads > 1
+            and isinstance(wrapped, DistributedDataParallel)
+            and not wrapped.find_unused_parameters
+        ):
+            raise ConfigError(
+                f"source_heads={heads} trains one source's heads a step, so DDP must look "
+                "for the parameters a step leaves unused: set "
+                "--trainer.strategy=ddp_find_unused_parameters_true."
+            )
 
     def _apply_schedules(self, optimizer: torch.optim.Optimizer) -> None:
         step = self.global_step
@@ -524,14 +552,17 @@ class DINOv2Task(BaseTask):
         bands: SpectralBatch | None = None,
     ) -> Branch:
         modules = self.student if which == "student" else self.teacher
+        source = self._head_source(bands)
         heads = dict(modules.items())
+        dino_head = heads[_head_key("dino_head", source)]
+        ibot_head = heads.get(_head_key("ibot_head", source), dino_head)
         encoder = self._encoder(which)
         if bands is not None:  # crops of several sensors: band identities and masks
             return Branch(
                 encode=lambda crops, masks: self._spectral_tokens(which, crops, masks, bands),
                 split=encoder.split_tokens,
-                dino_head=heads["dino_head"],
-                ibot_head=heads.get("ibot_head", heads["dino_head"]),
+                dino_head=dino_head,
+                ibot_head=ibot_head,
             )
         encode_packed = None
         # the student's modality dropout draws per crop size, so it keeps separate passes
@@ -547,10 +578,29 @@ class DINOv2Task(BaseTask):
         return Branch(
             encode=lambda crops, masks: self._tokens(which, crops, masks, doy),
             split=encoder.split_tokens,
-            dino_head=heads["dino_head"],
-            ibot_head=heads.get("ibot_head", heads["dino_head"]),
+            dino_head=dino_head,
+            ibot_head=ibot_head,
             encode_packed=encode_packed,
         )
+
+    def _head_source(self, bands: SpectralBatch | None) -> int:
+        """The index of the heads that a batch trains: its source's, with ``source_heads``.
+
+        Raises:
+            ConfigError: if there are heads per source but the batch says no source in range.
+        """
+        heads = self.hparams.get("source_heads", 1)
+        if heads == 1:
+            return 0
+        source = None if bands is None else bands.source
+        if source is None or not 0 <= source < heads:
+            raise ConfigError(
+                f"source_heads={heads} gives each source of a mixed-sensor data module heads "
+                f"of its own, but this batch is of source {source!r}; set "
+                "model.init_args.source_heads to the number of the data module's sources "
+                "(geodino.datamodules.MixedGeoDataModule), or to 1 for one data source."
+            )
+        return source
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         global_crops = batch["global_crops"]
@@ -700,6 +750,11 @@ class DINOv2Task(BaseTask):
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda"])
+
+
+def _head_key(kind: Literal["dino_head", "ibot_head"], source: int) -> str:
+    """The student's and teacher's key of a head: source 0's keeps the one-head name."""
+    return kind if source == 0 else f"{kind}_{source}"
 
 
 def _layer_id(name: str, encoder: Encoder) -> int:

@@ -26,11 +26,14 @@ class SpectralBatch:
         band_masks: per group of crops, keyed by (crops, side), (crops, C) bool masks.
         teacher_band_mask: (crops, C) mask of the teacher's global crops; None: the
             student's.
+        source: index of the batch's source in a mixed-sensor data module; None when the
+            batch does not say.
     """
 
     band_ids: Tensor
     band_masks: dict[tuple[int, int], Tensor]
     teacher_band_mask: Tensor | None = field(default=None)
+    source: int | None = field(default=None)
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, object]) -> "SpectralBatch | None":
@@ -51,7 +54,13 @@ class SpectralBatch:
             if isinstance(crops, Tensor) and crops.ndim == 4 and isinstance(mask, Tensor):
                 masks[(crops.shape[0], crops.shape[-1])] = mask
         teacher = batch.get("teacher_band_mask")
-        return cls(ids, masks, teacher if isinstance(teacher, Tensor) else None)
+        source = batch.get("source")
+        return cls(
+            ids,
+            masks,
+            teacher if isinstance(teacher, Tensor) else None,
+            source if isinstance(source, int) else None,
+        )
 
     def band_mask(
         self, crops: Tensor, which: Literal["student", "teacher"] = "student"

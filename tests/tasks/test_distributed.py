@@ -10,6 +10,8 @@ import torch
 import yaml
 from rasterio.transform import from_origin
 
+from geodino.demo import write_demo_catalog
+
 
 def write_catalog(root: Path) -> None:
     rng = np.random.default_rng(0)
@@ -115,3 +117,85 @@ def test_ddp_two_processes_then_resume_on_one(tmp_path: Path) -> None:
     assert teacher_keys and all(
         torch.isfinite(resumed["state_dict"][k]).all() for k in teacher_keys
     )
+
+
+def mixed_config(tmp_path: Path, strategy: str) -> Path:
+    root = write_demo_catalog(tmp_path / "demo", seed=0, scene_size=64).root
+    sources = ["geodino.demo.DemoSentinel2", "geodino.demo.DemoSentinel1"]
+    sources.append("geodino.demo.eightband.DemoWorldView3")
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 2,
+            "strategy": strategy,
+            "max_steps": 4,
+            "default_root_dir": str(tmp_path / strategy),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+        },
+        "model": {
+            "class_path": "geodino.tasks.DINOv2Task",
+            "init_args": {
+                "model": "panopticon_vitb14",
+                "in_chans": 23,
+                "source_heads": 3,
+                "model_kwargs": {
+                    "img_size": 28,
+                    "embed_dim": 32,
+                    "depth": 1,
+                    "num_heads": 2,
+                    "attn_dim": 32,
+                    "attn_heads": 2,
+                    "sensors": ["sentinel2", "sentinel1", "worldview3"],
+                },
+                "head_out_dim": 64,
+                "head_hidden_dim": 32,
+                "head_bottleneck_dim": 16,
+                "checkpoint_every_n_steps": 4,
+                "lr_reference_batch": 8,
+            },
+        },
+        "data": {
+            "class_path": "geodino.datamodules.MixedGeoDataModule",
+            "init_args": {
+                "datasets": [{"class_path": c, "init_args": {"paths": str(root)}} for c in sources],
+                "aoi": str(root / "aoi.gpkg"),
+                "aoi_query": "split == 'train'",
+                "chip_size": 28,
+                "min_coverage": 0.5,
+                "max_nodata": 0.5,
+                "batch_size": 4,
+                "statistics_chips": 4,
+                "multicrop": {
+                    "global_crops_size": 28,
+                    "local_crops_size": 14,
+                    "local_crops_number": 2,
+                },
+            },
+        },
+    }
+    path = tmp_path / f"{strategy}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_ddp_trains_heads_per_source_when_it_finds_unused_parameters(tmp_path: Path) -> None:
+    # each step trains one source's heads: plain DDP would fail at the second step
+    out = subprocess.run(
+        [sys.executable, "-m", "geodino", "fit", "--config", str(mixed_config(tmp_path, "ddp"))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode != 0
+    assert "--trainer.strategy=ddp_find_unused_parameters_true" in out.stderr
+    assert not (tmp_path / "ddp" / "checkpoints" / "last.ckpt").exists()
+
+    geodino("fit", "--config", str(mixed_config(tmp_path, "ddp_find_unused_parameters_true")))
+    last = tmp_path / "ddp_find_unused_parameters_true" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 4
+    for key in ("dino_head", "dino_head_1", "dino_head_2"):
+        assert f"teacher.{key}.last_layer.parametrizations.weight.original0" in state["state_dict"]
