@@ -266,20 +266,25 @@ class SourceLog(Callback):
         self.sources.append(batch["source"])
 
 
+def small_task(source_heads: int) -> DINOv2Task:
+    """The task of :func:`fit` as it starts."""
+    return DINOv2Task(
+        model="panopticon_vitb14",
+        in_chans=23,
+        model_kwargs=MODEL_KWARGS,
+        source_heads=source_heads,
+        head_out_dim=64,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+    )
+
+
 def test_each_source_trains_heads_of_its_own(demo: Path, tmp_path: Path) -> None:
     log = SourceLog()
     trainer = fit(demo, tmp_path / "heads", 6, callbacks=[log])
     task = trainer.lightning_module
     torch.manual_seed(0)
-    initial = DINOv2Task(
-        model="panopticon_vitb14",
-        in_chans=23,
-        model_kwargs=MODEL_KWARGS,
-        source_heads=3,
-        head_out_dim=64,
-        head_hidden_dim=32,
-        head_bottleneck_dim=16,
-    )
+    initial = small_task(3)
     learnt = set(log.sources[1:])  # the warm-up's first step has a learning rate of 0
     assert 0 < len(learnt) < 3, log.sources  # some heads trained, one not (seed 0)
     for source, key in enumerate(("dino_head", "dino_head_1", "dino_head_2")):
@@ -293,15 +298,7 @@ def test_each_source_trains_heads_of_its_own(demo: Path, tmp_path: Path) -> None
 
 
 def test_source_heads_must_cover_the_sources() -> None:
-    task = DINOv2Task(
-        model="panopticon_vitb14",
-        in_chans=23,
-        model_kwargs=MODEL_KWARGS,
-        source_heads=2,
-        head_out_dim=64,
-        head_hidden_dim=32,
-        head_bottleneck_dim=16,
-    )
+    task = small_task(2)
     batch = SpectralBatch(torch.tensor([-1.0, -2.0]), {}, source=2)
     with pytest.raises(ConfigError, match=r"source_heads=2.*source 2.*number of the data"):
         task._branch("student", bands=batch)
