@@ -33,17 +33,22 @@ def write_catalog(root: Path) -> None:
             dst.write(data)
 
 
+def trainer(root: Path, steps: int, **more: object) -> dict[str, object]:
+    """A quiet CPU trainer section writing to ``root``."""
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    return {
+        "accelerator": "cpu",
+        "max_steps": steps,
+        "default_root_dir": str(root),
+        **quiet,
+        **more,
+    }
+
+
 def config(tmp_path: Path) -> Path:
     cfg = {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "max_steps": 6,
-            "default_root_dir": str(tmp_path / "run"),
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": False,
-        },
+        "trainer": trainer(tmp_path / "run", 6),
         "model": {
             "class_path": "geodino.tasks.DINOv2Task",
             "init_args": {
@@ -125,16 +130,7 @@ def mixed_config(tmp_path: Path, strategy: str) -> Path:
     sources.append("geodino.demo.eightband.DemoWorldView3")
     cfg = {
         "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 2,
-            "strategy": strategy,
-            "max_steps": 4,
-            "default_root_dir": str(tmp_path / strategy),
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": False,
-        },
+        "trainer": trainer(tmp_path / strategy, 4, devices=2, strategy=strategy),
         "model": {
             "class_path": "geodino.tasks.DINOv2Task",
             "init_args": {
