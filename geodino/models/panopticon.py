@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torchgeo.models.panopticon import PanopticonPE
 
+from geodino.models.channel_attention import channel_attention_tokens
 from geodino.models.spectral_vit import (
     SpectralEncoder,
     SpectralViT,
@@ -57,6 +58,9 @@ class PanopticonViT(SpectralViT):
     def patch_tokens(self, images: Tensor, band_ids: Tensor, band_mask: Tensor | None) -> Tensor:
         """Patch tokens: the bands of each patch attended over by the channel attention.
 
+        TorchGeo's :class:`~torchgeo.models.PanopticonPE` forward, computed without a token
+        per band (:func:`~geodino.models.channel_attention.channel_attention_tokens`).
+
         Args:
             images: (B, C, H, W).
             band_ids: (B, C) identities; TorchGeo floors optical ids in place.
@@ -65,11 +69,55 @@ class PanopticonViT(SpectralViT):
         Returns:
             (B, h * w, D).
         """
-        inputs = {"imgs": images, "chn_ids": band_ids}
-        if band_mask is not None:
-            inputs["spec_masks"] = band_mask
-        x: Tensor = self.patch_embed(inputs)
-        return x
+        return channel_attention_tokens(
+            cast(PanopticonPE, self.patch_embed), images, band_ids, band_mask
+        )
+
+
+#: Optical bands of different sensors closer than this (nm) are one spectral position for the
+#: channel attention's heads: the same band seen by two sensors (Sentinel-2 B03 at 560 nm,
+#: WorldView-3 green at 547, Landsat 8 green at 561) sit within 20 nm of each other, and the
+#: bands of one sensor at least ~30 nm apart.
+SAME_BAND_NM = 20.0
+
+
+def spectral_positions(identities: Sequence[float]) -> list[list[float]]:
+    """The distinct spectral positions of some bands, in increasing order.
+
+    Optical identities closer than :data:`SAME_BAND_NM` to the first of their run are one
+    position, so that a band two sensors share takes one head of the channel attention, not
+    two; each SAR identity is a position.
+
+    Args:
+        identities: band identities (nm, or negative SAR ids).
+
+    Returns:
+        the positions, each the list of identities it holds.
+    """
+    positions: list[list[float]] = []
+    for identity in sorted(set(identities)):
+        first = positions[-1][0] if positions else -1.0
+        if first > 0 and identity - first < SAME_BAND_NM:
+            positions[-1].append(identity)
+        else:
+            positions.append([identity])
+    return positions
+
+
+def head_targets(identities: Sequence[float], heads: int) -> list[list[float]]:
+    """The spectral positions the channel attention's heads start on, spread evenly.
+
+    Args:
+        identities: the default bands' identities (nm, or negative SAR ids).
+        heads: number of heads.
+
+    Returns:
+        for each head, the identities of its position (:func:`spectral_positions`), in
+        increasing order, repeated where there are fewer positions than heads.
+    """
+    positions = spectral_positions(identities)
+    last = len(positions) - 1
+    return [positions[round(h * last / max(heads - 1, 1))] for h in range(heads)]
 
 
 def init_channel_attention(
@@ -96,8 +144,8 @@ def init_channel_attention(
             0, all polarisations alike).
         conv_scale: factor on TorchGeo's initial weights of the per-band patch projection.
         spread_over: band identities to spread the heads over: head h's query points at
-            the key of the h-th of them in evenly spaced order; None draws the query at
-            random.
+            the key of the h-th of their spectral positions in evenly spaced order
+            (:func:`head_targets`); None draws the query at random.
         target_logit: with ``spread_over``, the attention logit of each head's own band:
             the same sharpness at any width (a query of fixed norm gives logits that grow
             with the width: ~17 at 96 wide, ~75 at ViT-B's 2304, where the softmax is
@@ -114,13 +162,35 @@ def init_channel_attention(
                 table.zero_()
         patch_embed.conv3d.conv3d.weight.mul_(conv_scale)
         if spread_over:
-            heads = int(chnfus.xattn.num_heads)
-            order = sorted(set(spread_over))
-            targets = [order[round(h * (len(order) - 1) / max(heads - 1, 1))] for h in range(heads)]
-            keys = chnfus.xattn.inproj_k(embedding(torch.tensor([targets]))[0])
-            keys = keys.unflatten(-1, (heads, -1))[torch.arange(heads), torch.arange(heads)]
-            query = keys * target_logit / (keys.square().sum(-1, keepdim=True) * chnfus.xattn.scale)
-            chnfus.query.copy_(query.reshape(1, 1, -1))
+            _aim_heads(patch_embed, spread_over, target_logit)
+
+
+def _aim_heads(patch_embed: PanopticonPE, identities: Sequence[float], logit: float) -> None:
+    """Give each head of the channel attention ``logit`` on its position's bands, 0 on others.
+
+    Pointing a head's query at its band's key is not enough with narrow heads (6 dimensions
+    at 96 wide with 16 heads): another band's key can project further on the query and take
+    the head. So the key projection of each head is corrected, by a rank-one update along its
+    query, to give exactly the wanted logits on the identity embeddings of every default band.
+    """
+    chnfus = patch_embed.chnfus
+    attention = chnfus.xattn
+    heads = int(attention.num_heads)
+    ids = sorted(set(identities))
+    embeddings = chnfus.chnemb(torch.tensor([ids]))[0]  # (N, D); floors optical ids in place
+    weight = attention.inproj_k.weight.view(heads, -1, embeddings.shape[-1])  # (H, d, D)
+    queries = []
+    for head, position in enumerate(head_targets(identities, heads)):
+        wanted = torch.tensor([logit if i in position else 0.0 for i in ids])
+        # the smallest key direction that gives the wanted logits on every default band
+        direction = torch.linalg.lstsq(embeddings, wanted[:, None], driver="gelsd").solution[:, 0]
+        rows = weight[head]
+        key = rows @ embeddings[ids.index(position[0])]
+        query = key * logit / (key.square().sum() * attention.scale)
+        scaled = query * attention.scale
+        rows += torch.outer(scaled, direction - rows.T @ scaled) / scaled.square().sum()
+        queries.append(query)
+    chnfus.query.copy_(torch.cat(queries).reshape(1, 1, -1))
 
 
 def build_panopticon(
@@ -212,5 +282,6 @@ __all__ = [
     "PanopticonViT",
     "SpectralEncoder",
     "build_panopticon",
+    "head_targets",
     "init_channel_attention",
 ]

@@ -4,9 +4,12 @@ import math
 
 import torch
 
+from geodino.bands import SENSOR_BANDS, band_identities
 from geodino.models import PanopticonViT, create_encoder
+from geodino.models.panopticon import head_targets, spectral_positions
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+MIXED = [*S2, "VV", "VH", *SENSOR_BANDS["worldview3"]]
 SMALL = {
     "img_size": 28,
     "embed_dim": 48,
@@ -100,3 +103,43 @@ def test_each_head_starts_with_the_same_logit_on_its_band_at_any_width() -> None
         logits = torch.einsum("chd,hd->hc", keys, query) * chnfus.xattn.scale
         targets = [round(h * 12 / (heads - 1)) for h in range(heads)]  # spread over 13 bands
         torch.testing.assert_close(logits[torch.arange(heads), targets], torch.full((heads,), 24.0))
+
+
+def test_bands_two_sensors_share_are_one_spectral_position() -> None:
+    """Sentinel-2 B03 (559.8 nm) and WorldView-3 green (547 nm) are one position."""
+    ids = band_identities(MIXED, ["sentinel2", "sentinel1", "worldview3"])
+    positions = spectral_positions(ids)
+    assert [547.0, 559.8] in positions
+    assert [-2.0] in positions and [-1.0] in positions  # SAR ids 1 apart stay apart
+    assert len(positions) == 16  # 23 bands: 14 optical positions and two polarisations
+    # the bands of one sensor are each a position
+    assert len(spectral_positions(band_identities(S2, "sentinel2"))) == 13
+    assert head_targets(ids, 16) == positions
+
+
+@torch.no_grad()
+def test_each_band_of_each_sensor_takes_a_head_in_a_mixed_model() -> None:
+    """With narrow heads (6 dims) a head's query pointed at its band's key alone left 4 of
+    Sentinel-2's 13 bands without a head in the mixed model; every band now has one."""
+    torch.manual_seed(0)
+    model = create_encoder(
+        "panopticon_vitb14",
+        len(MIXED),
+        {
+            **SMALL,
+            "attn_dim": 96,
+            "attn_heads": 16,
+            "sensors": ["sentinel2", "sentinel1", "worldview3"],
+        },
+        band_names=MIXED,
+    )
+    assert isinstance(model, PanopticonViT)
+    for bands in (S2, list(SENSOR_BANDS["worldview3"]), ["VV", "VH"]):
+        weights = band_attention(model.select_bands(bands), torch.randn(4, len(bands), 28, 28))
+        weights = weights.mean((0, 1))  # (heads, C)
+        top = weights.amax(-1) > 0.9  # heads whose position this sensor has
+        assert sorted(weights[top].argmax(-1).tolist()) == list(range(len(bands)))
+        # a head whose position the sensor lacks starts uniform over its bands
+        torch.testing.assert_close(
+            weights[~top], torch.full_like(weights[~top], 1 / len(bands)), atol=0.05, rtol=0
+        )
