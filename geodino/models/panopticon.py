@@ -146,7 +146,8 @@ def init_channel_attention(
         spread_over: band identities to spread the heads over: head h's query points at
             the key of the h-th of their spectral positions in evenly spaced order
             (:func:`head_targets`); None draws the query at random.
-        target_logit: with ``spread_over``, the attention logit of each head's own band:
+        target_logit: with ``spread_over``, the attention logit of each head's own band (0
+            on the other default bands):
             the same sharpness at any width (a query of fixed norm gives logits that grow
             with the width: ~17 at 96 wide, ~75 at ViT-B's 2304, where the softmax is
             saturated and the query learns nothing).
@@ -284,4 +285,5 @@ __all__ = [
     "build_panopticon",
     "head_targets",
     "init_channel_attention",
+    "spectral_positions",
 ]
