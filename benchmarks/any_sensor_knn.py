@@ -64,6 +64,9 @@ SETS: dict[str, tuple[str, list[str]]] = {
     "S2 RGB+NIR": ("s2", ["B04", "B03", "B02", "B08"]),
     "S2 without SWIR": ("s2", [b for b in S2 if b not in ("B10", "B11", "B12")]),
     "S1 VV alone": ("s1", ["VV"]),
+    "S2 RGB": ("s2", ["B04", "B03", "B02"]),
+    "S2 B03 B07 B8A B12": ("s2", ["B03", "B07", "B8A", "B12"]),
+    "WV3 RGB+NIR": ("wv3", ["red", "green", "blue", "nir1"]),
 }
 
 
@@ -266,12 +269,20 @@ def main() -> None:
     )
     parser.add_argument(
         "--teacher-all-bands",
-        action="store_true",
-        help="the teacher's global crops keep all bands; only the student's draw subsets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the teacher's global crops keep all bands, only the student's draw subsets "
+        "(--no-teacher-all-bands: the teacher's hide what the student's copies hide)",
     )
     parser.add_argument("--patch-embed-lr-mult", type=float, default=1.0)
     parser.add_argument(
         "--spectral-subsets", type=float, default=0.5, help="chance that a crop sees a subset"
+    )
+    parser.add_argument(
+        "--sensor-subsets",
+        type=float,
+        default=0.5,
+        help="chance that a subset is what another sensor of the band table records",
     )
     parser.add_argument(
         "--source-heads",
@@ -317,6 +328,7 @@ def main() -> None:
         weights=args.weights,
         teacher_all_bands=args.teacher_all_bands,
         spectral_subsets=args.spectral_subsets,
+        sensor_subsets=args.sensor_subsets,
         **data_args(args, root),
     )
     sensors = {"sensors": ["sentinel2", "sentinel1", "worldview3"]}

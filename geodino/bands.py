@@ -112,6 +112,11 @@ SENSOR_BANDS: dict[str, dict[str, float]] = {
     },
 }
 
+#: Optical bands of different sensors closer than this (nm) are one spectral position: the
+#: same band seen by two sensors (Sentinel-2 B03 at 560 nm, WorldView-3 green at 547, Landsat
+#: 8 green at 561) sits within 20 nm, and the bands of one sensor lie at least ~30 nm apart.
+SAME_BAND_NM = 20.0
+
 _LANDSAT_NUMBERED = re.compile(r"(?:SR_|ST_)B(\d{1,2})")
 
 

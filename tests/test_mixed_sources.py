@@ -12,9 +12,11 @@ import shapely
 import torch
 from lightning.pytorch import Callback, Trainer
 
+from geodino.bands import band_identities
 from geodino.cli import main
 from geodino.datamodules import MixedGeoDataModule, MixedSampleStream
 from geodino.datasets import MultiBandGeoTIFF
+from geodino.datasets.sentinel import S2_BANDS
 from geodino.demo import DemoSentinel1, DemoSentinel2, write_demo_catalog
 from geodino.demo.eightband import (
     EIGHT_BANDS,
@@ -27,7 +29,7 @@ from geodino.export import export_backbone, load_backbone
 from geodino.models import DofaViT, PanopticonViT
 from geodino.tasks import DINOv2Task
 from geodino.tasks.spectral import SpectralBatch
-from geodino.transforms.spectral import draw_band_masks
+from geodino.transforms.spectral import draw_band_masks, sensor_band_sets
 
 MULTICROP = {"global_crops_size": 28, "local_crops_size": 14, "local_crops_number": 2}
 MODEL_KWARGS = {
@@ -90,6 +92,39 @@ def test_band_masks_keep_a_random_subset() -> None:
     assert not draw_band_masks(5, 1, 1.0).any()  # one band: nothing to hide
     with pytest.raises(ConfigError, match="min_bands"):
         draw_band_masks(1, 3, 0.5, 0)
+    with pytest.raises(ConfigError, match="sensor share"):
+        draw_band_masks(1, 3, 0.5, sensor_share=1.5)
+
+
+def test_sensor_band_sets_are_what_other_sensors_record() -> None:
+    s2 = band_identities(list(S2_BANDS), "sentinel2")
+    sets = [[list(S2_BANDS)[i] for i in kept] for kept in sensor_band_sets(s2)]
+    # PlanetScope's 4 bands (490, 565, 665, 865 nm) fall on B02, B03, B04 and B8A
+    assert ["B02", "B03", "B04", "B8A"] in sets
+    # Landsat 8 and 9 record the same bands: one set; thermal and pan bands find none
+    assert ["B01", "B02", "B03", "B04", "B8A", "B10", "B11", "B12"] in sets
+    assert list(S2_BANDS) not in sets and len(sets) == len({tuple(s) for s in sets})
+    wv3 = band_identities(list(EIGHT_BANDS), "worldview3")
+    assert [list(EIGHT_BANDS).index(b) for b in ("blue", "green", "red")] in sensor_band_sets(wv3)
+    assert all(len(kept) >= 4 for kept in sensor_band_sets(wv3, min_bands=4))
+    assert sensor_band_sets([-1.0, -2.0]) == []  # SAR: random subsets only
+    assert sensor_band_sets([3000.0, 4000.0]) == []  # no sensor records these bands
+
+
+def test_band_masks_draw_sensor_subsets() -> None:
+    sets = [[0, 1, 2], [3, 4]]
+    masks = draw_band_masks(400, 6, 1.0, 1, torch.Generator().manual_seed(0), sets, 0.5)
+    kept = [(~row).nonzero().flatten().tolist() for row in masks]
+    from_sensors = sum(k in sets for k in kept)
+    assert 0.4 < from_sensors / 400 < 0.65  # half the subsets, plus random draws that match
+    assert all(0 < len(k) < 6 for k in kept)
+    only = draw_band_masks(50, 6, 1.0, 1, torch.Generator().manual_seed(1), sets, 1.0)
+    assert all((~row).nonzero().flatten().tolist() in sets for row in only)
+    # without sensor sets the draw is the plain random one, whatever the share
+    plain = draw_band_masks(50, 6, 0.5, 1, torch.Generator().manual_seed(2))
+    assert torch.equal(
+        plain, draw_band_masks(50, 6, 0.5, 1, torch.Generator().manual_seed(2), [], 1.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +192,31 @@ def test_data_module_bands_statistics_and_device_batches(demo: Path) -> None:
     assert len(seen) >= 2
 
 
+def test_subset_crops_keep_what_other_sensors_record(demo: Path) -> None:
+    dm = data_module(demo, spectral_subsets=1.0, sensor_subsets=1.0)
+    names = dm.source_bands
+    assert [names[0][i] for i in dm.source_subsets[0][2]] == ["B02", "B03", "B04", "B8A"]
+    assert dm.source_subsets[1] == []  # Sentinel-1: random subsets
+    dm.setup("fit")
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    dm.trainer = trainer
+    trainer.state.stage = "train"
+    loader = iter(dm.train_dataloader())
+    seen = set()
+    for _ in range(6):
+        raw = next(loader)
+        batch = dm.on_after_batch_transfer(raw, 0)
+        source = raw["source"]
+        seen.add(source)
+        for kind in ("global", "local"):
+            kept = [(~row).nonzero().flatten().tolist() for row in batch[f"{kind}_band_mask"]]
+            if dm.source_subsets[source]:
+                assert all(k in dm.source_subsets[source] for k in kept)
+            else:
+                assert all(0 < len(k) < len(names[source]) for k in kept)
+    assert len(seen) >= 2
+
+
 def test_teacher_all_bands_hides_bands_from_the_student_only(demo: Path) -> None:
     dm = data_module(demo, spectral_subsets=1.0, teacher_all_bands=True)
     dm.setup("fit")
@@ -173,7 +233,7 @@ def test_teacher_all_bands_hides_bands_from_the_student_only(demo: Path) -> None
     assert student is not None and student.any(1).all()  # every student crop sees a subset
     assert teacher is not None and teacher.shape == student.shape and not teacher.any()
     assert bands.band_mask(batch["local_crops"], "student") is not None
-    # without the option the teacher hides what the student's global crop hides
+    # teacher_all_bands=False: the teacher hides what the student's global crop hides
     batch.pop("teacher_band_mask")
     assert SpectralBatch.from_batch(batch).band_mask(crops, "teacher") is student  # type: ignore[union-attr]
 

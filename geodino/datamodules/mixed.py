@@ -35,7 +35,7 @@ from geodino.errors import ConfigError, DataError
 from geodino.samplers import AOISampler
 from geodino.seeding import derive_seed, numpy_rng, torch_generator
 from geodino.transforms.normalize import BandStatistics, Normalize, StatisticsAccumulator
-from geodino.transforms.spectral import draw_band_masks
+from geodino.transforms.spectral import draw_band_masks, sensor_band_sets
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,16 @@ class MixedGeoDataModule(DINODataModule):
             others are looked up by band name).
         band_wavelengths: more ``{band name: centre wavelength in nm}`` for bands no table
             has.
-        spectral_subsets: chance that a crop sees a random subset of its bands (0: every
-            crop sees all of them).
+        spectral_subsets: chance that a crop sees a subset of its bands (0: every crop sees
+            all of them).
+        sensor_subsets: chance that such a subset is what another sensor of the band table
+            (``geodino.bands.SENSOR_BANDS``) records of the source's bands (a Sentinel-2 crop
+            as PlanetScope, Landsat or WorldView-3 sees it; 0: always a random subset).
         min_bands: fewest bands a crop keeps.
         teacher_all_bands: the teacher's global crops keep all their bands, only the
-            student's crops draw subsets (Panopticon's recipe); False hides the same bands
-            from the teacher's global crops as from the student's.
+            student's crops draw subsets (Panopticon's recipe: the student learns to embed a
+            subset as the teacher embeds the whole scene); False hides the same bands from
+            the teacher's global crops as from the student's.
         aoi: AOI file or GeoDataFrame shared by the sources; None samples each source's
             footprint.
         aoi_query: pandas query selecting training polygons.
@@ -180,8 +184,9 @@ class MixedGeoDataModule(DINODataModule):
         sensors: list[str | None] | None = None,
         band_wavelengths: dict[str, float] | None = None,
         spectral_subsets: float = 0.5,
+        sensor_subsets: float = 0.5,
         min_bands: int = 1,
-        teacher_all_bands: bool = False,
+        teacher_all_bands: bool = True,
         aoi: str | Path | GeoDataFrame | None = None,
         aoi_query: str | None = None,
         val_query: str | None = None,
@@ -218,11 +223,12 @@ class MixedGeoDataModule(DINODataModule):
             raise ConfigError(f"max_nodata must lie in [0, 1], got {max_nodata}.")
         if val_query is not None and aoi is None:
             raise ConfigError("val_query selects AOI polygons: give an aoi as well.")
-        draw_band_masks(0, 1, spectral_subsets, min_bands)  # checks the two settings
+        draw_band_masks(0, 1, spectral_subsets, min_bands, sensor_share=sensor_subsets)
         self.datasets = list(datasets)
         self.dataset = self.datasets[0]
         self.weights = weights
         self.spectral_subsets = spectral_subsets
+        self.sensor_subsets = sensor_subsets
         self.min_bands = min_bands
         self.teacher_all_bands = teacher_all_bands
         self.aoi = aoi
@@ -261,6 +267,7 @@ class MixedGeoDataModule(DINODataModule):
                     )
             self.source_bands.append(names)
             self.source_ids.append(ids)
+        self.source_subsets = [sensor_band_sets(ids, min_bands) for ids in self.source_ids]
         self._identity = identity
         self.draws: list[GeoChipDraw] = []
         self.val_draws: list[GeoChipDraw] = []
@@ -474,7 +481,13 @@ class MixedGeoDataModule(DINODataModule):
             out[f"{kind}_crops"] = normalize(views) if views.ndim == 4 else views
             count = views.shape[0] if views.ndim == 4 else 0
             out[f"{kind}_band_mask"] = draw_band_masks(
-                count, len(names), self.spectral_subsets, self.min_bands, generator
+                count,
+                len(names),
+                self.spectral_subsets,
+                self.min_bands,
+                generator,
+                self.source_subsets[source],
+                self.sensor_subsets,
             ).to(image.device)
         if self.teacher_all_bands:
             out["teacher_band_mask"] = torch.zeros_like(out["global_band_mask"])

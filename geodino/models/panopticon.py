@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torchgeo.models.panopticon import PanopticonPE
 
+from geodino.bands import SAME_BAND_NM
 from geodino.models.channel_attention import channel_attention_tokens
 from geodino.models.spectral_vit import (
     SpectralEncoder,
@@ -74,19 +75,12 @@ class PanopticonViT(SpectralViT):
         )
 
 
-#: Optical bands of different sensors closer than this (nm) are one spectral position for the
-#: channel attention's heads: the same band seen by two sensors (Sentinel-2 B03 at 560 nm,
-#: WorldView-3 green at 547, Landsat 8 green at 561) sit within 20 nm of each other, and the
-#: bands of one sensor at least ~30 nm apart.
-SAME_BAND_NM = 20.0
-
-
 def spectral_positions(identities: Sequence[float]) -> list[list[float]]:
     """The distinct spectral positions of some bands, in increasing order.
 
-    Optical identities closer than :data:`SAME_BAND_NM` to the first of their run are one
-    position, so that a band two sensors share takes one head of the channel attention, not
-    two; each SAR identity is a position.
+    Optical identities closer than :data:`geodino.bands.SAME_BAND_NM` to the first of their
+    run are one position, so that a band two sensors share takes one head of the channel
+    attention, not two; each SAR identity is a position.
 
     Args:
         identities: band identities (nm, or negative SAR ids).
