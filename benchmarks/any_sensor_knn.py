@@ -6,7 +6,9 @@ WorldView-3-like scenes derived from its S2), after the same CPU budget in optim
 - ``mixed``: one Panopticon backbone (:class:`~geodino.models.PanopticonViT`) pretrained on
   all three sources (:class:`~geodino.datamodules.MixedGeoDataModule`, one source a step
   drawn with ``--weights``, default equal as ``configs/any_sensor.yaml``, spectral
-  multi-crop, DINO heads per source: ``--source-heads``) for ``3 x --steps`` steps
+  multi-crop with subsets that other sensors record (``--sensor-subsets``) and a full-band
+  teacher (``--no-teacher-all-bands``: the teacher's crops hide the student's bands), DINO
+  heads per source: ``--source-heads``) for ``3 x --steps`` steps
   (``--mixed-steps``: another count, e.g. to equalise CPU seconds instead; ``--mixed-arch
   dofa``: a DOFA backbone);
 - ``fixed_s2``, ``fixed_s1``, ``fixed_wv3``: one timm DINOv2 ViT of the same width and depth
@@ -14,7 +16,8 @@ WorldView-3-like scenes derived from its S2), after the same CPU budget in optim
 
 Each teacher's CLS features are classified by k-NN (labelled chips of the train polygons vote
 for chips of the validation polygons, as ``geodino.demo.evaluate_knn`` does) on each source and
-on band subsets: S2 RGB+NIR, S2 without its SWIR bands (B10-B12) and S1 VV alone. A fixed-band
+on band subsets: S2 RGB+NIR, S2 without its SWIR bands (B10-B12), S1 VV alone, S2 RGB, four
+scattered S2 bands and WV3 RGB+NIR. A fixed-band
 model cannot take a subset; it is scored on it with the missing bands filled with their mean
 (0 after normalisation), the usual workaround, and marked ``filled``. Every model is scored
 at its random initialisation too, and every run reports what its collapse guard saw. All
@@ -22,7 +25,7 @@ runs use the demo recipe that holds (docs/recipe.md: KoLeo 0.1, LayerScale 1.0, 
 temperature 0.04); the mixed model's channel attention has 16 heads, twice the ViT's width,
 each starting on a band of its own.
 
-    python benchmarks/any_sensor_knn.py --steps 1000 --seed 15 --out /tmp/any_sensor_knn
+    python benchmarks/any_sensor_knn.py --seed 40 --out /tmp/any_sensor_knn   # 1,000 steps
     python benchmarks/any_sensor_knn.py --steps 300 --seed 1 --mixed-only --source-heads 1
     python benchmarks/any_sensor_knn.py --steps 2 --scene-size 128   # smoke test
 
@@ -239,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/any_sensor_demo"))
     parser.add_argument("--scene-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=100, help="steps of each fixed-band model")
+    parser.add_argument("--steps", type=int, default=1000, help="steps of each fixed-band model")
     parser.add_argument(
         "--mixed-steps",
         type=int,
