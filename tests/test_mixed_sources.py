@@ -3,6 +3,7 @@
 from collections import Counter
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -149,6 +150,16 @@ def data_module(root: Path, **kwargs: object) -> MixedGeoDataModule:
     return MixedGeoDataModule(sources, **args)  # type: ignore[arg-type]
 
 
+def training_batches(dm: MixedGeoDataModule, count: int) -> list[tuple[int, dict[str, Any]]]:
+    """The first training batches of a set-up data module as the device sees them, and their
+    sources."""
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    dm.trainer = trainer
+    trainer.state.stage = "train"  # on_after_batch_transfer multi-crops training batches only
+    loader = islice(iter(dm.train_dataloader()), count)
+    return [(raw["source"], dm.on_after_batch_transfer(raw, 0)) for raw in loader]
+
+
 def test_eightband_scenes_resample_the_s2_spectra(demo: Path) -> None:
     matrix = resampling_matrix()
     np.testing.assert_allclose(matrix.sum(1), 1.0)
@@ -172,15 +183,8 @@ def test_data_module_bands_statistics_and_device_batches(demo: Path) -> None:
     assert dm.band_kinds[13:15] == ["sar", "sar"] and dm.band_kinds[15] == "optical"
     dm.setup("fit")
     assert dm.statistics is not None and dm.statistics.band_names == dm.band_names
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
-    dm.trainer = trainer
-    trainer.state.stage = "train"  # on_after_batch_transfer multi-crops training batches only
-    loader = iter(dm.train_dataloader())
     seen = set()
-    for _ in range(6):
-        raw = next(loader)
-        batch = dm.on_after_batch_transfer(raw, 0)
-        source = raw["source"]
+    for source, batch in training_batches(dm, 6):
         seen.add(source)
         bands = len(dm.source_bands[source])
         assert batch["global_crops"].shape == (8, bands, 28, 28)
@@ -198,15 +202,8 @@ def test_subset_crops_keep_what_other_sensors_record(demo: Path) -> None:
     assert [names[0][i] for i in dm.source_subsets[0][2]] == ["B02", "B03", "B04", "B8A"]
     assert dm.source_subsets[1] == []  # Sentinel-1: random subsets
     dm.setup("fit")
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
-    dm.trainer = trainer
-    trainer.state.stage = "train"
-    loader = iter(dm.train_dataloader())
     seen = set()
-    for _ in range(6):
-        raw = next(loader)
-        batch = dm.on_after_batch_transfer(raw, 0)
-        source = raw["source"]
+    for source, batch in training_batches(dm, 6):
         seen.add(source)
         for kind in ("global", "local"):
             kept = [(~row).nonzero().flatten().tolist() for row in batch[f"{kind}_band_mask"]]
@@ -220,11 +217,7 @@ def test_subset_crops_keep_what_other_sensors_record(demo: Path) -> None:
 def test_teacher_all_bands_hides_bands_from_the_student_only(demo: Path) -> None:
     dm = data_module(demo, spectral_subsets=1.0, teacher_all_bands=True)
     dm.setup("fit")
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False)
-    dm.trainer = trainer
-    trainer.state.stage = "train"
-    raw = next(iter(dm.train_dataloader()))
-    batch = dm.on_after_batch_transfer(raw, 0)
+    [(_, batch)] = training_batches(dm, 1)
     bands = SpectralBatch.from_batch(batch)
     assert bands is not None
     crops = batch["global_crops"]
